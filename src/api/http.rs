@@ -1,0 +1,152 @@
+//! HTTPS serving: rustls (ring) with ALPN h2/http1.1, client-certificate or bearer-token
+//! authentication, body limits, and streaming of watch responses.
+
+use super::status::ApiError;
+use super::{Api, Body, Call, Rendered, MAX_BODY};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+type RespBody = BoxBody<Bytes, Infallible>;
+
+/// Who is calling, as established by the TLS handshake or a token.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// Paths anyone may read without credentials.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+/// Subject CN and O of a verified client certificate.
+fn identity_from_cert(der: &[u8]) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+    Some(Identity { user, groups })
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, token: Option<String>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let token = Arc::new(token);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (api, acceptor, token) = (api.clone(), acceptor.clone(), token.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let cert_identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_from_cert(c.as_ref()));
+            let svc = hyper::service::service_fn(move |req| {
+                let (api, token, id) = (api.clone(), token.clone(), cert_identity.clone());
+                async move { Ok::<_, Infallible>(handle(api, req, id, &token, peer).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+fn authenticate(req: &Request<Incoming>, cert: Option<Identity>, token: &Option<String>) -> Option<Identity> {
+    if cert.is_some() {
+        return cert;
+    }
+    let header = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let presented = header.strip_prefix("Bearer ")?.trim();
+    match token {
+        Some(t) if constant_time_eq(t.as_bytes(), presented.as_bytes()) => {
+            Some(Identity { user: "system:admin".into(), groups: vec!["system:masters".into()] })
+        }
+        _ => None,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, token: &Option<String>, peer: SocketAddr) -> Response<RespBody> {
+    let path = req.uri().path().to_string();
+    let method = req.method().as_str().to_string();
+    let start = std::time::Instant::now();
+    let resp = if !is_public(&path) && authenticate(&req, cert, token).is_none() {
+        Rendered::error(&ApiError::unauthorized())
+    } else {
+        let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
+        let accept = header(hyper::header::ACCEPT);
+        let content_type = header(hyper::header::CONTENT_TYPE);
+        let query = req.uri().query().map(String::from);
+        let too_large = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|n| n > MAX_BODY);
+        if too_large {
+            Rendered::error(&ApiError::too_large(MAX_BODY))
+        } else {
+            match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Err(_) => Rendered::error(&ApiError::too_large(MAX_BODY)),
+                Ok(body) => {
+                    let call = Call {
+                        method: &method,
+                        path: &path,
+                        query: query.as_deref(),
+                        accept: accept.as_deref(),
+                        content_type: content_type.as_deref(),
+                        body: body.to_bytes(),
+                    };
+                    api.call(call).await
+                }
+            }
+        }
+    };
+    tracing::debug!(%peer, %method, %path, code = resp.code, elapsed_us = start.elapsed().as_micros() as u64, "request");
+    to_response(resp)
+}
+
+fn to_response(r: Rendered) -> Response<RespBody> {
+    let body: RespBody = match r.body {
+        Body::Full(b) => Full::new(b).boxed(),
+        Body::Stream(rx) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            StreamBody::new(stream).boxed()
+        }
+    };
+    Response::builder()
+        .status(r.code)
+        .header(hyper::header::CONTENT_TYPE, r.content_type)
+        .header("Cache-Control", "no-cache, private")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"internal error")).boxed()))
+}

@@ -1,0 +1,207 @@
+//! The Kubernetes API: routing, content negotiation and the generic resource machinery over
+//! the table of kinds in [`kinds`].
+
+pub mod discovery;
+pub mod handlers;
+pub mod http;
+pub mod kinds;
+pub mod negotiate;
+pub mod object;
+pub mod patch;
+pub mod request;
+pub mod selector;
+pub mod status;
+pub mod strategies;
+pub mod table;
+pub mod validation;
+mod namespaces;
+mod watch;
+
+use crate::store::Store;
+use bytes::Bytes;
+use kinds::Kind;
+use negotiate::{body_type, response_format, Format};
+use request::{route, Query, ResourceReq, Target};
+use serde_json::{json, Value};
+use status::ApiError;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Largest request body accepted (upstream's limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The API server state shared by all requests.
+pub struct Api {
+    pub store: Store,
+    /// Address clients reach the server at (for `/api`).
+    pub advertise: String,
+    /// Set once startup finished; `/readyz` reports it.
+    pub ready: std::sync::atomic::AtomicBool,
+    /// Handle on itself, for background work started by a request.
+    me: std::sync::Weak<Api>,
+}
+
+/// What a handler produced, before rendering.
+pub enum Reply {
+    /// A stored object's JSON, untouched.
+    Raw(u16, Bytes),
+    /// An object built in memory.
+    Object(u16, Value),
+    /// A list of stored objects.
+    List { kind: &'static Kind, revision: u64, cont: Option<String>, remaining: Option<u64>, items: Vec<Bytes> },
+    /// A stream of watch events.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+/// A request as the HTTP layer hands it over.
+pub struct Call<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub accept: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub body: Bytes,
+}
+
+/// A rendered response.
+pub struct Rendered {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: Body,
+}
+
+/// Response body: complete or streamed.
+pub enum Body {
+    Full(Bytes),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Rendered {
+    pub fn json(code: u16, v: &Value) -> Rendered {
+        Rendered { code, content_type: "application/json", body: Body::Full(Bytes::from(v.to_string())) }
+    }
+    pub fn error(e: &ApiError) -> Rendered {
+        Rendered::json(e.code, &e.to_status())
+    }
+}
+
+impl Api {
+    pub fn new(store: Store, advertise: String) -> Arc<Api> {
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone() })
+    }
+
+    /// Serves one API call.
+    pub async fn call(self: &Arc<Self>, c: Call<'_>) -> Rendered {
+        match self.dispatch(&c).await {
+            Ok(r) => r,
+            Err(e) => Rendered::error(&e),
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, c: &Call<'_>) -> Result<Rendered, ApiError> {
+        let target = route(c.path)?;
+        let rr = match target {
+            Target::Resource(rr) => rr,
+            other => return self.serve_static(c, other),
+        };
+        let q = Query::parse(c.query);
+        let format = response_format(c.accept)?;
+        let collection = rr.name.is_none();
+        let watching = rr.watch_prefix || q.flag("watch");
+        let reply = match (c.method, collection) {
+            ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
+            ("GET", true) => self.list(&rr, &q).await?,
+            ("GET", false) => self.get(&rr, &q).await?,
+            ("POST", _) => self.create(&rr, &q, &c.body, body_type(c.content_type)?).await?,
+            ("PUT", false) => self.update(&rr, &q, &c.body, body_type(c.content_type)?).await?,
+            ("PATCH", false) => self.patch(&rr, &q, &c.body, body_type(c.content_type)?).await?,
+            ("DELETE", false) => self.delete(&rr, &q, &c.body).await?,
+            ("DELETE", true) => self.delete_collection(&rr, &q, &c.body).await?,
+            (m, _) => return Err(ApiError::method_not_allowed(m, c.path)),
+        };
+        render(&rr, &q, reply, format)
+    }
+
+    fn serve_static(&self, c: &Call<'_>, t: Target) -> Result<Rendered, ApiError> {
+        if c.method != "GET" && c.method != "HEAD" {
+            return Err(ApiError::method_not_allowed(c.method, c.path));
+        }
+        let aggregated = discovery::wants_aggregated(c.accept);
+        let agg = |v: Value| Rendered {
+            code: 200,
+            content_type: "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+            body: Body::Full(Bytes::from(v.to_string())),
+        };
+        Ok(match t {
+            Target::Version => Rendered::json(200, &discovery::version()),
+            Target::Health(_) => {
+                let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
+                let (code, text) = if ready { (200, "ok") } else { (503, "not ready") };
+                Rendered { code, content_type: "text/plain; charset=utf-8", body: Body::Full(Bytes::from(text)) }
+            }
+            Target::LegacyRoot if aggregated => agg(discovery::aggregated(true)),
+            Target::GroupsRoot if aggregated => agg(discovery::aggregated(false)),
+            Target::LegacyRoot => Rendered::json(200, &discovery::legacy_root(&self.advertise)),
+            Target::GroupsRoot => Rendered::json(200, &discovery::groups_root()),
+            Target::Group(g) => Rendered::json(200, &discovery::group(&g).ok_or_else(|| ApiError::not_found_path(c.path))?),
+            Target::GroupVersion(g, v) => Rendered::json(200, &discovery::resource_list(&g, &v).ok_or_else(|| ApiError::not_found_path(c.path))?),
+            Target::OpenApi(_) | Target::Resource(_) => return Err(ApiError::not_found_path(c.path)),
+        })
+    }
+}
+
+fn yaml(v: &Value) -> Result<Rendered, ApiError> {
+    let text = serde_yaml::to_string(v).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Rendered { code: 200, content_type: "application/yaml", body: Body::Full(Bytes::from(text)) })
+}
+
+fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<Rendered, ApiError> {
+    let include = q.get("includeObject");
+    match reply {
+        Reply::Stream(rx) => Ok(Rendered { code: 200, content_type: "application/json", body: Body::Stream(rx) }),
+        Reply::Raw(code, raw) => match format {
+            Format::Json => Ok(Rendered { code, content_type: "application/json", body: Body::Full(raw) }),
+            _ => render(rr, q, Reply::Object(code, object::parse_stored(&raw)?), format),
+        },
+        Reply::Object(code, v) => match format {
+            Format::Json => Ok(Rendered::json(code, &v)),
+            Format::Yaml => yaml(&v).map(|r| Rendered { code, ..r }),
+            Format::Table if v["kind"] == rr.kind.kind => Ok(Rendered::json(code, &table::render(rr.kind, &[v], json!({}), include))),
+            Format::Table => Ok(Rendered::json(code, &v)),
+        },
+        Reply::List { kind, revision, cont, remaining, items } => {
+            let mut meta = json!({"resourceVersion": revision.to_string()});
+            if let Some(c) = cont {
+                meta["continue"] = json!(c);
+            }
+            if let Some(r) = remaining {
+                meta["remainingItemCount"] = json!(r);
+            }
+            match format {
+                Format::Json => {
+                    // Items are spliced in as stored: no re-encoding of each object.
+                    let head = json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(), "metadata": meta}).to_string();
+                    let mut out = Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 16);
+                    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+                    out.extend_from_slice(b",\"items\":[");
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(item);
+                    }
+                    out.extend_from_slice(b"]}");
+                    Ok(Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from(out)) })
+                }
+                Format::Table | Format::Yaml => {
+                    let objs = items.iter().map(|i| object::parse_stored(i)).collect::<Result<Vec<_>, _>>()?;
+                    if format == Format::Table {
+                        Ok(Rendered::json(200, &table::render(kind, &objs, meta, include)))
+                    } else {
+                        yaml(&json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(), "metadata": meta, "items": objs}))
+                    }
+                }
+            }
+        }
+    }
+}

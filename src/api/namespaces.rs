@@ -1,0 +1,97 @@
+//! Namespace lifecycle inside the API server: the built-in namespaces, and emptying a
+//! terminating namespace before it goes (the `kubernetes` finalizer).
+
+use super::handlers::SYSTEM_NAMESPACES;
+use super::kinds::KINDS;
+use super::negotiate::BodyType;
+use super::object as obj;
+use super::request::{Query, ResourceReq};
+use super::status::ApiError;
+use super::Api;
+use crate::store::{Op, StoreError};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn namespaces_kind() -> &'static super::kinds::Kind {
+    super::kinds::find("", "v1", "namespaces").expect("namespaces are in the table")
+}
+
+impl Api {
+    /// Creates the built-in namespaces and resumes the cleanup of terminating ones.
+    pub async fn bootstrap(self: &Arc<Self>) -> Result<(), ApiError> {
+        let kind = namespaces_kind();
+        for ns in SYSTEM_NAMESPACES {
+            let rr = ResourceReq { kind, namespace: None, name: None, sub: None, watch_prefix: false };
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string();
+            match self.create(&rr, &Query::default(), body.as_bytes(), BodyType::Json).await {
+                Ok(_) => tracing::info!(namespace = ns, "created built-in namespace"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let page = self.store.list(&kind.prefix(None), None, 0, None, &|_| true)?;
+        for (_, raw) in page.items {
+            let o = obj::parse_stored(&raw)?;
+            if obj::is_deleting(&o) {
+                self.namespace_terminating(obj::name(&o));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts emptying namespace `name` in the background.
+    pub(crate) fn namespace_terminating(&self, name: &str) {
+        let Some(api) = self.me.upgrade() else { return };
+        let name = name.to_string();
+        tokio::spawn(async move {
+            loop {
+                match api.finalize_namespace(&name).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(namespace = %name, error = %e, "namespace cleanup"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// One pass: deletes what is left in the namespace; when nothing is, releases the
+    /// namespace. Returns whether the namespace is gone.
+    async fn finalize_namespace(&self, name: &str) -> Result<bool, ApiError> {
+        let mut left = 0usize;
+        for kind in KINDS.iter().filter(|k| k.namespaced) {
+            let page = self.store.list(&kind.prefix(Some(name)), None, 0, None, &|_| true)?;
+            for (_, raw) in page.items {
+                left += 1;
+                let o = obj::parse_stored(&raw)?;
+                if obj::is_deleting(&o) {
+                    continue;
+                }
+                let rr = ResourceReq { kind, namespace: Some(name.to_string()), name: Some(obj::name(&o).to_string()), sub: None, watch_prefix: false };
+                match self.delete(&rr, &Query::default(), b"").await {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if left > 0 {
+            return Ok(false);
+        }
+        let key = namespaces_kind().key(None, name);
+        let Some(stored) = self.store.get(&key)? else { return Ok(true) };
+        let mut ns = obj::parse_stored(&stored.json)?;
+        let op = if obj::finalizers(&ns).is_empty() {
+            Op::Delete { key, expect: Some(stored.revision) }
+        } else {
+            ns["spec"]["finalizers"] = json!([]);
+            Op::Update { key, object: ns, expect: Some(stored.revision) }
+        };
+        match self.store.write(op).await {
+            Ok(_) | Err(StoreError::NotFound) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

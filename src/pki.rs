@@ -1,0 +1,263 @@
+//! Certificates: a cluster CA, the API serving certificate and the admin client certificate,
+//! created on first start, reused after, and renewed when within [`RENEW_BEFORE_DAYS`] of
+//! expiry. Also the admin kubeconfig.
+
+use base64::Engine;
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// Leaf certificates closer than this to expiry are replaced at start.
+pub const RENEW_BEFORE_DAYS: i64 = 90;
+const LEAF_DAYS: i64 = 365;
+const CA_DAYS: i64 = 3650;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("certificate generation: {0}")]
+    Gen(#[from] rcgen::Error),
+    #[error("{path}: not a usable PEM certificate or key: {why}")]
+    Parse { path: PathBuf, why: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes a file atomically (temp file, fsync, rename) with `mode`.
+pub fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))?;
+    Ok(())
+}
+
+/// The PEM material the server and its clients use.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
+    serving_cert_pem: String,
+    serving_key_pem: String,
+}
+
+fn days_left(pem: &str) -> Option<i64> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = p.parse_x509().ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    Some((not_after - OffsetDateTime::now_utc().unix_timestamp()) / 86400)
+}
+
+fn sans_of(pem: &str) -> Vec<String> {
+    let Ok((_, p)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else { return vec![] };
+    let Ok(cert) = p.parse_x509() else { return vec![] };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return vec![] };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn params(cn: &str, org: Option<&str>, days: i64) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    p.distinguished_name = dn;
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(days);
+    p
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PkiError::Io { path: path.to_path_buf(), source: e }),
+    }
+}
+
+impl Pki {
+    /// Loads or creates the certificates under `dir`; `sans` are the serving certificate's
+    /// names and addresses.
+    pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (ca_pem, ca_key_pem) = match (read(&ca_crt)?, read(&ca_key)?) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let key = KeyPair::generate()?;
+                let mut p = params("ferrokube-ca", None, CA_DAYS);
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+                let cert = p.self_signed(&key)?;
+                write_private(&ca_key, key.serialize_pem().as_bytes(), 0o600)?;
+                write_private(&ca_crt, cert.pem().as_bytes(), 0o644)?;
+                tracing::info!(dir = %dir.display(), "created cluster CA");
+                (cert.pem(), key.serialize_pem())
+            }
+        };
+        let ca_signing = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Parse { path: ca_key.clone(), why: e.to_string() })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_signing).map_err(|e| PkiError::Parse { path: ca_crt.clone(), why: e.to_string() })?;
+
+        let (serving_cert_pem, serving_key_pem) = leaf(dir, "serving", &issuer, |have| sans.iter().all(|s| have.contains(s)), || {
+            let mut p = params("ferrokube-apiserver", None, LEAF_DAYS);
+            p.subject_alt_names = sans
+                .iter()
+                .map(|s| match s.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Ok(SanType::IpAddress(ip)),
+                    Err(_) => s.clone().try_into().map(SanType::DnsName),
+                })
+                .collect::<Result<_, _>>()?;
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            Ok(p)
+        })?;
+        let (admin_cert_pem, admin_key_pem) = leaf(dir, "admin", &issuer, |_| true, || {
+            let mut p = params("system:admin", Some("system:masters"), LEAF_DAYS);
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            Ok(p)
+        })?;
+        Ok(Pki { dir: dir.to_path_buf(), ca_pem, admin_cert_pem, admin_key_pem, serving_cert_pem, serving_key_pem })
+    }
+
+    /// The rustls server configuration: serving cert, optional client certs verified
+    /// against the CA, ALPN h2 and http/1.1.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(&self.ca_pem, &self.dir.join("ca.crt"))? {
+            roots.add(c)?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+        let chain = pem_certs(&self.serving_cert_pem, &self.dir.join("serving.crt"))?;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(self.serving_key_pem.as_bytes())
+            .map_err(|e| PkiError::Parse { path: self.dir.join("serving.key"), why: e.to_string() })?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// An admin kubeconfig for `server` (e.g. `https://127.0.0.1:6443`).
+    pub fn admin_kubeconfig(&self, server: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: ferrokube\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: ferrokube\n  context:\n    cluster: ferrokube\n    user: admin\n    namespace: default\ncurrent-context: ferrokube\n",
+            b64(&self.ca_pem),
+            b64(&self.admin_cert_pem),
+            b64(&self.admin_key_pem)
+        )
+    }
+}
+
+fn pem_certs(pem: &str, path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Parse { path: path.to_path_buf(), why: e.to_string() })
+}
+
+use rustls_pki_types::pem::PemObject;
+
+/// Loads `<name>.crt/.key`, or issues a new pair when missing, near expiry, or when `fits`
+/// rejects the current SANs.
+fn leaf(
+    dir: &Path,
+    name: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    fits: impl Fn(&[String]) -> bool,
+    make: impl FnOnce() -> Result<CertificateParams, rcgen::Error>,
+) -> Result<(String, String), PkiError> {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    if let (Some(c), Some(k)) = (read(&crt)?, read(&key)?) {
+        let fresh = days_left(&c).is_some_and(|d| d > RENEW_BEFORE_DAYS);
+        if fresh && fits(&sans_of(&c)) {
+            return Ok((c, k));
+        }
+        tracing::info!(cert = name, "renewing certificate (near expiry or names changed)");
+    }
+    let kp = KeyPair::generate()?;
+    let cert = make()?.signed_by(&kp, issuer)?;
+    write_private(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+    write_private(&crt, cert.pem().as_bytes(), 0o644)?;
+    Ok((cert.pem(), kp.serialize_pem()))
+}
+
+/// The host's name and non-loopback addresses, for the serving certificate.
+pub fn host_names() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            out.push(h.to_string());
+        }
+    }
+    out.extend(host_addresses().into_iter().map(|a| a.to_string()));
+    out
+}
+
+/// Addresses of the host's interfaces (IPv4 and IPv6, loopback excluded).
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match (*addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out.retain(|a| !a.is_loopback() && !matches!(a, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80));
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,170 @@
+//! `ferrokube server`: prepares the data directory, certificates and kubeconfig, opens the
+//! store and serves the API.
+
+use crate::api::{http, Api};
+use crate::pki::{self, Pki};
+use crate::store::{Store, StoreError};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Settings of `ferrokube server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerConfig {
+    /// Directory for the datastore, certificates and node state.
+    #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, default_value = "/etc/ferrokube/ferrokube.yaml")]
+    pub write_kubeconfig: PathBuf,
+    /// File mode of the kubeconfig, in octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub write_kubeconfig_mode: u32,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// Run the control plane only: no node agent, no containerd.
+    #[arg(long)]
+    pub disable_agent: bool,
+    /// Store events kept for watch resumption.
+    #[arg(long, default_value_t = crate::store::DEFAULT_HISTORY)]
+    pub event_history: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 600 or 644"))
+}
+
+/// A startup failure, phrased for the person running the command.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}; choose another with --data-dir or fix its permissions")]
+    DataDir(PathBuf, String),
+    #[error("datastore {0} cannot be used: {1}")]
+    Store(PathBuf, String),
+    #[error("port {port} on {addr} is already in use (another ferrokube or kube-apiserver?); stop it or choose another port with --https-listen-port")]
+    PortInUse { addr: IpAddr, port: u16 },
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("kubeconfig {0}: {1}")]
+    Kubeconfig(PathBuf, String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+fn check_writable(dir: &Path) -> Result<(), StartError> {
+    let fail = |e: std::io::Error| StartError::DataDir(dir.to_path_buf(), e.to_string());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"ok").map_err(|e| StartError::DataDir(dir.to_path_buf(), format!("not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Opens the store under the data directory with a message that says what is wrong.
+pub fn open_store(data_dir: &Path, history: u64) -> Result<Store, StartError> {
+    let db_dir = data_dir.join("db");
+    check_writable(&db_dir)?;
+    let path = db_dir.join("state.redb");
+    Store::open(&path, history).map_err(|e| {
+        let why = match e {
+            StoreError::Foreign(m) => format!("the file is not a ferrokube datastore or is damaged ({m}); move it away to start fresh"),
+            StoreError::Storage(m) if m.contains("already open") => {
+                "it is in use by another ferrokube process on this data directory".to_string()
+            }
+            other => other.to_string(),
+        };
+        StartError::Store(path.clone(), why)
+    })
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    check_writable(&cfg.data_dir)?;
+    let store = open_store(&cfg.data_dir, cfg.event_history)?;
+
+    let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(StartError::PortInUse { addr: cfg.bind_address, port: cfg.https_listen_port })
+        }
+        Err(e) => return Err(StartError::Listen(addr, e)),
+    };
+
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into(), "kubernetes.default.svc.cluster.local".into()];
+    sans.extend(pki::host_names());
+    if !cfg.bind_address.is_unspecified() {
+        sans.push(cfg.bind_address.to_string());
+    }
+    sans.extend(cfg.tls_san.iter().cloned());
+    sans.dedup();
+    let pki = Pki::ensure(&cfg.data_dir.join("server").join("tls"), &sans)?;
+    let tls = pki.server_config()?;
+
+    let host = if cfg.bind_address.is_unspecified() || cfg.bind_address.is_loopback() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let server_url = format!("https://{host}:{}", cfg.https_listen_port);
+    write_kubeconfig(&cfg.write_kubeconfig, &pki.admin_kubeconfig(&server_url), cfg.write_kubeconfig_mode)?;
+    let token = ensure_token(&cfg.data_dir.join("server").join("token"))?;
+
+    let api = Api::new(store, format!("{host}:{}", cfg.https_listen_port));
+    api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
+    if !cfg.disable_agent {
+        tracing::warn!("the node agent is not part of this build yet: running the control plane only (as with --disable-agent)");
+    }
+    api.ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
+
+    let serve = tokio::spawn(http::serve(api, listener, tls, Some(token)));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    serve.abort();
+    Ok(())
+}
+
+fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartError> {
+    let fail = |e: String| StartError::Kubeconfig(path.to_path_buf(), e);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+    }
+    pki::write_private(path, content.as_bytes(), mode).map_err(|e| fail(e.to_string()))
+}
+
+/// A random bearer token for the admin, kept in the data directory.
+fn ensure_token(path: &Path) -> Result<String, StartError> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    pki::write_private(path, token.as_bytes(), 0o600).map_err(|e| StartError::DataDir(path.to_path_buf(), e.to_string()))?;
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,358 @@
+//! The datastore: one redb file holding every object, one global revision and a bounded
+//! event history.
+//!
+//! # Invariants
+//! - **Revision.** Every successful write (create, update, delete) takes the next value of a
+//!   single 64-bit counter. That value is the object's `metadata.resourceVersion`. Revisions are
+//!   dense: revision `r` was produced by exactly one write, recorded as event `r`.
+//! - **Durability.** Writes go through one writer thread ([`writer`]) that gathers whatever
+//!   writes are queued into one redb transaction committed with `Durability::Immediate`
+//!   (fsync). A caller's write is acknowledged only after that commit returns: an
+//!   acknowledged write survives kill -9 and power loss. Writes that arrived together share
+//!   one fsync (group commit).
+//! - **History.** Events `compacted+1 ..= revision` are kept on disk, each with the object after
+//!   the write and the object before it. At most `history` events are kept; older ones are
+//!   deleted in the same transaction that appends new ones, and `compacted` moves forward.
+//! - **Watch.** A watch from revision `r` replays events `r+1..` from disk, then follows live
+//!   events. If `r < compacted` the watch cannot be served and gets [`StoreError::Expired`]
+//!   (HTTP 410). A watcher that falls behind the live channel re-reads from disk, and expires
+//!   the same way if the history moved past it.
+//! - **Snapshots.** A list reads one redb read transaction, so it is consistent. A list *at*
+//!   an older revision (a continue token, `resourceVersionMatch=Exact`) rebuilds that state
+//!   from the current table and the "before" images in the history; older than the history is
+//!   `Expired`.
+//!
+//! Keys are `/<group>/<resource>/<namespace>/<name>` (cluster scope: no namespace segment);
+//! group `core` stands for the legacy group. Values are the object as JSON with its
+//! resourceVersion already set, behind an 8-byte big-endian revision.
+
+mod codec;
+mod watch;
+mod writer;
+
+pub use watch::{WatchEvent, WatchStream};
+pub use writer::Op;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{broadcast, oneshot};
+
+pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Layout version written into a new data file; anything else is refused at open.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Default number of events kept for watch resumption and snapshot reads.
+pub const DEFAULT_HISTORY: u64 = 20_000;
+
+/// Errors of the store. `NotFound`, `AlreadyExists`, `Conflict` and `Expired` are outcomes
+/// callers map to API statuses; the rest are faults.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("revision conflict: object is at revision {current}")]
+    Conflict { current: u64 },
+    #[error("revision {requested} is compacted; oldest available is {oldest}")]
+    Expired { requested: u64, oldest: u64 },
+    #[error("revision {requested} is newer than the current revision {current}")]
+    TooNew { requested: u64, current: u64 },
+    #[error("data file is not a ferrokube store: {0}")]
+    Foreign(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("invalid stored object at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store is shut down")]
+    Closed,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Storage(e.to_string()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What kind of change an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    /// The Kubernetes watch event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed change.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub revision: u64,
+    pub kind: EventType,
+    pub key: String,
+    /// Object after the change (for deletes: the last state, stamped with the delete revision).
+    pub object: Bytes,
+    /// Object before the change (absent for creates).
+    pub prev: Option<Bytes>,
+}
+
+/// A stored object as read: its revision and JSON bytes.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub revision: u64,
+    pub json: Bytes,
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<(String, Bytes)>,
+    /// The revision the page was read at.
+    pub revision: u64,
+    /// Set when more items match after the last one returned.
+    pub next_key: Option<String>,
+    /// Number of entries under the prefix not yet visited (an upper bound on remaining matches).
+    pub remaining: u64,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    ops: std::sync::mpsc::SyncSender<writer::Request>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store file at `path`, keeping `history` events.
+    pub fn open(path: &Path, history: u64) -> Result<Store, StoreError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => {
+                return Err(StoreError::Foreign(m))
+            }
+            Err(e @ redb::DatabaseError::UpgradeRequired(_)) => {
+                return Err(StoreError::Foreign(e.to_string()))
+            }
+            Err(e) => return Err(StoreError::Storage(e.to_string())),
+        };
+        let db = Arc::new(db);
+        let revision = init_meta(&db)?;
+        let (events, _) = broadcast::channel(8192);
+        let ops = writer::spawn(db.clone(), events.clone(), revision, history.max(1))?;
+        Ok(Store { inner: Arc::new(Inner { db, ops, events }) })
+    }
+
+    /// The newest committed revision.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The oldest revision a watch may start from.
+    pub fn compacted(&self) -> Result<u64, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get("compacted")?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Reads one object.
+    pub fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        match table.get(key)? {
+            None => Ok(None),
+            Some(v) => codec::decode_value(key, v.value()).map(Some),
+        }
+    }
+
+    /// Submits writes and waits until they are durable. Each op gets its own result.
+    pub async fn write(&self, op: Op) -> Result<Event, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.ops.send(writer::Request { op, reply: tx }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Lists entries under `prefix` with keys after `after`, keeping those `filter` accepts,
+    /// until `limit` (0 = no limit) are found. With `at`, reads the state at that revision.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<u64>,
+        filter: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<ListPage, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let current = meta.get("revision")?.map(|v| v.value()).unwrap_or(0);
+        let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
+        let table = tx.open_table(OBJECTS)?;
+        let end = prefix_end(prefix);
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+            _ => std::ops::Bound::Included(prefix),
+        };
+        let range = table.range::<&str>((start, std::ops::Bound::Excluded(end.as_str())))?;
+
+        // State at an older revision: overlay the "before" images of later changes.
+        let mut overlay: BTreeMap<String, Option<Bytes>> = BTreeMap::new();
+        let revision = match at {
+            Some(r) if r < current => {
+                if r < compacted {
+                    return Err(StoreError::Expired { requested: r, oldest: compacted });
+                }
+                let events = tx.open_table(EVENTS)?;
+                for item in events.range((r + 1)..=current)? {
+                    let (_, v) = item?;
+                    let ev = codec::decode_event(v.value())?;
+                    if !ev.key.starts_with(prefix) || after.is_some_and(|a| ev.key.as_str() <= a) {
+                        continue;
+                    }
+                    overlay.entry(ev.key).or_insert(ev.prev);
+                }
+                r
+            }
+            Some(r) if r > current => return Err(StoreError::TooNew { requested: r, current }),
+            _ => current,
+        };
+
+        let current_entries = range.map(|item| {
+            let (k, v) = item?;
+            let key = k.value().to_string();
+            let stored = codec::decode_value(&key, v.value())?;
+            Ok((key, stored.json))
+        });
+        let mut items = Vec::new();
+        let mut more = false;
+        let mut visited = 0u64;
+        for entry in merge_overlay(current_entries, overlay) {
+            let (key, json) = entry?;
+            // `None`: the key did not exist at the requested revision.
+            let Some(json) = json else { continue };
+            if limit > 0 && items.len() >= limit {
+                more = true;
+                break;
+            }
+            visited += 1;
+            if filter(&json) {
+                items.push((key, json));
+            }
+        }
+        let next_key = if more { items.last().map(|(k, _)| k.clone()) } else { None };
+        let remaining = if more {
+            let total = table.range::<&str>(prefix..end.as_str())?.count() as u64;
+            total.saturating_sub(visited)
+        } else {
+            0
+        };
+        Ok(ListPage { items, revision, next_key, remaining })
+    }
+
+    /// Watches keys under `prefix` for changes after revision `from` (0 = from now).
+    pub fn watch(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError> {
+        watch::WatchStream::start(self.inner.db.clone(), &self.inner.events, prefix, from)
+    }
+
+    /// Number of live event subscribers (diagnostics, benchmarks).
+    pub fn watchers(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
+}
+
+/// Merges the current entries (sorted) with an overlay of older states (sorted): where both
+/// have a key the overlay wins; overlay keys absent from the current entries are inserted.
+fn merge_overlay(
+    current: impl Iterator<Item = Result<(String, Bytes), StoreError>>,
+    overlay: BTreeMap<String, Option<Bytes>>,
+) -> impl Iterator<Item = Result<(String, Option<Bytes>), StoreError>> {
+    let mut cur = current.peekable();
+    let mut ov = overlay.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let cur_key = match cur.peek() {
+            Some(Err(_)) => return cur.next().map(|r| r.map(|(k, j)| (k, Some(j)))),
+            Some(Ok((k, _))) => Some(k.as_str()),
+            None => None,
+        };
+        match (cur_key, ov.peek()) {
+            (None, None) => None,
+            (Some(_), None) => cur.next().map(|r| r.map(|(k, j)| (k, Some(j)))),
+            (None, Some(_)) => ov.next().map(Ok),
+            (Some(ck), Some((ok, _))) => {
+                if ok.as_str() < ck {
+                    ov.next().map(Ok)
+                } else if ok.as_str() == ck {
+                    cur.next();
+                    ov.next().map(Ok)
+                } else {
+                    cur.next().map(|r| r.map(|(k, j)| (k, Some(j))))
+                }
+            }
+        }
+    })
+}
+
+/// Smallest string greater than every string starting with `prefix`.
+pub(crate) fn prefix_end(prefix: &str) -> String {
+    let mut s = prefix.to_string();
+    s.push(char::MAX);
+    s
+}
+
+fn init_meta(db: &Database) -> Result<u64, StoreError> {
+    let tx = db.begin_write()?;
+    let revision;
+    {
+        let mut meta = tx.open_table(META)?;
+        tx.open_table(OBJECTS)?;
+        tx.open_table(EVENTS)?;
+        let format = meta.get("format")?.map(|v| v.value());
+        match format {
+            None => {
+                if meta.get("revision")?.is_some() {
+                    return Err(StoreError::Foreign("meta table without a format".into()));
+                }
+                meta.insert("format", FORMAT_VERSION)?;
+                meta.insert("revision", 0)?;
+                meta.insert("compacted", 0)?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Foreign(format!("unsupported store format {other}")))
+            }
+        }
+        revision = meta.get("revision")?.map(|v| v.value()).unwrap_or(0);
+    }
+    tx.commit()?;
+    Ok(revision)
+}
