@@ -256,7 +256,7 @@ impl Api {
             return Err(ApiError::method_not_allowed("POST", &format!("{}/{}", rr.kind.plural, rr.name.as_deref().unwrap_or(""))));
         }
         let dry_run = q.dry_run()?;
-        let mut o = decode_object(body, bt == BodyType::Yaml)?;
+        let mut o = decode_object(body, bt)?;
         self.prepare_create(rr, &mut o)?;
         self.admit(rr.kind, &mut o, None)?;
         let name = obj::name(&o).to_string();
@@ -368,7 +368,7 @@ impl Api {
 
     pub async fn update(&self, rr: &ResourceReq, q: &Query, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
         let dry_run = q.dry_run()?;
-        let new = decode_object(body, bt == BodyType::Yaml)?;
+        let new = decode_object(body, bt)?;
         if rr.sub.as_deref() == Some("scale") {
             return self.update_scale(rr, new, dry_run).await;
         }
@@ -466,11 +466,11 @@ impl Api {
         kind.plural == "namespaces" && kind.group.is_empty() && o["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())
     }
 
-    pub async fn delete(&self, rr: &ResourceReq, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    pub async fn delete(&self, rr: &ResourceReq, q: &Query, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
         if rr.sub.is_some() {
             return Err(ApiError::method_not_allowed("DELETE", "subresource"));
         }
-        let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_object(body, false)? };
+        let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_object(body, bt)? };
         let dry_run = q.dry_run()? || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|v| v == "All"));
         let grace = match q.get("gracePeriodSeconds") {
             Some(g) => Some(g.parse::<i64>().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?),
@@ -567,7 +567,7 @@ impl Api {
         }
     }
 
-    pub async fn delete_collection(&self, rr: &ResourceReq, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    pub async fn delete_collection(&self, rr: &ResourceReq, q: &Query, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
         let sel = Selection::from_query(rr.kind, q)?;
         let prefix = rr.kind.prefix(rr.namespace.as_deref());
         let filter = |raw: &[u8]| sel.matches_bytes(raw);
@@ -579,7 +579,7 @@ impl Api {
                 namespace: obj::namespace(&o).map(String::from),
                 ..rr.clone()
             };
-            match self.delete(&one, q, body).await {
+            match self.delete(&one, q, body, bt).await {
                 Ok(_) => {}
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

@@ -7,7 +7,9 @@ pub mod http;
 pub mod kinds;
 pub mod negotiate;
 pub mod object;
+pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod request;
 pub mod selector;
 pub mod status;
@@ -115,8 +117,8 @@ impl Api {
             ("POST", _) => self.create(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PUT", false) => self.update(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PATCH", false) => self.patch(&rr, &q, &c.body, body_type(c.content_type)?).await?,
-            ("DELETE", false) => self.delete(&rr, &q, &c.body).await?,
-            ("DELETE", true) => self.delete_collection(&rr, &q, &c.body).await?,
+            ("DELETE", false) => self.delete(&rr, &q, &c.body, body_type(c.content_type)?).await?,
+            ("DELETE", true) => self.delete_collection(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             (m, _) => return Err(ApiError::method_not_allowed(m, c.path)),
         };
         render(&rr, &q, reply, format)
@@ -145,7 +147,14 @@ impl Api {
             Target::GroupsRoot => Rendered::json(200, &discovery::groups_root()),
             Target::Group(g) => Rendered::json(200, &discovery::group(&g).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::GroupVersion(g, v) => Rendered::json(200, &discovery::resource_list(&g, &v).ok_or_else(|| ApiError::not_found_path(c.path))?),
-            Target::OpenApi(_) | Target::Resource(_) => return Err(ApiError::not_found_path(c.path)),
+            Target::OpenApi(p) => match p.trim_end_matches('/') {
+                "/openapi/v3" => Rendered::json(200, openapi::index()),
+                other => match other.strip_prefix("/openapi/v3/").and_then(openapi::group_version) {
+                    Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from_static(text.as_bytes())) },
+                    None => return Err(ApiError::not_found_path(c.path)),
+                },
+            },
+            Target::Resource(_) => return Err(ApiError::not_found_path(c.path)),
         })
     }
 }

@@ -69,7 +69,7 @@ impl Api {
                     continue;
                 }
                 let rr = ResourceReq { kind, namespace: Some(name.to_string()), name: Some(obj::name(&o).to_string()), sub: None, watch_prefix: false };
-                match self.delete(&rr, &Query::default(), b"").await {
+                match self.delete(&rr, &Query::default(), b"", BodyType::Json).await {
                     Ok(_) => {}
                     Err(e) if e.code == 404 || e.code == 409 => {}
                     Err(e) => return Err(e),

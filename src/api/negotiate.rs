@@ -45,6 +45,7 @@ pub enum BodyType {
     MergePatch,
     StrategicMergePatch,
     ApplyPatch,
+    Protobuf,
 }
 
 /// Classifies a `Content-Type` header.
@@ -58,6 +59,7 @@ pub fn body_type(content_type: Option<&str>) -> Result<BodyType, ApiError> {
         "application/merge-patch+json" => BodyType::MergePatch,
         "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
         "application/apply-patch+yaml" => BodyType::ApplyPatch,
+        "application/vnd.kubernetes.protobuf" => BodyType::Protobuf,
         _ => return Err(ApiError::unsupported_media_type(ct)),
     })
 }
@@ -77,9 +79,13 @@ pub fn decode(body: &[u8], yaml: bool) -> Result<Value, ApiError> {
     }
 }
 
-/// Decodes a body that must be one object.
-pub fn decode_object(body: &[u8], yaml: bool) -> Result<Value, ApiError> {
-    let v = decode(body, yaml)?;
+/// Decodes a body that must be one object, in any of the object body types.
+pub fn decode_object(body: &[u8], bt: BodyType) -> Result<Value, ApiError> {
+    let v = match bt {
+        BodyType::Protobuf => super::protobuf::decode(body)?,
+        BodyType::Json | BodyType::Yaml => decode(body, bt == BodyType::Yaml)?,
+        _ => return Err(ApiError::unsupported_media_type("a patch media type where an object was expected")),
+    };
     if !v.is_object() {
         return Err(ApiError::bad_request("the request body must be an object"));
     }
@@ -105,10 +111,10 @@ mod tests {
     #[test]
     fn bodies() {
         assert_eq!(body_type(Some("application/json; charset=utf-8")).unwrap(), BodyType::Json);
-        assert_eq!(body_type(Some("application/vnd.kubernetes.protobuf")).unwrap_err().code, 415);
-        assert_eq!(decode_object(b"{bad", false).unwrap_err().code, 400);
-        assert_eq!(decode_object(b"[1]", false).unwrap_err().code, 400);
-        assert_eq!(decode_object(b"a: [", true).unwrap_err().code, 400);
-        assert_eq!(decode_object(b"kind: ConfigMap\n", true).unwrap()["kind"], "ConfigMap");
+        assert_eq!(body_type(Some("application/cbor")).unwrap_err().code, 415);
+        assert_eq!(decode_object(b"{bad", BodyType::Json).unwrap_err().code, 400);
+        assert_eq!(decode_object(b"[1]", BodyType::Json).unwrap_err().code, 400);
+        assert_eq!(decode_object(b"a: [", BodyType::Yaml).unwrap_err().code, 400);
+        assert_eq!(decode_object(b"kind: ConfigMap\n", BodyType::Yaml).unwrap()["kind"], "ConfigMap");
     }
 }

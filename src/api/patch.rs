@@ -31,7 +31,7 @@ pub fn apply(bt: BodyType, kind: &Kind, base: &Value, body: &[u8]) -> Result<Val
             }
             doc = smp::merge(kind, base, &p).map_err(|e| ApiError::bad_request(format!("the strategic merge patch could not be applied: {e}")))?;
         }
-        BodyType::Json | BodyType::Yaml | BodyType::ApplyPatch => {
+        BodyType::Json | BodyType::Yaml | BodyType::ApplyPatch | BodyType::Protobuf => {
             return Err(ApiError::unsupported_media_type("not a patch type"));
         }
     }

@@ -1,0 +1,207 @@
+//! OpenAPI v3: the index (`/openapi/v3`) and one document per group-version, generated from
+//! the table of kinds. Each path names its operations with `x-kubernetes-group-version-kind`
+//! and `x-kubernetes-action` and lists the query parameters the server honours
+//! (`fieldValidation`, `dryRun`, `fieldManager`, ...), which is how kubectl decides what the
+//! server supports. Object schemas carry the kind's identity and keep unknown fields.
+
+use super::kinds::{groups, Kind, Sub, KINDS};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+
+/// Path segment of a group-version in `/openapi/v3/<here>`.
+pub fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// Schema name of a kind, as upstream names definitions.
+pub fn schema_name(k: &Kind) -> String {
+    let pkg = match k.group {
+        "" => "core".to_string(),
+        "apiextensions.k8s.io" => return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", k.version, k.kind),
+        g => g.trim_end_matches(".k8s.io").replace(".authorization", "").to_string(),
+    };
+    format!("io.k8s.api.{pkg}.{}.{}", k.version, k.kind)
+}
+
+fn param(name: &str, ty: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "query", "description": desc, "schema": {"type": ty, "uniqueItems": true}})
+}
+
+fn path_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": format!("{name} of the object"), "schema": {"type": "string", "uniqueItems": true}})
+}
+
+fn write_params(patch: bool) -> Vec<Value> {
+    let mut p = vec![
+        param("dryRun", "string", "When present, indicates that modifications should not be persisted. Valid value: All"),
+        param("fieldManager", "string", "Name of the actor making the change"),
+        param("fieldValidation", "string", "How the server treats unknown or duplicate fields: Ignore, Warn or Strict"),
+    ];
+    if patch {
+        p.push(param("force", "boolean", "Force apply requests: re-acquire conflicting fields owned by other managers"));
+    }
+    p
+}
+
+fn list_params() -> Vec<Value> {
+    ["allowWatchBookmarks:boolean", "continue:string", "fieldSelector:string", "labelSelector:string", "limit:integer", "resourceVersion:string", "resourceVersionMatch:string", "sendInitialEvents:boolean", "timeoutSeconds:integer", "watch:boolean"]
+        .iter()
+        .map(|s| {
+            let (n, t) = s.split_once(':').unwrap_or((s, "string"));
+            param(n, t, "")
+        })
+        .collect()
+}
+
+fn response(schema_ref: &str) -> Value {
+    json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": schema_ref}}}}})
+}
+
+fn op(k: &Kind, action: &str, id: &str, params: Vec<Value>, schema_ref: &str, body: Option<Vec<&str>>) -> Value {
+    let mut o = json!({
+        "operationId": id,
+        "parameters": params,
+        "responses": response(schema_ref),
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind},
+    });
+    if let Some(types) = body {
+        let content: Map<String, Value> = types.into_iter().map(|t| (t.to_string(), json!({"schema": {"$ref": schema_ref}}))).collect();
+        o["requestBody"] = json!({"content": content, "required": true});
+    }
+    o
+}
+
+fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
+    let base = format!("/{}", gv_path(k.group, k.version));
+    let own = format!("#/components/schemas/{}", schema_name(k));
+    let list_ref = format!("#/components/schemas/{}List", schema_name(k));
+    let id = format!("{}{}", k.kind, k.version);
+    let scopes: Vec<(String, Vec<Value>)> = if k.namespaced {
+        vec![(format!("{base}/namespaces/{{namespace}}/{}", k.plural), vec![path_param("namespace")])]
+    } else {
+        vec![(format!("{base}/{}", k.plural), vec![])]
+    };
+    let patch_types = vec!["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"];
+    for (coll, scope_params) in scopes {
+        let mut coll_params = scope_params.clone();
+        coll_params.push(param("pretty", "string", ""));
+        paths.insert(coll.clone(), json!({
+            "parameters": coll_params,
+            "get": op(k, "list", &format!("list{id}"), list_params(), &list_ref, None),
+            "post": op(k, "post", &format!("create{id}"), write_params(false), &own, Some(vec!["application/json", "application/yaml"])),
+            "delete": op(k, "deletecollection", &format!("deletecollection{id}"), list_params(), "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Status", None),
+        }));
+        let mut item_params = scope_params.clone();
+        item_params.push(path_param("name"));
+        item_params.push(param("pretty", "string", ""));
+        let item = format!("{coll}/{{name}}");
+        paths.insert(item.clone(), json!({
+            "parameters": item_params,
+            "get": op(k, "get", &format!("read{id}"), vec![], &own, None),
+            "put": op(k, "put", &format!("replace{id}"), write_params(false), &own, Some(vec!["application/json", "application/yaml"])),
+            "patch": op(k, "patch", &format!("patch{id}"), write_params(true), &own, Some(patch_types.clone())),
+            "delete": op(k, "delete", &format!("delete{id}"), vec![param("dryRun", "string", ""), param("gracePeriodSeconds", "integer", ""), param("propagationPolicy", "string", "")], &own, None),
+        }));
+        for sub in k.subresources {
+            let (name, sref) = match sub {
+                Sub::Status => ("status", own.clone()),
+                Sub::Scale => ("scale", "#/components/schemas/io.k8s.api.autoscaling.v1.Scale".to_string()),
+            };
+            paths.insert(format!("{item}/{name}"), json!({
+                "parameters": item_params,
+                "get": op(k, "get", &format!("read{id}{name}"), vec![], &sref, None),
+                "put": op(k, "put", &format!("replace{id}{name}"), write_params(false), &sref, Some(vec!["application/json"])),
+                "patch": op(k, "patch", &format!("patch{id}{name}"), write_params(true), &sref, Some(patch_types.clone())),
+            }));
+        }
+    }
+}
+
+fn object_schema(k: &Kind) -> Value {
+    json!({
+        "type": "object",
+        "description": format!("{} ({})", k.kind, k.api_version()),
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        },
+        "x-kubernetes-preserve-unknown-fields": true,
+        "x-kubernetes-group-version-kind": [{"group": k.group, "version": k.version, "kind": k.kind}],
+    })
+}
+
+fn list_schema(k: &Kind) -> Value {
+    json!({
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"},
+            "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{}", schema_name(k))}},
+        },
+        "x-kubernetes-group-version-kind": [{"group": k.group, "version": k.version, "kind": format!("{}List", k.kind)}],
+    })
+}
+
+fn document(group: &str, version: &str) -> Value {
+    let mut paths = BTreeMap::new();
+    let mut schemas = Map::new();
+    for k in KINDS.iter().filter(|k| k.group == group && k.version == version) {
+        kind_paths(k, &mut paths);
+        schemas.insert(schema_name(k), object_schema(k));
+        schemas.insert(format!("{}List", schema_name(k)), list_schema(k));
+    }
+    let meta = "io.k8s.apimachinery.pkg.apis.meta.v1";
+    schemas.insert(format!("{meta}.ObjectMeta"), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    schemas.insert(format!("{meta}.ListMeta"), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    schemas.insert(format!("{meta}.Status"), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "x-kubernetes-group-version-kind": [{"group": "", "version": "v1", "kind": "Status"}]}));
+    schemas.insert("io.k8s.api.autoscaling.v1.Scale".into(), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "x-kubernetes-group-version-kind": [{"group": "autoscaling", "version": "v1", "kind": "Scale"}]}));
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.35.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+struct Docs {
+    index: Value,
+    docs: BTreeMap<String, (String, String)>,
+}
+
+fn docs() -> &'static Docs {
+    static DOCS: OnceLock<Docs> = OnceLock::new();
+    DOCS.get_or_init(|| {
+        let mut docs = BTreeMap::new();
+        let mut paths = Map::new();
+        for (g, v) in groups() {
+            let text = document(g, v).to_string();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            let hash = format!("{:016X}{:016X}", h.finish(), text.len());
+            let p = gv_path(g, v);
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+            docs.insert(p, (hash, text));
+        }
+        Docs { index: json!({"paths": paths}), docs }
+    })
+}
+
+/// The `/openapi/v3` index.
+pub fn index() -> &'static Value {
+    &docs().index
+}
+
+/// The document at `/openapi/v3/<gv>` (JSON text).
+pub fn group_version(gv: &str) -> Option<&'static str> {
+    docs().docs.get(gv.trim_matches('/')).map(|(_, t)| t.as_str())
+}
