@@ -1,0 +1,176 @@
+//! Store behaviour: revisions, compare-and-swap, snapshots, watch replay, compaction and
+//! recovery after reopening.
+
+use ferrokube::store::{EventType, Op, Store, StoreError};
+use serde_json::{json, Value};
+
+fn obj(name: &str, v: i64) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "ns"}, "data": {"v": v.to_string()}})
+}
+
+fn key(name: &str) -> String {
+    format!("/core/configmaps/ns/{name}")
+}
+
+fn rv_of(json: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(json).unwrap();
+    v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+}
+
+async fn create(s: &Store, name: &str, v: i64) -> u64 {
+    s.write(Op::Create { key: key(name), object: obj(name, v) }).await.unwrap().revision
+}
+
+#[tokio::test]
+async fn revisions_are_global_and_stamped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 100).unwrap();
+    let r1 = create(&s, "a", 1).await;
+    let r2 = create(&s, "b", 1).await;
+    assert_eq!(r2, r1 + 1);
+    let got = s.get(&key("a")).unwrap().unwrap();
+    assert_eq!(got.revision, r1);
+    assert_eq!(rv_of(&got.json), r1.to_string());
+    assert_eq!(s.revision().unwrap(), r2);
+    let dup = s.write(Op::Create { key: key("a"), object: obj("a", 2) }).await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists)));
+    // A failed write takes no revision.
+    assert_eq!(s.revision().unwrap(), r2);
+}
+
+#[tokio::test]
+async fn compare_and_swap_rejects_stale_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 100).unwrap();
+    let r1 = create(&s, "a", 1).await;
+    let ok = s.write(Op::Update { key: key("a"), object: obj("a", 2), expect: Some(r1) }).await.unwrap();
+    assert_eq!(ok.kind, EventType::Modified);
+    let stale = s.write(Op::Update { key: key("a"), object: obj("a", 3), expect: Some(r1) }).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { current }) if current == ok.revision));
+    let stale_delete = s.write(Op::Delete { key: key("a"), expect: Some(r1) }).await;
+    assert!(matches!(stale_delete, Err(StoreError::Conflict { .. })));
+    let missing = s.write(Op::Update { key: key("zz"), object: obj("zz", 1), expect: None }).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)));
+    let del = s.write(Op::Delete { key: key("a"), expect: Some(ok.revision) }).await.unwrap();
+    assert_eq!(del.kind, EventType::Deleted);
+    assert_eq!(rv_of(&del.object), del.revision.to_string());
+    assert!(s.get(&key("a")).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn concurrent_writers_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 10_000).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { create(&s, &format!("c{i:03}"), i).await }));
+    }
+    let mut revs = Vec::new();
+    for t in tasks {
+        revs.push(t.await.unwrap());
+    }
+    revs.sort();
+    revs.dedup();
+    assert_eq!(revs.len(), 200, "every write has its own revision");
+    let page = s.list("/core/configmaps/ns/", None, 0, None, &|_| true).unwrap();
+    assert_eq!(page.items.len(), 200);
+}
+
+#[tokio::test]
+async fn paged_list_is_a_consistent_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 1000).unwrap();
+    for i in 0..10 {
+        create(&s, &format!("k{i}"), i).await;
+    }
+    let prefix = "/core/configmaps/ns/";
+    let first = s.list(prefix, None, 4, None, &|_| true).unwrap();
+    assert_eq!(first.items.len(), 4);
+    let after = first.next_key.clone().expect("more pages");
+    assert_eq!(first.remaining, 6);
+    // Changes after the first page: delete k5, modify k6, add k45.
+    let k5 = s.get(&key("k5")).unwrap().unwrap().revision;
+    s.write(Op::Delete { key: key("k5"), expect: Some(k5) }).await.unwrap();
+    s.write(Op::Update { key: key("k6"), object: obj("k6", 600), expect: None }).await.unwrap();
+    create(&s, "k45", 45).await;
+    let rest = s.list(prefix, Some(&after), 0, Some(first.revision), &|_| true).unwrap();
+    let names: Vec<String> = rest.items.iter().map(|(k, _)| k.rsplit('/').next().unwrap().to_string()).collect();
+    assert_eq!(names, vec!["k4", "k5", "k6", "k7", "k8", "k9"]);
+    let k6: Value = serde_json::from_slice(&rest.items[2].1).unwrap();
+    assert_eq!(k6["data"]["v"], "6", "the snapshot shows k6 as it was");
+    // A current list sees the changes.
+    let now = s.list(prefix, None, 0, None, &|_| true).unwrap();
+    assert!(now.items.iter().any(|(k, _)| k.ends_with("k45")));
+    assert!(!now.items.iter().any(|(k, _)| k.ends_with("/k5")));
+}
+
+#[tokio::test]
+async fn watch_replays_history_then_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 1000).unwrap();
+    let r1 = create(&s, "a", 1).await;
+    create(&s, "b", 1).await;
+    s.write(Op::Update { key: key("a"), object: obj("a", 2), expect: None }).await.unwrap();
+    let mut w = s.watch("/core/configmaps/ns/", r1).unwrap();
+    let e1 = w.next().await.unwrap();
+    assert_eq!((e1.kind, e1.key.as_str()), (EventType::Added, "/core/configmaps/ns/b"));
+    let e2 = w.next().await.unwrap();
+    assert_eq!(e2.kind, EventType::Modified);
+    assert!(e2.prev.is_some());
+    // Live events after the replay, filtered by prefix.
+    s.write(Op::Create { key: "/core/configmaps/other/x".into(), object: obj("x", 1) }).await.unwrap();
+    let r = create(&s, "c", 1).await;
+    let e3 = tokio::time::timeout(std::time::Duration::from_secs(5), w.next()).await.unwrap().unwrap();
+    assert_eq!((e3.revision, e3.key.as_str()), (r, "/core/configmaps/ns/c"));
+}
+
+#[tokio::test]
+async fn history_is_bounded_and_old_revisions_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 5).unwrap();
+    let first = create(&s, "a0", 0).await;
+    for i in 1..20 {
+        create(&s, &format!("a{i}"), i).await;
+    }
+    let compacted = s.compacted().unwrap();
+    assert_eq!(compacted, s.revision().unwrap() - 5);
+    assert!(matches!(s.watch("/core/", first), Err(StoreError::Expired { .. })));
+    assert!(matches!(s.list("/core/", None, 0, Some(first), &|_| true), Err(StoreError::Expired { .. })));
+    // Within the history the watch works.
+    let mut w = s.watch("/core/", compacted).unwrap();
+    assert_eq!(w.next().await.unwrap().revision, compacted + 1);
+}
+
+#[tokio::test]
+async fn reopen_keeps_objects_revisions_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (rev_a, rev_end) = {
+        let s = Store::open(&path, 100).unwrap();
+        let a = create(&s, "a", 1).await;
+        create(&s, "b", 1).await;
+        (a, s.revision().unwrap())
+    };
+    // The writer thread holds the database until its channel closes.
+    let s = loop {
+        match Store::open(&path, 100) {
+            Ok(s) => break s,
+            Err(StoreError::Storage(m)) if m.contains("already open") => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(s.revision().unwrap(), rev_end);
+    assert_eq!(s.get(&key("a")).unwrap().unwrap().revision, rev_a);
+    let mut w = s.watch("/core/", rev_a).unwrap();
+    assert_eq!(w.next().await.unwrap().key, key("b"));
+    assert_eq!(create(&s, "c", 1).await, rev_end + 1);
+}
+
+#[tokio::test]
+async fn foreign_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    std::fs::write(&path, b"this is not a database file at all, it is text").unwrap();
+    assert!(Store::open(&path, 100).is_err());
+}
