@@ -160,6 +160,9 @@ impl Store {
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => {
                 return Err(StoreError::Foreign(m))
             }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(StoreError::Foreign(e.to_string()))
+            }
             Err(e @ redb::DatabaseError::UpgradeRequired(_)) => {
                 return Err(StoreError::Foreign(e.to_string()))
             }

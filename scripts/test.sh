@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command: Rust unit and integration tests, then the end-to-end suites that drive
+# a real `ferrokube server` with kubectl v1.35, curl and the official Python client.
+# Needs: cargo, python3, curl (scripts/install-deps.sh installs the rest).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+cargo build --locked
+cargo test --locked
+
+"$root/scripts/fetch-clients.sh" >/dev/null
+venv=$root/.tools/venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import kubernetes, pytest' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes pytest
+fi
+
+export FERROKUBE=$root/target/debug/ferrokube KUBECTL=$root/.tools/bin/kubectl
+status=0
+for suite in tests/e2e/kubectl.sh tests/e2e/durability.sh; do
+  echo "== $suite"
+  bash "$suite" || status=1
+done
+echo "== tests/e2e/test_python_client.py"
+"$venv/bin/python" -m pytest -q tests/e2e/test_python_client.py || status=1
+exit $status

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# kubectl v1.35 against `ferrokube server --disable-agent`: the everyday commands.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+start_server || exit 1
+
+check_contains "version shows the server" "Server Version: v1.35" "$(k version 2>&1)"
+check_contains "api-resources lists deployments" "deployments" "$(k api-resources 2>&1)"
+check_contains "api-resources short names" "deploy" "$(k api-resources --api-group=apps 2>&1)"
+check_contains "api-versions lists apps/v1" "apps/v1" "$(k api-versions 2>&1)"
+check "built-in namespaces" "default kube-node-lease kube-public kube-system" "$(k get ns -o name | sed 's|namespace/||' | xargs)"
+check_contains "get ns shows STATUS column" "STATUS" "$(k get ns 2>&1)"
+check_cmd "create ns (protobuf body)" k create ns e2e
+check "namespace is Active" "Active" "$(k get ns e2e -o jsonpath='{.status.phase}')"
+
+cat >"$E2E_DIR/multi.yaml" <<'YAML'
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+  namespace: e2e
+  labels: {app: web, tier: front}
+data:
+  a: "1"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: e2e
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: e2e
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+YAML
+check_cmd "create -f multi-document YAML (default validation)" k create -f "$E2E_DIR/multi.yaml"
+check "get -o name" "configmap/cfg" "$(k -n e2e get cm -o name)"
+check "get -o jsonpath" "1" "$(k -n e2e get cm cfg -o jsonpath='{.data.a}')"
+check "get -o json" "ConfigMap" "$(k -n e2e get cm cfg -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["kind"])')"
+check_contains "get -o yaml" "namespace: e2e" "$(k -n e2e get cm cfg -o yaml)"
+check "defaults applied to the deployment" "RollingUpdate/IfNotPresent/30" \
+  "$(k -n e2e get deploy web -o jsonpath='{.spec.strategy.type}/{.spec.template.spec.containers[0].imagePullPolicy}/{.spec.template.spec.terminationGracePeriodSeconds}')"
+check "get -l" "configmap/cfg" "$(k -n e2e get cm -l 'app=web,tier in (front,back)' -o name)"
+check "get -l with no match" "" "$(k -n e2e get cm -l 'app!=web' -o name)"
+check "get --field-selector" "configmap/cfg" "$(k -n e2e get cm --field-selector metadata.name=cfg -o name)"
+check "--field-selector across namespaces" "e2e/cfg" "$(k get cm -A --field-selector metadata.namespace=e2e -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{end}')"
+check_contains "get all shows the deployment and service" "deployment.apps/web" "$(k -n e2e get all 2>&1)"
+check_contains "get all shows the service" "service/web" "$(k -n e2e get all 2>&1)"
+
+check_cmd "label" k -n e2e label cm cfg extra=yes
+check "label is there" "yes" "$(k -n e2e get cm cfg -o jsonpath='{.metadata.labels.extra}')"
+check_cmd "annotate" k -n e2e annotate cm cfg note=hello
+check "annotation is there" "hello" "$(k -n e2e get cm cfg -o jsonpath='{.metadata.annotations.note}')"
+check_cmd "patch --type=merge" k -n e2e patch cm cfg --type=merge -p '{"data":{"b":"2"}}'
+check_cmd "patch --type=json" k -n e2e patch cm cfg --type=json -p '[{"op":"add","path":"/data/c","value":"3"}]'
+check "patches applied" "1 2 3" "$(k -n e2e get cm cfg -o jsonpath='{.data.a} {.data.b} {.data.c}')"
+check_cmd "edit via KUBE_EDITOR" env KUBE_EDITOR="sed -i s/nginx:1.25/nginx:1.26/" "$KUBECTL" -n e2e edit deploy web
+check "edit changed the image" "nginx:1.26" "$(k -n e2e get deploy web -o jsonpath='{.spec.template.spec.containers[0].image}')"
+check "edit bumped the generation" "2" "$(k -n e2e get deploy web -o jsonpath='{.metadata.generation}')"
+check "containers kept by the strategic merge" "1" "$(k -n e2e get deploy web -o jsonpath='{.spec.template.spec.containers[*].name}' | wc -w)"
+check_cmd "scale" k -n e2e scale deploy web --replicas=4
+check "scale applied" "4" "$(k -n e2e get deploy web -o jsonpath='{.spec.replicas}')"
+check_cmd "create deployment (protobuf body)" k -n e2e create deployment gen --image=busybox:1.36
+check_cmd "create secret (protobuf body)" k -n e2e create secret generic sec --from-literal=pw=s3cret
+check "secret data is base64" "s3cret" "$(k -n e2e get secret sec -o jsonpath='{.data.pw}' | base64 -d)"
+
+check_cmd "--dry-run=server create" k -n e2e create cm dry --from-literal=x=1 --dry-run=server
+check_fails "dry run stored nothing" k -n e2e get cm dry
+
+# A stale update is rejected with a conflict.
+k -n e2e get cm cfg -o yaml >"$E2E_DIR/stale.yaml"
+k -n e2e label cm cfg bump=1 >/dev/null
+out=$(k replace -f "$E2E_DIR/stale.yaml" 2>&1)
+check_contains "stale replace is a Conflict" "the object has been modified" "$out"
+
+# Invalid input gets a clear error.
+out=$(k -n e2e create cm Bad_Name 2>&1)
+check_contains "invalid name is rejected with the field" "metadata.name: Invalid value" "$out"
+out=$(printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n' | k -n e2e create -f - 2>&1)
+check_contains "pod without containers is Invalid" "spec.containers: Required value" "$out"
+
+# get -w prints ADDED/MODIFIED/DELETED as they happen.
+k -n e2e get cm -w --output-watch-events >"$E2E_DIR/watch.out" 2>&1 &
+WPID=$!
+sleep 1
+k -n e2e create cm watched --from-literal=a=b >/dev/null
+k -n e2e label cm watched x=y >/dev/null
+k -n e2e delete cm watched >/dev/null
+for _ in $(seq 50); do grep -q DELETED "$E2E_DIR/watch.out" && break; sleep 0.1; done
+kill $WPID 2>/dev/null; wait $WPID 2>/dev/null
+check "get -w event sequence" "ADDED MODIFIED DELETED" "$(awk '$2 == "watched" {print $1}' "$E2E_DIR/watch.out" | xargs)"
+
+# Finalizers hold a delete; delete --wait returns once they are gone.
+k -n e2e create cm held --from-literal=a=b >/dev/null
+k -n e2e patch cm held --type=merge -p '{"metadata":{"finalizers":["example.com/hold"]}}' >/dev/null
+k -n e2e delete cm held --wait=false >/dev/null
+check "object with a finalizer stays, marked for deletion" "true" "$(k -n e2e get cm held -o jsonpath='{.metadata.deletionTimestamp}' | grep -q . && echo true)"
+( sleep 1; k -n e2e patch cm held --type=json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null ) &
+check_cmd "delete --wait returns after the finalizer is removed" k -n e2e delete cm held --wait --timeout=20s --ignore-not-found
+check_fails "object is gone" k -n e2e get cm held
+
+check_cmd "delete -f multi-document YAML" k delete -f "$E2E_DIR/multi.yaml" --wait
+check_fails "deleted deployment is gone" k -n e2e get deploy web
+check_cmd "delete ns --wait" k delete ns e2e --wait --timeout=30s
+check_fails "namespace is gone" k get ns e2e
+
+# Authentication: anonymous requests are refused with a Status, health endpoints are open.
+check "readyz is public" "ok" "$(curl -sk "https://127.0.0.1:$PORT/readyz")"
+check "anonymous list is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces")"
+check_contains "401 carries a Status" '"reason":"Unauthorized"' "$(curl -sk "https://127.0.0.1:$PORT/api/v1/namespaces")"
+check "HTTP/2 is negotiated" "2" "$(curl -sk -o /dev/null -w '%{http_version}' "https://127.0.0.1:$PORT/version")"
+
+summary

@@ -1,0 +1,72 @@
+# Shared helpers of the end-to-end scripts: start/stop a server, assertions, counters.
+# Expects FERROKUBE (binary) and KUBECTL; sets KUBECONFIG.
+
+PASS=0
+FAIL=0
+E2E_DIR=$(mktemp -d /tmp/ferrokube-e2e.XXXXXX)
+PORT=${PORT:-$(( 20000 + RANDOM % 20000 ))}
+export KUBECONFIG=$E2E_DIR/kubeconfig
+SERVER_PID=
+
+start_server() {
+  "$FERROKUBE" server --disable-agent --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" \
+    --bind-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" "$@" >>"$E2E_DIR/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    if curl -skf "https://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  echo "server did not become ready; log:" >&2
+  tail -20 "$E2E_DIR/server.log" >&2
+  return 1
+}
+
+stop_server() {
+  local sig=${1:-TERM}
+  if [ -n "$SERVER_PID" ]; then
+    kill -"$sig" "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+
+cleanup() {
+  stop_server KILL
+  rm -rf "$E2E_DIR"
+}
+trap cleanup EXIT
+
+ok() { PASS=$((PASS + 1)); echo "ok   - $1"; }
+not_ok() { FAIL=$((FAIL + 1)); echo "FAIL - $1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; }
+
+# check NAME EXPECTED ACTUAL
+check() {
+  if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "expected [$2] got [$3]"; fi
+}
+
+# check_contains NAME NEEDLE HAYSTACK
+check_contains() {
+  case "$3" in *"$2"*) ok "$1" ;; *) not_ok "$1" "[$2] not in [$3]" ;; esac
+}
+
+# check_cmd NAME CMD... : the command succeeds
+check_cmd() {
+  local name=$1; shift
+  local out
+  if out=$("$@" 2>&1); then ok "$name"; else not_ok "$name" "$out"; fi
+}
+
+# check_fails NAME CMD... : the command fails
+check_fails() {
+  local name=$1; shift
+  local out
+  if out=$("$@" 2>&1); then not_ok "$name" "unexpectedly succeeded: $out"; else ok "$name"; fi
+}
+
+k() { "$KUBECTL" "$@"; }
+
+summary() {
+  echo "$(basename "$0"): $PASS passed, $FAIL failed"
+  [ "$FAIL" -eq 0 ]
+}
