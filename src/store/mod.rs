@@ -50,6 +50,10 @@ pub const FORMAT_VERSION: u64 = 1;
 /// Default number of events kept for watch resumption and snapshot reads.
 pub const DEFAULT_HISTORY: u64 = 20_000;
 
+/// Memory redb may use to cache pages (its own default, 1 GiB, is far too much for a
+/// small board; reads of recent objects stay in the OS page cache anyway).
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Errors of the store. `NotFound`, `AlreadyExists`, `Conflict` and `Expired` are outcomes
 /// callers map to API statuses; the rest are faults.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +159,7 @@ struct Inner {
 impl Store {
     /// Opens (or creates) the store file at `path`, keeping `history` events.
     pub fn open(path: &Path, history: u64) -> Result<Store, StoreError> {
-        let db = match Database::create(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => {
                 return Err(StoreError::Foreign(m))
@@ -202,6 +206,8 @@ impl Store {
     /// Submits writes and waits until they are durable. Each op gets its own result.
     pub async fn write(&self, op: Op) -> Result<Event, StoreError> {
         let (tx, rx) = oneshot::channel();
+        // Serialization happens here, on the caller's thread, not on the writer.
+        let op = writer::Staged::from(op);
         self.inner.ops.send(writer::Request { op, reply: tx }).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }

@@ -26,8 +26,68 @@ pub enum Op {
 }
 
 pub(crate) struct Request {
-    pub op: Op,
+    pub op: Staged,
     pub reply: oneshot::Sender<Result<Event, StoreError>>,
+}
+
+/// A write whose object was already serialized by the caller, off the writer thread.
+pub(crate) enum Staged {
+    Put { key: String, object: Template, create: bool, expect: Option<u64> },
+    Delete { key: String, expect: Option<u64> },
+}
+
+impl From<Op> for Staged {
+    fn from(op: Op) -> Staged {
+        match op {
+            Op::Create { key, object } => Staged::Put { key, object: Template::new(object), create: true, expect: None },
+            Op::Update { key, object, expect } => Staged::Put { key, object: Template::new(object), create: false, expect },
+            Op::Delete { key, expect } => Staged::Delete { key, expect },
+        }
+    }
+}
+
+/// Serialized object with a placeholder where the revision goes, so that the writer only
+/// splices a number in. The placeholder holds a per-process random token; should an object
+/// contain it more than once, the writer stamps the value itself.
+pub(crate) enum Template {
+    Spliced { bytes: Vec<u8>, at: usize, len: usize },
+    Value(Value),
+}
+
+fn placeholder() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| format!("ferrokube-rv-{}", uuid::Uuid::new_v4().simple()))
+}
+
+impl Template {
+    fn new(mut object: Value) -> Template {
+        let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return Template::Value(object);
+        };
+        let token = placeholder();
+        meta.insert("resourceVersion".into(), Value::String(token.to_string()));
+        let bytes = serde_json::to_vec(&object).expect("a JSON value always serializes");
+        let needle = format!("\"{token}\"");
+        let mut hits = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(i, _)| i);
+        match (hits.next(), hits.next()) {
+            (Some(i), None) => Template::Spliced { bytes, at: i + 1, len: token.len() },
+            _ => Template::Value(object),
+        }
+    }
+
+    fn render(self, rev: u64) -> Bytes {
+        match self {
+            Template::Spliced { bytes, at, len } => {
+                let digits = rev.to_string();
+                let mut out = Vec::with_capacity(bytes.len() - len + digits.len());
+                out.extend_from_slice(&bytes[..at]);
+                out.extend_from_slice(digits.as_bytes());
+                out.extend_from_slice(&bytes[at + len..]);
+                Bytes::from(out)
+            }
+            Template::Value(mut v) => stamp(&mut v, rev),
+        }
+    }
 }
 
 pub(crate) fn spawn(
@@ -59,7 +119,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+        let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
         match commit(&db, revision, history, ops) {
             Ok((new_rev, results)) => {
                 revision = new_rev;
@@ -87,7 +147,7 @@ fn commit(
     db: &Database,
     mut revision: u64,
     history: u64,
-    ops: Vec<Op>,
+    ops: Vec<Staged>,
 ) -> Result<(u64, Vec<Result<Event, StoreError>>), StoreError> {
     let tx = db.begin_write()?;
     let mut results = Vec::with_capacity(ops.len());
@@ -121,37 +181,29 @@ fn commit(
 /// Outer error: storage fault (abort the batch). Inner: this op's outcome.
 type Applied = Result<Result<Event, StoreError>, StoreError>;
 
-fn apply(objects: &mut redb::Table<&str, &[u8]>, rev: u64, op: Op) -> Applied {
+fn apply(objects: &mut redb::Table<&str, &[u8]>, rev: u64, op: Staged) -> Applied {
     match op {
-        Op::Create { key, mut object } => {
-            if objects.get(key.as_str())?.is_some() {
-                return Ok(Err(StoreError::AlreadyExists));
-            }
-            let json = stamp(&mut object, rev);
-            objects.insert(key.as_str(), codec::encode_value(rev, &json).as_slice())?;
-            Ok(Ok(Event { revision: rev, kind: EventType::Added, key, object: json, prev: None }))
-        }
-        Op::Update { key, mut object, expect } => {
+        Staged::Put { key, object, create, expect } => {
             let prev = match objects.get(key.as_str())? {
-                None => return Ok(Err(StoreError::NotFound)),
-                Some(v) => codec::decode_value(&key, v.value())?,
+                Some(v) => Some(codec::decode_value(&key, v.value())?),
+                None => None,
             };
-            if let Some(want) = expect {
-                if want != prev.revision {
-                    return Ok(Err(StoreError::Conflict { current: prev.revision }));
+            match (&prev, create) {
+                (Some(_), true) => return Ok(Err(StoreError::AlreadyExists)),
+                (None, false) => return Ok(Err(StoreError::NotFound)),
+                _ => {}
+            }
+            if let (Some(want), Some(p)) = (expect, &prev) {
+                if want != p.revision {
+                    return Ok(Err(StoreError::Conflict { current: p.revision }));
                 }
             }
-            let json = stamp(&mut object, rev);
+            let json = object.render(rev);
             objects.insert(key.as_str(), codec::encode_value(rev, &json).as_slice())?;
-            Ok(Ok(Event {
-                revision: rev,
-                kind: EventType::Modified,
-                key,
-                object: json,
-                prev: Some(prev.json),
-            }))
+            let kind = if create { EventType::Added } else { EventType::Modified };
+            Ok(Ok(Event { revision: rev, kind, key, object: json, prev: prev.map(|p| p.json) }))
         }
-        Op::Delete { key, expect } => {
+        Staged::Delete { key, expect } => {
             let prev = match objects.get(key.as_str())? {
                 None => return Ok(Err(StoreError::NotFound)),
                 Some(v) => codec::decode_value(&key, v.value())?,
@@ -183,4 +235,28 @@ fn stamp(object: &mut Value, rev: u64) -> Bytes {
         meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
     }
     Bytes::from(serde_json::to_vec(object).expect("a JSON value always serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn template_splices_the_revision() {
+        let t = Template::new(json!({"metadata": {"name": "a", "labels": {"resourceVersion": "x"}}, "data": {"k": "v"}}));
+        assert!(matches!(t, Template::Spliced { .. }));
+        let v: Value = serde_json::from_slice(&t.render(42)).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["labels"]["resourceVersion"], "x");
+    }
+
+    #[test]
+    fn template_falls_back_when_the_token_appears_in_data() {
+        let token = placeholder().to_string();
+        let t = Template::new(json!({"metadata": {"name": "a"}, "data": {"k": token}}));
+        assert!(matches!(t, Template::Value(_)));
+        let v: Value = serde_json::from_slice(&t.render(7)).unwrap();
+        assert_eq!((v["metadata"]["resourceVersion"].as_str(), v["data"]["k"].as_str()), (Some("7"), Some(token.as_str())));
+    }
 }
