@@ -4,7 +4,7 @@
 use super::status::ApiError;
 use super::{Api, Body, Call, Rendered, MAX_BODY};
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -98,45 +98,80 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, t
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
-    let resp = if !is_public(&path) && authenticate(&req, cert, token).is_none() {
-        Rendered::error(&ApiError::unauthorized())
-    } else {
-        let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
-        let accept = header(hyper::header::ACCEPT);
-        let content_type = header(hyper::header::CONTENT_TYPE);
-        let query = req.uri().query().map(String::from);
-        let too_large = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .is_some_and(|n| n > MAX_BODY);
-        if too_large {
-            Rendered::error(&ApiError::too_large(MAX_BODY))
-        } else {
-            match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Err(_) => Rendered::error(&ApiError::too_large(MAX_BODY)),
-                Ok(body) => {
-                    let call = Call {
-                        method: &method,
-                        path: &path,
-                        query: query.as_deref(),
-                        accept: accept.as_deref(),
-                        content_type: content_type.as_deref(),
-                        body: body.to_bytes(),
-                    };
-                    api.call(call).await
-                }
-            }
-        }
+    if !is_public(&path) && authenticate(&req, cert, token).is_none() {
+        return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body()));
+    }
+    let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
+    let accept = header(hyper::header::ACCEPT);
+    let content_type = header(hyper::header::CONTENT_TYPE);
+    let query = req.uri().query().map(String::from);
+    let declared_too_large = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > MAX_BODY);
+    let mut body = req.into_body();
+    let read = if declared_too_large { None } else { read_limited(&mut body).await };
+    let Some(bytes) = read else {
+        // The unread rest of the body stays open until the answer is out: dropping it first
+        // would reset an HTTP/2 stream before the client sees the 413.
+        return to_response(Rendered::error(&ApiError::too_large(MAX_BODY)), Some(body));
     };
+    let call = Call {
+        method: &method,
+        path: &path,
+        query: query.as_deref(),
+        accept: accept.as_deref(),
+        content_type: content_type.as_deref(),
+        body: bytes,
+    };
+    let resp = api.call(call).await;
     tracing::debug!(%peer, %method, %path, code = resp.code, elapsed_us = start.elapsed().as_micros() as u64, "request");
-    to_response(resp)
+    to_response(resp, None)
 }
 
-fn to_response(r: Rendered) -> Response<RespBody> {
-    let body: RespBody = match r.body {
-        Body::Full(b) => Full::new(b).boxed(),
-        Body::Stream(rx) => {
+/// Reads the whole body, or `None` once it passes [`MAX_BODY`] (or breaks off).
+async fn read_limited(body: &mut Incoming) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return None };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
+}
+
+/// A complete response body that keeps the request body open until hyper has sent it all
+/// and drops the body.
+struct HoldingBody {
+    data: Option<Bytes>,
+    _request: Incoming,
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+}
+
+/// Builds the HTTP response; `hold` is a request body kept open until the response is sent.
+fn to_response(r: Rendered, hold: Option<Incoming>) -> Response<RespBody> {
+    let body: RespBody = match (r.body, hold) {
+        (Body::Full(b), None) => Full::new(b).boxed(),
+        (Body::Full(b), Some(incoming)) => HoldingBody { data: Some(b), _request: incoming }.boxed(),
+        (Body::Stream(rx), _) => {
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
             });

@@ -126,5 +126,14 @@ check "readyz is public" "ok" "$(curl -sk "https://127.0.0.1:$PORT/readyz")"
 check "anonymous list is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces")"
 check_contains "401 carries a Status" '"reason":"Unauthorized"' "$(curl -sk "https://127.0.0.1:$PORT/api/v1/namespaces")"
 check "HTTP/2 is negotiated" "2" "$(curl -sk -o /dev/null -w '%{http_version}' "https://127.0.0.1:$PORT/version")"
+check "HTTP/1.1 is served too" "1.1 200" "$(curl -sk --http1.1 -o /dev/null -w '%{http_version} %{http_code}' "https://127.0.0.1:$PORT/version")"
+TOKEN=$(cat "$E2E_DIR/data/server/token")
+check "bearer token authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces")"
+check "wrong bearer token is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer nope" "https://127.0.0.1:$PORT/api/v1/namespaces")"
+python3 -c "import json; print(json.dumps({'apiVersion':'v1','kind':'ConfigMap','metadata':{'name':'big'},'data':{'k':'a'*4000000}}))" >"$E2E_DIR/big.json"
+check_contains "a body over 3 MiB is refused over HTTP/2 (kubectl)" "RequestEntityTooLarge" "$(k create -f "$E2E_DIR/big.json" --validate=false 2>&1)"
+out=$(curl -sk --http1.1 -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data-binary @"$E2E_DIR/big.json" -w ' %{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces/default/configmaps")
+check_contains "a body over 3 MiB is 413 with a Status over HTTP/1.1" '"reason":"RequestEntityTooLarge","code":413} 413' "$out"
+check_fails "the oversized object was not stored" k get cm big
 
 summary
