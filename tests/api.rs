@@ -38,7 +38,7 @@ impl T {
         };
         let r = self
             .api
-            .call(Call { method, path, query, accept, content_type: ct, body: Bytes::from(body.to_string()) })
+            .call(Call { method, path, query, accept, content_type: ct, user_agent: Some("api-test/1.0"), body: Bytes::from(body.to_string()) })
             .await;
         let body = match r.body {
             Body::Full(b) => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())),
@@ -63,7 +63,7 @@ impl T {
     }
     async fn watch(&self, path_q: &str) -> tokio::sync::mpsc::Receiver<Bytes> {
         let (path, query) = path_q.split_once('?').unwrap();
-        let r = self.api.call(Call { method: "GET", path, query: Some(query), accept: None, content_type: None, body: Bytes::new() }).await;
+        let r = self.api.call(Call { method: "GET", path, query: Some(query), accept: None, content_type: None, user_agent: None, body: Bytes::new() }).await;
         match r.body {
             Body::Stream(rx) => rx,
             Body::Full(b) => panic!("not a stream: {}", String::from_utf8_lossy(&b)),
@@ -179,15 +179,18 @@ async fn optimistic_concurrency() {
     let r = t.put(&format!("{CMS}/a"), stale).await;
     assert_eq!((r.code, r.body["reason"].as_str()), (409, Some("Conflict")));
     assert!(r.body["message"].as_str().unwrap().contains("the object has been modified"));
+    // Without a resourceVersion a built-in kind is updated unconditionally.
     let mut no_rv = created.clone();
     no_rv["metadata"].as_object_mut().unwrap().remove("resourceVersion");
-    assert_eq!(t.put(&format!("{CMS}/a"), no_rv).await.code, 422);
+    no_rv["data"]["k"] = json!("three");
+    let r = t.put(&format!("{CMS}/a"), no_rv).await;
+    assert_eq!((r.code, r.body["data"]["k"].as_str()), (200, Some("three")));
     // A patch pinned to an old resourceVersion conflicts; an unpinned one applies.
     let old_rv = created["metadata"]["resourceVersion"].clone();
     let r = t.patch(&format!("{CMS}/a"), "application/merge-patch+json", json!({"metadata": {"resourceVersion": old_rv}, "data": {"x": "1"}})).await;
     assert_eq!(r.code, 409);
     let r = t.patch(&format!("{CMS}/a"), "application/merge-patch+json", json!({"data": {"x": "1"}})).await;
-    assert_eq!((r.code, r.body["data"]["x"].as_str(), r.body["data"]["k"].as_str()), (200, Some("1"), Some("one")));
+    assert_eq!((r.code, r.body["data"]["x"].as_str(), r.body["data"]["k"].as_str()), (200, Some("1"), Some("three")));
     // A no-op update keeps the resourceVersion.
     let cur = t.get(&format!("{CMS}/a")).await.body;
     let same = t.put(&format!("{CMS}/a"), cur.clone()).await.body;

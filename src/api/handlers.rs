@@ -8,7 +8,7 @@ use super::request::{Query, ResourceReq};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError, Cause};
 use super::validation;
-use super::{patch, Api, Reply};
+use super::{managed, patch, Api, Reply};
 use crate::store::{Op, StoreError};
 use base64::Engine;
 use bytes::Bytes;
@@ -259,6 +259,12 @@ impl Api {
         let mut o = decode_object(body, bt)?;
         self.prepare_create(rr, &mut o)?;
         self.admit(rr.kind, &mut o, None)?;
+        managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
+        self.store_new(rr, o, dry_run).await
+    }
+
+    /// Writes a prepared new object (shared by create and apply-create).
+    async fn store_new(&self, rr: &ResourceReq, o: Value, dry_run: bool) -> Result<Reply, ApiError> {
         let name = obj::name(&o).to_string();
         let rr = ResourceReq { name: Some(name.clone()), ..rr.clone() };
         self.check_namespace(&rr)?;
@@ -277,7 +283,8 @@ impl Api {
     }
 
     /// Builds the object to store from the old one and what the client sent.
-    fn prepare_update(&self, rr: &ResourceReq, old: &Value, mut new: Value) -> Result<Value, ApiError> {
+    /// `manager`: record the write in `managedFields` under this manager (apply records its own).
+    fn prepare_update(&self, rr: &ResourceReq, old: &Value, mut new: Value, manager: Option<&str>) -> Result<Value, ApiError> {
         obj::check_type(&mut new, rr.kind)?;
         let url_name = rr.name.as_deref().unwrap_or("");
         let body_name = obj::name(&new);
@@ -338,6 +345,9 @@ impl Api {
             }
         }
         self.admit(rr.kind, &mut result, Some(old))?;
+        if let Some(m) = manager {
+            managed::track_update(rr.kind, Some(old), &mut result, m, rr.sub.as_deref());
+        }
         Ok(result)
     }
 
@@ -370,21 +380,26 @@ impl Api {
         let dry_run = q.dry_run()?;
         let new = decode_object(body, bt)?;
         if rr.sub.as_deref() == Some("scale") {
-            return self.update_scale(rr, new, dry_run).await;
+            return self.update_scale(rr, q, new, dry_run).await;
         }
         self.check_sub(rr)?;
         let (old, current) = self.load(rr)?;
-        let Some(expect) = obj::resource_version(&new)? else {
-            return Err(ApiError::invalid(rr.kind.group, rr.kind.kind, rr.name.as_deref().unwrap_or(""), vec![Cause::invalid(
-                "metadata.resourceVersion",
-                &json!(0),
-                "must be specified for an update",
-            )]));
+        // Built-in kinds allow unconditional updates: no resourceVersion means "the current one".
+        let expect = match obj::resource_version(&new)? {
+            Some(rv) => rv,
+            None if rr.kind.strategy.unconditional_update => current,
+            None => {
+                return Err(ApiError::invalid(rr.kind.group, rr.kind.kind, rr.name.as_deref().unwrap_or(""), vec![Cause::invalid(
+                    "metadata.resourceVersion",
+                    &json!(0),
+                    "must be specified for an update",
+                )]))
+            }
         };
         if expect != current {
             return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
         }
-        let new = self.prepare_update(rr, &old, new)?;
+        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()))?;
         self.commit_update(rr, &old, new, expect, dry_run).await
     }
 
@@ -399,7 +414,7 @@ impl Api {
     pub async fn patch(&self, rr: &ResourceReq, q: &Query, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
         let dry_run = q.dry_run()?;
         if bt == BodyType::ApplyPatch {
-            return Err(ApiError::unsupported_media_type("application/apply-patch+yaml"));
+            return self.server_side_apply(rr, q, body).await;
         }
         for attempt in 0..RMW_RETRIES {
             let (old, current) = self.load(rr)?;
@@ -411,7 +426,7 @@ impl Api {
             };
             let patched = patch::apply(bt, rr.kind, &base, body)?;
             if rr.sub.as_deref() == Some("scale") {
-                match self.update_scale(rr, patched, dry_run).await {
+                match self.update_scale(rr, q, patched, dry_run).await {
                     Err(e) if e.reason == "Conflict" && attempt + 1 < RMW_RETRIES => continue,
                     other => return other,
                 }
@@ -423,7 +438,7 @@ impl Api {
                     return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
                 }
             }
-            let new = self.prepare_update(rr, &old, patched)?;
+            let new = self.prepare_update(rr, &old, patched, Some(q.field_manager()))?;
             match self.commit_update(rr, &old, new, current, dry_run).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt + 1 < RMW_RETRIES => continue,
                 other => return other,
@@ -432,7 +447,7 @@ impl Api {
         Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")))
     }
 
-    async fn update_scale(&self, rr: &ResourceReq, scale: Value, dry_run: bool) -> Result<Reply, ApiError> {
+    async fn update_scale(&self, rr: &ResourceReq, q: &Query, scale: Value, dry_run: bool) -> Result<Reply, ApiError> {
         if !rr.kind.has(Sub::Scale) {
             return Err(ApiError::not_found_path(&format!("{}/scale", rr.kind.plural)));
         }
@@ -452,13 +467,63 @@ impl Api {
         }
         let mut new = old.clone();
         new["spec"]["replicas"] = replicas.clone();
+        // Prepared as a write through `scale` (recorded so in managedFields), stored as the object.
+        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()))?;
         let main = ResourceReq { sub: None, ..rr.clone() };
-        let new = self.prepare_update(&main, &old, new)?;
         match self.commit_update(&main, &old, new, current, dry_run).await? {
             Reply::Raw(code, raw) => Ok(Reply::Object(code, scale_of(rr.kind, &obj::parse_stored(&raw)?))),
             Reply::Object(code, o) => Ok(Reply::Object(code, scale_of(rr.kind, &o))),
             other => Ok(other),
         }
+    }
+
+    /// Server-side apply: merges the applied configuration as `fieldManager`, creating the
+    /// object when it does not exist; conflicts with other managers are 409 unless `force`.
+    pub async fn server_side_apply(&self, rr: &ResourceReq, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+        let manager = q.get("fieldManager").ok_or_else(|| {
+            ApiError::invalid("meta.k8s.io", "PatchOptions", "", vec![Cause::required("fieldManager", "is required for apply patch")])
+        })?;
+        if rr.sub.is_some() {
+            return Err(ApiError::method_not_allowed("PATCH (apply)", "subresources"));
+        }
+        let force = q.flag("force");
+        let dry_run = q.dry_run()?;
+        let mut applied = decode_object(body, BodyType::Yaml)?;
+        for f in ["apiVersion", "kind"] {
+            if applied[f].as_str().is_none_or(str::is_empty) {
+                return Err(ApiError::bad_request(format!("{f} must be set in an apply configuration")));
+            }
+        }
+        obj::check_type(&mut applied, rr.kind)?;
+        let url_name = rr.name.as_deref().unwrap_or("");
+        match obj::name(&applied) {
+            n if n == url_name => {}
+            "" => return Err(ApiError::bad_request("metadata.name must be set in an apply configuration")),
+            n => return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({url_name})"))),
+        }
+        for _ in 0..RMW_RETRIES {
+            match self.load(rr) {
+                Err(e) if e.code == 404 => {
+                    let mut o = managed::apply(rr.kind, None, &applied, manager, force)?;
+                    self.prepare_create(rr, &mut o)?;
+                    self.admit(rr.kind, &mut o, None)?;
+                    match self.store_new(rr, o, dry_run).await {
+                        Err(e) if e.reason == "AlreadyExists" => continue,
+                        other => return other,
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok((live, current)) => {
+                    let merged = managed::apply(rr.kind, Some(&live), &applied, manager, force)?;
+                    let new = self.prepare_update(rr, &live, merged, None)?;
+                    match self.commit_update(rr, &live, new, current, dry_run).await {
+                        Err(e) if e.reason == "Conflict" && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
+                        other => return other,
+                    }
+                }
+            }
+        }
+        Err(ApiError::stale(rr.kind.group, rr.kind.plural, url_name))
     }
 
     /// Whether something other than finalizers still holds the object (namespaces: spec.finalizers).

@@ -104,6 +104,7 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, t
     let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
     let accept = header(hyper::header::ACCEPT);
     let content_type = header(hyper::header::CONTENT_TYPE);
+    let user_agent = header(hyper::header::USER_AGENT);
     let query = req.uri().query().map(String::from);
     let declared_too_large = req
         .headers()
@@ -123,6 +124,7 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, t
         query: query.as_deref(),
         accept: accept.as_deref(),
         content_type: content_type.as_deref(),
+        user_agent: user_agent.as_deref(),
         body: bytes,
     };
     let resp = api.call(call).await;

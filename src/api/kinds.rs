@@ -19,6 +19,9 @@ pub struct Strategy {
     pub generation: bool,
     /// Status reset on create (object -> fresh status).
     pub initial_status: Option<fn(&Value) -> Value>,
+    /// An update without `metadata.resourceVersion` overwrites whatever is current (true for
+    /// the built-in kinds, as upstream; custom resources require one).
+    pub unconditional_update: bool,
 }
 
 fn no_defaults(_: &mut Value) {}
@@ -35,6 +38,7 @@ impl Strategy {
         name_is_label: false,
         generation: false,
         initial_status: None,
+        unconditional_update: true,
     };
     /// Kinds with a spec/status split.
     pub const WORKLOAD: Strategy = Strategy { generation: true, ..Strategy::PLAIN };

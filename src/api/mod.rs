@@ -2,9 +2,11 @@
 //! the table of kinds in [`kinds`].
 
 pub mod discovery;
+pub mod fieldset;
 pub mod handlers;
 pub mod http;
 pub mod kinds;
+pub mod managed;
 pub mod negotiate;
 pub mod object;
 pub mod openapi;
@@ -62,6 +64,7 @@ pub struct Call<'a> {
     pub query: Option<&'a str>,
     pub accept: Option<&'a str>,
     pub content_type: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
     pub body: Bytes,
 }
 
@@ -106,7 +109,8 @@ impl Api {
             Target::Resource(rr) => rr,
             other => return self.serve_static(c, other),
         };
-        let q = Query::parse(c.query);
+        let mut q = Query::parse(c.query);
+        q.1 = managed::manager_from_user_agent(c.user_agent);
         let format = response_format(c.accept)?;
         let collection = rr.name.is_none();
         let watching = rr.watch_prefix || q.flag("watch");

@@ -85,11 +85,17 @@ pub fn route(path: &str) -> Result<Target, ApiError> {
     Ok(Target::Resource(ResourceReq { kind, namespace, name, sub, watch_prefix }))
 }
 
-/// Decoded query parameters (last value wins).
+/// Decoded query parameters (last value wins), and the field manager to record when the
+/// request names none (upstream derives it from the User-Agent).
 #[derive(Debug, Default)]
-pub struct Query(pub HashMap<String, String>);
+pub struct Query(pub HashMap<String, String>, pub String);
 
 impl Query {
+    /// The manager recorded in `managedFields` for this request.
+    pub fn field_manager(&self) -> &str {
+        self.get("fieldManager").unwrap_or(&self.1)
+    }
+
     pub fn parse(q: Option<&str>) -> Query {
         let mut map = HashMap::new();
         for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
@@ -99,7 +105,7 @@ impl Query {
             };
             map.insert(dec(k), dec(v));
         }
-        Query(map)
+        Query(map, String::new())
     }
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
