@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod request;
+pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod strategies;

@@ -1,10 +1,13 @@
-//! OpenAPI v3: the index (`/openapi/v3`) and one document per group-version, generated from
-//! the table of kinds. Each path names its operations with `x-kubernetes-group-version-kind`
-//! and `x-kubernetes-action` and lists the query parameters the server honours
-//! (`fieldValidation`, `dryRun`, `fieldManager`, ...), which is how kubectl decides what the
-//! server supports. Object schemas carry the kind's identity and keep unknown fields.
+//! OpenAPI v3: the index (`/openapi/v3`) and one document per group-version, built from the
+//! table of kinds and the generated schemas ([`super::schema`]). Each path names its
+//! operations with `x-kubernetes-group-version-kind` and `x-kubernetes-action` and lists the
+//! query parameters the server honours (`fieldValidation`, `dryRun`, `fieldManager`, ...),
+//! which is how kubectl decides what the server supports. Schemas carry the kind identity and
+//! the list semantics (`x-kubernetes-patch-*`, `x-kubernetes-list-*`) that kubectl uses to
+//! compute patches.
 
 use super::kinds::{groups, Kind, Sub, KINDS};
+use super::schema::{self, ListMerge};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -21,6 +24,9 @@ pub fn gv_path(group: &str, version: &str) -> String {
 
 /// Schema name of a kind, as upstream names definitions.
 pub fn schema_name(k: &Kind) -> String {
+    if let Some(n) = schema::kind_definition(k.group, k.version, k.kind) {
+        return n.to_string();
+    }
     let pkg = match k.group {
         "" => "core".to_string(),
         "apiextensions.k8s.io" => return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", k.version, k.kind),
@@ -124,18 +130,80 @@ fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
     }
 }
 
+fn gvk(k: &Kind) -> Value {
+    json!([{"group": k.group, "version": k.version, "kind": k.kind}])
+}
+
+/// The kind's schema with its identity; a permissive one for kinds without a definition.
 fn object_schema(k: &Kind) -> Value {
-    json!({
-        "type": "object",
-        "description": format!("{} ({})", k.kind, k.api_version()),
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
-        },
-        "x-kubernetes-preserve-unknown-fields": true,
-        "x-kubernetes-group-version-kind": [{"group": k.group, "version": k.version, "kind": k.kind}],
-    })
+    match schema::kind_definition(k.group, k.version, k.kind).and_then(schema::definition) {
+        Some(def) => {
+            let mut d = def.clone();
+            d["x-kubernetes-group-version-kind"] = gvk(k);
+            d
+        }
+        None => json!({
+            "type": "object",
+            "description": format!("{} ({})", k.kind, k.api_version()),
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+            },
+            "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-group-version-kind": gvk(k),
+        }),
+    }
+}
+
+/// Adds the list extensions of [`schema::PATCH_META`] to a definition's properties.
+fn with_list_extensions(name: &str, mut def: Value) -> Value {
+    if let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) {
+        for (field, prop) in props.iter_mut() {
+            if prop.get("type").and_then(Value::as_str) != Some("array") {
+                continue;
+            }
+            match schema::patch_meta(name, field) {
+                Some(ListMerge::ByKey(key)) => {
+                    prop["x-kubernetes-patch-merge-key"] = json!(key);
+                    prop["x-kubernetes-patch-strategy"] = json!("merge");
+                    prop["x-kubernetes-list-type"] = json!("map");
+                    prop["x-kubernetes-list-map-keys"] = json!([key]);
+                }
+                Some(ListMerge::Primitive) => {
+                    prop["x-kubernetes-patch-strategy"] = json!("merge");
+                    prop["x-kubernetes-list-type"] = json!("set");
+                }
+                _ => {}
+            }
+        }
+    }
+    def
+}
+
+/// Names of the definitions `v` refers to, directly or through others.
+fn closure(roots: &[Value], out: &mut std::collections::BTreeSet<String>) {
+    fn refs(v: &Value, acc: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = schema::ref_name(v) {
+                    acc.push(r.to_string());
+                }
+                m.values().for_each(|c| refs(c, acc));
+            }
+            Value::Array(a) => a.iter().for_each(|c| refs(c, acc)),
+            _ => {}
+        }
+    }
+    let mut todo = Vec::new();
+    roots.iter().for_each(|r| refs(r, &mut todo));
+    while let Some(name) = todo.pop() {
+        if out.insert(name.clone()) {
+            if let Some(d) = schema::definition(&name) {
+                refs(d, &mut todo);
+            }
+        }
+    }
 }
 
 fn list_schema(k: &Kind) -> Value {
@@ -155,16 +223,29 @@ fn list_schema(k: &Kind) -> Value {
 fn document(group: &str, version: &str) -> Value {
     let mut paths = BTreeMap::new();
     let mut schemas = Map::new();
+    let meta = "io.k8s.apimachinery.pkg.apis.meta.v1";
+    let mut roots = vec![json!({"$ref": format!("#/components/schemas/{meta}.Status")}), json!({"$ref": format!("#/components/schemas/{meta}.ObjectMeta")}), json!({"$ref": format!("#/components/schemas/{meta}.ListMeta")})];
     for k in KINDS.iter().filter(|k| k.group == group && k.version == version) {
         kind_paths(k, &mut paths);
-        schemas.insert(schema_name(k), object_schema(k));
+        let own = object_schema(k);
+        roots.push(own.clone());
+        if k.has(Sub::Scale) {
+            roots.push(json!({"$ref": "#/components/schemas/io.k8s.api.autoscaling.v1.Scale"}));
+        }
+        schemas.insert(schema_name(k), own);
         schemas.insert(format!("{}List", schema_name(k)), list_schema(k));
     }
-    let meta = "io.k8s.apimachinery.pkg.apis.meta.v1";
-    schemas.insert(format!("{meta}.ObjectMeta"), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
-    schemas.insert(format!("{meta}.ListMeta"), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
-    schemas.insert(format!("{meta}.Status"), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "x-kubernetes-group-version-kind": [{"group": "", "version": "v1", "kind": "Status"}]}));
-    schemas.insert("io.k8s.api.autoscaling.v1.Scale".into(), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "x-kubernetes-group-version-kind": [{"group": "autoscaling", "version": "v1", "kind": "Scale"}]}));
+    let mut names = std::collections::BTreeSet::new();
+    closure(&roots, &mut names);
+    for name in names {
+        if schemas.contains_key(&name) {
+            continue;
+        }
+        if let Some(def) = schema::definition(&name) {
+            schemas.insert(name.clone(), def.clone());
+        }
+    }
+    let schemas: Map<String, Value> = schemas.into_iter().map(|(n, d)| { let d = with_list_extensions(&n, d); (n, d) }).collect();
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.35.0"},

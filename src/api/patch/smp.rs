@@ -6,38 +6,12 @@
 use crate::api::kinds::Kind;
 use serde_json::{Map, Value};
 
-/// How a list field merges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListMerge {
-    /// The patch's list replaces the original (fields without a strategy).
-    Replace,
-    /// Object elements matched by this key.
-    ByKey(&'static str),
-    /// A set of scalars: union.
-    Primitive,
-}
+pub use crate::api::schema::ListMerge;
 
-/// Merge strategy of list `field` under the named fields `path` (list indices left out).
+/// Merge strategy of list `field` under the named fields `path` (list indices left out),
+/// from the kind's schema and its patch metadata.
 pub fn strategy(kind: &Kind, path: &[String], field: &str) -> ListMerge {
-    let parent = path.last().map(String::as_str).unwrap_or("");
-    let in_container = matches!(parent, "containers" | "initContainers" | "ephemeralContainers");
-    match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "imagePullSecrets" | "resourceClaims" => ListMerge::ByKey("name"),
-        "env" if in_container => ListMerge::ByKey("name"),
-        "volumeMounts" if in_container => ListMerge::ByKey("mountPath"),
-        "volumeDevices" if in_container => ListMerge::ByKey("devicePath"),
-        "resizePolicy" if in_container => ListMerge::ByKey("resourceName"),
-        "ports" if in_container => ListMerge::ByKey("containerPort"),
-        "ports" if kind.kind == "Service" && parent == "spec" => ListMerge::ByKey("port"),
-        "hostAliases" => ListMerge::ByKey("ip"),
-        "topologySpreadConstraints" => ListMerge::ByKey("topologyKey"),
-        "ownerReferences" if parent == "metadata" => ListMerge::ByKey("uid"),
-        "finalizers" if parent == "metadata" => ListMerge::Primitive,
-        "conditions" if parent == "status" => ListMerge::ByKey("type"),
-        "secrets" if kind.kind == "ServiceAccount" => ListMerge::ByKey("name"),
-        "schedulingGates" => ListMerge::ByKey("name"),
-        _ => ListMerge::Replace,
-    }
+    crate::api::schema::list_merge(kind, path, field)
 }
 
 /// Error of an invalid patch.
