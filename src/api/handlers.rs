@@ -8,7 +8,7 @@ use super::request::{Query, ResourceReq};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError, Cause};
 use super::validation;
-use super::{managed, patch, Api, Reply};
+use super::{fieldcheck, managed, patch, schema, Api, Reply};
 use crate::store::{Op, StoreError};
 use base64::Engine;
 use bytes::Bytes;
@@ -257,10 +257,11 @@ impl Api {
         }
         let dry_run = q.dry_run()?;
         let mut o = decode_object(body, bt)?;
+        let warnings = field_validation(rr.kind, &mut o, q, (bt == BodyType::Json).then_some(body))?;
         self.prepare_create(rr, &mut o)?;
         self.admit(rr.kind, &mut o, None)?;
         managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
-        self.store_new(rr, o, dry_run).await
+        Ok(self.store_new(rr, o, dry_run).await?.with_warnings(warnings))
     }
 
     /// Writes a prepared new object (shared by create and apply-create).
@@ -378,7 +379,8 @@ impl Api {
 
     pub async fn update(&self, rr: &ResourceReq, q: &Query, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
         let dry_run = q.dry_run()?;
-        let new = decode_object(body, bt)?;
+        let mut new = decode_object(body, bt)?;
+        let warnings = field_validation(rr.kind, &mut new, q, (bt == BodyType::Json).then_some(body))?;
         if rr.sub.as_deref() == Some("scale") {
             return self.update_scale(rr, q, new, dry_run).await;
         }
@@ -400,7 +402,7 @@ impl Api {
             return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
         }
         let new = self.prepare_update(rr, &old, new, Some(q.field_manager()))?;
-        self.commit_update(rr, &old, new, expect, dry_run).await
+        Ok(self.commit_update(rr, &old, new, expect, dry_run).await?.with_warnings(warnings))
     }
 
     fn check_sub(&self, rr: &ResourceReq) -> Result<(), ApiError> {
@@ -424,7 +426,7 @@ impl Api {
                 self.check_sub(rr)?;
                 old.clone()
             };
-            let patched = patch::apply(bt, rr.kind, &base, body)?;
+            let mut patched = patch::apply(bt, rr.kind, &base, body)?;
             if rr.sub.as_deref() == Some("scale") {
                 match self.update_scale(rr, q, patched, dry_run).await {
                     Err(e) if e.reason == "Conflict" && attempt + 1 < RMW_RETRIES => continue,
@@ -438,10 +440,11 @@ impl Api {
                     return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
                 }
             }
+            let warnings = field_validation(rr.kind, &mut patched, q, None)?;
             let new = self.prepare_update(rr, &old, patched, Some(q.field_manager()))?;
             match self.commit_update(rr, &old, new, current, dry_run).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt + 1 < RMW_RETRIES => continue,
-                other => return other,
+                other => return other.map(|r| r.with_warnings(warnings)),
             }
         }
         Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")))
@@ -495,6 +498,7 @@ impl Api {
             }
         }
         obj::check_type(&mut applied, rr.kind)?;
+        let warnings = field_validation(rr.kind, &mut applied, q, None)?;
         let url_name = rr.name.as_deref().unwrap_or("");
         match obj::name(&applied) {
             n if n == url_name => {}
@@ -509,7 +513,7 @@ impl Api {
                     self.admit(rr.kind, &mut o, None)?;
                     match self.store_new(rr, o, dry_run).await {
                         Err(e) if e.reason == "AlreadyExists" => continue,
-                        other => return other,
+                        other => return other.map(|r| r.with_warnings(warnings)),
                     }
                 }
                 Err(e) => return Err(e),
@@ -518,7 +522,7 @@ impl Api {
                     let new = self.prepare_update(rr, &live, merged, None)?;
                     match self.commit_update(rr, &live, new, current, dry_run).await {
                         Err(e) if e.reason == "Conflict" && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
-                        other => return other,
+                        other => return other.map(|r| r.with_warnings(warnings)),
                     }
                 }
             }
@@ -652,6 +656,14 @@ impl Api {
         }
         Ok(Reply::Object(200, success_status(None)))
     }
+}
+
+/// Drops fields the kind's schema does not declare and reports them as `fieldValidation`
+/// asks (`raw`: the JSON body, checked for duplicate fields).
+fn field_validation(kind: &Kind, o: &mut Value, q: &Query, raw: Option<&[u8]>) -> Result<Vec<String>, ApiError> {
+    let directive = fieldcheck::Directive::parse(q.get("fieldValidation"))?;
+    let def = schema::kind_definition(kind.group, kind.version, kind.kind);
+    fieldcheck::check(def, kind.kind, o, raw, directive)
 }
 
 /// The `autoscaling/v1` Scale view of an object with replicas.

@@ -180,10 +180,16 @@ fn to_response(r: Rendered, hold: Option<Incoming>) -> Response<RespBody> {
             StreamBody::new(stream).boxed()
         }
     };
-    Response::builder()
+    let mut builder = Response::builder()
         .status(r.code)
         .header(hyper::header::CONTENT_TYPE, r.content_type)
-        .header("Cache-Control", "no-cache, private")
+        .header("Cache-Control", "no-cache, private");
+    for w in &r.warnings {
+        // RFC 7234 warn-code 299 with a quoted text, as kube-apiserver sends them.
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        builder = builder.header(hyper::header::WARNING, format!("299 - \"{text}\""));
+    }
+    builder
         .body(body)
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"internal error")).boxed()))
 }

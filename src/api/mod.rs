@@ -2,6 +2,7 @@
 //! the table of kinds in [`kinds`].
 
 pub mod discovery;
+pub mod fieldcheck;
 pub mod fieldset;
 pub mod handlers;
 pub mod http;
@@ -56,6 +57,19 @@ pub enum Reply {
     List { kind: &'static Kind, revision: u64, cont: Option<String>, remaining: Option<u64>, items: Vec<Bytes> },
     /// A stream of watch events.
     Stream(mpsc::Receiver<Bytes>),
+    /// Another reply, with warnings for the client (`Warning` headers).
+    Warn(Vec<String>, Box<Reply>),
+}
+
+impl Reply {
+    /// Wraps the reply with warnings, if there are any.
+    pub fn with_warnings(self, warnings: Vec<String>) -> Reply {
+        if warnings.is_empty() {
+            self
+        } else {
+            Reply::Warn(warnings, Box::new(self))
+        }
+    }
 }
 
 /// A request as the HTTP layer hands it over.
@@ -74,6 +88,8 @@ pub struct Rendered {
     pub code: u16,
     pub content_type: &'static str,
     pub body: Body,
+    /// Sent as `Warning: 299 - "..."` headers.
+    pub warnings: Vec<String>,
 }
 
 /// Response body: complete or streamed.
@@ -84,7 +100,7 @@ pub enum Body {
 
 impl Rendered {
     pub fn json(code: u16, v: &Value) -> Rendered {
-        Rendered { code, content_type: "application/json", body: Body::Full(Bytes::from(v.to_string())) }
+        Rendered { code, content_type: "application/json", body: Body::Full(Bytes::from(v.to_string())), warnings: Vec::new() }
     }
     pub fn error(e: &ApiError) -> Rendered {
         Rendered::json(e.code, &e.to_status())
@@ -138,13 +154,14 @@ impl Api {
             code: 200,
             content_type: "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
             body: Body::Full(Bytes::from(v.to_string())),
+            warnings: Vec::new(),
         };
         Ok(match t {
             Target::Version => Rendered::json(200, &discovery::version()),
             Target::Health(_) => {
                 let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
                 let (code, text) = if ready { (200, "ok") } else { (503, "not ready") };
-                Rendered { code, content_type: "text/plain; charset=utf-8", body: Body::Full(Bytes::from(text)) }
+                Rendered { code, content_type: "text/plain; charset=utf-8", body: Body::Full(Bytes::from(text)), warnings: Vec::new() }
             }
             Target::LegacyRoot if aggregated => agg(discovery::aggregated(true)),
             Target::GroupsRoot if aggregated => agg(discovery::aggregated(false)),
@@ -155,7 +172,7 @@ impl Api {
             Target::OpenApi(p) => match p.trim_end_matches('/') {
                 "/openapi/v3" => Rendered::json(200, openapi::index()),
                 other => match other.strip_prefix("/openapi/v3/").and_then(openapi::group_version) {
-                    Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from_static(text.as_bytes())) },
+                    Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from_static(text.as_bytes())), warnings: Vec::new() },
                     None => return Err(ApiError::not_found_path(c.path)),
                 },
             },
@@ -166,15 +183,16 @@ impl Api {
 
 fn yaml(v: &Value) -> Result<Rendered, ApiError> {
     let text = serde_yaml::to_string(v).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Rendered { code: 200, content_type: "application/yaml", body: Body::Full(Bytes::from(text)) })
+    Ok(Rendered { code: 200, content_type: "application/yaml", body: Body::Full(Bytes::from(text)), warnings: Vec::new() })
 }
 
 fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<Rendered, ApiError> {
     let include = q.get("includeObject");
     match reply {
-        Reply::Stream(rx) => Ok(Rendered { code: 200, content_type: "application/json", body: Body::Stream(rx) }),
+        Reply::Warn(warnings, inner) => render(rr, q, *inner, format).map(|r| Rendered { warnings, ..r }),
+        Reply::Stream(rx) => Ok(Rendered { code: 200, content_type: "application/json", body: Body::Stream(rx), warnings: Vec::new() }),
         Reply::Raw(code, raw) => match format {
-            Format::Json => Ok(Rendered { code, content_type: "application/json", body: Body::Full(raw) }),
+            Format::Json => Ok(Rendered { code, content_type: "application/json", body: Body::Full(raw), warnings: Vec::new() }),
             _ => render(rr, q, Reply::Object(code, object::parse_stored(&raw)?), format),
         },
         Reply::Object(code, v) => match format {
@@ -205,7 +223,7 @@ fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<R
                         out.extend_from_slice(item);
                     }
                     out.extend_from_slice(b"]}");
-                    Ok(Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from(out)) })
+                    Ok(Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from(out)), warnings: Vec::new() })
                 }
                 Format::Table | Format::Yaml => {
                     let objs = items.iter().map(|i| object::parse_stored(i)).collect::<Result<Vec<_>, _>>()?;
