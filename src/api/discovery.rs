@@ -1,7 +1,7 @@
 //! Discovery documents: `/api`, `/apis`, per group-version resource lists, aggregated
 //! discovery (`apidiscovery.k8s.io/v2`) and `/version`.
 
-use super::kinds::{groups, Kind, Sub, KINDS};
+use super::kinds::{all, groups, Kind, Sub};
 use serde_json::{json, Value};
 
 fn resource_entries(k: &Kind) -> Vec<Value> {
@@ -37,7 +37,7 @@ fn resource_entries(k: &Kind) -> Vec<Value> {
 
 /// `APIResourceList` of one group-version, or `None` if not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&Kind> = KINDS.iter().filter(|k| k.group == group && k.version == version).collect();
+    let kinds: Vec<&Kind> = all().into_iter().filter(|k| k.group == group && k.version == version).collect();
     if kinds.is_empty() {
         return None;
     }
@@ -86,8 +86,8 @@ pub fn aggregated(legacy: bool) -> Value {
         .into_iter()
         .filter(|(g, _)| g.is_empty() == legacy)
         .map(|(g, v)| {
-            let resources: Vec<Value> = KINDS
-                .iter()
+            let resources: Vec<Value> = all()
+                .into_iter()
                 .filter(|k| k.group == g && k.version == v)
                 .map(|k| {
                     let subs: Vec<Value> = k

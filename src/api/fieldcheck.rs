@@ -136,11 +136,11 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
     out
 }
 
-/// Checks `obj` (of a kind with schema `def`) and, for JSON bodies, `raw`. Returns warnings,
-/// or the `Strict` error.
-pub fn check(def: Option<&str>, kind: &str, obj: &mut Value, raw_json: Option<&[u8]>, directive: Directive) -> Result<Vec<String>, ApiError> {
+/// Checks `obj` against `schema` and, for JSON bodies, `raw`. Returns warnings, or the
+/// `Strict` error.
+pub fn check(schema: Option<&Value>, kind: &str, obj: &mut Value, raw_json: Option<&[u8]>, directive: Directive) -> Result<Vec<String>, ApiError> {
     let mut problems: Vec<String> = raw_json.map(duplicate_fields).unwrap_or_default().into_iter().map(|p| format!("duplicate field {p:?}")).collect();
-    if let Some(schema) = def.and_then(schema::definition) {
+    if let Some(schema) = schema {
         let mut unknown = Vec::new();
         prune(schema, obj, "", &mut unknown);
         problems.extend(unknown.into_iter().map(|p| format!("unknown field {p:?}")));
@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_found_and_dropped() {
-        let def = schema::kind_definition("apps", "v1", "Deployment");
+        let def = schema::kind_definition("apps", "v1", "Deployment").and_then(schema::definition);
         let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": {"any": "ok"}, "bogus": 1},
             "spec": {"replicas": 1, "replicaz": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "x"}]}}}});
         let warnings = check(def, "Deployment", &mut d, None, Directive::Warn).unwrap();

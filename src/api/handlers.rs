@@ -8,7 +8,7 @@ use super::request::{Query, ResourceReq};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError, Cause};
 use super::validation;
-use super::{fieldcheck, managed, patch, schema, Api, Reply};
+use super::{custom, fieldcheck, managed, patch, schema, Api, Reply};
 use crate::store::{Op, StoreError};
 use base64::Engine;
 use bytes::Bytes;
@@ -84,6 +84,13 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(u64, String), ApiError>
 }
 
 impl Api {
+    /// Reacts to a committed write where a kind needs it (CRDs change what is served).
+    fn committed(&self, kind: &Kind, ev: &crate::store::Event) {
+        if kind.group == "apiextensions.k8s.io" && kind.plural == "customresourcedefinitions" {
+            self.crd_changed(&ev.object, ev.kind == crate::store::EventType::Deleted);
+        }
+    }
+
     fn key(&self, rr: &ResourceReq) -> Result<String, ApiError> {
         let name = rr.name.as_deref().ok_or_else(|| ApiError::method_not_allowed("", "collection"))?;
         Ok(rr.kind.key(rr.namespace.as_deref(), name))
@@ -226,6 +233,7 @@ impl Api {
         let mut causes: Vec<Cause> = Vec::new();
         validation::validate_metadata(o, kind.strategy.name_is_label, &mut causes);
         (kind.strategy.validate)(o, old, &mut causes);
+        custom::admit(kind, o, &mut causes);
         if causes.is_empty() {
             Ok(())
         } else {
@@ -277,7 +285,10 @@ impl Api {
             return Ok(Reply::Object(201, o));
         }
         match self.store.write(Op::Create { key, object: o }).await {
-            Ok(ev) => Ok(Reply::Raw(201, ev.object)),
+            Ok(ev) => {
+                self.committed(rr.kind, &ev);
+                Ok(Reply::Raw(201, ev.object))
+            }
             Err(StoreError::AlreadyExists) => Err(ApiError::already_exists(rr.kind.group, rr.kind.plural, &name)),
             Err(e) => Err(e.into()),
         }
@@ -370,7 +381,10 @@ impl Api {
             Op::Update { key, object: new, expect: Some(expect) }
         };
         match self.store.write(op).await {
-            Ok(ev) => Ok(Reply::Raw(200, ev.object)),
+            Ok(ev) => {
+                self.committed(rr.kind, &ev);
+                Ok(Reply::Raw(200, ev.object))
+            }
             Err(StoreError::Conflict { .. }) => Err(ApiError::stale(rr.kind.group, rr.kind.plural, name)),
             Err(StoreError::NotFound) => Err(Self::not_found(rr)),
             Err(e) => Err(e.into()),
@@ -417,6 +431,9 @@ impl Api {
         let dry_run = q.dry_run()?;
         if bt == BodyType::ApplyPatch {
             return self.server_side_apply(rr, q, body).await;
+        }
+        if bt == BodyType::StrategicMergePatch && rr.kind.custom.is_some() {
+            return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json (not supported for custom resources: use a merge patch or apply)"));
         }
         for attempt in 0..RMW_RETRIES {
             let (old, current) = self.load(rr)?;
@@ -469,7 +486,8 @@ impl Api {
             }
         }
         let mut new = old.clone();
-        new["spec"]["replicas"] = replicas.clone();
+        let spec_path = rr.kind.custom.as_ref().and_then(|c| c.scale.as_ref()).map(|s| s.0.as_str()).unwrap_or(".spec.replicas");
+        custom::set_path(&mut new, spec_path, replicas.clone());
         // Prepared as a write through `scale` (recorded so in managedFields), stored as the object.
         let new = self.prepare_update(rr, &old, new, Some(q.field_manager()))?;
         let main = ResourceReq { sub: None, ..rr.clone() };
@@ -580,7 +598,10 @@ impl Api {
                     return Ok(Reply::Object(200, old));
                 }
                 match self.store.write(Op::Delete { key, expect: Some(current) }).await {
-                    Ok(ev) => return Ok(Reply::Raw(200, ev.object)),
+                    Ok(ev) => {
+                        self.committed(rr.kind, &ev);
+                        return Ok(Reply::Raw(200, ev.object));
+                    }
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(StoreError::NotFound) => return Err(Self::not_found(rr)),
                     Err(e) => return Err(e.into()),
@@ -605,6 +626,7 @@ impl Api {
             }
             match self.store.write(Op::Update { key, object: new, expect: Some(current) }).await {
                 Ok(ev) => {
+                    self.committed(rr.kind, &ev);
                     if rr.kind.plural == "namespaces" && rr.kind.group.is_empty() {
                         self.namespace_terminating(&name);
                     }
@@ -662,12 +684,25 @@ impl Api {
 /// asks (`raw`: the JSON body, checked for duplicate fields).
 fn field_validation(kind: &Kind, o: &mut Value, q: &Query, raw: Option<&[u8]>) -> Result<Vec<String>, ApiError> {
     let directive = fieldcheck::Directive::parse(q.get("fieldValidation"))?;
-    let def = schema::kind_definition(kind.group, kind.version, kind.kind);
-    fieldcheck::check(def, kind.kind, o, raw, directive)
+    let custom = custom::prune_schema(kind);
+    let schema = custom.as_ref().or_else(|| schema::kind_definition(kind.group, kind.version, kind.kind).and_then(schema::definition));
+    fieldcheck::check(schema, kind.kind, o, raw, directive)
 }
 
 /// The `autoscaling/v1` Scale view of an object with replicas.
 pub fn scale_of(kind: &Kind, o: &Value) -> Value {
+    if let Some((spec_path, status_path, sel_path)) = kind.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        let get = |p: &str| custom::json_path(o, p).and_then(Value::as_i64).unwrap_or(0);
+        let selector = sel_path.as_deref().and_then(|p| custom::json_path(o, p)).and_then(Value::as_str).unwrap_or("");
+        return json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "uid": o["metadata"]["uid"],
+                "resourceVersion": o["metadata"]["resourceVersion"], "creationTimestamp": o["metadata"]["creationTimestamp"]},
+            "spec": {"replicas": get(spec_path)},
+            "status": {"replicas": get(status_path), "selector": selector},
+        });
+    }
     let sel = &o["spec"]["selector"];
     let selector = if kind.plural == "replicationcontrollers" {
         LabelSelector::from_object(&json!({"matchLabels": sel})).map(|s| s.to_string_form()).unwrap_or_default()

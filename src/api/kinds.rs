@@ -3,6 +3,8 @@
 
 use super::status::Cause;
 use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 
 /// Per-kind behaviour. Every hook has a generic default.
 #[derive(Clone, Copy)]
@@ -51,6 +53,19 @@ pub enum Sub {
     Scale,
 }
 
+/// What a custom resource kind carries beside the table columns (from its CRD).
+#[derive(Debug)]
+pub struct Custom {
+    /// Name of the CRD that defines the kind.
+    pub crd: String,
+    /// `openAPIV3Schema` of this version (structural), if given.
+    pub schema: Option<Value>,
+    /// `additionalPrinterColumns` of this version.
+    pub columns: Vec<Value>,
+    /// Scale subresource paths: spec replicas, status replicas, label selector.
+    pub scale: Option<(String, String, Option<String>)>,
+}
+
 /// One served resource.
 pub struct Kind {
     pub group: &'static str,
@@ -63,6 +78,8 @@ pub struct Kind {
     pub categories: &'static [&'static str],
     pub subresources: &'static [Sub],
     pub strategy: Strategy,
+    /// Set for kinds defined by a CustomResourceDefinition.
+    pub custom: Option<Custom>,
 }
 
 impl std::fmt::Debug for Kind {
@@ -114,7 +131,7 @@ macro_rules! kind {
         Kind {
             group: $group, version: $version, kind: $kind, plural: $plural, singular: $singular,
             namespaced: $ns, short_names: &[$($short),*], categories: &[$($cat),*],
-            subresources: &[$(Sub::$sub),*], strategy: $strategy,
+            subresources: &[$(Sub::$sub),*], strategy: $strategy, custom: None,
         }
     };
 }
@@ -163,18 +180,41 @@ pub static KINDS: &[Kind] = &[
     kind!("storage.k8s.io", "v1", "CSIDriver", "csidrivers", "csidriver", false, [], [], [], Strategy::PLAIN),
     kind!("storage.k8s.io", "v1", "CSINode", "csinodes", "csinode", false, [], [], [], Strategy::PLAIN),
     kind!("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", true, [], [], [], Strategy::PLAIN),
-    kind!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, ["crd", "crds"], ["api-extensions"], [Status], Strategy::WORKLOAD),
+    kind!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, ["crd", "crds"], ["api-extensions"], [Status], super::custom::CRD),
 ];
+
+/// Custom kinds currently served, and a counter bumped whenever that set changes.
+static CUSTOM: RwLock<Vec<&'static Kind>> = RwLock::new(Vec::new());
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Every kind served now: the built-in table, then custom kinds.
+pub fn all() -> Vec<&'static Kind> {
+    let custom = CUSTOM.read().unwrap_or_else(|e| e.into_inner());
+    KINDS.iter().chain(custom.iter().copied()).collect()
+}
+
+/// Changes whenever the served custom kinds change (for caches of discovery documents).
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Replaces the custom kinds defined by CRD `crd` with `kinds`.
+pub fn set_custom(crd: &str, kinds: Vec<&'static Kind>) {
+    let mut custom = CUSTOM.write().unwrap_or_else(|e| e.into_inner());
+    custom.retain(|k| k.custom.as_ref().is_none_or(|c| c.crd != crd));
+    custom.extend(kinds);
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
 
 /// Looks a resource up by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
-    KINDS.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
+    all().into_iter().find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
-/// Groups in discovery order, each with its (single) served version.
+/// Groups in discovery order, each with its served versions.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for k in KINDS {
+    for k in all() {
         if !out.iter().any(|(g, v)| *g == k.group && *v == k.version) {
             out.push((k.group, k.version));
         }

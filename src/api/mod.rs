@@ -1,6 +1,7 @@
 //! The Kubernetes API: routing, content negotiation and the generic resource machinery over
 //! the table of kinds in [`kinds`].
 
+pub mod custom;
 pub mod discovery;
 pub mod fieldcheck;
 pub mod fieldset;
@@ -170,9 +171,9 @@ impl Api {
             Target::Group(g) => Rendered::json(200, &discovery::group(&g).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::GroupVersion(g, v) => Rendered::json(200, &discovery::resource_list(&g, &v).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::OpenApi(p) => match p.trim_end_matches('/') {
-                "/openapi/v3" => Rendered::json(200, openapi::index()),
+                "/openapi/v3" => Rendered::json(200, &openapi::index()),
                 other => match other.strip_prefix("/openapi/v3/").and_then(openapi::group_version) {
-                    Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from_static(text.as_bytes())), warnings: Vec::new() },
+                    Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(text), warnings: Vec::new() },
                     None => return Err(ApiError::not_found_path(c.path)),
                 },
             },

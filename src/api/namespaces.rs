@@ -2,7 +2,7 @@
 //! terminating namespace before it goes (the `kubernetes` finalizer).
 
 use super::handlers::SYSTEM_NAMESPACES;
-use super::kinds::KINDS;
+use super::kinds::all;
 use super::negotiate::BodyType;
 use super::object as obj;
 use super::request::{Query, ResourceReq};
@@ -37,7 +37,7 @@ impl Api {
                 self.namespace_terminating(obj::name(&o));
             }
         }
-        Ok(())
+        self.load_crds()
     }
 
     /// Starts emptying namespace `name` in the background.
@@ -60,7 +60,7 @@ impl Api {
     /// namespace. Returns whether the namespace is gone.
     async fn finalize_namespace(&self, name: &str) -> Result<bool, ApiError> {
         let mut left = 0usize;
-        for kind in KINDS.iter().filter(|k| k.namespaced) {
+        for kind in all().into_iter().filter(|k| k.namespaced) {
             let page = self.store.list(&kind.prefix(Some(name)), None, 0, None, &|_| true)?;
             for (_, raw) in page.items {
                 left += 1;

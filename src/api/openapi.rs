@@ -6,12 +6,12 @@
 //! the list semantics (`x-kubernetes-patch-*`, `x-kubernetes-list-*`) that kubectl uses to
 //! compute patches.
 
-use super::kinds::{groups, Kind, Sub, KINDS};
+use super::kinds::{all, groups, Kind, Sub};
 use super::schema::{self, ListMerge};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
 /// Path segment of a group-version in `/openapi/v3/<here>`.
 pub fn gv_path(group: &str, version: &str) -> String {
@@ -26,6 +26,10 @@ pub fn gv_path(group: &str, version: &str) -> String {
 pub fn schema_name(k: &Kind) -> String {
     if let Some(n) = schema::kind_definition(k.group, k.version, k.kind) {
         return n.to_string();
+    }
+    if k.custom.is_some() {
+        let rev: Vec<&str> = k.group.split('.').rev().collect();
+        return format!("{}.{}.{}", rev.join("."), k.version, k.kind);
     }
     let pkg = match k.group {
         "" => "core".to_string(),
@@ -136,6 +140,15 @@ fn gvk(k: &Kind) -> Value {
 
 /// The kind's schema with its identity; a permissive one for kinds without a definition.
 fn object_schema(k: &Kind) -> Value {
+    if let Some(mut s) = k.custom.as_ref().and_then(|c| c.schema.clone()) {
+        if let Some(props) = s.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert("apiVersion".into(), json!({"type": "string"}));
+            props.insert("kind".into(), json!({"type": "string"}));
+            props.insert("metadata".into(), json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}));
+        }
+        s["x-kubernetes-group-version-kind"] = gvk(k);
+        return s;
+    }
     match schema::kind_definition(k.group, k.version, k.kind).and_then(schema::definition) {
         Some(def) => {
             let mut d = def.clone();
@@ -225,7 +238,7 @@ fn document(group: &str, version: &str) -> Value {
     let mut schemas = Map::new();
     let meta = "io.k8s.apimachinery.pkg.apis.meta.v1";
     let mut roots = vec![json!({"$ref": format!("#/components/schemas/{meta}.Status")}), json!({"$ref": format!("#/components/schemas/{meta}.ObjectMeta")}), json!({"$ref": format!("#/components/schemas/{meta}.ListMeta")})];
-    for k in KINDS.iter().filter(|k| k.group == group && k.version == version) {
+    for k in all().into_iter().filter(|k| k.group == group && k.version == version) {
         kind_paths(k, &mut paths);
         let own = object_schema(k);
         roots.push(own.clone());
@@ -256,12 +269,20 @@ fn document(group: &str, version: &str) -> Value {
 
 struct Docs {
     index: Value,
-    docs: BTreeMap<String, (String, String)>,
+    docs: BTreeMap<String, (String, bytes::Bytes)>,
 }
 
-fn docs() -> &'static Docs {
-    static DOCS: OnceLock<Docs> = OnceLock::new();
-    DOCS.get_or_init(|| {
+/// The documents for the kinds served now; rebuilt when custom kinds change.
+fn docs() -> Arc<Docs> {
+    static DOCS: Mutex<Option<(u64, Arc<Docs>)>> = Mutex::new(None);
+    let generation = super::kinds::generation();
+    let mut cache = DOCS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, d)) = cache.as_ref() {
+        if *g == generation {
+            return d.clone();
+        }
+    }
+    let built = Arc::new({
         let mut docs = BTreeMap::new();
         let mut paths = Map::new();
         for (g, v) in groups() {
@@ -271,18 +292,20 @@ fn docs() -> &'static Docs {
             let hash = format!("{:016X}{:016X}", h.finish(), text.len());
             let p = gv_path(g, v);
             paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
-            docs.insert(p, (hash, text));
+            docs.insert(p, (hash, bytes::Bytes::from(text)));
         }
         Docs { index: json!({"paths": paths}), docs }
-    })
+    });
+    *cache = Some((generation, built.clone()));
+    built
 }
 
 /// The `/openapi/v3` index.
-pub fn index() -> &'static Value {
-    &docs().index
+pub fn index() -> Value {
+    docs().index.clone()
 }
 
 /// The document at `/openapi/v3/<gv>` (JSON text).
-pub fn group_version(gv: &str) -> Option<&'static str> {
-    docs().docs.get(gv.trim_matches('/')).map(|(_, t)| t.as_str())
+pub fn group_version(gv: &str) -> Option<bytes::Bytes> {
+    docs().docs.get(gv.trim_matches('/')).map(|(_, t)| t.clone())
 }

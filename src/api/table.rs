@@ -40,6 +40,35 @@ fn age(o: &Value) -> Value {
 
 type Col = (&'static str, &'static str, &'static str, i32);
 
+/// Columns of a custom kind: Name, then its printer columns (Age when it declares none).
+fn custom_columns(custom: &super::kinds::Custom) -> Vec<Value> {
+    let mut cols = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0})];
+    if custom.columns.is_empty() {
+        cols.push(json!({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0}));
+    }
+    for c in &custom.columns {
+        cols.push(json!({"name": c["name"], "type": c["type"].as_str().unwrap_or("string"), "format": c["format"].as_str().unwrap_or(""), "description": c["description"].as_str().unwrap_or(""), "priority": c["priority"].as_i64().unwrap_or(0)}));
+    }
+    cols
+}
+
+fn custom_cells(custom: &super::kinds::Custom, o: &Value) -> Vec<Value> {
+    let mut cells = vec![o["metadata"]["name"].clone()];
+    if custom.columns.is_empty() {
+        cells.push(age(o));
+    }
+    for c in &custom.columns {
+        let v = c["jsonPath"].as_str().and_then(|p| super::custom::json_path(o, p)).cloned().unwrap_or(Value::Null);
+        // Date columns read as ages, as upstream renders them.
+        let v = match (c["type"].as_str(), v.as_str().map(chrono::DateTime::parse_from_rfc3339)) {
+            (Some("date"), Some(Ok(t))) => json!(human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())),
+            _ => v,
+        };
+        cells.push(v);
+    }
+    cells
+}
+
 fn columns(kind: &Kind) -> Vec<Col> {
     // (name, type, format, priority)
     let name: Col = ("Name", "string", "name", 0);
@@ -179,10 +208,13 @@ fn partial(o: &Value) -> Value {
 
 /// Renders objects as a Table. `include` is the `includeObject` parameter.
 pub fn render(kind: &Kind, objects: &[Value], list_meta: Value, include: Option<&str>) -> Value {
-    let cols: Vec<Value> = columns(kind)
-        .into_iter()
-        .map(|(n, t, f, p)| json!({"name": n, "type": t, "format": f, "description": "", "priority": p}))
-        .collect();
+    let cols: Vec<Value> = match &kind.custom {
+        Some(c) => custom_columns(c),
+        None => columns(kind)
+            .into_iter()
+            .map(|(n, t, f, p)| json!({"name": n, "type": t, "format": f, "description": "", "priority": p}))
+            .collect(),
+    };
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
@@ -191,7 +223,11 @@ pub fn render(kind: &Kind, objects: &[Value], list_meta: Value, include: Option<
                 Some("Object") => o.clone(),
                 _ => partial(o),
             };
-            json!({"cells": cells(kind, o), "object": object})
+            let cells = match &kind.custom {
+                Some(c) => custom_cells(c, o),
+                None => cells(kind, o),
+            };
+            json!({"cells": cells, "object": object})
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": cols, "rows": rows})
