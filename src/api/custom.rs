@@ -497,7 +497,7 @@ mod tests {
         let mut bad = json!({"spec": {"size": "big", "mode": "z"}});
         admit(&kind, &mut bad, &mut c);
         let fields: Vec<&str> = c.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, vec!["spec.mode", "spec.size"]);
+        assert_eq!(fields, vec!["spec.size", "spec.mode"], "in the order of the object");
         let mut c = Vec::new();
         admit(&kind, &mut json!({"spec": {}}), &mut c);
         assert_eq!(c[0].field, "spec.size");
