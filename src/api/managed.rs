@@ -201,10 +201,20 @@ pub fn apply(kind: &Kind, live: Option<&Value>, applied: &Value, manager: &str, 
     let mut entries = read(live_v);
     let applied_set = FieldSet::of(kind, applied, false);
     let mine = entries.iter().position(|e| e.same_owner(manager, "Apply", None));
-    // Upgrade from client-side apply: fields in the last-applied annotation were the user's
-    // intent, so they move to the applier without conflicts.
-    let last_applied: Option<Value> = live_v["metadata"]["annotations"][LAST_APPLIED].as_str().and_then(|s| serde_json::from_str(s).ok());
-    let csa_set = last_applied.as_ref().map(|la| FieldSet::of(kind, la, false)).unwrap_or_default();
+    // Upgrade from client-side apply (manager `kubectl` only, as upstream): fields of the
+    // last-applied annotation that still hold the values it recorded were the user's intent,
+    // so they move to the applier without conflicts.
+    let last_applied: Option<Value> = (manager == KUBECTL)
+        .then(|| live_v["metadata"]["annotations"][LAST_APPLIED].as_str().and_then(|s| serde_json::from_str(s).ok()))
+        .flatten();
+    let mut csa_set = FieldSet::default();
+    if let Some(la) = &last_applied {
+        for p in FieldSet::of(kind, la, false).leaves() {
+            if value_at(la, &p) == value_at(live_v, &p) {
+                csa_set.insert(&p);
+            }
+        }
+    }
 
     // Conflicts: fields another manager owns that this apply sets to a different value.
     let mut conflicts: Vec<(String, String, Vec<String>)> = Vec::new();
@@ -243,6 +253,7 @@ pub fn apply(kind: &Kind, live: Option<&Value>, applied: &Value, manager: &str, 
         stale.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in &stale {
             remove_at(&mut merged, p);
+            prune_emptied(&mut merged, p, &applied_set);
         }
     }
     match mine {
@@ -272,6 +283,42 @@ pub fn apply(kind: &Kind, live: Option<&Value>, applied: &Value, manager: &str, 
     }
     Ok(merged)
 }
+
+/// After removing `path`, drops the list or map that held it if that is now empty and the
+/// applied configuration does not mention it.
+fn prune_emptied(obj: &mut Value, path: &[String], applied: &FieldSet) {
+    let mut end = path.len();
+    if path.last().map(String::as_str) == Some(".") {
+        end -= 1;
+    }
+    // The container is the nearest `f:` field above the removed element or field.
+    while end > 0 {
+        end -= 1;
+        if path[end].starts_with("f:") {
+            let field = &path[..=end];
+            let empty = value_at(obj, field).is_some_and(|v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|m| m.is_empty()));
+            let mentioned = applied.contains(field) || has_prefix(applied, field);
+            if empty && !mentioned {
+                remove_at(obj, field);
+            }
+            return;
+        }
+    }
+}
+
+fn has_prefix(set: &FieldSet, prefix: &[String]) -> bool {
+    let mut node = set;
+    for p in prefix {
+        match node.0.get(p) {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The field manager `kubectl apply --server-side` uses.
+const KUBECTL: &str = "kubectl";
 
 /// The annotation `kubectl apply` (client-side) records its last configuration in.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -370,6 +417,7 @@ mod tests {
         live["metadata"]["annotations"] = json!({LAST_APPLIED: cfg("nginx:1", Some(2), false).to_string()});
         let mut tracked = live.clone();
         track_update(deploy(), None, &mut tracked, "kubectl-client-side-apply", None);
+        assert!(apply(deploy(), Some(&tracked), &cfg("nginx:2", Some(2), false), "someone-else", false).is_err(), "only kubectl upgrades");
         let upgraded = apply(deploy(), Some(&tracked), &cfg("nginx:2", Some(2), false), "kubectl", false).unwrap();
         assert_eq!(upgraded["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
         let la: Value = serde_json::from_str(upgraded["metadata"]["annotations"][LAST_APPLIED].as_str().unwrap()).unwrap();
@@ -380,6 +428,28 @@ mod tests {
         track_update(deploy(), Some(&upgraded), &mut scaled, "kubectl-edit", None);
         scaled["metadata"]["annotations"].as_object_mut().unwrap().remove(LAST_APPLIED);
         assert!(apply(deploy(), Some(&scaled), &cfg("nginx:4", Some(2), false), "kubectl", false).is_err());
+    }
+
+    #[test]
+    fn fields_changed_since_the_last_client_side_apply_still_conflict() {
+        let mut live = cfg("nginx:1", Some(2), false);
+        live["metadata"]["annotations"] = json!({LAST_APPLIED: cfg("nginx:1", Some(2), false).to_string()});
+        let mut tracked = live.clone();
+        track_update(deploy(), None, &mut tracked, "kubectl-client-side-apply", None);
+        let mut scaled = tracked.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        track_update(deploy(), Some(&tracked), &mut scaled, "kubectl-client-side-apply", None);
+        let err = apply(deploy(), Some(&scaled), &cfg("nginx:1", Some(2), false), "kubectl", false).unwrap_err();
+        assert!(err.message.contains(".spec.replicas"), "{}", err.message);
+    }
+
+    #[test]
+    fn emptied_lists_go_with_their_last_element() {
+        let mut a = cfg("nginx:1", None, false);
+        a["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80}]);
+        let first = apply(deploy(), None, &a, "m", false).unwrap();
+        let second = apply(deploy(), Some(&first), &cfg("nginx:1", None, false), "m", false).unwrap();
+        assert!(second["spec"]["template"]["spec"]["containers"][0].get("ports").is_none());
     }
 
     #[test]

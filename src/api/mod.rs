@@ -172,6 +172,11 @@ impl Api {
             Target::GroupVersion(g, v) => Rendered::json(200, &discovery::resource_list(&g, &v).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::OpenApi(p) => match p.trim_end_matches('/') {
                 "/openapi/v3" => Rendered::json(200, &openapi::index()),
+                "/openapi/v2" => {
+                    // Served as JSON only; a protobuf-only client gets 406 and falls back.
+                    response_format(c.accept)?;
+                    Rendered { code: 200, content_type: "application/json", body: Body::Full(openapi::v2()), warnings: Vec::new() }
+                }
                 other => match other.strip_prefix("/openapi/v3/").and_then(openapi::group_version) {
                     Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(text), warnings: Vec::new() },
                     None => return Err(ApiError::not_found_path(c.path)),

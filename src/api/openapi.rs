@@ -309,3 +309,53 @@ pub fn index() -> Value {
 pub fn group_version(gv: &str) -> Option<bytes::Bytes> {
     docs().docs.get(gv.trim_matches('/')).map(|(_, t)| t.clone())
 }
+
+/// `/openapi/v2` (Swagger 2.0) as JSON: every served kind's paths and the same definitions,
+/// for clients that still read v2.
+pub fn v2() -> bytes::Bytes {
+    static CACHE: Mutex<Option<(u64, bytes::Bytes)>> = Mutex::new(None);
+    let generation = super::kinds::generation();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, b)) = cache.as_ref() {
+        if *g == generation {
+            return b.clone();
+        }
+    }
+    let mut paths = Map::new();
+    let mut definitions = Map::new();
+    for (g, v) in groups() {
+        let doc = document(g, v);
+        if let Some(p) = doc["paths"].as_object() {
+            for (k, item) in p {
+                let mut item = item.clone();
+                // v2 parameters carry their type directly instead of a schema.
+                if let Some(ops) = item.as_object_mut() {
+                    for op in ops.values_mut() {
+                        let params = if op.is_array() { op.as_array_mut() } else { op.get_mut("parameters").and_then(Value::as_array_mut) };
+                        for param in params.into_iter().flatten() {
+                            if let Some(t) = param.get("schema").and_then(|s| s.get("type")).cloned() {
+                                param["type"] = t;
+                                if let Some(m) = param.as_object_mut() {
+                                    m.remove("schema");
+                                }
+                            }
+                        }
+                        if let Some(o) = op.as_object_mut() {
+                            o.remove("requestBody");
+                        }
+                    }
+                }
+                paths.insert(k.clone(), item);
+            }
+        }
+        if let Some(sch) = doc["components"]["schemas"].as_object() {
+            definitions.extend(sch.clone());
+        }
+    }
+    let text = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": paths, "definitions": definitions})
+        .to_string()
+        .replace("#/components/schemas/", "#/definitions/");
+    let bytes = bytes::Bytes::from(text);
+    *cache = Some((generation, bytes.clone()));
+    bytes
+}

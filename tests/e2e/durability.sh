@@ -55,10 +55,11 @@ writer() {
     if [ "$code" = "201" ]; then echo "w$w-$n" >>"$ack_dir/$w"; elif [ "$code" = "000" ]; then break; fi
   done
 }
-for w in 1 2 3 4; do writer $w & done
+writers=()
+for w in 1 2 3 4; do writer $w & writers+=($!); done
 sleep 1.5
 stop_server KILL
-wait
+wait "${writers[@]}"
 acked=$(cat "$ack_dir"/* 2>/dev/null | sort)
 nacked=$(echo "$acked" | grep -c . || true)
 if [ "$nacked" -gt 0 ]; then ok "clients got acknowledgements before the crash ($nacked)"; else not_ok "clients got acknowledgements before the crash"; fi

@@ -137,3 +137,45 @@ def test_invalid_object_is_422_with_causes(api_client):
         core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}})
     assert err.value.status == 422
     assert "spec.containers[0].image" in err.value.body
+
+
+def test_create_from_yaml(api_client, tmp_path):
+    from kubernetes import utils
+    manifest = tmp_path / "objs.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fy-cm\ndata:\n  a: '1'\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: fy-dep\nspec:\n"
+        "  selector: {matchLabels: {app: fy}}\n  template:\n    metadata: {labels: {app: fy}}\n"
+        "    spec:\n      containers: [{name: c, image: 'busybox:1.36'}]\n")
+    created = utils.create_from_yaml(api_client, str(manifest), namespace="default")
+    assert sorted(o[0].metadata.name for o in created) == ["fy-cm", "fy-dep"]
+    assert client.AppsV1Api(api_client).read_namespaced_deployment("fy-dep", "default").spec.replicas == 1
+
+
+def test_dynamic_client_with_server_side_apply(api_client):
+    from kubernetes import dynamic
+    dyn = dynamic.DynamicClient(api_client)
+    crds = dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    crds.create(body={
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "pythings.py.example.com"},
+        "spec": {"group": "py.example.com", "scope": "Namespaced",
+                 "names": {"plural": "pythings", "singular": "pything", "kind": "PyThing"},
+                 "versions": [{"name": "v1", "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                   "spec": {"type": "object", "properties": {"n": {"type": "integer"}}}}}}}]}})
+    dyn = dynamic.DynamicClient(api_client)  # discovery again: the new kind is served
+    things = dyn.resources.get(api_version="py.example.com/v1", kind="PyThing")
+    things.create(namespace="default", body={"apiVersion": "py.example.com/v1", "kind": "PyThing", "metadata": {"name": "t1"}, "spec": {"n": 1}})
+    assert [t.metadata.name for t in things.get(namespace="default").items] == ["t1"]
+    cms = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "py-ssa"}, "data": {"k": "v"}}
+    applied = cms.server_side_apply(body=body, name="py-ssa", namespace="default", field_manager="py-test")
+    assert applied.data.k == "v"
+    assert [m.manager for m in applied.metadata.managedFields] == ["py-test"]
+    body["data"] = {"k": "other"}
+    with pytest.raises(Exception) as err:
+        cms.server_side_apply(body=body, name="py-ssa", namespace="default", field_manager="someone-else")
+    assert "409" in str(err.value) or "Conflict" in str(err.value)
+    forced = cms.server_side_apply(body=body, name="py-ssa", namespace="default", field_manager="someone-else", force_conflicts=True)
+    assert forced.data.k == "other"
