@@ -1,6 +1,10 @@
-//! Generates the OpenAPI schemas of every served kind from the Kubernetes type definitions
-//! (`k8s-openapi`) into `$OUT_DIR/schemas.json`: `{"kinds": {"group/version/Kind": "<schema
-//! name>"}, "definitions": {...}}`. The API server builds its OpenAPI documents from it.
+//! Build-time artefacts embedded in the binary:
+//! - `$OUT_DIR/schemas.json`: the OpenAPI schemas of every served kind, generated from the
+//!   Kubernetes type definitions (`k8s-openapi`): `{"kinds": {"group/version/Kind": "<schema
+//!   name>"}, "definitions": {...}}`. The API server builds its OpenAPI documents from it.
+//! - the CRI client (`proto/cri/runtime.proto`, compiled with tonic/prost).
+//! - `$OUT_DIR/pause.tar`: the pod infra image, `pause/pause.c` compiled statically and packed
+//!   as a one-layer OCI image layout archive, imported into containerd at start.
 
 use schemars::generate::SchemaSettings;
 use std::collections::BTreeMap;
@@ -14,6 +18,116 @@ macro_rules! kinds {
 }
 
 fn main() {
+    schemas();
+    pause_image();
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/cri/runtime.proto"], &["proto/cri"])
+        .expect("compile proto/cri/runtime.proto (needs protoc: Debian's protobuf-compiler)");
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=pause/pause.c");
+}
+
+/// Name the embedded pause image is imported under (and containerd's sandbox image).
+const PAUSE_IMAGE: &str = "docker.io/ferrokube/pause:1";
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Appends one ustar entry (a regular file) to `out`.
+fn tar_file(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |h: &mut [u8; 512], at: usize, width: usize, v: u64| {
+        let s = format!("{:0w$o}", v, w = width - 1);
+        h[at..at + width - 1].copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h, 100, 8, mode as u64);
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, data.len() as u64);
+    octal(&mut h, 136, 12, 0);
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    let pad = (512 - data.len() % 512) % 512;
+    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+fn tar_end(out: &mut Vec<u8>) {
+    out.extend(std::iter::repeat_n(0u8, 1024));
+}
+
+fn pause_image() {
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let bin = out_dir.join("pause");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = std::process::Command::new(&cc)
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&bin)
+        .arg("pause/pause.c")
+        .status()
+        .unwrap_or_else(|e| panic!("running {cc} to build the pause program: {e}"));
+    assert!(status.success(), "{cc} failed to build pause/pause.c (a static libc is needed: Debian's libc6-dev)");
+    let program = std::fs::read(&bin).expect("read the pause binary");
+
+    let mut layer = Vec::new();
+    tar_file(&mut layer, "pause", 0o755, &program);
+    tar_end(&mut layer);
+    let layer_digest = sha256(&layer);
+    let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") => "amd64",
+        Ok("aarch64") => "arm64",
+        Ok(other) => other.to_string().leak(),
+        Err(_) => "amd64",
+    };
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Entrypoint": ["/pause"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
+    })
+    .to_string();
+    let config_digest = sha256(config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer.len()}],
+    })
+    .to_string();
+    let manifest_digest = sha256(manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest.len(),
+            "annotations": {"io.containerd.image.name": PAUSE_IMAGE, "org.opencontainers.image.ref.name": "1"},
+        }],
+    })
+    .to_string();
+    let mut archive = Vec::new();
+    tar_file(&mut archive, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#);
+    tar_file(&mut archive, "index.json", 0o644, index.as_bytes());
+    tar_file(&mut archive, &format!("blobs/sha256/{manifest_digest}"), 0o644, manifest.as_bytes());
+    tar_file(&mut archive, &format!("blobs/sha256/{config_digest}"), 0o644, config.as_bytes());
+    tar_file(&mut archive, &format!("blobs/sha256/{layer_digest}"), 0o644, &layer);
+    tar_end(&mut archive);
+    std::fs::write(out_dir.join("pause.tar"), archive).expect("write pause.tar");
+    std::fs::write(out_dir.join("pause-image-name"), PAUSE_IMAGE).expect("write pause-image-name");
+}
+
+fn schemas() {
     use k8s_openapi::api as a;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
@@ -70,5 +184,4 @@ fn main() {
     let out = serde_json::json!({"kinds": kinds, "definitions": defs});
     let path = std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("schemas.json");
     std::fs::write(&path, serde_json::to_vec(&out).expect("serializes")).expect("write schemas.json");
-    println!("cargo::rerun-if-changed=build.rs");
 }

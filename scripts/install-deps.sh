@@ -3,7 +3,10 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in curl ca-certificates python3-venv; do
+# Build: protoc for the CRI client, a static libc for the pause program.
+# Node: containerd (with ctr), runc, iptables, iproute2, util-linux (nsenter).
+# Tests: curl, python3-venv, busybox-static for test images.
+for p in curl ca-certificates python3-venv protobuf-compiler libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -3,3 +3,4 @@ pub mod api;
 pub mod store;
 pub mod pki;
 pub mod server;
+pub mod cri;

@@ -1,0 +1,30 @@
+/* ferrokube's pod infra ("pause") container: holds the pod's namespaces open, reaps
+ * orphaned children (it is PID 1 of the pod when PID namespaces are shared), and exits 0
+ * on SIGINT or SIGTERM. */
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void stop(int sig) {
+    (void)sig;
+    _exit(0);
+}
+
+static void reap(int sig) {
+    (void)sig;
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+}
+
+int main(void) {
+    struct sigaction on_stop = {.sa_handler = stop};
+    struct sigaction on_child = {.sa_handler = reap, .sa_flags = SA_NOCLDSTOP};
+    sigaction(SIGINT, &on_stop, NULL);
+    sigaction(SIGTERM, &on_stop, NULL);
+    sigaction(SIGCHLD, &on_child, NULL);
+    for (;;) {
+        pause();
+    }
+    return 0;
+}
