@@ -4,3 +4,5 @@ pub mod store;
 pub mod pki;
 pub mod server;
 pub mod cri;
+pub mod node;
+pub mod cni;

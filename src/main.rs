@@ -16,6 +16,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // containerd runs this binary as the CNI plugin: the spec's environment decides, before
+    // any argument parsing.
+    if let Ok(command) = std::env::var("CNI_COMMAND") {
+        return std::process::ExitCode::from(ferrokube::cni::run(&command) as u8);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -1,0 +1,174 @@
+//! The bridge and veth plumbing of a pod, done with iproute2 (`ip`, `nsenter`) and iptables.
+
+use super::ipam::Leases;
+use super::{CniError, NetConf};
+use serde_json::{json, Value};
+use std::process::Command;
+
+/// The per-call arguments from the CNI environment.
+pub struct Args {
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+}
+
+/// Chains ferrokube owns in the `nat` and `filter` tables.
+pub const NAT_CHAIN: &str = "FERROKUBE-POSTROUTING";
+pub const FILTER_CHAIN: &str = "FERROKUBE-FORWARD";
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, CniError> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| CniError::plugin(format!("cannot run {cmd}: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(CniError::plugin(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+fn ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Host-side veth name for a container: stable, at most 15 characters.
+pub fn host_veth(container_id: &str) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in container_id.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x01000193);
+    }
+    format!("vethfk{h:08x}")
+}
+
+/// Creates the bridge with the gateway address, once.
+fn ensure_bridge(conf: &NetConf) -> Result<(), CniError> {
+    let br = conf.bridge.as_str();
+    if !ok("ip", &["link", "show", br]) {
+        // A concurrent ADD may win the race: check again instead of failing.
+        if let Err(e) = run("ip", &["link", "add", br, "type", "bridge"]) {
+            if !ok("ip", &["link", "show", br]) {
+                return Err(e);
+            }
+        }
+    }
+    let gw = format!("{}/{}", conf.subnet.gateway(), conf.subnet.prefix);
+    let addrs = run("ip", &["-o", "-4", "addr", "show", "dev", br])?;
+    if !addrs.contains(&format!(" {gw} ")) {
+        let _ = run("ip", &["addr", "add", &gw, "dev", br]);
+    }
+    run("ip", &["link", "set", br, "up"])?;
+    Ok(())
+}
+
+/// Forwarding on, forwarding through the bridge accepted, masquerade for traffic that leaves
+/// the pod network. Rules live in ferrokube's own chains.
+fn ensure_host_rules(conf: &NetConf) -> Result<(), CniError> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| CniError::plugin(format!("enable ip_forward: {e}")))?;
+    let subnet = conf.subnet.to_string();
+    let br = conf.bridge.as_str();
+    ensure_chain("nat", NAT_CHAIN, "POSTROUTING")?;
+    ensure_rule("nat", NAT_CHAIN, &["-s", &subnet, "!", "-d", &subnet, "-j", "MASQUERADE", "-m", "comment", "--comment", "ferrokube pod egress"])?;
+    ensure_chain("filter", FILTER_CHAIN, "FORWARD")?;
+    ensure_rule("filter", FILTER_CHAIN, &["-i", br, "-j", "ACCEPT", "-m", "comment", "--comment", "ferrokube pods out"])?;
+    ensure_rule("filter", FILTER_CHAIN, &["-o", br, "-j", "ACCEPT", "-m", "comment", "--comment", "ferrokube pods in"])?;
+    Ok(())
+}
+
+fn ensure_chain(table: &str, chain: &str, from: &str) -> Result<(), CniError> {
+    if !ok("iptables", &["-w", "-t", table, "-L", chain, "-n"]) {
+        let _ = run("iptables", &["-w", "-t", table, "-N", chain]);
+    }
+    if !ok("iptables", &["-w", "-t", table, "-C", from, "-j", chain]) {
+        run("iptables", &["-w", "-t", table, "-I", from, "-j", chain])?;
+    }
+    Ok(())
+}
+
+fn ensure_rule(table: &str, chain: &str, rule: &[&str]) -> Result<(), CniError> {
+    let mut check = vec!["-w", "-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if !ok("iptables", &check) {
+        let mut add = vec!["-w", "-t", table, "-A", chain];
+        add.extend_from_slice(rule);
+        run("iptables", &add)?;
+    }
+    Ok(())
+}
+
+fn in_netns(netns: &str, args: &[&str]) -> Result<String, CniError> {
+    let ns = format!("--net={netns}");
+    let mut all = vec![ns.as_str(), "ip"];
+    all.extend_from_slice(args);
+    run("nsenter", &all)
+}
+
+/// ADD: attaches the container's network namespace to the bridge.
+pub fn add(conf: &NetConf, a: &Args) -> Result<Value, CniError> {
+    if a.container_id.is_empty() || a.netns.is_empty() || a.ifname.is_empty() {
+        return Err(CniError::new(4, "CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME are required for ADD", ""));
+    }
+    ensure_bridge(conf)?;
+    ensure_host_rules(conf)?;
+    let leases = Leases::new(&conf.data_dir, &conf.name)?;
+    let ip = leases.allocate(&conf.subnet, &a.container_id)?;
+    let result = attach(conf, a, ip);
+    if result.is_err() {
+        leases.release(&a.container_id);
+        let _ = run("ip", &["link", "del", &host_veth(&a.container_id)]);
+    }
+    let mac = result?;
+    let cidr = format!("{ip}/{}", conf.subnet.prefix);
+    let host = host_veth(&a.container_id);
+    Ok(json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": conf.bridge},
+            {"name": host},
+            {"name": a.ifname, "mac": mac, "sandbox": a.netns},
+        ],
+        "ips": [{"address": cidr, "gateway": conf.subnet.gateway().to_string(), "interface": 2}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": conf.subnet.gateway().to_string()}],
+        "dns": {},
+    }))
+}
+
+/// Creates the veth pair and configures both ends; returns the pod interface's MAC.
+fn attach(conf: &NetConf, a: &Args, ip: std::net::Ipv4Addr) -> Result<String, CniError> {
+    let host = host_veth(&a.container_id);
+    let peer = format!("{}p", &host[..14]);
+    if ok("ip", &["link", "show", &host]) {
+        run("ip", &["link", "del", &host])?;
+    }
+    run("ip", &["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+    run("ip", &["link", "set", &peer, "netns", &a.netns])?;
+    in_netns(&a.netns, &["link", "set", &peer, "name", &a.ifname])?;
+    in_netns(&a.netns, &["addr", "add", &format!("{ip}/{}", conf.subnet.prefix), "dev", &a.ifname])?;
+    in_netns(&a.netns, &["link", "set", &a.ifname, "up"])?;
+    in_netns(&a.netns, &["link", "set", "lo", "up"])?;
+    in_netns(&a.netns, &["route", "replace", "default", "via", &conf.subnet.gateway().to_string(), "dev", &a.ifname])?;
+    run("ip", &["link", "set", &host, "master", &conf.bridge])?;
+    run("ip", &["link", "set", &host, "up"])?;
+    // Hairpin: a pod may reach itself through the bridge (e.g. via its own service).
+    let _ = std::fs::write(format!("/sys/class/net/{host}/brport/hairpin_mode"), "1");
+    let link = in_netns(&a.netns, &["-o", "link", "show", &a.ifname])?;
+    Ok(link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or("").to_string())
+}
+
+/// DEL: removes the veth and frees the address; deleting what is gone already succeeds.
+pub fn del(conf: &NetConf, a: &Args) -> Result<(), CniError> {
+    let host = host_veth(&a.container_id);
+    if ok("ip", &["link", "show", &host]) {
+        run("ip", &["link", "del", &host])?;
+    }
+    Leases::new(&conf.data_dir, &conf.name)?.release(&a.container_id);
+    Ok(())
+}
+
+/// CHECK: the container still holds its lease and its veth.
+pub fn check(conf: &NetConf, a: &Args) -> Result<(), CniError> {
+    if Leases::new(&conf.data_dir, &conf.name)?.find(&a.container_id).is_none() {
+        return Err(CniError::plugin(format!("container {} holds no address", a.container_id)));
+    }
+    if !ok("ip", &["link", "show", &host_veth(&a.container_id)]) {
+        return Err(CniError::plugin("the host side of the veth is missing"));
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The node side of the binary: what the host offers, and the container runtime ferrokube
+//! starts and supervises for the kubelet.
+
+pub mod containerd;
+pub mod host;
+pub mod pause;
