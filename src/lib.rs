@@ -6,3 +6,6 @@ pub mod server;
 pub mod cri;
 pub mod node;
 pub mod cni;
+pub mod client;
+pub mod kubelet;
+pub mod scheduler;

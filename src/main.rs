@@ -13,6 +13,24 @@ struct Cli {
 enum Command {
     /// Run the API server (and, unless disabled, the node) on this machine.
     Server(ferrokube::server::ServerConfig),
+    /// Manage container images of the running node.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Import image archives (OCI layout or docker-archive tarballs) into the node's runtime.
+    Import {
+        /// Archive files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Runtime state directory of the server (its --run-dir).
+        #[arg(long, default_value = "/run/ferrokube")]
+        run_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +53,16 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
+        Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
+            let socket = run_dir.join("containerd").join("containerd.sock");
+            for f in &files {
+                ferrokube::node::containerd::import_archive(&socket, f)
+                    .await
+                    .map_err(|e| ferrokube::server::StartError::Node(format!("{}: {e}", f.display())))?;
+                println!("imported {}", f.display());
+            }
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

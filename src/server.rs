@@ -34,6 +34,18 @@ pub struct ServerConfig {
     /// Store events kept for watch resumption.
     #[arg(long, default_value_t = crate::store::DEFAULT_HISTORY)]
     pub event_history: u64,
+    /// Runtime state (containerd's state and socket); a tmpfs such as /run is best.
+    #[arg(long, default_value = "/run/ferrokube")]
+    pub run_dir: PathBuf,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Addresses for this node's pods.
+    #[arg(long, default_value = "10.42.0.0/24")]
+    pub pod_cidr: String,
+    /// Name of the bridge the pods attach to.
+    #[arg(long, default_value = "fk0")]
+    pub pod_bridge: String,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -60,6 +72,8 @@ pub enum StartError {
     Kubeconfig(PathBuf, String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("node: {0}")]
+    Node(String),
 }
 
 fn check_writable(dir: &Path) -> Result<(), StartError> {
@@ -121,17 +135,64 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
 
     let api = Api::new(store, format!("{host}:{}", cfg.https_listen_port));
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
-    if !cfg.disable_agent {
-        tracing::warn!("the node agent is not part of this build yet: running the control plane only (as with --disable-agent)");
-    }
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
+    let serve = tokio::spawn(http::serve(api.clone(), listener, tls, Some(token)));
 
-    let serve = tokio::spawn(http::serve(api, listener, tls, Some(token)));
+    let runtime = if cfg.disable_agent { None } else { Some(start_node(&cfg, api).await?) };
     shutdown_signal().await;
     tracing::info!("shutting down");
     serve.abort();
+    if let Some(containerd) = runtime {
+        containerd.stop().await;
+    }
     Ok(())
+}
+
+/// The node: containerd, the CNI configuration, the kubelet and the binder.
+async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crate::node::containerd::Containerd, StartError> {
+    use crate::node::{containerd, host::Host};
+    let fail = |e: String| StartError::Node(e);
+    if let Some(missing) = Host::missing_tools() {
+        return Err(fail(missing));
+    }
+    let subnet: crate::cni::ipam::Subnet = cfg.pod_cidr.parse().map_err(|e: String| fail(format!("--pod-cidr: {e}")))?;
+    let host = Host::detect();
+    let layout = containerd::Layout::new(&cfg.data_dir, &cfg.run_dir);
+    // The CNI plugin is this binary, reached through a link containerd finds in its bin dir.
+    std::fs::create_dir_all(&layout.cni_bin).map_err(|e| fail(format!("{}: {e}", layout.cni_bin.display())))?;
+    std::fs::create_dir_all(&layout.cni_conf).map_err(|e| fail(format!("{}: {e}", layout.cni_conf.display())))?;
+    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find this binary: {e}")))?;
+    for plugin in [crate::cni::PLUGIN, crate::cni::LOOPBACK] {
+        let link = layout.cni_bin.join(plugin);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).map_err(|e| fail(format!("{}: {e}", link.display())))?;
+    }
+    let conflist = crate::cni::conflist(&subnet.to_string(), &cfg.pod_bridge, &cfg.data_dir.join("cni").join("ipam"));
+    let conf_path = layout.cni_conf.join("10-ferrokube.conflist");
+    std::fs::write(&conf_path, serde_json::to_vec_pretty(&conflist).unwrap_or_default()).map_err(|e| fail(format!("{}: {e}", conf_path.display())))?;
+
+    let (runtime, mut cri) = containerd::Containerd::start(layout, &host).await.map_err(|e| fail(e.to_string()))?;
+    let version = cri.version().await.map_err(|e| fail(e.to_string()))?;
+    let node_name = cfg.node_name.clone().unwrap_or_else(|| {
+        crate::pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase()
+    });
+    tracing::info!(node = %node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node starting");
+    let kubelet = crate::kubelet::Kubelet::new(
+        crate::client::Client::in_process(api.clone(), concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION"))),
+        cri,
+        crate::kubelet::Config {
+            node_name: node_name.clone(),
+            pod_cidr: subnet.to_string(),
+            data_dir: cfg.data_dir.clone(),
+            pod_log_dir: cfg.data_dir.join("logs").join("pods"),
+            runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+        },
+    );
+    tokio::spawn(kubelet.run());
+    let binder = crate::client::Client::in_process(api, concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION")));
+    tokio::spawn(crate::scheduler::run_single_node(binder, node_name));
+    Ok(runtime)
 }
 
 fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartError> {

@@ -548,6 +548,37 @@ impl Api {
         Err(ApiError::stale(rr.kind.group, rr.kind.plural, url_name))
     }
 
+    /// `pods/<name>/binding`: assigns the pod to a node (what a scheduler does).
+    pub async fn bind(&self, rr: &ResourceReq, body: &[u8]) -> Result<Reply, ApiError> {
+        let binding = decode_object(body, BodyType::Json)?;
+        let node = binding["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
+            ApiError::invalid("", "Binding", rr.name.as_deref().unwrap_or(""), vec![Cause::required("target.name", "")])
+        })?;
+        let main = ResourceReq { sub: None, ..rr.clone() };
+        for _ in 0..RMW_RETRIES {
+            let (old, current) = self.load(&main)?;
+            let name = rr.name.as_deref().unwrap_or("");
+            if old["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node {:?}", old["spec"]["nodeName"].as_str().unwrap_or(""))));
+            }
+            if obj::is_deleting(&old) {
+                return Err(ApiError::conflict("", "pods", name, "the pod is being deleted"));
+            }
+            let mut new = old.clone();
+            new["spec"]["nodeName"] = json!(node);
+            let conds = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": obj::now()}));
+            new["status"]["conditions"] = Value::Array(conds);
+            match self.store.write(Op::Update { key: self.key(&main)?, object: new, expect: Some(current) }).await {
+                Ok(_) => return Ok(Reply::Object(201, success_status(None))),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::stale("", "pods", rr.name.as_deref().unwrap_or("")))
+    }
+
     /// Whether something other than finalizers still holds the object (namespaces: spec.finalizers).
     fn deletion_blocked(&self, kind: &Kind, o: &Value) -> bool {
         kind.plural == "namespaces" && kind.group.is_empty() && o["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())

@@ -136,6 +136,7 @@ impl Api {
             ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
             ("GET", true) => self.list(&rr, &q).await?,
             ("GET", false) => self.get(&rr, &q).await?,
+            ("POST", false) if rr.sub.as_deref() == Some("binding") && rr.kind.plural == "pods" => self.bind(&rr, &c.body).await?,
             ("POST", _) => self.create(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PUT", false) => self.update(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PATCH", false) => self.patch(&rr, &q, &c.body, body_type(c.content_type)?).await?,

@@ -222,7 +222,7 @@ pub fn validate_pod_spec(field: &str, spec: &Value, causes: &mut Vec<Cause>) {
 fn mutable_pod_spec(old: &Value, new: &Value) -> Value {
     let mut merged = old.clone();
     for list in ["containers", "initContainers"] {
-        if let (Some(m), Some(n)) = (merged[list].as_array_mut(), new[list].as_array()) {
+        if let (Some(m), Some(n)) = (merged.get_mut(list).and_then(Value::as_array_mut), new[list].as_array()) {
             if m.len() == n.len() {
                 for (mc, nc) in m.iter_mut().zip(n) {
                     mc["image"] = nc["image"].clone();
@@ -773,5 +773,29 @@ mod tests {
         validate_always(&json!({"spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}), None, &mut c);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].field, "spec.template.metadata.labels");
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    /// A pod update that leaves the spec alone passes (no field may appear on the way).
+    #[test]
+    fn unchanged_spec_passes_pod_update_validation() {
+        let spec: Value = serde_json::from_str(r#"{"containers": [{"args": ["httpd"], "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent", "name": "web", "ports": [{"containerPort": 8080, "protocol": "TCP"}], "resources": {}, "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}], "dnsPolicy": "ClusterFirst", "enableServiceLinks": true, "nodeName": "vm", "priority": 0, "restartPolicy": "Always", "schedulerName": "default-scheduler", "securityContext": {}, "serviceAccount": "default", "serviceAccountName": "default", "terminationGracePeriodSeconds": 30, "tolerations": [{"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300}]}"#).unwrap();
+        let old = json!({"metadata": {"name": "web"}, "spec": spec});
+        let mut new = old.clone();
+        new["status"] = json!({"phase": "Running"});
+        pod_defaults(&mut new);
+        let merged = mutable_pod_spec(&old["spec"], &new["spec"]);
+        assert_eq!(merged, new["spec"]);
+        let mut causes = Vec::new();
+        pod_validate(&new, Some(&old), &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        let mut changed = new.clone();
+        changed["spec"]["restartPolicy"] = json!("Never");
+        pod_validate(&changed, Some(&old), &mut causes);
+        assert_eq!(causes.len(), 1, "other spec changes are refused");
     }
 }

@@ -172,3 +172,22 @@ pub fn check(conf: &NetConf, a: &Args) -> Result<(), CniError> {
     }
     Ok(())
 }
+
+/// The loopback plugin: `lo` up in the pod's namespace on ADD; nothing to undo on DEL.
+pub fn loopback(command: &str, version: &str, netns: &str) -> Result<Value, CniError> {
+    match command {
+        "ADD" => {
+            if netns.is_empty() {
+                return Err(CniError::new(4, "CNI_NETNS is required for ADD", ""));
+            }
+            in_netns(netns, &["link", "set", "lo", "up"])?;
+            Ok(json!({
+                "cniVersion": version,
+                "interfaces": [{"name": "lo", "sandbox": netns}],
+                "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+                "dns": {},
+            }))
+        }
+        _ => Ok(Value::Null),
+    }
+}

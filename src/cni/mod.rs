@@ -14,6 +14,8 @@ use std::io::Read;
 pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 /// Name of the plugin binary (the link in the CNI bin dir).
 pub const PLUGIN: &str = "ferrokube-bridge";
+/// containerd adds a loopback network to every sandbox; this binary provides it too.
+pub const LOOPBACK: &str = "loopback";
 
 /// A CNI error: code and message, printed as the spec's error JSON.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,9 @@ pub fn run(command: &str) -> i32 {
     let version_hint = serde_json::from_str::<Value>(&stdin).ok().and_then(|v| v["cniVersion"].as_str().map(String::from)).unwrap_or_else(|| "1.0.0".into());
     let result = match command {
         "VERSION" => Ok(json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED})),
+        "ADD" | "DEL" | "CHECK" if serde_json::from_str::<Value>(&stdin).is_ok_and(|v| v["type"] == LOOPBACK) => {
+            bridge::loopback(command, &version_hint, &std::env::var("CNI_NETNS").unwrap_or_default())
+        }
         "ADD" | "DEL" | "CHECK" => serde_json::from_str::<Value>(&stdin)
             .map_err(|e| CniError::new(6, "cannot decode the network configuration", e.to_string()))
             .and_then(|v| NetConf::parse(&v))

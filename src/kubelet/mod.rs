@@ -1,0 +1,59 @@
+//! The node agent: registers this machine as a Node, renews its Lease, and makes the pods
+//! bound to it real through the CRI. State is read back from the runtime on every sync
+//! (sandboxes and containers carry the pod's uid in their labels), so a restarted ferrokube
+//! adopts running containers instead of restarting them.
+
+mod node;
+mod pods;
+mod status;
+
+use crate::client::Client;
+use crate::cri::Cri;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the node agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub pod_cidr: String,
+    pub data_dir: std::path::PathBuf,
+    pub pod_log_dir: std::path::PathBuf,
+    pub runtime_version: String,
+}
+
+/// The running node agent.
+pub struct Kubelet {
+    pub(crate) client: Client,
+    pub(crate) cri: Cri,
+    pub(crate) cfg: Config,
+}
+
+/// Labels the kubelet puts on sandboxes and containers.
+pub(crate) const LABEL_UID: &str = "io.kubernetes.pod.uid";
+pub(crate) const LABEL_NAME: &str = "io.kubernetes.pod.name";
+pub(crate) const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub(crate) const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+
+impl Kubelet {
+    pub fn new(client: Client, cri: Cri, cfg: Config) -> Arc<Kubelet> {
+        Arc::new(Kubelet { client, cri, cfg })
+    }
+
+    /// Registers the node and runs the heartbeat and the pod loop until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.register().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "node registration failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::info!(node = %self.cfg.node_name, "node registered");
+        let hb = self.clone();
+        tokio::spawn(async move { hb.heartbeat().await });
+        self.pod_loop().await;
+    }
+}

@@ -1,0 +1,147 @@
+//! Node registration, status and the Lease heartbeat.
+
+use super::Kubelet;
+use crate::api::object::now;
+use crate::api::status::ApiError;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const LEASE_SECONDS: i64 = 40;
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+fn meminfo_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) else { return 0 };
+    // SAFETY: statvfs fills the zeroed struct we pass; we read it only on success.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) == 0 {
+            s.f_blocks as u64 * s.f_frsize as u64
+        } else {
+            0
+        }
+    }
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| l[12..].trim_matches('"').to_string()))
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+impl Kubelet {
+    fn node_status(&self) -> Value {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let capacity = json!({
+            "cpu": cpus.to_string(),
+            "memory": format!("{}Ki", meminfo_kib()),
+            "pods": "110",
+            "ephemeral-storage": format!("{}", disk_bytes(&self.cfg.data_dir)),
+        });
+        let t = now();
+        let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t});
+        let mut addresses = vec![json!({"type": "Hostname", "address": self.cfg.node_name})];
+        if let Some(ip) = crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4()) {
+            addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
+        }
+        json!({
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "addresses": addresses,
+            "nodeInfo": {
+                "architecture": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+                "operatingSystem": "linux",
+                "osImage": os_image(),
+                "kernelVersion": kernel(),
+                "kubeletVersion": concat!("v1.35.0+ferrokube-", env!("CARGO_PKG_VERSION")),
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": self.cfg.runtime_version,
+                "machineID": std::fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_string()).unwrap_or_default(),
+                "systemUUID": "",
+                "bootID": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default(),
+            },
+        })
+    }
+
+    /// Creates the Node (or takes over the existing one) and writes its status.
+    pub(super) async fn register(&self) -> Result<(), ApiError> {
+        let name = &self.cfg.node_name;
+        let path = format!("/api/v1/nodes/{name}");
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+                "node-role.kubernetes.io/control-plane": "true",
+            }},
+            "spec": {"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]},
+        });
+        match self.client.create("/api/v1/nodes", &node).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {
+                self.client.merge_patch(&path, &json!({"metadata": {"labels": node["metadata"]["labels"]}, "spec": node["spec"]})).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.post_status().await
+    }
+
+    async fn post_status(&self) -> Result<(), ApiError> {
+        let path = format!("/api/v1/nodes/{}/status", self.cfg.node_name);
+        self.client.merge_patch(&path, &json!({"status": self.node_status()})).await.map(|_| ())
+    }
+
+    async fn renew_lease(&self) -> Result<(), ApiError> {
+        let name = &self.cfg.node_name;
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}");
+        let t = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        match self.client.merge_patch(&path, &json!({"spec": {"renewTime": t}})).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 => {
+                let lease = json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": t},
+                });
+                self.client.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn heartbeat(&self) {
+        let mut ticks = 0u64;
+        loop {
+            if let Err(e) = self.renew_lease().await {
+                tracing::warn!(error = %e, "lease renewal failed");
+            }
+            // The full status every minute; the lease says we are alive in between.
+            if ticks % 6 == 0 {
+                if let Err(e) = self.post_status().await {
+                    tracing::warn!(error = %e, "node status update failed");
+                }
+            }
+            ticks += 1;
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    }
+}

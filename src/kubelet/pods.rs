@@ -1,0 +1,471 @@
+//! Pod workers: make each pod bound to this node match the runtime, and tear down what no
+//! longer has a pod.
+
+use super::status::{self, Observed};
+use super::{Kubelet, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
+use crate::cri::v1;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// First crash-loop back-off; doubles per restart up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: i64 = 10;
+const MAX_BACKOFF: i64 = 300;
+const RESYNC: Duration = Duration::from_secs(2);
+
+fn in_flight() -> &'static Mutex<HashSet<String>> {
+    static S: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Sandbox start failures per pod uid: when the last one happened and how many in a row.
+fn sandbox_failures() -> &'static Mutex<HashMap<String, (i64, u32)>> {
+    static F: OnceLock<Mutex<HashMap<String, (i64, u32)>>> = OnceLock::new();
+    F.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Why a container is waiting (image pulls, back-off), kept between syncs for status.
+pub(super) fn waiting() -> &'static Mutex<HashMap<(String, String), (String, String)>> {
+    static W: OnceLock<Mutex<HashMap<(String, String), (String, String)>>> = OnceLock::new();
+    W.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn labels_of(pod: &Value) -> HashMap<String, String> {
+    let m = &pod["metadata"];
+    HashMap::from([
+        (LABEL_UID.to_string(), m["uid"].as_str().unwrap_or("").to_string()),
+        (LABEL_NAME.to_string(), m["name"].as_str().unwrap_or("").to_string()),
+        (LABEL_NAMESPACE.to_string(), m["namespace"].as_str().unwrap_or("").to_string()),
+    ])
+}
+
+fn host_dns() -> v1::DnsConfig {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut dns = v1::DnsConfig::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.servers.extend(words.next().map(String::from)),
+            Some("search") => dns.searches.extend(words.map(String::from)),
+            Some("options") => dns.options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+impl Kubelet {
+    pub(super) async fn pod_loop(self: Arc<Self>) {
+        let (poke, mut poked) = mpsc::channel::<()>(1);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", me.cfg.node_name);
+            loop {
+                if let Ok(mut events) = me.client.watch(&path).await {
+                    while events.recv().await.is_some() {
+                        let _ = poke.try_send(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        loop {
+            if let Err(e) = self.clone().sync_all().await {
+                tracing::warn!(error = %e, "pod sync");
+            }
+            tokio::select! {
+                _ = poked.recv() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    async fn sync_all(self: Arc<Self>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let list = self.client.get(&format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", self.cfg.node_name)).await?;
+        let pods: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+        let mut cri = self.cri.clone();
+        let sandboxes = cri.runtime.list_pod_sandbox(v1::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+        let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: None }).await?.into_inner().containers;
+        let uids: HashSet<String> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(String::from)).collect();
+        // Sandboxes whose pod is gone (deleted while we were down, or force-deleted).
+        for sb in sandboxes.iter().filter(|s| s.labels.get(LABEL_UID).is_some_and(|u| !uids.contains(u))) {
+            let uid = sb.labels.get(LABEL_UID).cloned().unwrap_or_default();
+            let key = format!("orphan/{uid}");
+            if in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+                let me = self.clone();
+                let id = sb.id.clone();
+                let ctrs: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == id).map(|c| c.id.clone()).collect();
+                tokio::spawn(async move {
+                    me.teardown(&id, &ctrs, 0, &uid).await;
+                    in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                });
+            }
+        }
+        for pod in pods {
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            if !in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone()) {
+                continue;
+            }
+            let sbs: Vec<v1::PodSandbox> = sandboxes.iter().filter(|s| s.labels.get(LABEL_UID) == Some(&uid)).cloned().collect();
+            let ctrs: Vec<v1::Container> = containers.iter().filter(|c| c.labels.get(LABEL_UID) == Some(&uid)).cloned().collect();
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.sync_pod(&pod, sbs, ctrs).await {
+                    tracing::warn!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), error = %e, "pod sync failed");
+                }
+                in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops and removes a sandbox and its containers; removes the pod's cgroups.
+    async fn teardown(&self, sandbox: &str, containers: &[String], grace: i64, uid: &str) {
+        let mut cri = self.cri.clone();
+        for c in containers {
+            let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: c.clone(), timeout: grace }).await;
+        }
+        for c in containers {
+            let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c.clone() }).await;
+        }
+        let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
+        let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
+        remove_pod_cgroups(uid);
+    }
+
+    async fn sync_pod(&self, pod: &Value, sandboxes: Vec<v1::PodSandbox>, containers: Vec<v1::Container>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let meta = &pod["metadata"];
+        let (ns, name, uid) = (meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap_or(""), meta["uid"].as_str().unwrap_or(""));
+        let mut cri = self.cri.clone();
+
+        if meta["deletionTimestamp"].is_string() {
+            let grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(30);
+            let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+            for sb in &sandboxes {
+                let mine: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == sb.id).map(|c| c.id.clone()).collect();
+                self.teardown(&sb.id, &mine, grace, uid).await;
+            }
+            for c in ids {
+                let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c }).await;
+            }
+            waiting().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _), _| u != uid);
+            let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+            match self.client.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &opts).await {
+                Ok(_) => {}
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(());
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        if phase == "Succeeded" || phase == "Failed" {
+            for sb in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
+                let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
+            }
+            return Ok(());
+        }
+
+        // The sandbox: reuse the ready one, else start a new one (containers restart with it).
+        let ready = sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32).max_by_key(|s| s.created_at);
+        let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref().map(|m| m.attempt)).max().map_or(0, |a| a + 1);
+        let sandbox_config = self.sandbox_config(pod, ready.and_then(|s| s.metadata.as_ref().map(|m| m.attempt)).unwrap_or(attempt));
+        let sandbox_id = match ready {
+            Some(s) => s.id.clone(),
+            None => {
+                // After a failure, wait (doubling, at most 5 minutes) before trying again.
+                let now = chrono::Utc::now().timestamp();
+                let last_failure = sandbox_failures().lock().unwrap_or_else(|e| e.into_inner()).get(uid).copied();
+                if let Some((when, count)) = last_failure {
+                    if now - when < (1i64 << count.min(8)).min(MAX_BACKOFF) {
+                        return Ok(());
+                    }
+                }
+                for old in &sandboxes {
+                    let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: old.id.clone() }).await;
+                    let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: old.id.clone() }).await;
+                }
+                let resp = cri.runtime.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() }).await;
+                match resp {
+                    Ok(r) => {
+                        sandbox_failures().lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+                        r.into_inner().pod_sandbox_id
+                    }
+                    Err(e) => {
+                        {
+                            let mut f = sandbox_failures().lock().unwrap_or_else(|e| e.into_inner());
+                            let entry = f.entry(uid.to_string()).or_insert((now, 0));
+                            *entry = (now, entry.1 + 1);
+                        }
+                        self.write_status(pod, Observed { sandbox_error: Some(e.message().to_string()), ..Default::default() }).await?;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let sb_status = cri.runtime.pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false }).await?.into_inner().status;
+        let pod_ip = sb_status.as_ref().and_then(|s| s.network.as_ref()).map(|n| n.ip.clone()).unwrap_or_default();
+
+        // Latest container of each name in this sandbox, with its full status.
+        let mut latest: HashMap<String, v1::ContainerStatus> = HashMap::new();
+        for c in containers.iter().filter(|c| c.pod_sandbox_id == sandbox_id) {
+            let Some(cname) = c.labels.get(LABEL_CONTAINER) else { continue };
+            let st = match cri.runtime.container_status(v1::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
+                Ok(r) => r.into_inner().status,
+                Err(_) => None,
+            };
+            let Some(st) = st else { continue };
+            let newer = latest.get(cname).is_none_or(|cur| st.metadata.as_ref().map_or(0, |m| m.attempt) >= cur.metadata.as_ref().map_or(0, |m| m.attempt));
+            if newer {
+                latest.insert(cname.clone(), st);
+            }
+        }
+        let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+        let now = chrono::Utc::now().timestamp();
+
+        // Init containers, in order: each must succeed before the next (and the app) starts.
+        let mut initialized = true;
+        for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
+            let cname = c["name"].as_str().unwrap_or("");
+            match latest.get(cname) {
+                Some(st) if st.state == v1::ContainerState::ContainerExited as i32 && st.exit_code == 0 => continue,
+                Some(st) if st.state == v1::ContainerState::ContainerRunning as i32 || st.state == v1::ContainerState::ContainerCreated as i32 => {
+                    initialized = false;
+                    break;
+                }
+                Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
+                    initialized = false;
+                    if restart_policy != "Never" {
+                        self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now).await;
+                    }
+                    break;
+                }
+                _ => {
+                    initialized = false;
+                    self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip).await;
+                    break;
+                }
+            }
+        }
+        if initialized {
+            for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+                let cname = c["name"].as_str().unwrap_or("");
+                match latest.get(cname) {
+                    None => self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip).await,
+                    Some(st) if st.state == v1::ContainerState::ContainerCreated as i32 => {
+                        let _ = cri.runtime.start_container(v1::StartContainerRequest { container_id: st.id.clone() }).await;
+                    }
+                    Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
+                        let again = restart_policy == "Always" || (restart_policy == "OnFailure" && st.exit_code != 0);
+                        if again {
+                            self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Read back what the runtime has now, for the status.
+        let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: Some(v1::ContainerFilter { pod_sandbox_id: sandbox_id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+        let mut statuses: Vec<v1::ContainerStatus> = Vec::new();
+        for c in containers {
+            if let Ok(r) = cri.runtime.container_status(v1::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
+                statuses.extend(r.into_inner().status);
+            }
+        }
+        self.write_status(pod, Observed { pod_ip, statuses, sandbox_ready: true, ..Default::default() }).await?;
+        Ok(())
+    }
+
+    /// Restarts an exited container once its back-off has passed.
+    #[allow(clippy::too_many_arguments)]
+    async fn maybe_restart(&self, pod: &Value, c: &Value, st: &v1::ContainerStatus, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, now: i64) {
+        let attempt = st.metadata.as_ref().map_or(0, |m| m.attempt);
+        let backoff = (FIRST_BACKOFF << attempt.min(10)).min(MAX_BACKOFF);
+        let finished = st.finished_at / 1_000_000_000;
+        let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
+        if now - finished < backoff {
+            let msg = format!("back-off {backoff}s restarting failed container={} pod={}_{}", key.1, pod["metadata"]["name"].as_str().unwrap_or(""), pod["metadata"]["namespace"].as_str().unwrap_or(""));
+            waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key, ("CrashLoopBackOff".into(), msg));
+            return;
+        }
+        let mut cri = self.cri.clone();
+        let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: st.id.clone() }).await;
+        self.start_container(pod, c, attempt + 1, sandbox, sb_config, pod_ip).await;
+    }
+
+    /// Pulls the image if needed, then creates and starts one container.
+    async fn start_container(&self, pod: &Value, c: &Value, attempt: u32, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str) {
+        let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
+        let set_waiting = |reason: &str, msg: String| {
+            waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (reason.to_string(), msg));
+        };
+        let image = c["image"].as_str().unwrap_or("").to_string();
+        if let Err((reason, msg)) = self.ensure_image(&image, c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent")).await {
+            set_waiting(reason, msg);
+            return;
+        }
+        let config = self.container_config(pod, c, attempt, pod_ip);
+        let mut cri = self.cri.clone();
+        let created = cri
+            .runtime
+            .create_container(v1::CreateContainerRequest { pod_sandbox_id: sandbox.to_string(), config: Some(config), sandbox_config: Some(sb_config.clone()) })
+            .await;
+        let id = match created {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => {
+                set_waiting("CreateContainerError", e.message().to_string());
+                return;
+            }
+        };
+        if let Err(e) = cri.runtime.start_container(v1::StartContainerRequest { container_id: id }).await {
+            set_waiting("RunContainerError", e.message().to_string());
+            return;
+        }
+        waiting().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+
+    async fn ensure_image(&self, image: &str, policy: &str) -> Result<(), (&'static str, String)> {
+        let mut cri = self.cri.clone();
+        let spec = v1::ImageSpec { image: image.to_string(), ..Default::default() };
+        let present = cri.images.image_status(v1::ImageStatusRequest { image: Some(spec.clone()), verbose: false }).await.map(|r| r.into_inner().image.is_some()).unwrap_or(false);
+        match (policy, present) {
+            ("Never", false) => Err(("ErrImageNeverPull", format!("Container image {image:?} is not present with pull policy of Never"))),
+            ("Never", true) | ("IfNotPresent", true) => Ok(()),
+            _ => match cri.images.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await {
+                Ok(_) => Ok(()),
+                // Present but not pullable (a local image, no registry): run what we have.
+                Err(_) if present => Ok(()),
+                Err(e) => Err(("ErrImagePull", format!("failed to pull image {image:?}: {}", e.message()))),
+            },
+        }
+    }
+
+    fn sandbox_config(&self, pod: &Value, attempt: u32) -> v1::PodSandboxConfig {
+        let meta = &pod["metadata"];
+        let spec = &pod["spec"];
+        let (ns, name, uid) = (meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap_or(""), meta["uid"].as_str().unwrap_or(""));
+        let host_network = spec["hostNetwork"] == true;
+        let mut ports = Vec::new();
+        for c in spec["containers"].as_array().into_iter().flatten() {
+            for p in c["ports"].as_array().into_iter().flatten() {
+                if let Some(hp) = p["hostPort"].as_i64().filter(|h| *h > 0) {
+                    let protocol = match p["protocol"].as_str() {
+                        Some("UDP") => v1::Protocol::Udp,
+                        Some("SCTP") => v1::Protocol::Sctp,
+                        _ => v1::Protocol::Tcp,
+                    } as i32;
+                    ports.push(v1::PortMapping { protocol, container_port: p["containerPort"].as_i64().unwrap_or(0) as i32, host_port: hp as i32, host_ip: p["hostIP"].as_str().unwrap_or("").to_string() });
+                }
+            }
+        }
+        let mode = |b: bool| if b { v1::NamespaceMode::Node as i32 } else { v1::NamespaceMode::Pod as i32 };
+        let pid = if spec["hostPID"] == true { v1::NamespaceMode::Node } else if spec["shareProcessNamespace"] == true { v1::NamespaceMode::Pod } else { v1::NamespaceMode::Container } as i32;
+        v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: ns.into(), attempt }),
+            hostname: spec["hostname"].as_str().unwrap_or(name).chars().take(63).collect(),
+            log_directory: self.cfg.pod_log_dir.join(format!("{ns}_{name}_{uid}")).to_string_lossy().into_owned(),
+            dns_config: Some(host_dns()),
+            port_mappings: ports,
+            labels: labels_of(pod),
+            annotations: HashMap::new(),
+            linux: Some(v1::LinuxPodSandboxConfig {
+                cgroup_parent: format!("/ferrokube/pod{uid}"),
+                security_context: Some(v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(v1::NamespaceOption { network: mode(host_network), pid, ipc: mode(spec["hostIPC"] == true), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn container_config(&self, pod: &Value, c: &Value, attempt: u32, pod_ip: &str) -> v1::ContainerConfig {
+        let name = c["name"].as_str().unwrap_or("").to_string();
+        let strings = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default() };
+        let mut labels = labels_of(pod);
+        labels.insert(LABEL_CONTAINER.into(), name.clone());
+        let envs = c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
+                    (Value::String(v), _) => v.clone(),
+                    (_, Value::String(path)) => status::field_ref(pod, path, pod_ip)?,
+                    _ => return None,
+                };
+                Some(v1::KeyValue { key: e["name"].as_str()?.to_string(), value: value.into_bytes() })
+            })
+            .collect();
+        let sc = &c["securityContext"];
+        let limits = &c["resources"]["limits"];
+        let requests = &c["resources"]["requests"];
+        let cpu_limit = limits["cpu"].as_str().and_then(status::millicores);
+        let cpu_request = requests["cpu"].as_str().and_then(status::millicores);
+        let resources = v1::LinuxContainerResources {
+            cpu_period: if cpu_limit.is_some() { 100_000 } else { 0 },
+            cpu_quota: cpu_limit.map_or(0, |m| m * 100),
+            cpu_shares: cpu_request.or(cpu_limit).map_or(2, |m| (m * 1024 / 1000).max(2)),
+            memory_limit_in_bytes: limits["memory"].as_str().and_then(status::bytes).unwrap_or(0),
+            ..Default::default()
+        };
+        v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata { name: name.clone(), attempt }),
+            image: Some(v1::ImageSpec { image: c["image"].as_str().unwrap_or("").to_string(), ..Default::default() }),
+            command: strings(&c["command"]),
+            args: strings(&c["args"]),
+            working_dir: c["workingDir"].as_str().unwrap_or("").to_string(),
+            envs,
+            labels,
+            log_path: format!("{name}/{attempt}.log"),
+            stdin: c["stdin"] == true,
+            stdin_once: c["stdinOnce"] == true,
+            tty: c["tty"] == true,
+            linux: Some(v1::LinuxContainerConfig {
+                resources: Some(resources),
+                security_context: Some(v1::LinuxContainerSecurityContext {
+                    privileged: sc["privileged"] == true,
+                    run_as_user: sc["runAsUser"].as_i64().map(|value| v1::Int64Value { value }),
+                    run_as_group: sc["runAsGroup"].as_i64().map(|value| v1::Int64Value { value }),
+                    readonly_rootfs: sc["readOnlyRootFilesystem"] == true,
+                    capabilities: Some(v1::Capability {
+                        add_capabilities: strings(&sc["capabilities"]["add"]),
+                        drop_capabilities: strings(&sc["capabilities"]["drop"]),
+                        ..Default::default()
+                    }),
+                    namespace_options: Some(v1::NamespaceOption {
+                        network: if pod["spec"]["hostNetwork"] == true { v1::NamespaceMode::Node as i32 } else { v1::NamespaceMode::Pod as i32 },
+                        pid: if pod["spec"]["shareProcessNamespace"] == true { v1::NamespaceMode::Pod as i32 } else { v1::NamespaceMode::Container as i32 },
+                        ipc: v1::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// runc leaves the pod-level cgroup directories behind: remove them in every controller.
+fn remove_pod_cgroups(uid: &str) {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for e in entries.flatten() {
+        let dir = e.path().join("ferrokube").join(format!("pod{uid}"));
+        if dir.is_dir() {
+            // Children (per-container cgroups) first; rmdir fails harmlessly if still in use.
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for c in children.flatten() {
+                    if c.path().is_dir() {
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    let unified = std::path::Path::new("/sys/fs/cgroup/ferrokube").join(format!("pod{uid}"));
+    let _ = std::fs::remove_dir(unified);
+}
