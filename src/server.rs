@@ -133,7 +133,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     write_kubeconfig(&cfg.write_kubeconfig, &pki.admin_kubeconfig(&server_url), cfg.write_kubeconfig_mode)?;
     let token = ensure_token(&cfg.data_dir.join("server").join("token"))?;
 
-    let api = Api::new(store, format!("{host}:{}", cfg.https_listen_port));
+    let pod_logs = (!cfg.disable_agent).then(|| cfg.data_dir.join("logs").join("pods"));
+    let api = Api::with_node(store, format!("{host}:{}", cfg.https_listen_port), pod_logs);
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");

@@ -8,6 +8,7 @@ pub mod fieldset;
 pub mod handlers;
 pub mod http;
 pub mod kinds;
+pub mod logs;
 pub mod managed;
 pub mod negotiate;
 pub mod object;
@@ -46,6 +47,8 @@ pub struct Api {
     pub ready: std::sync::atomic::AtomicBool,
     /// Handle on itself, for background work started by a request.
     me: std::sync::Weak<Api>,
+    /// Where this process's node writes container logs (none: no node here).
+    pub pod_logs: Option<std::path::PathBuf>,
 }
 
 /// What a handler produced, before rendering.
@@ -60,6 +63,10 @@ pub enum Reply {
     Stream(mpsc::Receiver<Bytes>),
     /// Another reply, with warnings for the client (`Warning` headers).
     Warn(Vec<String>, Box<Reply>),
+    /// Plain text (logs).
+    Text(Bytes),
+    /// Plain text, streamed (`logs -f`).
+    TextStream(mpsc::Receiver<Bytes>),
 }
 
 impl Reply {
@@ -110,7 +117,12 @@ impl Rendered {
 
 impl Api {
     pub fn new(store: Store, advertise: String) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone() })
+        Api::with_node(store, advertise, None)
+    }
+
+    /// An API whose node writes container logs under `pod_logs`.
+    pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs })
     }
 
     /// Serves one API call.
@@ -133,6 +145,7 @@ impl Api {
         let collection = rr.name.is_none();
         let watching = rr.watch_prefix || q.flag("watch");
         let reply = match (c.method, collection) {
+            ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.plural == "pods" && rr.kind.group.is_empty() => self.logs(&rr, &q).await?,
             ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
             ("GET", true) => self.list(&rr, &q).await?,
             ("GET", false) => self.get(&rr, &q).await?,
@@ -197,6 +210,8 @@ fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<R
     let include = q.get("includeObject");
     match reply {
         Reply::Warn(warnings, inner) => render(rr, q, *inner, format).map(|r| Rendered { warnings, ..r }),
+        Reply::Text(b) => Ok(Rendered { code: 200, content_type: "text/plain", body: Body::Full(b), warnings: Vec::new() }),
+        Reply::TextStream(rx) => Ok(Rendered { code: 200, content_type: "text/plain", body: Body::Stream(rx), warnings: Vec::new() }),
         Reply::Stream(rx) => Ok(Rendered { code: 200, content_type: "application/json", body: Body::Stream(rx), warnings: Vec::new() }),
         Reply::Raw(code, raw) => match format {
             Format::Json => Ok(Rendered { code, content_type: "application/json", body: Body::Full(raw), warnings: Vec::new() }),

@@ -115,9 +115,7 @@ fn pod_status(o: &Value) -> String {
             return r.into();
         }
         if let Some(r) = c["state"]["terminated"]["reason"].as_str() {
-            if o["status"]["phase"] != "Succeeded" {
-                return r.into();
-            }
+            return r.into();
         }
     }
     if let Some(r) = o["status"]["reason"].as_str() {

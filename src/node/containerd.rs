@@ -20,6 +20,7 @@ pub struct Layout {
     pub log: PathBuf,
     pub cni_bin: PathBuf,
     pub cni_conf: PathBuf,
+    pub pidfile: PathBuf,
 }
 
 impl Layout {
@@ -34,6 +35,7 @@ impl Layout {
             log: data_dir.join("containerd.log"),
             cni_bin: data_dir.join("cni").join("bin"),
             cni_conf: data_dir.join("cni").join("conf"),
+            pidfile: state.join("containerd.pid"),
             state,
         }
     }
@@ -107,6 +109,28 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
     move |source| RuntimeError::Io { path: path.to_path_buf(), source }
 }
 
+/// Stops a containerd left running by an earlier ferrokube that died without stopping it
+/// (kill -9, crash). Its containers keep running: their shims hold them.
+fn stop_leftover(l: &Layout) {
+    let Some(pid) = std::fs::read_to_string(&l.pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) else { return };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = String::from_utf8_lossy(&cmdline).contains(&*l.config.to_string_lossy());
+    if !ours {
+        return;
+    }
+    tracing::info!(pid, "stopping the containerd an earlier run left behind");
+    // SAFETY: kill(2) on a pid whose command line names our configuration file.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
 async fn spawn(l: &Layout) -> Result<Child, RuntimeError> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&l.log).map_err(io(&l.log))?;
     let err = log.try_clone().map_err(io(&l.log))?;
@@ -119,6 +143,11 @@ async fn spawn(l: &Layout) -> Result<Child, RuntimeError> {
         .kill_on_drop(false)
         .spawn()
         .map_err(io(&l.config))
+        .inspect(|child| {
+            if let Some(pid) = child.id() {
+                let _ = std::fs::write(&l.pidfile, pid.to_string());
+            }
+        })
 }
 
 /// Waits until the CRI answers `Version`.
@@ -148,6 +177,7 @@ impl Containerd {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
         std::fs::write(&l.config, config(&l, host, super::pause::IMAGE)).map_err(io(&l.config))?;
+        stop_leftover(&l);
         let child = spawn(&l).await?;
         let cri = wait_ready(&l.socket, Duration::from_secs(30))
             .await
