@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: Rust unit and integration tests, then the end-to-end suites that drive
-# a real `ferrokube server` with kubectl v1.35, helm v4, curl and the official Python client.
+# a real `ferrokube server` with kubectl v1.35, helm v4, curl and the official Python client,
+# and the node suite with a real containerd, runc and iptables (run as root, as CI does).
 # Needs: cargo, python3, curl (scripts/install-deps.sh installs the rest).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +19,7 @@ fi
 
 export FERROKUBE=$root/target/debug/ferrokube KUBECTL=$root/.tools/bin/kubectl
 status=0
-for suite in tests/e2e/kubectl.sh tests/e2e/fidelity.sh tests/e2e/durability.sh; do
+for suite in tests/e2e/kubectl.sh tests/e2e/fidelity.sh tests/e2e/durability.sh tests/e2e/node.sh; do
   echo "== $suite"
   bash "$suite" || status=1
 done

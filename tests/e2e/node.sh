@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The node with a real containerd, runc and iptables (root): pods run from locally built
+# images, get addresses on the bundled bridge, restart, crash-loop, get OOM-killed, log,
+# survive a kill -9 of ferrokube, and leave nothing behind when deleted.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+if [ "$(id -u)" != 0 ]; then
+  echo "node.sh needs root (containerd, network namespaces, iptables)" >&2
+  exit 1
+fi
+BRIDGE=fke2e$((RANDOM % 100))
+CIDR=10.42.$((100 + RANDOM % 100)).0/24
+NET=${CIDR%.0/24}
+RUN=$E2E_DIR/run
+IMAGE=docker.io/library/busybox:e2e
+
+start_node() {
+  "$FERROKUBE" server --data-dir "$E2E_DIR/data" --run-dir "$RUN" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
+    --write-kubeconfig "$KUBECONFIG" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE" >>"$E2E_DIR/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 300); do
+    if k get node e2e-node >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  echo "node did not register; log:" >&2
+  tail -20 "$E2E_DIR/server.log" >&2
+  return 1
+}
+
+node_cleanup() {
+  k delete pods --all --wait --timeout=60s >/dev/null 2>&1
+  stop_server TERM
+  # Whatever a failed run left: shims of our containerd, mounts, the bridge, our chains.
+  pkill -f "containerd-shim.*$RUN" 2>/dev/null
+  for m in $(awk -v d="$E2E_DIR" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
+  ip link del "$BRIDGE" 2>/dev/null
+  cleanup
+}
+trap node_cleanup EXIT
+
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >/dev/null
+start_node || exit 1
+check "node is Ready" "True" "$(k get node e2e-node -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+check_contains "node reports the runtime" "containerd://" "$(k get node e2e-node -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')"
+check_cmd "images import" "$FERROKUBE" images import --run-dir "$RUN" "$E2E_DIR/busybox.tar"
+
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  initContainers:
+  - {name: init, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "echo init done"]}
+  containers:
+  - name: httpd
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [httpd, -f, -p, "8080", -h, /www]
+    ports: [{containerPort: 8080}]
+  - name: side
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'while true; do echo "side \$MY_NAME"; sleep 1; done']
+    env:
+    - {name: MY_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+YAML
+check_cmd "pod with an init container and two containers becomes Ready" k wait --for=condition=Ready pod/web --timeout=90s
+check "both containers ready" "2/2 Running" "$(k get pod web --no-headers | awk '{print $2, $3}')"
+IP=$(k get pod web -o jsonpath='{.status.podIP}')
+case "$IP" in "$NET".*) ok "pod IP from the node's pod CIDR ($IP)" ;; *) not_ok "pod IP from the node's pod CIDR" "got [$IP]" ;; esac
+check "get pods -o wide shows the IP and node" "$IP e2e-node" "$(k get pod web -o wide --no-headers | awk '{print $6, $7}')"
+check "the host reaches the pod's port" "hello from ferrokube" "$(curl -s --max-time 5 "http://$IP:8080/")"
+check "init container ran first" "init done" "$(k logs web -c init)"
+check_contains "env from the downward API" "side web" "$(k logs web -c side --tail=1)"
+
+# Pod to pod, and pod to host (the bridge address is the host's).
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'printf "GET / HTTP/1.0\r\n\r\n" | nc $IP 8080']
+YAML
+check_cmd "client pod completes" k wait --for=jsonpath='{.status.phase}'=Succeeded pod/client --timeout=60s
+check_contains "a pod reaches another pod by IP" "hello from ferrokube" "$(k logs client)"
+python3 -m http.server 18099 --bind "$NET.1" --directory "$E2E_DIR" >/dev/null 2>&1 &
+HTTPD=$!
+echo "host side" >"$E2E_DIR/host.txt"
+sleep 0.5
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: tohost}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'printf "GET /host.txt HTTP/1.0\r\n\r\n" | nc $NET.1 18099']
+YAML
+k wait --for=jsonpath='{.status.phase}'=Succeeded pod/tohost --timeout=60s >/dev/null
+check_contains "a pod reaches the host" "host side" "$(k logs tohost)"
+kill $HTTPD 2>/dev/null
+
+# Crash loop with growing back-off, OOM kill, unpullable image.
+k run crash --image=$IMAGE --image-pull-policy=IfNotPresent -- sh -c 'echo boom; exit 3' >/dev/null
+k run hog --image=$IMAGE --image-pull-policy=IfNotPresent --restart=Never --overrides='{"spec":{"containers":[{"name":"hog","image":"'$IMAGE'","imagePullPolicy":"IfNotPresent","command":["dd","if=/dev/zero","of=/dev/null","bs=200M","count=1"],"resources":{"limits":{"memory":"32Mi"}}}]}}' >/dev/null
+k run nopull --image=127.0.0.1:9/none:1 --image-pull-policy=Always >/dev/null
+k wait --for=jsonpath='{.status.containerStatuses[0].restartCount}'=1 pod/crash --timeout=60s >/dev/null
+k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=CrashLoopBackOff pod/crash --timeout=60s >/dev/null
+check "crashing container shows CrashLoopBackOff" "CrashLoopBackOff" "$(k get pod crash -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+check "its last state has the exit code" "3" "$(k get pod crash -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}')"
+check "logs --previous" "boom" "$(k logs crash --previous)"
+k wait --for=jsonpath='{.status.phase}'=Failed pod/hog --timeout=60s >/dev/null
+check "a memory hog is OOMKilled" "OOMKilled" "$(k get pod hog -o jsonpath='{.status.containerStatuses[0].state.terminated.reason}')"
+k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ErrImagePull pod/nopull --timeout=60s >/dev/null
+check "an unpullable image shows ErrImagePull" "ErrImagePull" "$(k get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+
+# kill -9 ferrokube: containers keep running, same IDs, restart counts unchanged.
+before=$(k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}')
+stop_server KILL
+check "the pod keeps serving while ferrokube is down" "hello from ferrokube" "$(curl -s --max-time 5 "http://$IP:8080/")"
+start_node || exit 1
+sleep 3
+check "after restart: same containers, same restart counts" "$before" "$(k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}')"
+check "after restart the pod is still Ready" "True" "$(k get pod web -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+
+# Deleting pods leaves nothing behind.
+uids=$(k get pods -o jsonpath='{.items[*].metadata.uid}')
+check "pods have veths on the bridge while they run" "yes" "$([ "$(ip -br link show master "$BRIDGE" | wc -l)" -gt 0 ] && echo yes)"
+check_cmd "delete all pods" k delete pods --all --wait --timeout=90s
+sleep 1
+check "no veth left on the bridge" "0" "$(ip -br link show master "$BRIDGE" | wc -l)"
+check "no address lease left" "" "$(ls "$E2E_DIR/data/cni/ipam/ferrokube" 2>/dev/null | grep -v '^last$' | xargs)"
+left=0
+for u in $uids; do left=$((left + $(find /sys/fs/cgroup -maxdepth 3 -name "pod$u" 2>/dev/null | wc -l))); done
+check "no pod cgroup left" "0" "$left"
+check "no network namespace mount left" "0" "$(awk -v d="$RUN" '$2 ~ "^"d".*netns" {n++} END {print n+0}' /proc/mounts)"
+
+summary
