@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import kubernetes, py
   "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes pytest
 fi
 
-export FERROKUBE=$root/target/debug/ferrokube KUBECTL=$root/.tools/bin/kubectl
+export FERROKUBE=$root/target/debug/ferrokube KUBECTL=$root/.tools/bin/kubectl PYTHON=$venv/bin/python
 status=0
 for suite in tests/e2e/kubectl.sh tests/e2e/fidelity.sh tests/e2e/durability.sh tests/e2e/node.sh; do
   echo "== $suite"

@@ -175,6 +175,7 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crat
 
     let (runtime, mut cri) = containerd::Containerd::start(layout, &host).await.map_err(|e| fail(e.to_string()))?;
     let version = cri.version().await.map_err(|e| fail(e.to_string()))?;
+    let _ = api.cri.set(cri.clone());
     let node_name = cfg.node_name.clone().unwrap_or_else(|| {
         crate::pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase()
     });

@@ -101,6 +101,12 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, t
     if !is_public(&path) && authenticate(&req, cert, token).is_none() {
         return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body()));
     }
+    if let Some(what) = super::streaming::wants_stream(&req) {
+        return match super::streaming::upgrade(api, req, what).await {
+            Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
+            Err(e) => to_response(Rendered::error(&e), None),
+        };
+    }
     let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
     let accept = header(hyper::header::ACCEPT);
     let content_type = header(hyper::header::CONTENT_TYPE);

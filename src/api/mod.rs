@@ -20,6 +20,7 @@ pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod strategies;
+pub mod streaming;
 pub mod table;
 pub mod validation;
 mod namespaces;
@@ -49,6 +50,8 @@ pub struct Api {
     me: std::sync::Weak<Api>,
     /// Where this process's node writes container logs (none: no node here).
     pub pod_logs: Option<std::path::PathBuf>,
+    /// The node's container runtime, once it runs (exec and attach go through it).
+    pub cri: std::sync::OnceLock<crate::cri::Cri>,
 }
 
 /// What a handler produced, before rendering.
@@ -122,7 +125,7 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs })
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new() })
     }
 
     /// Serves one API call.

@@ -74,6 +74,22 @@ check "the host reaches the pod's port" "hello from ferrokube" "$(curl -s --max-
 check "init container ran first" "init done" "$(k logs web -c init)"
 check_contains "env from the downward API" "side web" "$(k logs web -c side --tail=1)"
 
+# exec: streams, exit codes, stdin, a terminal; and the Python client's v4 framing.
+check "exec prints stdout" "hello-exec" "$(k exec web -c side -- echo hello-exec)"
+k exec web -c side -- sh -c 'exit 7' >/dev/null 2>&1
+check "exec returns the command's exit code" "7" "$?"
+check "exec -i passes stdin" "piped" "$(echo piped | k exec -i web -c side -- head -1)"
+check "exec -it gets a terminal" "/dev/pts/0" "$(script -qc "$KUBECTL exec -it web -c side -- tty" /dev/null | tr -d '\r' | head -1)"
+py=$("${PYTHON:-python3}" - "$KUBECONFIG" <<'PY' 2>&1
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+core = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
+print(stream(core.connect_get_namespaced_pod_exec, "web", "default", container="side", command=["echo", "from-python"], stderr=True, stdin=False, stdout=True, tty=False).strip())
+PY
+)
+check "exec from the Python client" "from-python" "$py"
+
 # Pod to pod, and pod to host (the bridge address is the host's).
 cat <<YAML | k apply -f - >/dev/null
 apiVersion: v1

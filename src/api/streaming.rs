@@ -1,0 +1,168 @@
+//! `pods/<name>/exec` and `pods/<name>/attach`: the client's websocket (`v5.channel.k8s.io`
+//! from kubectl, `v4.channel.k8s.io` from the Python client) is relayed to the streaming URL
+//! the container runtime hands out (CRI `Exec`/`Attach`), frame by frame: the first byte of
+//! every binary message is the channel (0 stdin, 1 stdout, 2 stderr, 3 error/exit status,
+//! 4 terminal resize, 255 close in v5).
+
+use super::status::ApiError;
+use super::Api;
+use crate::cri::v1;
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
+
+/// Subprotocols served, most preferred first.
+const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// What the relay speaks to the runtime's streaming server.
+const BACKEND_PROTOCOL: &str = "v4.channel.k8s.io";
+
+/// Whether a request is a websocket upgrade for exec or attach of a pod.
+pub fn wants_stream(req: &Request<Incoming>) -> Option<&'static str> {
+    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
+    let path = req.uri().path();
+    if !path.starts_with("/api/v1/namespaces/") {
+        return None;
+    }
+    if path.ends_with("/exec") {
+        Some("exec")
+    } else if path.ends_with("/attach") {
+        Some("attach")
+    } else {
+        None
+    }
+}
+
+/// Every value of a repeated query parameter, in order (`command=sh&command=-c&...`).
+fn all_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
+        .collect()
+}
+
+fn flag(query: &str, key: &str) -> bool {
+    all_values(query, key).last().is_some_and(|v| v == "true" || v == "1")
+}
+
+/// Answers the upgrade (101) and relays in the background; errors are plain API errors.
+pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static str) -> Result<hyper::Response<()>, ApiError> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let protocol = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)).ok_or_else(|| {
+        ApiError::bad_request(format!("no supported websocket subprotocol offered; this server speaks {}", PROTOCOLS.join(", ")))
+    })?;
+    let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (ns, name) = match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, _] => (ns.to_string(), name.to_string()),
+        _ => return Err(ApiError::not_found_path(&path)),
+    };
+    let container_id = container_id(&api, &ns, &name, all_values(&query, "container").last().map(String::as_str))?;
+    let mut cri = api.cri.get().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no runtime on this server: it runs no node")))?;
+    let (stdin, stdout, stderr, tty) = (flag(&query, "stdin"), flag(&query, "stdout"), flag(&query, "stderr"), flag(&query, "tty"));
+    let url = if what == "exec" {
+        let cmd = all_values(&query, "command");
+        if cmd.is_empty() {
+            return Err(ApiError::bad_request("you must specify at least 1 command"));
+        }
+        let r = cri.runtime.exec(v1::ExecRequest { container_id, cmd, tty, stdin, stdout, stderr: stderr && !tty }).await;
+        r.map_err(|e| ApiError::internal(format!("exec: {}", e.message())))?.into_inner().url
+    } else {
+        let r = cri.runtime.attach(v1::AttachRequest { container_id, stdin, tty, stdout, stderr: stderr && !tty }).await;
+        r.map_err(|e| ApiError::internal(format!("attach: {}", e.message())))?.into_inner().url
+    };
+    // The runtime hands out an http:// URL; the same endpoint speaks websocket.
+    let ws_url = url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+    let mut backend_req = tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).map_err(|e| ApiError::internal(format!("streaming URL {url}: {e}")))?;
+    backend_req.headers_mut().insert("Sec-WebSocket-Protocol", hyper::header::HeaderValue::from_static(BACKEND_PROTOCOL));
+    let (backend, _) = tokio_tungstenite::connect_async(backend_req).await.map_err(|e| ApiError::internal(format!("connecting to the runtime's streaming server: {e}")))?;
+    let v5 = *protocol == "v5.channel.k8s.io";
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let client = tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await;
+        relay(client, backend, v5).await;
+    });
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    hyper::Response::builder()
+        .status(101)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header(hyper::header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, *protocol)
+        .body(())
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The runtime container id of `container` (default: the only one) of a pod.
+fn container_id(api: &Api, ns: &str, name: &str, container: Option<&str>) -> Result<String, ApiError> {
+    let kind = super::kinds::find("", "v1", "pods").expect("pods are in the table");
+    let stored = api.store.get(&kind.key(Some(ns), name))?.ok_or_else(|| ApiError::not_found("", "pods", name))?;
+    let pod: Value = super::object::parse_stored(&stored.json)?;
+    let statuses: Vec<Value> = ["containerStatuses", "initContainerStatuses"].iter().flat_map(|f| pod["status"][*f].as_array().cloned().unwrap_or_default()).collect();
+    let want = match container {
+        Some(c) => c.to_string(),
+        None => match pod["spec"]["containers"].as_array().map(Vec::as_slice) {
+            Some([only]) => only["name"].as_str().unwrap_or("").to_string(),
+            _ => {
+                let names: Vec<&str> = pod["spec"]["containers"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+                return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", names.join(" "))));
+            }
+        },
+    };
+    let status = statuses.iter().find(|s| s["name"] == want.as_str()).ok_or_else(|| ApiError::bad_request(format!("container {want} is not valid for pod {name}")))?;
+    if !status["state"]["running"].is_object() {
+        return Err(ApiError::bad_request(format!("container {want} is not running in pod {name}")));
+    }
+    Ok(status["containerID"].as_str().unwrap_or("").trim_start_matches("containerd://").to_string())
+}
+
+async fn relay<C, B>(client: tokio_tungstenite::WebSocketStream<C>, backend: tokio_tungstenite::WebSocketStream<B>, v5: bool)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut backend_tx, mut backend_rx) = backend.split();
+    loop {
+        tokio::select! {
+            msg = client_rx.next() => match msg {
+                Some(Ok(Message::Binary(data))) => {
+                    // v5's "close channel" has no v4 form: the runtime sees the stream end instead.
+                    if v5 && data.first() == Some(&255) {
+                        continue;
+                    }
+                    if backend_tx.send(Message::Binary(data)).await.is_err() { break; }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            msg = backend_rx.next() => match msg {
+                Some(Ok(m @ Message::Binary(_))) | Some(Ok(m @ Message::Text(_))) => {
+                    if client_tx.send(m).await.is_err() { break; }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    // A normal close (1000) is how clients tell the end of the streams from a failure.
+    let normal = || Message::Close(Some(tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() }));
+    let _ = client_tx.send(normal()).await;
+    let _ = backend_tx.send(normal()).await;
+}
