@@ -6,6 +6,7 @@
 mod node;
 mod pods;
 mod status;
+mod volumes;
 
 use crate::client::Client;
 use crate::cri::Cri;

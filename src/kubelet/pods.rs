@@ -133,6 +133,7 @@ impl Kubelet {
         let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
         let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
         remove_pod_cgroups(uid);
+        super::volumes::cleanup(&self.cfg.data_dir, uid);
     }
 
     async fn sync_pod(&self, pod: &Value, sandboxes: Vec<v1::PodSandbox>, containers: Vec<v1::Container>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -151,6 +152,7 @@ impl Kubelet {
                 let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c }).await;
             }
             waiting().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _), _| u != uid);
+            super::volumes::cleanup(&self.cfg.data_dir, uid);
             let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
             match self.client.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &opts).await {
                 Ok(_) => {}
@@ -223,6 +225,20 @@ impl Kubelet {
         }
         let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
         let now = chrono::Utc::now().timestamp();
+        let volumes = match self.prepare_volumes(pod).await {
+            Ok(v) => v,
+            Err(msg) => {
+                // As upstream: the pod waits in ContainerCreating until its volumes can be set up.
+                {
+                    let mut w = waiting().lock().unwrap_or_else(|e| e.into_inner());
+                    for c in pod["spec"]["containers"].as_array().into_iter().flatten().chain(pod["spec"]["initContainers"].as_array().into_iter().flatten()) {
+                        w.insert((uid.to_string(), c["name"].as_str().unwrap_or("").to_string()), ("ContainerCreating".into(), format!("MountVolume.SetUp failed: {msg}")));
+                    }
+                }
+                self.write_status(pod, Observed { pod_ip, sandbox_ready: true, ..Default::default() }).await?;
+                return Ok(());
+            }
+        };
 
         // Init containers, in order: each must succeed before the next (and the app) starts.
         let mut initialized = true;
@@ -237,13 +253,13 @@ impl Kubelet {
                 Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
                     initialized = false;
                     if restart_policy != "Never" {
-                        self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now).await;
+                        self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now, &volumes).await;
                     }
                     break;
                 }
                 _ => {
                     initialized = false;
-                    self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip).await;
+                    self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip, &volumes).await;
                     break;
                 }
             }
@@ -252,14 +268,14 @@ impl Kubelet {
             for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
                 let cname = c["name"].as_str().unwrap_or("");
                 match latest.get(cname) {
-                    None => self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip).await,
+                    None => self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip, &volumes).await,
                     Some(st) if st.state == v1::ContainerState::ContainerCreated as i32 => {
                         let _ = cri.runtime.start_container(v1::StartContainerRequest { container_id: st.id.clone() }).await;
                     }
                     Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
                         let again = restart_policy == "Always" || (restart_policy == "OnFailure" && st.exit_code != 0);
                         if again {
-                            self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now).await;
+                            self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now, &volumes).await;
                         }
                     }
                     _ => {}
@@ -280,7 +296,7 @@ impl Kubelet {
 
     /// Restarts an exited container once its back-off has passed.
     #[allow(clippy::too_many_arguments)]
-    async fn maybe_restart(&self, pod: &Value, c: &Value, st: &v1::ContainerStatus, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, now: i64) {
+    async fn maybe_restart(&self, pod: &Value, c: &Value, st: &v1::ContainerStatus, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, now: i64, volumes: &HashMap<String, std::path::PathBuf>) {
         let attempt = st.metadata.as_ref().map_or(0, |m| m.attempt);
         let backoff = (FIRST_BACKOFF << attempt.min(10)).min(MAX_BACKOFF);
         let finished = st.finished_at / 1_000_000_000;
@@ -292,11 +308,12 @@ impl Kubelet {
         }
         let mut cri = self.cri.clone();
         let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: st.id.clone() }).await;
-        self.start_container(pod, c, attempt + 1, sandbox, sb_config, pod_ip).await;
+        self.start_container(pod, c, attempt + 1, sandbox, sb_config, pod_ip, volumes).await;
     }
 
     /// Pulls the image if needed, then creates and starts one container.
-    async fn start_container(&self, pod: &Value, c: &Value, attempt: u32, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str) {
+    #[allow(clippy::too_many_arguments)]
+    async fn start_container(&self, pod: &Value, c: &Value, attempt: u32, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, volumes: &HashMap<String, std::path::PathBuf>) {
         let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
         let set_waiting = |reason: &str, msg: String| {
             waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (reason.to_string(), msg));
@@ -306,7 +323,33 @@ impl Kubelet {
             set_waiting(reason, msg);
             return;
         }
-        let config = self.container_config(pod, c, attempt, pod_ip);
+        let mut config = self.container_config(pod, c, attempt, pod_ip);
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let Some(host) = m["name"].as_str().and_then(|n| volumes.get(n)) else {
+                set_waiting("CreateContainerConfigError", format!("volume {:?} is not declared by the pod", m["name"].as_str().unwrap_or("")));
+                return;
+            };
+            let host = match m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                Some(sub) if sub.split('/').any(|c| c == "..") => {
+                    set_waiting("CreateContainerConfigError", format!("subPath {sub:?} may not contain '..'"));
+                    return;
+                }
+                Some(sub) => {
+                    let p = host.join(sub);
+                    if !p.exists() {
+                        let _ = std::fs::create_dir_all(&p);
+                    }
+                    p
+                }
+                None => host.clone(),
+            };
+            config.mounts.push(v1::Mount {
+                container_path: m["mountPath"].as_str().unwrap_or("").to_string(),
+                host_path: host.to_string_lossy().into_owned(),
+                readonly: m["readOnly"] == true,
+                ..Default::default()
+            });
+        }
         let mut cri = self.cri.clone();
         let created = cri
             .runtime

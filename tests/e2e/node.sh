@@ -139,6 +139,50 @@ check "a memory hog is OOMKilled" "OOMKilled" "$(k get pod hog -o jsonpath='{.st
 k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ErrImagePull pod/nopull --timeout=60s >/dev/null
 check "an unpullable image shows ErrImagePull" "ErrImagePull" "$(k get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
 
+# Volumes: configMap (updated in place), secret (mode), emptyDir (disk and memory),
+# downwardAPI, hostPath.
+k create cm vcm --from-literal=greeting=hello >/dev/null
+k create secret generic vsec --from-literal=pw=s3cret >/dev/null
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: vols, labels: {app: vols}}
+spec:
+  containers:
+  - name: c
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: cfg, mountPath: /cfg}
+    - {name: sec, mountPath: /sec, readOnly: true}
+    - {name: scratch, mountPath: /scratch}
+    - {name: mem, mountPath: /mem}
+    - {name: info, mountPath: /info}
+    - {name: host, mountPath: /host}
+  volumes:
+  - {name: cfg, configMap: {name: vcm}}
+  - {name: sec, secret: {secretName: vsec, defaultMode: 0400}}
+  - {name: scratch, emptyDir: {}}
+  - {name: mem, emptyDir: {medium: Memory}}
+  - {name: info, downwardAPI: {items: [{path: name, fieldRef: {fieldPath: metadata.name}}]}}
+  - {name: host, hostPath: {path: $E2E_DIR/hostdir, type: DirectoryOrCreate}}
+YAML
+k wait --for=condition=Ready pod/vols --timeout=60s >/dev/null
+check "configMap volume" "hello" "$(k exec vols -- cat /cfg/greeting)"
+check "secret volume with its mode" "s3cret -r--------" "$(k exec vols -- sh -c 'echo $(cat /sec/pw) $(ls -l /sec/pw | cut -c1-10)')"
+check "downwardAPI volume" "vols" "$(k exec vols -- cat /info/name)"
+check "emptyDir medium Memory is a tmpfs" "tmpfs" "$(k exec vols -- sh -c 'mount | grep " /mem " | cut -d" " -f1')"
+k exec vols -- sh -c 'echo from-pod > /host/x' >/dev/null
+check "hostPath volume" "from-pod" "$(cat "$E2E_DIR/hostdir/x" 2>/dev/null)"
+k patch cm vcm --type=merge -p '{"data":{"greeting":"updated"}}' >/dev/null
+for _ in $(seq 50); do [ "$(k exec vols -- cat /cfg/greeting)" = updated ] && break; sleep 0.2; done
+check "configMap updates reach the running pod" "updated" "$(k exec vols -- cat /cfg/greeting)"
+vols_uid=$(k get pod vols -o jsonpath='{.metadata.uid}')
+k delete pod vols --wait --timeout=60s >/dev/null
+check "the pod's volumes are removed with it" "no" "$([ -e "$E2E_DIR/data/pods/$vols_uid" ] && echo yes || echo no)"
+check "no tmpfs left" "0" "$(grep -c "$vols_uid" /proc/mounts)"
+
 # kill -9 ferrokube: containers keep running, same IDs, restart counts unchanged.
 before=$(k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}')
 stop_server KILL
