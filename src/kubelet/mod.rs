@@ -5,6 +5,7 @@
 
 mod node;
 mod pods;
+mod probes;
 mod status;
 mod volumes;
 

@@ -88,6 +88,7 @@ impl Kubelet {
         let mut cri = self.cri.clone();
         let sandboxes = cri.runtime.list_pod_sandbox(v1::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
         let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: None }).await?.into_inner().containers;
+        super::probes::forget(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
         let uids: HashSet<String> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(String::from)).collect();
         // Sandboxes whose pod is gone (deleted while we were down, or force-deleted).
         for sb in sandboxes.iter().filter(|s| s.labels.get(LABEL_UID).is_some_and(|u| !uids.contains(u))) {
@@ -290,7 +291,8 @@ impl Kubelet {
                 statuses.extend(r.into_inner().status);
             }
         }
-        self.write_status(pod, Observed { pod_ip, statuses, sandbox_ready: true, ..Default::default() }).await?;
+        let ready = self.run_probes(pod, &statuses, &pod_ip).await;
+        self.write_status(pod, Observed { pod_ip, statuses, sandbox_ready: true, ready, ..Default::default() }).await?;
         Ok(())
     }
 
@@ -306,8 +308,18 @@ impl Kubelet {
             waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key, ("CrashLoopBackOff".into(), msg));
             return;
         }
+        // Keep the instance that just exited (it is the container's lastState, and
+        // `logs --previous` reads it); drop the ones before it.
         let mut cri = self.cri.clone();
-        let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: st.id.clone() }).await;
+        let filter = v1::ContainerFilter { pod_sandbox_id: sandbox.to_string(), ..Default::default() };
+        if let Ok(list) = cri.runtime.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await {
+            for old in list.into_inner().containers {
+                let same = old.labels.get(LABEL_CONTAINER).map(String::as_str) == c["name"].as_str();
+                if same && old.metadata.as_ref().is_some_and(|m| m.attempt < attempt) {
+                    let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: old.id }).await;
+                }
+            }
+        }
         self.start_container(pod, c, attempt + 1, sandbox, sb_config, pod_ip, volumes).await;
     }
 

@@ -14,6 +14,8 @@ pub(super) struct Observed {
     pub statuses: Vec<v1::ContainerStatus>,
     pub sandbox_ready: bool,
     pub sandbox_error: Option<String>,
+    /// Readiness by container name, from the probes.
+    pub ready: std::collections::HashMap<String, bool>,
 }
 
 fn rfc3339(nanos: i64) -> Value {
@@ -91,8 +93,11 @@ impl Kubelet {
                 let reason = if !s.reason.is_empty() { s.reason.clone() } else if s.exit_code == 0 { "Completed".into() } else { "Error".into() };
                 json!({"terminated": {"exitCode": s.exit_code, "reason": reason, "startedAt": rfc3339(s.started_at), "finishedAt": rfc3339(s.finished_at), "containerID": format!("containerd://{}", s.id)}})
             };
+            let previous = if mine.len() >= 2 { mine.get(mine.len() - 2).copied() } else { None };
             let (state, last, running, exit) = match latest {
-                Some(s) if s.state == v1::ContainerState::ContainerRunning as i32 => (json!({"running": {"startedAt": rfc3339(s.started_at)}}), Value::Null, true, None),
+                Some(s) if s.state == v1::ContainerState::ContainerRunning as i32 => {
+                    (json!({"running": {"startedAt": rfc3339(s.started_at)}}), previous.map(terminated).unwrap_or(Value::Null), true, None)
+                }
                 Some(s) if s.state == v1::ContainerState::ContainerExited as i32 => match waiting_reason {
                     Some((reason, msg)) => (json!({"waiting": {"reason": reason, "message": msg}}), terminated(s), false, None),
                     None => (terminated(s), Value::Null, false, Some(s.exit_code)),
@@ -106,11 +111,12 @@ impl Kubelet {
                     (json!({"waiting": w}), Value::Null, false, None)
                 }
             };
+            let ready = running && o.ready.get(name).copied().unwrap_or(init);
             let mut s = json!({
                 "name": name,
                 "state": state,
                 "lastState": if last.is_null() { json!({}) } else { last },
-                "ready": running,
+                "ready": ready,
                 "restartCount": restarts,
                 "image": c["image"],
                 "imageID": latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
@@ -119,13 +125,13 @@ impl Kubelet {
             if let Some(l) = latest {
                 s["containerID"] = json!(format!("containerd://{}", l.id));
             }
-            (s, running, latest.is_some(), exit)
+            (s, ready, latest.is_some(), exit)
         };
         let init: Vec<(Value, bool, bool, Option<i32>)> = pod["spec"]["initContainers"].as_array().into_iter().flatten().map(|c| container_status(c, true)).collect();
         let app: Vec<(Value, bool, bool, Option<i32>)> = pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| container_status(c, false)).collect();
         let initialized = init.iter().all(|(_, _, _, exit)| *exit == Some(0));
         let all_ready = !app.is_empty() && app.iter().all(|(_, r, _, _)| *r);
-        let any_running = app.iter().any(|(_, r, _, _)| *r);
+        let any_running = app.iter().any(|(s, _, _, _)| s["state"]["running"].is_object());
         let all_exited = !app.is_empty() && app.iter().all(|(_, _, _, e)| e.is_some());
         let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
         let init_failed = policy == "Never" && init.iter().any(|(_, _, _, e)| e.is_some_and(|c| c != 0));

@@ -183,6 +183,41 @@ k delete pod vols --wait --timeout=60s >/dev/null
 check "the pod's volumes are removed with it" "no" "$([ -e "$E2E_DIR/data/pods/$vols_uid" ] && echo yes || echo no)"
 check "no tmpfs left" "0" "$(grep -c "$vols_uid" /proc/mounts)"
 
+# Probes: readiness gates Ready, a failing liveness probe restarts the container.
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: probes}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [httpd, -f, -p, "8080", -h, /www]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: notready
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+  - name: dies
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    livenessProbe: {exec: {command: [test, -e, /nope]}, periodSeconds: 1, failureThreshold: 2}
+YAML
+k wait --for=jsonpath='{.status.containerStatuses[?(@.name=="dies")].restartCount}'=1 pod/probes --timeout=90s >/dev/null
+check "a failing liveness probe restarts the container" "1" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="dies")].restartCount}')"
+check "the restarted container's lastState is terminated" "yes" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="dies")].lastState.terminated.exitCode}' | grep -q . && echo yes)"
+check "a passing httpGet readiness probe makes the container ready" "true" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="web")].ready}')"
+check "a failing readiness probe keeps the container not ready" "false" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="notready")].ready}')"
+check "and the pod NotReady" "False" "$(k get pod probes -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+check "the healthy containers were not restarted" "0" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="web")].restartCount}')"
+k delete pod probes --wait=false >/dev/null
+
 # kill -9 ferrokube: containers keep running, same IDs, restart counts unchanged.
 before=$(k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}')
 stop_server KILL
