@@ -139,12 +139,24 @@ where
 {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut backend_tx, mut backend_rx) = backend.split();
+    let normal = || Message::Close(Some(tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() }));
+    // Once the client closed stdin, only the runtime's remaining output is relayed. v5's
+    // "close stdin" has no v4 form: closing our side of the runtime's websocket is how the
+    // runtime sees stdin end. That close waits until the runtime has been quiet for a
+    // moment, so output the last input produced is not cut off by the closing handshake.
+    let mut stdin_closed = false;
+    let mut backend_closing = false;
+    let quiet = std::time::Duration::from_millis(300);
+    let mut last_backend = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            msg = client_rx.next() => match msg {
+            msg = client_rx.next(), if !stdin_closed => match msg {
                 Some(Ok(Message::Binary(data))) => {
-                    // v5's "close channel" has no v4 form: the runtime sees the stream end instead.
                     if v5 && data.first() == Some(&255) {
+                        if data.get(1) == Some(&0) {
+                            stdin_closed = true;
+                            last_backend = tokio::time::Instant::now();
+                        }
                         continue;
                     }
                     if backend_tx.send(Message::Binary(data)).await.is_err() { break; }
@@ -152,17 +164,23 @@ where
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
-            msg = backend_rx.next() => match msg {
-                Some(Ok(m @ Message::Binary(_))) | Some(Ok(m @ Message::Text(_))) => {
-                    if client_tx.send(m).await.is_err() { break; }
+            _ = tokio::time::sleep_until(last_backend + quiet), if stdin_closed && !backend_closing => {
+                backend_closing = true;
+                let _ = backend_tx.send(normal()).await;
+            }
+            msg = backend_rx.next() => {
+                last_backend = tokio::time::Instant::now();
+                match msg {
+                    Some(Ok(m @ Message::Binary(_))) | Some(Ok(m @ Message::Text(_))) => {
+                        if client_tx.send(m).await.is_err() { break; }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
+            }
         }
     }
     // A normal close (1000) is how clients tell the end of the streams from a failure.
-    let normal = || Message::Close(Some(tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() }));
     let _ = client_tx.send(normal()).await;
     let _ = backend_tx.send(normal()).await;
 }

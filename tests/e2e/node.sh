@@ -90,6 +90,14 @@ PY
 )
 check "exec from the Python client" "from-python" "$py"
 
+echo "to the pod" >"$E2E_DIR/up.txt"
+check_cmd "cp into a pod" timeout 30 "$KUBECTL" cp "$E2E_DIR/up.txt" web:/tmp/up.txt -c side
+check "the copied file is there" "to the pod" "$(k exec web -c side -- cat /tmp/up.txt)"
+check_cmd "cp out of a pod" timeout 30 "$KUBECTL" cp web:/www/index.html "$E2E_DIR/down.html" -c httpd
+check "the file came out" "hello from ferrokube" "$(cat "$E2E_DIR/down.html" 2>/dev/null)"
+check "echo | exec -i cat ends at EOF" "eof-ok" "$(echo eof-ok | timeout 20 "$KUBECTL" exec -i web -c side -- cat)"
+check_contains "attach streams the container's output" "side web" "$(timeout 4 "$KUBECTL" attach web -c side 2>/dev/null | head -1)"
+
 # Pod to pod, and pod to host (the bridge address is the host's).
 cat <<YAML | k apply -f - >/dev/null
 apiVersion: v1
