@@ -1,0 +1,178 @@
+//! Pod start benchmark (root, containerd): API create -> Running through ferrokube, divided
+//! by the raw CRI floor (RunPodSandbox + CreateContainer + StartContainer called directly on
+//! the same containerd, same CNI) measured in the same run; one pod at a time and 30 at once;
+//! RSS of ferrokube and containerd with 0 and 30 pods. Workload: the embedded pause image.
+//!
+//! Run: `cargo bench --bench pods` as root.
+
+#[path = "common.rs"]
+mod common;
+
+use common::*;
+use ferrokube::cri::{v1, Cri};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const PODS: usize = 30;
+const IMAGE: &str = "docker.io/ferrokube/pause:1";
+
+fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn sandbox_config(i: usize, logs: &std::path::Path) -> v1::PodSandboxConfig {
+    let uid = uuid::Uuid::new_v4().to_string();
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata { name: format!("floor-{i}"), uid: uid.clone(), namespace: "bench".into(), attempt: 0 }),
+        hostname: format!("floor-{i}"),
+        log_directory: logs.join(&uid).to_string_lossy().into_owned(),
+        labels: HashMap::from([("bench".to_string(), "floor".to_string())]),
+        linux: Some(v1::LinuxPodSandboxConfig { cgroup_parent: format!("/ferrokube/pod{uid}"), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// One pod straight through the CRI; returns its sandbox id and the time taken.
+async fn raw_pod(mut cri: Cri, i: usize, logs: PathBuf) -> (String, Duration) {
+    let t = Instant::now();
+    let config = sandbox_config(i, &logs);
+    let sb = cri.runtime.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() }).await.expect("RunPodSandbox").into_inner().pod_sandbox_id;
+    let c = v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata { name: "c".into(), attempt: 0 }),
+        image: Some(v1::ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        log_path: "c/0.log".into(),
+        ..Default::default()
+    };
+    let id = cri.runtime.create_container(v1::CreateContainerRequest { pod_sandbox_id: sb.clone(), config: Some(c), sandbox_config: Some(config) }).await.expect("CreateContainer").into_inner().container_id;
+    cri.runtime.start_container(v1::StartContainerRequest { container_id: id }).await.expect("StartContainer");
+    (sb, t.elapsed())
+}
+
+async fn raw_teardown(mut cri: Cri, sandboxes: Vec<String>) {
+    for sb in sandboxes {
+        let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sb.clone() }).await;
+        let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: sb }).await;
+    }
+}
+
+fn pod(name: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "api"}},
+           "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}]}}).to_string()
+}
+
+async fn wait_running(c: &Https, port: u16, name: &str) {
+    loop {
+        let (_, p) = get(c, port, &format!("/api/v1/namespaces/default/pods/{name}")).await;
+        if p["status"]["phase"] == "Running" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn delete_all(c: &Https, port: u16) {
+    let req = hyper::Request::delete(format!("https://127.0.0.1:{port}/api/v1/namespaces/default/pods?labelSelector=bench%3Dapi"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let _ = c.request(req).await;
+    loop {
+        let (_, l) = get(c, port, "/api/v1/namespaces/default/pods?labelSelector=bench%3Dapi").await;
+        if l["items"].as_array().is_some_and(|a| a.is_empty()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn main() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("the pod benchmark runs containers: run it as root");
+        std::process::exit(1);
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_ferrokube"));
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let run = dir.path().join("run");
+    let port = free_port();
+    let run_s = run.to_string_lossy().into_owned();
+    let (server, _) = start_server_with(&bin, dir.path(), port, &["--run-dir", &run_s, "--pod-bridge", "fkbench", "--pod-cidr", "10.42.77.0/24", "--node-name", "bench-node"]);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let c = client(&server);
+    rt.block_on(async {
+        while get(&c, port, "/api/v1/nodes/bench-node").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let logs = dir.path().join("floor-logs");
+    let cri = rt.block_on(Cri::connect(&run.join("containerd").join("containerd.sock"))).expect("CRI");
+    let containerd_pid: u32 = std::fs::read_to_string(run.join("containerd").join("containerd.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let (idle_rss, idle_ctd) = (rss_kib(server.pid), rss_kib(containerd_pid));
+
+    // Floor, one at a time, then 30 at once.
+    let mut floor = Vec::new();
+    let mut sandboxes = Vec::new();
+    for i in 0..PODS {
+        let (sb, d) = rt.block_on(raw_pod(cri.clone(), i, logs.clone()));
+        floor.push(d);
+        sandboxes.push(sb);
+    }
+    rt.block_on(raw_teardown(cri.clone(), std::mem::take(&mut sandboxes)));
+    let t = Instant::now();
+    let done: Vec<(String, Duration)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..PODS).map(|i| tokio::spawn(raw_pod(cri.clone(), 100 + i, logs.clone()))).collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let floor_burst = t.elapsed();
+    rt.block_on(raw_teardown(cri.clone(), done.into_iter().map(|(s, _)| s).collect()));
+
+    // ferrokube: API create -> Running.
+    let mut api = Vec::new();
+    rt.block_on(async {
+        for i in 0..PODS {
+            let name = format!("seq-{i}");
+            let t = Instant::now();
+            assert_eq!(post(&c, port, "/api/v1/namespaces/default/pods", pod(&name)).await, 201);
+            wait_running(&c, port, &name).await;
+            api.push(t.elapsed());
+        }
+    });
+    let busy_rss = rss_kib(server.pid);
+    let busy_ctd = rss_kib(containerd_pid);
+    rt.block_on(delete_all(&c, port));
+    let t = Instant::now();
+    rt.block_on(async {
+        let names: Vec<String> = (0..PODS).map(|i| format!("burst-{i}")).collect();
+        let creates: Vec<_> = names.iter().map(|n| post(&c, port, "/api/v1/namespaces/default/pods", pod(n))).collect();
+        for r in futures_util::future::join_all(creates).await {
+            assert_eq!(r, 201);
+        }
+        for n in &names {
+            wait_running(&c, port, n).await;
+        }
+    });
+    let api_burst = t.elapsed();
+    rt.block_on(delete_all(&c, port));
+
+    println!("ferrokube pod start benchmark ({PODS} pods, pause image, 2 cores)");
+    println!("raw CRI floor, one at a time:   median {:.0} ms  p99 {:.0} ms", pct(floor.clone(), 0.5), pct(floor.clone(), 0.99));
+    println!("ferrokube API create->Running:  median {:.0} ms  p99 {:.0} ms", pct(api.clone(), 0.5), pct(api.clone(), 0.99));
+    println!("ratio (median): {:.2}   ratio (p99): {:.2}   (goal <= 1.3)", pct(api.clone(), 0.5) / pct(floor.clone(), 0.5), pct(api, 0.99) / pct(floor, 0.99));
+    println!("{PODS} at once: floor {:.0} ms, ferrokube {:.0} ms, ratio {:.2}", floor_burst.as_secs_f64() * 1000.0, api_burst.as_secs_f64() * 1000.0, api_burst.as_secs_f64() / floor_burst.as_secs_f64());
+    println!("RSS ferrokube: idle node {:.1} MiB, with {PODS} pods {:.1} MiB (goals 60 / 90 MiB)", idle_rss as f64 / 1024.0, busy_rss as f64 / 1024.0);
+    println!("RSS containerd: idle {:.1} MiB, with {PODS} pods {:.1} MiB", idle_ctd as f64 / 1024.0, busy_ctd as f64 / 1024.0);
+
+    // Stop the server gracefully (it stops containerd), then remove the bridge.
+    // SAFETY: kill(2) on the server process we started.
+    unsafe { libc::kill(server.pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = std::process::Command::new("ip").args(["link", "del", "fkbench"]).status();
+}
