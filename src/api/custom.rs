@@ -405,18 +405,7 @@ impl Api {
     }
 
     fn crd_terminating(&self, name: &str) {
-        let Some(api) = self.me.upgrade() else { return };
-        let name = name.to_string();
-        tokio::spawn(async move {
-            loop {
-                match api.finalize_crd(&name).await {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(crd = %name, error = %e, "custom resource cleanup"),
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
+        self.retry_until_done("custom resource cleanup", name, Duration::from_millis(300), |api, name| async move { api.finalize_crd(&name).await });
     }
 
     /// One pass: deletes the CRD's objects; when none are left, drops the cleanup finalizer.

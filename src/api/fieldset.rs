@@ -187,6 +187,29 @@ pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     Some(cur)
 }
 
+/// What one path element selects inside a list.
+enum Element {
+    /// `k:{...}`: the element whose keys have these values.
+    Keys(Map<String, Value>),
+    /// `v:...`: the element equal to this value.
+    Equal(Value),
+}
+
+impl Element {
+    fn parse(p: &str) -> Option<Element> {
+        if let Some(k) = p.strip_prefix("k:") {
+            return serde_json::from_str(k).ok().map(Element::Keys);
+        }
+        p.strip_prefix("v:").and_then(|v| serde_json::from_str(v).ok()).map(Element::Equal)
+    }
+    fn matches(&self, item: &Value) -> bool {
+        match self {
+            Element::Keys(keys) => keys.iter().all(|(k, v)| item.get(k) == Some(v)),
+            Element::Equal(v) => item == v,
+        }
+    }
+}
+
 fn step<'a>(cur: &'a Value, p: &str) -> Option<&'a Value> {
     if p == "." {
         return Some(cur);
@@ -194,16 +217,16 @@ fn step<'a>(cur: &'a Value, p: &str) -> Option<&'a Value> {
     if let Some(f) = p.strip_prefix("f:") {
         return cur.get(f);
     }
-    let items = cur.as_array()?;
-    if let Some(k) = p.strip_prefix("k:") {
-        let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
-        return items.iter().find(|i| keys.iter().all(|(kk, kv)| i.get(kk) == Some(kv)));
+    let e = Element::parse(p)?;
+    cur.as_array()?.iter().find(|i| e.matches(i))
+}
+
+fn step_mut<'a>(cur: &'a mut Value, p: &str) -> Option<&'a mut Value> {
+    if let Some(f) = p.strip_prefix("f:") {
+        return cur.get_mut(f);
     }
-    if let Some(v) = p.strip_prefix("v:") {
-        let want: Value = serde_json::from_str(v).ok()?;
-        return items.iter().find(|i| **i == want);
-    }
-    None
+    let e = Element::parse(p)?;
+    cur.as_array_mut()?.iter_mut().find(|i| e.matches(i))
 }
 
 /// Removes the field (or list element, for a path ending in `.` or `v:`) at `path`.
@@ -228,33 +251,9 @@ pub fn remove_at(obj: &mut Value, path: &[String]) {
         if let Some(m) = cur.as_object_mut() {
             m.remove(f);
         }
-    } else if let Some(items) = cur.as_array_mut() {
-        if let Some(k) = target.strip_prefix("k:") {
-            if let Ok(keys) = serde_json::from_str::<Map<String, Value>>(k) {
-                items.retain(|i| !keys.iter().all(|(kk, kv)| i.get(kk) == Some(kv)));
-            }
-        } else if let Some(v) = target.strip_prefix("v:") {
-            if let Ok(want) = serde_json::from_str::<Value>(v) {
-                items.retain(|i| *i != want);
-            }
-        }
+    } else if let (Some(items), Some(e)) = (cur.as_array_mut(), Element::parse(target)) {
+        items.retain(|i| !e.matches(i));
     }
-}
-
-fn step_mut<'a>(cur: &'a mut Value, p: &str) -> Option<&'a mut Value> {
-    if let Some(f) = p.strip_prefix("f:") {
-        return cur.get_mut(f);
-    }
-    let items = cur.as_array_mut()?;
-    if let Some(k) = p.strip_prefix("k:") {
-        let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
-        return items.iter_mut().find(|i| keys.iter().all(|(kk, kv)| i.get(kk) == Some(kv)));
-    }
-    if let Some(v) = p.strip_prefix("v:") {
-        let want: Value = serde_json::from_str(v).ok()?;
-        return items.iter_mut().find(|i| **i == want);
-    }
-    None
 }
 
 /// Human form of a path, as upstream prints conflicts: `.spec.containers[name="web"].image`.

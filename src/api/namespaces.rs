@@ -42,16 +42,26 @@ impl Api {
 
     /// Starts emptying namespace `name` in the background.
     pub(crate) fn namespace_terminating(&self, name: &str) {
+        self.retry_until_done("namespace cleanup", name, Duration::from_millis(500), |api, name| async move { api.finalize_namespace(&name).await });
+    }
+
+    /// Runs `pass` for `name` in the background every `every` until it reports the work done
+    /// (`Ok(true)`); failures are logged and retried.
+    pub(crate) fn retry_until_done<F, Fut>(&self, what: &'static str, name: &str, every: Duration, pass: F)
+    where
+        F: Fn(Arc<Api>, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool, ApiError>> + Send,
+    {
         let Some(api) = self.me.upgrade() else { return };
         let name = name.to_string();
         tokio::spawn(async move {
             loop {
-                match api.finalize_namespace(&name).await {
+                match pass(api.clone(), name.clone()).await {
                     Ok(true) => return,
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(namespace = %name, error = %e, "namespace cleanup"),
+                    Err(e) => tracing::warn!(name = %name, error = %e, "{what}"),
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(every).await;
             }
         });
     }
