@@ -173,7 +173,19 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crat
     let conf_path = layout.cni_conf.join("10-ferrokube.conflist");
     std::fs::write(&conf_path, serde_json::to_vec_pretty(&conflist).unwrap_or_default()).map_err(|e| fail(format!("{}: {e}", conf_path.display())))?;
 
+    let socket = layout.socket.clone();
     let (runtime, mut cri) = containerd::Containerd::start(layout, &host).await.map_err(|e| fail(e.to_string()))?;
+    // Airgap: image archives dropped in <data-dir>/images are imported at every start.
+    let images = cfg.data_dir.join("images");
+    let _ = std::fs::create_dir_all(&images);
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(&images).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    archives.sort();
+    for archive in archives {
+        match containerd::import_archive(&socket, &archive).await {
+            Ok(()) => tracing::info!(archive = %archive.display(), "imported image archive"),
+            Err(e) => tracing::warn!(archive = %archive.display(), error = %e, "image archive not imported"),
+        }
+    }
     let version = cri.version().await.map_err(|e| fail(e.to_string()))?;
     let _ = api.cri.set(cri.clone());
     let node_name = cfg.node_name.clone().unwrap_or_else(|| {

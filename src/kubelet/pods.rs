@@ -336,6 +336,19 @@ impl Kubelet {
             return;
         }
         let mut config = self.container_config(pod, c, attempt, pod_ip);
+        match self.env_from_sources(pod, c).await {
+            Ok(extra) => {
+                // Explicit `env` entries win over `envFrom`, and later entries over earlier ones.
+                let explicit: Vec<String> = config.envs.iter().map(|e| e.key.clone()).collect();
+                let mut envs: Vec<v1::KeyValue> = extra.into_iter().filter(|e| !explicit.contains(&e.key)).collect();
+                envs.append(&mut config.envs);
+                config.envs = envs;
+            }
+            Err(msg) => {
+                set_waiting("CreateContainerConfigError", msg);
+                return;
+            }
+        }
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             let Some(host) = m["name"].as_str().and_then(|n| volumes.get(n)) else {
                 set_waiting("CreateContainerConfigError", format!("volume {:?} is not declared by the pod", m["name"].as_str().unwrap_or("")));
@@ -379,6 +392,58 @@ impl Kubelet {
             return;
         }
         waiting().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+
+    /// Environment from ConfigMaps and Secrets: `envFrom` and `env[].valueFrom` key refs.
+    async fn env_from_sources(&self, pod: &Value, c: &Value) -> Result<Vec<v1::KeyValue>, String> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        let mut out = Vec::new();
+        let fetch = |kind: &'static str, name: String| async move {
+            match self.client.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")).await {
+                Ok(v) => Ok(Some(v)),
+                Err(e) if e.code == 404 => Ok(None),
+                Err(e) => Err(e.message),
+            }
+        };
+        let value_of = |obj: &Value, key: &str, secret: bool| -> Option<String> {
+            if secret {
+                let b = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, obj["data"][key].as_str()?).ok()?;
+                Some(String::from_utf8_lossy(&b).into_owned())
+            } else {
+                obj["data"][key].as_str().map(String::from)
+            }
+        };
+        for src in c["envFrom"].as_array().into_iter().flatten() {
+            let prefix = src["prefix"].as_str().unwrap_or("");
+            for (field, kind, secret) in [("configMapRef", "configmaps", false), ("secretRef", "secrets", true)] {
+                let Some(r) = src.get(field) else { continue };
+                let name = r["name"].as_str().unwrap_or("").to_string();
+                match fetch(kind, name.clone()).await? {
+                    Some(obj) => {
+                        for key in obj["data"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                            if let Some(v) = value_of(&obj, &key, secret) {
+                                out.push(v1::KeyValue { key: format!("{prefix}{key}"), value: v.into_bytes() });
+                            }
+                        }
+                    }
+                    None if r["optional"] == true => {}
+                    None => return Err(format!("{} {name:?} not found", if secret { "secret" } else { "configmap" })),
+                }
+            }
+        }
+        for e in c["env"].as_array().into_iter().flatten() {
+            for (field, kind, secret) in [("configMapKeyRef", "configmaps", false), ("secretKeyRef", "secrets", true)] {
+                let Some(r) = e["valueFrom"].get(field) else { continue };
+                let (name, key) = (r["name"].as_str().unwrap_or("").to_string(), r["key"].as_str().unwrap_or(""));
+                let value = fetch(kind, name.clone()).await?.and_then(|obj| value_of(&obj, key, secret));
+                match value {
+                    Some(v) => out.push(v1::KeyValue { key: e["name"].as_str().unwrap_or("").to_string(), value: v.into_bytes() }),
+                    None if r["optional"] == true => {}
+                    None => return Err(format!("couldn't find key {key} in {} {ns}/{name}", if secret { "Secret" } else { "ConfigMap" })),
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn ensure_image(&self, image: &str, policy: &str) -> Result<(), (&'static str, String)> {

@@ -4,7 +4,8 @@
 PASS=0
 FAIL=0
 E2E_DIR=$(mktemp -d /tmp/ferrokube-e2e.XXXXXX)
-PORT=${PORT:-$(( 20000 + RANDOM % 20000 ))}
+# A port the kernel says is free (random picks can collide with ephemeral ports in use).
+PORT=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 export KUBECONFIG=$E2E_DIR/kubeconfig
 SERVER_PID=
 

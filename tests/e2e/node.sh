@@ -40,6 +40,10 @@ node_cleanup() {
 trap node_cleanup EXIT
 
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >/dev/null
+# The airgap directory: archives there are imported at start (gzip too).
+mkdir -p "$E2E_DIR/data/images"
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/airgap.tar" docker.io/library/airgap:1 >/dev/null
+gzip "$E2E_DIR/data/images/airgap.tar"
 start_node || exit 1
 check "node is Ready" "True" "$(k get node e2e-node -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
 check_contains "node reports the runtime" "containerd://" "$(k get node e2e-node -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')"
@@ -146,6 +150,28 @@ k wait --for=jsonpath='{.status.phase}'=Failed pod/hog --timeout=60s >/dev/null
 check "a memory hog is OOMKilled" "OOMKilled" "$(k get pod hog -o jsonpath='{.status.containerStatuses[0].state.terminated.reason}')"
 k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ErrImagePull pod/nopull --timeout=60s >/dev/null
 check "an unpullable image shows ErrImagePull" "ErrImagePull" "$(k get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+
+# Environment from ConfigMaps and Secrets; an image from the airgap directory.
+k create cm envcm --from-literal=COLOR=blue --from-literal=SIZE=3 >/dev/null
+k create secret generic envsec --from-literal=TOKEN=t0k3n >/dev/null
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: envs}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: docker.io/library/airgap:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo \$CFG_COLOR \$CFG_SIZE \$TOKEN \$PLAIN']
+    envFrom: [{prefix: CFG_, configMapRef: {name: envcm}}]
+    env:
+    - {name: TOKEN, valueFrom: {secretKeyRef: {name: envsec, key: TOKEN}}}
+    - {name: PLAIN, value: plain}
+YAML
+k wait --for=jsonpath='{.status.phase}'=Succeeded pod/envs --timeout=60s >/dev/null
+check "airgap image ran; env from configMap, secret and values" "blue 3 t0k3n plain" "$(k logs envs)"
 
 # Volumes: configMap (updated in place), secret (mode), emptyDir (disk and memory),
 # downwardAPI, hostPath.
