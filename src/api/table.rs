@@ -80,7 +80,7 @@ fn columns(kind: &Kind) -> Vec<Col> {
         ("", "secrets") => vec![name, ("Type", "string", "", 0), ("Data", "integer", "", 0), age],
         ("", "serviceaccounts") => vec![name, ("Secrets", "integer", "", 0), age],
         ("", "services") => vec![name, ("Type", "string", "", 0), ("Cluster-IP", "string", "", 0), ("External-IP", "string", "", 0), ("Port(s)", "string", "", 0), age, ("Selector", "string", "", 1)],
-        ("", "nodes") => vec![name, ("Status", "string", "", 0), ("Roles", "string", "", 0), age, ("Version", "string", "", 0)],
+        ("", "nodes") => vec![name, ("Status", "string", "", 0), ("Roles", "string", "", 0), age, ("Version", "string", "", 0), ("Internal-IP", "string", "", 1), ("External-IP", "string", "", 1), ("OS-Image", "string", "", 1), ("Kernel-Version", "string", "", 1), ("Container-Runtime", "string", "", 1)],
         ("", "events") => vec![("Last Seen", "string", "", 0), ("Type", "string", "", 0), ("Reason", "string", "", 0), ("Object", "string", "", 0), ("Message", "string", "", 0)],
         ("apps", "deployments") => vec![name, ("Ready", "string", "", 0), ("Up-to-date", "string", "", 0), ("Available", "string", "", 0), age, ("Containers", "string", "", 1), ("Images", "string", "", 1), ("Selector", "string", "", 1)],
         ("apps", "replicasets") | ("", "replicationcontrollers") => vec![name, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0), age],
@@ -164,7 +164,9 @@ fn cells(kind: &Kind, o: &Value) -> Vec<Value> {
                 status.push_str(",SchedulingDisabled");
             }
             let roles: Vec<String> = o["metadata"]["labels"].as_object().into_iter().flatten().filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect();
-            vec![name, json!(status), or_none(roles.join(",")), age(o), json!(s(&st["nodeInfo"]["kubeletVersion"]))]
+            let address = |ty: &str| or_none(st["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == ty).map(|a| s(&a["address"])).unwrap_or_default());
+            let info = &st["nodeInfo"];
+            vec![name, json!(status), or_none(roles.join(",")), age(o), json!(s(&info["kubeletVersion"])), address("InternalIP"), address("ExternalIP"), or_none(s(&info["osImage"])), or_none(s(&info["kernelVersion"])), or_none(s(&info["containerRuntimeVersion"]))]
         }
         ("", "events") => {
             let obj = format!("{}/{}", s(&o["involvedObject"]["kind"]).to_lowercase(), s(&o["involvedObject"]["name"]));

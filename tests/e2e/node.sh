@@ -47,6 +47,7 @@ gzip "$E2E_DIR/data/images/airgap.tar"
 start_node || exit 1
 check "node is Ready" "True" "$(k get node e2e-node -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
 check_contains "node reports the runtime" "containerd://" "$(k get node e2e-node -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')"
+check "get nodes -o wide columns" "NAME STATUS ROLES AGE VERSION INTERNAL-IP EXTERNAL-IP OS-IMAGE KERNEL-VERSION CONTAINER-RUNTIME" "$(k get nodes -o wide | head -1 | xargs)"
 check_cmd "images import" "$FERROKUBE" images import --run-dir "$RUN" "$E2E_DIR/busybox.tar"
 
 cat <<YAML | k apply -f - >/dev/null

@@ -250,6 +250,13 @@ mod tests {
     }
 
     #[test]
+    fn merge_directive_is_the_default_merge() {
+        let p = json!({"metadata": {"labels": {"$patch": "merge", "extra": "1"}}});
+        assert_eq!(merge(deploy(), &base(), &p).unwrap()["metadata"]["labels"], json!({"app": "web", "extra": "1"}));
+        assert!(merge(deploy(), &base(), &json!({"metadata": {"$patch": "bogus"}})).is_err(), "unknown directives are errors");
+    }
+
+    #[test]
     fn retain_keys() {
         let orig = json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}});
         let p = json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}});
