@@ -7,9 +7,7 @@
 //! the distinct CRD shapes seen by the process.
 
 use super::kinds::{self, Custom, Kind, Strategy, Sub};
-use super::negotiate::BodyType;
 use super::object as obj;
-use super::request::{Query, ResourceReq};
 use super::status::{ApiError, Cause};
 use super::validation::{is_dns1035_label, is_dns1123_subdomain};
 use super::Api;
@@ -415,23 +413,10 @@ impl Api {
         let Some(stored) = self.store.get(&key)? else { return Ok(true) };
         let crd = obj::parse_stored(&stored.json)?;
         let served: Vec<&'static Kind> = kinds::all().into_iter().filter(|k| k.custom.as_ref().is_some_and(|c| c.crd == name)).collect();
-        let mut left = 0;
-        if let Some(kind) = served.first() {
-            let page = self.store.list(&kind.prefix(None), None, 0, None, &|_| true)?;
-            for (_, raw) in page.items {
-                left += 1;
-                let o = obj::parse_stored(&raw)?;
-                if obj::is_deleting(&o) {
-                    continue;
-                }
-                let rr = ResourceReq { kind, namespace: obj::namespace(&o).map(String::from), name: Some(obj::name(&o).to_string()), sub: None, watch_prefix: false };
-                match self.delete(&rr, &Query::default(), b"", BodyType::Json).await {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let left = match served.first() {
+            Some(kind) => self.delete_all(kind, None).await?,
+            None => 0,
+        };
         if left > 0 {
             return Ok(false);
         }

@@ -45,6 +45,26 @@ impl Api {
         self.retry_until_done("namespace cleanup", name, Duration::from_millis(500), |api, name| async move { api.finalize_namespace(&name).await });
     }
 
+    /// Deletes every object of `kind` (in `namespace`, if given) that is not already being
+    /// deleted; returns how many objects were there (0: nothing left).
+    pub(crate) async fn delete_all(&self, kind: &'static super::kinds::Kind, namespace: Option<&str>) -> Result<usize, ApiError> {
+        let page = self.store.list(&kind.prefix(namespace), None, 0, None, &|_| true)?;
+        let found = page.items.len();
+        for (_, raw) in page.items {
+            let o = obj::parse_stored(&raw)?;
+            if obj::is_deleting(&o) {
+                continue;
+            }
+            let rr = ResourceReq { kind, namespace: obj::namespace(&o).map(String::from), name: Some(obj::name(&o).to_string()), sub: None, watch_prefix: false };
+            match self.delete(&rr, &Query::default(), b"", BodyType::Json).await {
+                Ok(_) => {}
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
     /// Runs `pass` for `name` in the background every `every` until it reports the work done
     /// (`Ok(true)`); failures are logged and retried.
     pub(crate) fn retry_until_done<F, Fut>(&self, what: &'static str, name: &str, every: Duration, pass: F)
@@ -71,20 +91,7 @@ impl Api {
     async fn finalize_namespace(&self, name: &str) -> Result<bool, ApiError> {
         let mut left = 0usize;
         for kind in all().into_iter().filter(|k| k.namespaced) {
-            let page = self.store.list(&kind.prefix(Some(name)), None, 0, None, &|_| true)?;
-            for (_, raw) in page.items {
-                left += 1;
-                let o = obj::parse_stored(&raw)?;
-                if obj::is_deleting(&o) {
-                    continue;
-                }
-                let rr = ResourceReq { kind, namespace: Some(name.to_string()), name: Some(obj::name(&o).to_string()), sub: None, watch_prefix: false };
-                match self.delete(&rr, &Query::default(), b"", BodyType::Json).await {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            left += self.delete_all(kind, Some(name)).await?;
         }
         if left > 0 {
             return Ok(false);
