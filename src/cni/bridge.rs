@@ -15,6 +15,95 @@ pub struct Args {
 /// Chains ferrokube owns in the `nat` and `filter` tables.
 pub const NAT_CHAIN: &str = "FERROKUBE-POSTROUTING";
 pub const FILTER_CHAIN: &str = "FERROKUBE-FORWARD";
+/// DNAT of hostPorts to pods, entered from PREROUTING and OUTPUT for local addresses.
+pub const HOSTPORT_CHAIN: &str = "FERROKUBE-HOSTPORTS";
+
+/// One `hostPort` of a pod.
+#[derive(Debug, Clone)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+    pub host_ip: String,
+}
+
+/// The rule (after the chain name) that forwards one hostPort to the pod.
+fn hostport_rule(m: &PortMapping, pod_ip: std::net::Ipv4Addr, container_id: &str) -> Vec<String> {
+    let mut r = vec!["-p".to_string(), m.protocol.clone()];
+    if !m.host_ip.is_empty() && m.host_ip != "0.0.0.0" {
+        r.extend(["-d".to_string(), m.host_ip.clone()]);
+    }
+    r.extend([
+        "--dport".to_string(),
+        m.host_port.to_string(),
+        "-m".into(),
+        "comment".into(),
+        "--comment".into(),
+        format!("ferrokube hostport {container_id}"),
+        "-j".into(),
+        "DNAT".into(),
+        "--to-destination".into(),
+        format!("{pod_ip}:{}", m.container_port),
+    ]);
+    r
+}
+
+/// Adds the pod's hostPort forwarding (and masquerade for traffic from the host itself).
+fn add_hostports(conf: &NetConf, container_id: &str, pod_ip: std::net::Ipv4Addr) -> Result<(), CniError> {
+    if conf.port_mappings.is_empty() {
+        return Ok(());
+    }
+    if !ok("iptables", &["-w", "-t", "nat", "-L", HOSTPORT_CHAIN, "-n"]) {
+        let _ = run("iptables", &["-w", "-t", "nat", "-N", HOSTPORT_CHAIN]);
+    }
+    for from in ["PREROUTING", "OUTPUT"] {
+        let jump = ["-w", "-t", "nat", "-C", from, "-m", "addrtype", "--dst-type", "LOCAL", "-j", HOSTPORT_CHAIN];
+        if !ok("iptables", &jump) {
+            let mut add = jump.to_vec();
+            add[3] = "-I";
+            run("iptables", &add)?;
+        }
+    }
+    // 127.0.0.1:hostPort from the host: allow loopback sources onto the bridge and
+    // masquerade them so the pod's replies come back through it.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/route_localnet", conf.bridge), "1");
+    ensure_rule("nat", NAT_CHAIN, &["-s", "127.0.0.0/8", "-o", &conf.bridge, "-j", "MASQUERADE", "-m", "comment", "--comment", "ferrokube hostport from localhost"])?;
+    for m in &conf.port_mappings {
+        let rule = hostport_rule(m, pod_ip, container_id);
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        ensure_rule("nat", HOSTPORT_CHAIN, &rule)?;
+    }
+    Ok(())
+}
+
+/// Removes every hostPort rule of a container.
+fn del_hostports(container_id: &str) {
+    let Ok(rules) = run("iptables", &["-w", "-t", "nat", "-S", HOSTPORT_CHAIN]) else { return };
+    let tag = format!("ferrokube hostport {container_id}");
+    for line in rules.lines().filter(|l| l.contains(&tag) && l.starts_with("-A ")) {
+        // `-A CHAIN spec...` becomes `-D CHAIN spec...`; the comment is one quoted word.
+        let mut args: Vec<String> = vec!["-w".into(), "-t".into(), "nat".into()];
+        let mut quoted: Option<String> = None;
+        for w in line.split_whitespace() {
+            match (&mut quoted, w.starts_with('"'), w.ends_with('"')) {
+                (None, true, true) if w.len() > 1 => args.push(w.trim_matches('"').to_string()),
+                (None, true, _) => quoted = Some(w.trim_start_matches('"').to_string()),
+                (Some(q), _, true) => {
+                    q.push(' ');
+                    q.push_str(w.trim_end_matches('"'));
+                    args.push(quoted.take().unwrap_or_default());
+                }
+                (Some(q), _, _) => {
+                    q.push(' ');
+                    q.push_str(w);
+                }
+                (None, _, _) => args.push(if w == "-A" { "-D".to_string() } else { w.to_string() }),
+            }
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = run("iptables", &refs);
+    }
+}
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, CniError> {
     let out = Command::new(cmd).args(args).output().map_err(|e| CniError::plugin(format!("cannot run {cmd}: {e}")))?;
@@ -115,6 +204,12 @@ pub fn add(conf: &NetConf, a: &Args) -> Result<Value, CniError> {
         let _ = run("ip", &["link", "del", &host_veth(&a.container_id)]);
     }
     let mac = result?;
+    if let Err(e) = add_hostports(conf, &a.container_id, ip) {
+        del_hostports(&a.container_id);
+        leases.release(&a.container_id);
+        let _ = run("ip", &["link", "del", &host_veth(&a.container_id)]);
+        return Err(e);
+    }
     let cidr = format!("{ip}/{}", conf.subnet.prefix);
     let host = host_veth(&a.container_id);
     Ok(json!({
@@ -154,6 +249,7 @@ fn attach(conf: &NetConf, a: &Args, ip: std::net::Ipv4Addr) -> Result<String, Cn
 
 /// DEL: removes the veth and frees the address; deleting what is gone already succeeds.
 pub fn del(conf: &NetConf, a: &Args) -> Result<(), CniError> {
+    del_hostports(&a.container_id);
     let host = host_veth(&a.container_id);
     if ok("ip", &["link", "show", &host]) {
         run("ip", &["link", "del", &host])?;
@@ -189,5 +285,19 @@ pub fn loopback(command: &str, version: &str, netns: &str) -> Result<Value, CniE
             }))
         }
         _ => Ok(Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostport_rules_name_their_container() {
+        let m = PortMapping { host_port: 8081, container_port: 80, protocol: "tcp".into(), host_ip: String::new() };
+        let r = hostport_rule(&m, "10.42.0.5".parse().unwrap(), "abc");
+        assert_eq!(r.join(" "), "-p tcp --dport 8081 -m comment --comment ferrokube hostport abc -j DNAT --to-destination 10.42.0.5:80");
+        let bound = PortMapping { host_ip: "127.0.0.1".into(), ..m };
+        assert!(hostport_rule(&bound, "10.42.0.5".parse().unwrap(), "abc").join(" ").starts_with("-p tcp -d 127.0.0.1 --dport 8081"));
     }
 }

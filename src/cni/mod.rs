@@ -44,6 +44,8 @@ pub struct NetConf {
     pub bridge: String,
     pub subnet: ipam::Subnet,
     pub data_dir: std::path::PathBuf,
+    /// `runtimeConfig.portMappings` (hostPort) containerd passes for the pod.
+    pub port_mappings: Vec<bridge::PortMapping>,
 }
 
 impl NetConf {
@@ -55,6 +57,25 @@ impl NetConf {
             bridge: v["bridge"].as_str().unwrap_or("fk0").to_string(),
             subnet: field("subnet")?.parse().map_err(|e: String| CniError::new(7, e, ""))?,
             data_dir: field("dataDir")?.into(),
+            port_mappings: v["runtimeConfig"]["portMappings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| {
+                    // The conventions spell the keys `hostPort`...; containerd 1.6 sends `HostPort`...
+                    let get = |k: &str| {
+                        let upper = format!("{}{}", k[..1].to_uppercase(), &k[1..]);
+                        m.get(k).or_else(|| m.get(&upper)).filter(|v| !v.is_null())
+                    };
+                    let port = |k: &str| get(k).and_then(Value::as_u64).filter(|p| *p > 0 && *p < 65536).map(|p| p as u16);
+                    Some(bridge::PortMapping {
+                        host_port: port("hostPort")?,
+                        container_port: port("containerPort")?,
+                        protocol: get("protocol").and_then(Value::as_str).unwrap_or("tcp").to_lowercase(),
+                        host_ip: get("hostIP").and_then(Value::as_str).unwrap_or("").to_string(),
+                    })
+                })
+                .collect(),
         })
     }
 }
@@ -64,7 +85,7 @@ pub fn conflist(subnet: &str, bridge: &str, data_dir: &std::path::Path) -> Value
     json!({
         "cniVersion": "1.0.0",
         "name": "ferrokube",
-        "plugins": [{"type": PLUGIN, "bridge": bridge, "subnet": subnet, "dataDir": data_dir}],
+        "plugins": [{"type": PLUGIN, "bridge": bridge, "subnet": subnet, "dataDir": data_dir, "capabilities": {"portMappings": true}}],
     })
 }
 
@@ -102,5 +123,20 @@ pub fn run(command: &str) -> i32 {
             println!("{}", json!({"cniVersion": version_hint, "code": e.code, "msg": e.msg, "details": e.details}));
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_mappings_in_both_spellings() {
+        let base = |pm: Value| json!({"cniVersion": "1.0.0", "name": "n", "subnet": "10.42.0.0/24", "dataDir": "/d", "runtimeConfig": {"portMappings": pm}});
+        let c = NetConf::parse(&base(json!([{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]))).unwrap();
+        assert_eq!((c.port_mappings[0].host_port, c.port_mappings[0].container_port), (8080, 80));
+        let c = NetConf::parse(&base(json!([{"hostPort": 53, "containerPort": 5353, "protocol": "UDP"}]))).unwrap();
+        assert_eq!((c.port_mappings[0].host_port, c.port_mappings[0].protocol.as_str()), (53, "udp"));
+        assert!(NetConf::parse(&base(json!([{"hostPort": 0, "containerPort": 80}]))).unwrap().port_mappings.is_empty());
     }
 }

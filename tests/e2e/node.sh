@@ -139,6 +139,27 @@ k wait --for=jsonpath='{.status.phase}'=Succeeded pod/tohost --timeout=60s >/dev
 check_contains "a pod reaches the host" "host side" "$(k logs tohost)"
 kill $HTTPD 2>/dev/null
 
+# hostPort: the node's address and localhost forward to the pod; the rule goes with it.
+HOSTPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("0.0.0.0", 0)); print(s.getsockname()[1])')
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport}
+spec:
+  containers:
+  - name: web
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [httpd, -f, -p, "80", -h, /www]
+    ports: [{containerPort: 80, hostPort: $HOSTPORT}]
+YAML
+k wait --for=condition=Ready pod/hostport --timeout=60s >/dev/null
+NODE_IP=$(k get node e2e-node -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+check "hostPort answers on the node's address" "hello from ferrokube" "$(curl -s --max-time 5 "http://$NODE_IP:$HOSTPORT/")"
+check "hostPort answers on localhost" "hello from ferrokube" "$(curl -s --max-time 5 "http://127.0.0.1:$HOSTPORT/")"
+k delete pod hostport --wait --timeout=60s >/dev/null
+check "the hostPort rule is removed with the pod" "0" "$(iptables -w -t nat -S FERROKUBE-HOSTPORTS 2>/dev/null | grep -c -- "--dport $HOSTPORT ")"
+
 # Crash loop with growing back-off, OOM kill, unpullable image.
 k run crash --image=$IMAGE --image-pull-policy=IfNotPresent -- sh -c 'echo boom; exit 3' >/dev/null
 k run hog --image=$IMAGE --image-pull-policy=IfNotPresent --restart=Never --overrides='{"spec":{"containers":[{"name":"hog","image":"'$IMAGE'","imagePullPolicy":"IfNotPresent","command":["dd","if=/dev/zero","of=/dev/null","bs=200M","count=1"],"resources":{"limits":{"memory":"32Mi"}}}]}}' >/dev/null
