@@ -11,7 +11,6 @@ use super::validation;
 use super::{custom, fieldcheck, managed, patch, schema, Api, Reply};
 use crate::store::{Op, StoreError};
 use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 /// Namespaces that exist from the first start and may not be deleted.
@@ -86,7 +85,7 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(u64, String), ApiError>
 impl Api {
     /// Reacts to a committed write where a kind needs it (CRDs change what is served).
     fn committed(&self, kind: &Kind, ev: &crate::store::Event) {
-        if kind.group == "apiextensions.k8s.io" && kind.plural == "customresourcedefinitions" {
+        if kind.is("apiextensions.k8s.io", "customresourcedefinitions") {
             self.crd_changed(&ev.object, ev.kind == crate::store::EventType::Deleted);
         }
     }
@@ -317,7 +316,6 @@ impl Api {
                 // Only status changes through the status subresource.
                 let mut r = old.clone();
                 r["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-                r["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
                 r
             }
             _ => {
@@ -581,7 +579,7 @@ impl Api {
 
     /// Whether something other than finalizers still holds the object (namespaces: spec.finalizers).
     fn deletion_blocked(&self, kind: &Kind, o: &Value) -> bool {
-        kind.plural == "namespaces" && kind.group.is_empty() && o["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+        kind.is("", "namespaces") && o["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())
     }
 
     pub async fn delete(&self, rr: &ResourceReq, q: &Query, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
@@ -600,7 +598,7 @@ impl Api {
             }
         }
         let name = rr.name.clone().unwrap_or_default();
-        if rr.kind.plural == "namespaces" && rr.kind.group.is_empty() && SYSTEM_NAMESPACES.contains(&name.as_str()) && name != "kube-node-lease" {
+        if rr.kind.is("", "namespaces") && SYSTEM_NAMESPACES.contains(&name.as_str()) && name != "kube-node-lease" {
             return Err(ApiError::forbidden(format!("namespaces {name:?} is forbidden: this namespace may not be deleted")));
         }
         for _ in 0..RMW_RETRIES {
@@ -649,7 +647,7 @@ impl Api {
                 meta.insert("deletionTimestamp".into(), json!(obj::now_plus(secs)));
                 meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
             }
-            if rr.kind.plural == "namespaces" && rr.kind.group.is_empty() {
+            if rr.kind.is("", "namespaces") {
                 new["status"]["phase"] = json!("Terminating");
             }
             if dry_run {
@@ -658,7 +656,7 @@ impl Api {
             match self.store.write(Op::Update { key, object: new, expect: Some(current) }).await {
                 Ok(ev) => {
                     self.committed(rr.kind, &ev);
-                    if rr.kind.plural == "namespaces" && rr.kind.group.is_empty() {
+                    if rr.kind.is("", "namespaces") {
                         self.namespace_terminating(&name);
                     }
                     return Ok(Reply::Raw(200, ev.object));
@@ -673,7 +671,7 @@ impl Api {
 
     /// Grace period for kinds deleted gracefully (pods bound to a node); `None` means delete now.
     fn graceful_period(&self, kind: &Kind, o: &Value, requested: Option<i64>) -> Option<i64> {
-        if !(kind.plural == "pods" && kind.group.is_empty()) {
+        if !kind.is("", "pods") {
             return None;
         }
         let bound = o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
@@ -735,7 +733,7 @@ pub fn scale_of(kind: &Kind, o: &Value) -> Value {
         });
     }
     let sel = &o["spec"]["selector"];
-    let selector = if kind.plural == "replicationcontrollers" {
+    let selector = if kind.is("", "replicationcontrollers") {
         LabelSelector::from_object(&json!({"matchLabels": sel})).map(|s| s.to_string_form()).unwrap_or_default()
     } else {
         LabelSelector::from_object(sel).map(|s| s.to_string_form()).unwrap_or_default()
@@ -753,13 +751,4 @@ pub fn scale_of(kind: &Kind, o: &Value) -> Value {
         "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(0)},
         "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
     })
-}
-
-/// Returns the raw JSON bytes of a reply's object (for tests and internal callers).
-pub fn reply_bytes(r: &Reply) -> Option<Bytes> {
-    match r {
-        Reply::Raw(_, b) => Some(b.clone()),
-        Reply::Object(_, v) => Some(Bytes::from(v.to_string())),
-        _ => None,
-    }
 }

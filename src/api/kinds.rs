@@ -116,6 +116,10 @@ impl Kind {
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
         format!("{}{}", self.prefix(namespace), name)
     }
+    /// Whether this is the resource `plural` of `group` ("" for core).
+    pub fn is(&self, group: &str, plural: &str) -> bool {
+        self.group == group && self.plural == plural
+    }
     pub fn has(&self, sub: Sub) -> bool {
         self.subresources.contains(&sub)
     }

@@ -148,11 +148,11 @@ impl Api {
         let collection = rr.name.is_none();
         let watching = rr.watch_prefix || q.flag("watch");
         let reply = match (c.method, collection) {
-            ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.plural == "pods" && rr.kind.group.is_empty() => self.logs(&rr, &q).await?,
+            ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.is("", "pods") => self.logs(&rr, &q).await?,
             ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
             ("GET", true) => self.list(&rr, &q).await?,
             ("GET", false) => self.get(&rr, &q).await?,
-            ("POST", false) if rr.sub.as_deref() == Some("binding") && rr.kind.plural == "pods" => self.bind(&rr, &c.body).await?,
+            ("POST", false) if rr.sub.as_deref() == Some("binding") && rr.kind.is("", "pods") => self.bind(&rr, &c.body).await?,
             ("POST", _) => self.create(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PUT", false) => self.update(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PATCH", false) => self.patch(&rr, &q, &c.body, body_type(c.content_type)?).await?,

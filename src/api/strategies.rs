@@ -434,8 +434,7 @@ fn job_defaults(o: &mut Value) {
     let uid = o["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
     let spec = object_at(o, "spec");
-    let parallel_default = if spec["completions"].is_null() { 1 } else { spec["completions"].as_i64().unwrap_or(1).min(1).max(1) };
-    default(spec, "parallelism", json!(parallel_default));
+    default(spec, "parallelism", json!(1));
     default(spec, "backoffLimit", json!(6));
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));

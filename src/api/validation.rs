@@ -94,7 +94,7 @@ pub fn validate_labels(field: &str, labels: Option<&Value>, causes: &mut Vec<Cau
         }
         match v.as_str() {
             Some(s) if s.len() > 63 => causes.push(Cause::invalid(
-                format!("{field}"),
+                field,
                 v,
                 "must be no more than 63 characters",
             )),

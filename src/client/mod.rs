@@ -63,9 +63,6 @@ impl Client {
     pub async fn create(&self, path: &str, obj: &Value) -> Result<Value, ApiError> {
         self.call("POST", path, Some("application/json"), Bytes::from(obj.to_string())).await
     }
-    pub async fn replace(&self, path: &str, obj: &Value) -> Result<Value, ApiError> {
-        self.call("PUT", path, Some("application/json"), Bytes::from(obj.to_string())).await
-    }
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ApiError> {
         self.call("PATCH", path, Some("application/merge-patch+json"), Bytes::from(patch.to_string())).await
     }

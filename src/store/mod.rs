@@ -293,10 +293,6 @@ impl Store {
         watch::WatchStream::start(self.inner.db.clone(), &self.inner.events, prefix, from)
     }
 
-    /// Number of live event subscribers (diagnostics, benchmarks).
-    pub fn watchers(&self) -> usize {
-        self.inner.events.receiver_count()
-    }
 }
 
 /// Merges the current entries (sorted) with an overlay of older states (sorted): where both
