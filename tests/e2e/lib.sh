@@ -9,18 +9,29 @@ PORT=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.
 export KUBECONFIG=$E2E_DIR/kubeconfig
 SERVER_PID=
 
-start_server() {
-  "$FERROKUBE" server --disable-agent --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" \
-    --bind-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" "$@" >>"$E2E_DIR/server.log" 2>&1 &
+# launch_server TRIES INTERVAL WHAT READY-CMD -- SERVER-ARGS...: starts `ferrokube server` on
+# this run's data dir, port and kubeconfig, then waits until READY-CMD succeeds (TRIES x
+# INTERVAL seconds at most) or the server exits; WHAT names the wait in the failure message.
+launch_server() {
+  local tries=$1 interval=$2 what=$3 ready=$4
+  shift 4
+  [ "${1:-}" = -- ] && shift
+  "$FERROKUBE" server --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
+    --write-kubeconfig "$KUBECONFIG" "$@" >>"$E2E_DIR/server.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 100); do
-    if curl -skf "https://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then return 0; fi
+  for _ in $(seq "$tries"); do
+    if eval "$ready" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
-    sleep 0.05
+    sleep "$interval"
   done
-  echo "server did not become ready; log:" >&2
+  echo "$what; log:" >&2
   tail -20 "$E2E_DIR/server.log" >&2
   return 1
+}
+
+# The control plane alone, ready when /readyz answers.
+start_server() {
+  launch_server 100 0.05 "server did not become ready" 'curl -skf "https://127.0.0.1:$PORT/readyz"' -- --disable-agent "$@"
 }
 
 stop_server() {

@@ -15,17 +15,8 @@ RUN=$E2E_DIR/run
 IMAGE=docker.io/library/busybox:e2e
 
 start_node() {
-  "$FERROKUBE" server --data-dir "$E2E_DIR/data" --run-dir "$RUN" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
-    --write-kubeconfig "$KUBECONFIG" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE" >>"$E2E_DIR/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 300); do
-    if k get node e2e-node >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-  echo "node did not register; log:" >&2
-  tail -20 "$E2E_DIR/server.log" >&2
-  return 1
+  launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
+    --run-dir "$RUN" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE"
 }
 
 node_cleanup() {
