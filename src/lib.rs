@@ -9,3 +9,4 @@ pub mod cni;
 pub mod client;
 pub mod kubelet;
 pub mod scheduler;
+pub mod controllers;

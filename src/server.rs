@@ -139,6 +139,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     let serve = tokio::spawn(http::serve(api.clone(), listener, tls, Some(token)));
+    crate::controllers::start(api.clone());
+    crate::scheduler::start(crate::client::Client::in_process(api.clone(), concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))));
 
     let runtime = if cfg.disable_agent { None } else { Some(start_node(&cfg, api).await?) };
     shutdown_signal().await;
@@ -204,8 +206,6 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crat
         },
     );
     tokio::spawn(kubelet.run());
-    let binder = crate::client::Client::in_process(api, concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION")));
-    tokio::spawn(crate::scheduler::run_single_node(binder, node_name));
     Ok(runtime)
 }
 

@@ -248,6 +248,12 @@ async fn status_and_scale_subresources() {
     assert_eq!(s.body["spec"]["replicas"], 6);
     assert_eq!(t.get(&format!("{d}/web")).await.body["spec"]["replicas"], 6);
     assert_eq!(t.get("/api/v1/namespaces/default/configmaps/x/scale").await.code, 404);
+    // The status of a pod not yet bound to a node can be written (the scheduler's condition).
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+    assert_eq!(t.post("/api/v1/namespaces/default/pods", pod).await.code, 201);
+    let cond = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}});
+    let r = t.patch("/api/v1/namespaces/default/pods/p/status", "application/merge-patch+json", cond).await;
+    assert_eq!((r.code, r.body["status"]["conditions"][0]["reason"].as_str()), (200, Some("Unschedulable")));
 }
 
 #[tokio::test]

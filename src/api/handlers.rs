@@ -592,11 +592,16 @@ impl Api {
             Some(g) => Some(g.parse::<i64>().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?),
             None => opts["gracePeriodSeconds"].as_i64(),
         };
-        if let Some(p) = q.get("propagationPolicy").or(opts["propagationPolicy"].as_str()) {
-            if !["Orphan", "Background", "Foreground"].contains(&p) {
-                return Err(ApiError::bad_request(format!("propagationPolicy {p:?} is not one of Orphan, Background, Foreground")));
-            }
-        }
+        let policy = q.get("propagationPolicy").or(opts["propagationPolicy"].as_str());
+        let orphan_opt = opts["orphanDependents"].as_bool().or_else(|| q.get("orphanDependents").map(|v| v == "true"));
+        // Orphan and Foreground deletions are carried out by the garbage collector, which
+        // removes the finalizer named here once the dependents are released or gone.
+        let gc_finalizer = match (policy, orphan_opt) {
+            (Some("Orphan"), _) | (None, Some(true)) => Some("orphan"),
+            (Some("Foreground"), _) => Some("foregroundDeletion"),
+            (Some("Background") | None, _) => None,
+            (Some(p), _) => return Err(ApiError::bad_request(format!("propagationPolicy {p:?} is not one of Orphan, Background, Foreground"))),
+        };
         let name = rr.name.clone().unwrap_or_default();
         if rr.kind.is("", "namespaces") && SYSTEM_NAMESPACES.contains(&name.as_str()) && name != "kube-node-lease" {
             return Err(ApiError::forbidden(format!("namespaces {name:?} is forbidden: this namespace may not be deleted")));
@@ -621,7 +626,8 @@ impl Api {
             }
             let key = self.key(rr)?;
             let graceful = self.graceful_period(rr.kind, &old, grace);
-            let blocked = !obj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || graceful.is_some();
+            let add_finalizer = gc_finalizer.filter(|f| !obj::is_deleting(&old) && !obj::finalizers(&old).iter().any(|x| x == f));
+            let blocked = !obj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || graceful.is_some() || add_finalizer.is_some();
             if !blocked {
                 if dry_run {
                     return Ok(Reply::Object(200, old));
@@ -643,6 +649,12 @@ impl Api {
             let mut new = old.clone();
             let meta = meta_mut(&mut new);
             let secs = graceful.unwrap_or(0);
+            if let Some(f) = add_finalizer {
+                let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(a) = list.as_array_mut() {
+                    a.push(json!(f));
+                }
+            }
             if meta.get("deletionTimestamp").is_none() || graceful.is_some() {
                 meta.insert("deletionTimestamp".into(), json!(obj::now_plus(secs)));
                 meta.insert("deletionGracePeriodSeconds".into(), json!(secs));

@@ -123,6 +123,21 @@ impl Kind {
     pub fn has(&self, sub: Sub) -> bool {
         self.subresources.contains(&sub)
     }
+    /// URL of the collection (in `namespace`, for namespaced kinds) or of one object.
+    pub fn url(&self, namespace: Option<&str>, name: Option<&str>) -> String {
+        let root = if self.group.is_empty() { "/api".to_string() } else { format!("/apis/{}", self.group) };
+        let mut u = format!("{root}/{}", self.version);
+        if let (true, Some(ns)) = (self.namespaced, namespace) {
+            u.push_str(&format!("/namespaces/{ns}"));
+        }
+        u.push('/');
+        u.push_str(self.plural);
+        if let Some(n) = name {
+            u.push('/');
+            u.push_str(n);
+        }
+        u
+    }
     /// Verbs listed in discovery.
     pub fn verbs(&self) -> &'static [&'static str] {
         &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -224,4 +239,10 @@ pub fn groups() -> Vec<(&'static str, &'static str)> {
         }
     }
     out
+}
+
+/// The kind an `apiVersion` + `kind` pair (as in an owner reference) names.
+pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static Kind> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    all().into_iter().find(|k| k.group == group && k.version == version && k.kind == kind)
 }

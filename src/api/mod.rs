@@ -15,6 +15,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod request;
 pub mod schema;
 pub mod selector;

@@ -241,7 +241,14 @@ fn mutable_pod_spec(old: &Value, new: &Value) -> Value {
         }
     }
     if old["nodeName"].is_null() || old["nodeName"] == "" {
-        merged["nodeName"] = new["nodeName"].clone();
+        match new.get("nodeName") {
+            Some(n) => merged["nodeName"] = n.clone(),
+            None => {
+                if let Some(m) = merged.as_object_mut() {
+                    m.remove("nodeName");
+                }
+            }
+        }
     }
     merged
 }
@@ -492,9 +499,8 @@ fn cronjob_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
     match spec["schedule"].as_str() {
         None | Some("") => c.push(Cause::required("spec.schedule", "")),
         Some(s) => {
-            let fields = s.split_whitespace().count();
-            if !(s.starts_with('@') || fields == 5) {
-                c.push(Cause::invalid("spec.schedule", &spec["schedule"], "expected exactly 5 fields or a @-descriptor"));
+            if let Err(why) = crate::controllers::cron::Schedule::parse(s) {
+                c.push(Cause::invalid("spec.schedule", &spec["schedule"], why));
             }
         }
     }

@@ -46,25 +46,6 @@ pub(super) fn field_ref(pod: &Value, path: &str, pod_ip: &str) -> Option<String>
     })
 }
 
-/// CPU quantity in millicores (`500m`, `2`, `0.5`).
-pub(super) fn millicores(q: &str) -> Option<i64> {
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().ok(),
-        None => q.parse::<f64>().ok().map(|c| (c * 1000.0).round() as i64),
-    }
-}
-
-/// Memory quantity in bytes (`64Mi`, `1G`, `1000`).
-pub(super) fn bytes(q: &str) -> Option<i64> {
-    const UNITS: &[(&str, i64)] = &[("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)];
-    for (suffix, mult) in UNITS {
-        if let Some(n) = q.strip_suffix(suffix) {
-            return n.parse::<f64>().ok().map(|n| (n * *mult as f64) as i64);
-        }
-    }
-    q.parse::<f64>().ok().map(|n| n as i64)
-}
-
 fn condition(ty: &str, ok: bool, old: &Value) -> Value {
     let status = if ok { "True" } else { "False" };
     // Keep the transition time while the condition holds.

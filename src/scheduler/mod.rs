@@ -1,51 +1,181 @@
-//! Binding of pending pods. For now: every pod without `spec.nodeName` (and for the default
-//! scheduler) is bound to the one node this process runs, through the `binding`
-//! subresource as any scheduler does. The filtering and scoring scheduler replaces this.
+//! The scheduler: binds pending pods to nodes. [`algorithm`] decides (filters, scores) over a
+//! [`cache::Cache`] of nodes and the pods on them; this module keeps that cache current from
+//! watches, queues pending pods, binds through the `pods/binding` subresource, and marks pods
+//! no node can take `PodScheduled=False` (with an event) until the cluster changes.
+
+pub mod algorithm;
+pub mod cache;
+pub mod fit;
 
 use crate::client::Client;
-use serde_json::json;
-use std::time::Duration;
+use crate::controllers::queue::Queue;
+use crate::controllers::watcher;
+use cache::{Cache, PodInfo};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-/// Binds pending pods to `node` as they appear.
-pub async fn run_single_node(client: Client, node: String) {
-    let pending = "/api/v1/pods?fieldSelector=spec.nodeName%3D";
-    loop {
-        bind_pending(&client, &node, pending).await;
-        match client.watch(pending).await {
-            Ok(mut events) => {
-                while let Some(ev) = events.recv().await {
-                    if ev.kind == "ADDED" || ev.kind == "MODIFIED" {
-                        bind_one(&client, &node, &ev.object).await;
+pub const NAME: &str = "default-scheduler";
+
+#[derive(Default)]
+struct State {
+    cache: Cache,
+    /// Pending pods by key, as last seen.
+    pending: HashMap<String, Value>,
+    /// Pods no node could take; retried when nodes or pods change.
+    unschedulable: HashSet<String>,
+    turn: usize,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn is_pending(pod: &Value) -> bool {
+    pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+        && pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["spec"]["schedulerName"].as_str().is_none_or(|s| s == NAME)
+        && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+/// Puts every unschedulable pod back in the queue (the cluster changed).
+fn retry_unschedulable(state: &mut State, queue: &Queue) {
+    for key in state.unschedulable.drain() {
+        queue.add(key);
+    }
+}
+
+/// Runs the scheduler until the process ends.
+pub fn start(client: Client) {
+    let queue = Queue::new();
+    let state: Shared = Arc::default();
+    let (q, s) = (queue.clone(), state.clone());
+    watcher::follow(client.clone(), "/api/v1/nodes".into(), move |ty, node| {
+        let mut st = lock(&s);
+        let changed = if ty == "DELETED" {
+            st.cache.remove_node(node["metadata"]["name"].as_str().unwrap_or(""));
+            false
+        } else {
+            st.cache.upsert_node(node)
+        };
+        if changed {
+            retry_unschedulable(&mut st, &q);
+        }
+    });
+    let (q, s) = (queue.clone(), state.clone());
+    watcher::follow(client.clone(), "/api/v1/pods".into(), move |ty, pod| {
+        let key = crate::controllers::key_of(pod);
+        let mut st = lock(&s);
+        let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+        if ty == "DELETED" || finished {
+            st.pending.remove(&key);
+            st.unschedulable.remove(&key);
+            if st.cache.remove_pod(&key) {
+                // Resources were freed.
+                retry_unschedulable(&mut st, &q);
+            }
+            return;
+        }
+        if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            st.pending.remove(&key);
+            st.unschedulable.remove(&key);
+            if st.cache.node_of(&key) != Some(node) {
+                st.cache.add_pod(node, PodInfo::parse(pod));
+            }
+            return;
+        }
+        if is_pending(pod) {
+            let known = st.pending.insert(key.clone(), pod.clone()).is_some();
+            if !known || !st.unschedulable.contains(&key) {
+                q.add(key);
+            }
+        } else {
+            st.pending.remove(&key);
+        }
+    });
+    let worker_client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let key = queue.next().await;
+            schedule_one(&worker_client, &state, &queue, &key).await;
+            queue.done(&key, true);
+        }
+    });
+}
+
+async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, key: &str) {
+    let decision = {
+        let mut st = lock(state);
+        let Some(pod) = st.pending.get(key).cloned() else { return };
+        let info = PodInfo::parse(&pod);
+        let mut turn = st.turn;
+        let r = algorithm::schedule(&st.cache, &info, &mut turn);
+        st.turn = turn;
+        match r {
+            Ok(node) => {
+                // Assume: account the pod now so the next decision sees it.
+                st.cache.add_pod(&node, info);
+                st.pending.remove(key);
+                Ok((pod, node))
+            }
+            Err(why) => {
+                st.unschedulable.insert(key.to_string());
+                Err((pod, why))
+            }
+        }
+    };
+    match decision {
+        Ok((pod, node)) => {
+            // Bind without holding up the next decision.
+            let (client, state, queue, key) = (client.clone(), state.clone(), queue.clone(), key.to_string());
+            tokio::spawn(async move {
+                let (ns, name) = crate::controllers::split_key(&key);
+                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                match client.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &binding).await {
+                    Ok(_) => {
+                        tracing::debug!(pod = %key, %node, "bound");
+                        crate::controllers::event(&client, NAME, &with_type(&pod), "Normal", "Scheduled", &format!("Successfully assigned {key} to {node}")).await;
+                    }
+                    Err(e) if e.code == 404 || e.code == 409 => {
+                        // Gone, or bound by someone else: the watch brings the truth.
+                        lock(&state).cache.remove_pod(&key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "binding failed; retrying");
+                        let mut st = lock(&state);
+                        st.cache.remove_pod(&key);
+                        st.pending.insert(key.clone(), pod);
+                        drop(st);
+                        queue.add_after(key, crate::controllers::queue::backoff(4));
                     }
                 }
+            });
+        }
+        Err((pod, why)) => {
+            let message = why.to_string();
+            let current = pod["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "PodScheduled").cloned();
+            if current.is_some_and(|c| c["status"] == "False" && c["message"] == message.as_str()) {
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "scheduler watch"),
+            tracing::debug!(pod = %key, %message, "unschedulable");
+            let (ns, name) = crate::controllers::split_key(key);
+            let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": crate::api::object::now()});
+            let mut conds: Vec<Value> = pod["status"]["conditions"].as_array().into_iter().flatten().filter(|c| c["type"] != "PodScheduled").cloned().collect();
+            conds.push(cond);
+            let patch = json!({"status": {"conditions": conds, "phase": "Pending"}});
+            if let Err(e) = client.merge_patch(&format!("/api/v1/namespaces/{ns}/pods/{name}/status"), &patch).await {
+                tracing::debug!(pod = %key, error = %e, "PodScheduled condition not written");
+            }
+            crate::controllers::event(client, NAME, &with_type(&pod), "Warning", "FailedScheduling", &message).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn bind_pending(client: &Client, node: &str, pending: &str) {
-    if let Ok(list) = client.get(pending).await {
-        for pod in list["items"].as_array().into_iter().flatten() {
-            bind_one(client, node, pod).await;
-        }
-    }
-}
-
-async fn bind_one(client: &Client, node: &str, pod: &serde_json::Value) {
-    let spec = &pod["spec"];
-    if spec["nodeName"].as_str().is_some_and(|n| !n.is_empty()) || pod["metadata"]["deletionTimestamp"].is_string() {
-        return;
-    }
-    if spec["schedulerName"].as_str().is_some_and(|s| s != "default-scheduler") {
-        return;
-    }
-    let (ns, name) = (pod["metadata"]["namespace"].as_str().unwrap_or(""), pod["metadata"]["name"].as_str().unwrap_or(""));
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-    match client.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &binding).await {
-        Ok(_) => tracing::debug!(pod = %format!("{ns}/{name}"), %node, "bound"),
-        Err(e) if e.code == 409 || e.code == 404 => {}
-        Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "binding failed"),
-    }
+fn with_type(pod: &Value) -> Value {
+    let mut p = pod.clone();
+    p["apiVersion"] = json!("v1");
+    p["kind"] = json!("Pod");
+    p
 }

@@ -82,3 +82,46 @@ summary() {
   echo "$(basename "$0"): $PASS passed, $FAIL failed"
   [ "$FAIL" -eq 0 ]
 }
+
+# use_node: this suite runs a node (root): a bridge, pod CIDR and run dir of its own, the
+# busybox test image name, start_node, and a cleanup that leaves nothing behind.
+use_node() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "$(basename "$0") needs root (containerd, network namespaces, iptables)" >&2
+    exit 1
+  fi
+  BRIDGE=fke2e$((RANDOM % 100))
+  CIDR=10.42.$((100 + RANDOM % 100)).0/24
+  NET=${CIDR%.0/24}
+  RUN=$E2E_DIR/run
+  IMAGE=docker.io/library/busybox:e2e
+
+  start_node() {
+    launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
+      --run-dir "$RUN" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE"
+  }
+
+  node_cleanup() {
+    k delete pods --all --wait --timeout=60s >/dev/null 2>&1
+    stop_server TERM
+    # Whatever a failed run left: shims of our containerd, mounts, the bridge, our chains.
+    pkill -f "containerd-shim.*$RUN" 2>/dev/null
+    for m in $(awk -v d="$E2E_DIR" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
+    ip link del "$BRIDGE" 2>/dev/null
+    cleanup
+  }
+  trap node_cleanup EXIT
+}
+
+# eventually NAME EXPECTED TIMEOUT CMD... : CMD prints EXPECTED within TIMEOUT seconds.
+eventually() {
+  local name=$1 want=$2 limit=$3 got
+  shift 3
+  local deadline=$((SECONDS + limit))
+  while :; do
+    got=$("$@" 2>&1)
+    if [ "$got" = "$want" ]; then ok "$name"; return 0; fi
+    if [ "$SECONDS" -ge "$deadline" ]; then not_ok "$name" "expected [$want] got [$got] after ${limit}s"; return 1; fi
+    sleep 0.5
+  done
+}

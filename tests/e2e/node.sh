@@ -4,31 +4,7 @@
 # survive a kill -9 of ferrokube, and leave nothing behind when deleted.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
-if [ "$(id -u)" != 0 ]; then
-  echo "node.sh needs root (containerd, network namespaces, iptables)" >&2
-  exit 1
-fi
-BRIDGE=fke2e$((RANDOM % 100))
-CIDR=10.42.$((100 + RANDOM % 100)).0/24
-NET=${CIDR%.0/24}
-RUN=$E2E_DIR/run
-IMAGE=docker.io/library/busybox:e2e
-
-start_node() {
-  launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
-    --run-dir "$RUN" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE"
-}
-
-node_cleanup() {
-  k delete pods --all --wait --timeout=60s >/dev/null 2>&1
-  stop_server TERM
-  # Whatever a failed run left: shims of our containerd, mounts, the bridge, our chains.
-  pkill -f "containerd-shim.*$RUN" 2>/dev/null
-  for m in $(awk -v d="$E2E_DIR" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
-  ip link del "$BRIDGE" 2>/dev/null
-  cleanup
-}
-trap node_cleanup EXIT
+use_node
 
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >/dev/null
 # The airgap directory: archives there are imported at start (gzip too).

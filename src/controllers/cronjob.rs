@@ -1,0 +1,258 @@
+//! CronJobs: create a Job at each scheduled time (in `timeZone`, or the host's local time),
+//! honouring `concurrencyPolicy`, `startingDeadlineSeconds`, `suspend` and the history limits.
+//! After downtime, only the most recent missed time runs, and only within the deadline.
+
+use super::cron::Schedule;
+use super::queue::Queue;
+use super::{controlled_by, controller_of, event, run_workers, watcher, Next};
+use crate::api::status::ApiError;
+use crate::client::Client;
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const COMPONENT: &str = "cronjob-controller";
+const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+
+pub fn start(client: Client) {
+    let queue = Queue::new();
+    let q = queue.clone();
+    watcher::follow(client.clone(), "/apis/batch/v1/cronjobs".into(), move |_, cj| q.add(super::key_of(cj)));
+    let q = queue.clone();
+    watcher::follow(client.clone(), "/apis/batch/v1/jobs".into(), move |_, j| {
+        if let Some(r) = controller_of(j).filter(|r| r["kind"] == "CronJob") {
+            q.add(format!("{}/{}", j["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
+        }
+    });
+    run_workers("cronjob", queue, 1, move |key| {
+        let client = client.clone();
+        async move { reconcile(&client, &key).await }
+    });
+}
+
+fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The wall clock a schedule is read in.
+#[derive(Clone, Copy)]
+enum Zone {
+    Local,
+    Utc,
+}
+
+impl Zone {
+    fn of(cj: &Value) -> Result<Zone, String> {
+        match cj["spec"]["timeZone"].as_str() {
+            None => Ok(Zone::Local),
+            Some("UTC" | "Etc/UTC" | "Etc/GMT" | "GMT" | "Etc/Zulu" | "Zulu") => Ok(Zone::Utc),
+            Some(tz) if local_zone_name().as_deref() == Some(tz) => Ok(Zone::Local),
+            Some(tz) => Err(format!("unknown time zone {tz}")),
+        }
+    }
+    fn wall(self, t: DateTime<Utc>) -> NaiveDateTime {
+        match self {
+            Zone::Local => t.with_timezone(&Local).naive_local(),
+            Zone::Utc => t.naive_utc(),
+        }
+    }
+    fn instant(self, t: NaiveDateTime) -> Option<DateTime<Utc>> {
+        match self {
+            Zone::Local => Local.from_local_datetime(&t).earliest().map(|t| t.with_timezone(&Utc)),
+            Zone::Utc => Some(Utc.from_utc_datetime(&t)),
+        }
+    }
+}
+
+/// The host's zone name, from /etc/timezone or the /etc/localtime link.
+fn local_zone_name() -> Option<String> {
+    if let Ok(s) = std::fs::read_to_string("/etc/timezone") {
+        return Some(s.trim().to_string());
+    }
+    let link = std::fs::read_link("/etc/localtime").ok()?;
+    let s = link.to_string_lossy();
+    s.split_once("zoneinfo/").map(|(_, z)| z.to_string())
+}
+
+/// The scheduled times after `from` up to `now`: how many, and the latest.
+fn missed(s: &Schedule, zone: Zone, from: DateTime<Utc>, now: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
+    let (mut count, mut latest) = (0, None);
+    let mut t = zone.wall(from);
+    while let Some(n) = s.next_after(t) {
+        let Some(at) = zone.instant(n) else { t = n; continue };
+        if at > now {
+            break;
+        }
+        count += 1;
+        latest = Some(at);
+        t = n;
+        if count == 101 {
+            // Too many to walk one by one: jump close to now for the latest one.
+            t = t.max(zone.wall(now - chrono::Duration::minutes(1)));
+        }
+    }
+    (count, latest)
+}
+
+fn job_finished(j: &Value) -> Option<&'static str> {
+    let conds = j["status"]["conditions"].as_array()?;
+    if conds.iter().any(|c| c["type"] == "Complete" && c["status"] == "True") {
+        Some("Complete")
+    } else if conds.iter().any(|c| c["type"] == "Failed" && c["status"] == "True") {
+        Some("Failed")
+    } else {
+        None
+    }
+}
+
+async fn delete_job(client: &Client, ns: &str, j: &Value) -> Result<(), ApiError> {
+    let url = format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or(""));
+    match client.delete(&url, &json!({"propagationPolicy": "Background"})).await {
+        Ok(_) | Err(ApiError { code: 404 | 409, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
+    let (ns, name) = super::split_key(key);
+    let url = format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}");
+    let mut cj = match client.get(&url).await {
+        Ok(o) => o,
+        Err(e) if e.code == 404 => return Ok(Next::Idle),
+        Err(e) => return Err(e),
+    };
+    cj["apiVersion"] = json!("batch/v1");
+    cj["kind"] = json!("CronJob");
+    if cj["metadata"]["deletionTimestamp"].is_string() {
+        return Ok(Next::Idle);
+    }
+    let uid = cj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let listed = client.get(&format!("/apis/batch/v1/namespaces/{ns}/jobs")).await?;
+    let mut jobs: Vec<Value> = listed["items"].as_array().into_iter().flatten().filter(|j| controlled_by(j, &uid) && j["metadata"]["deletionTimestamp"].is_null()).cloned().collect();
+    jobs.sort_by_key(|j| j["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+    let spec = &cj["spec"];
+
+    // History: keep the newest finished jobs within the limits.
+    for (state, limit) in [("Complete", spec["successfulJobsHistoryLimit"].as_i64().unwrap_or(3)), ("Failed", spec["failedJobsHistoryLimit"].as_i64().unwrap_or(1))] {
+        let done: Vec<&Value> = jobs.iter().filter(|j| job_finished(j) == Some(state)).collect();
+        let extra = done.len().saturating_sub(limit.max(0) as usize);
+        for j in &done[..extra] {
+            delete_job(client, ns, j).await?;
+        }
+    }
+    let mut active: Vec<&Value> = jobs.iter().filter(|j| job_finished(j).is_none()).collect();
+    let last_success = jobs.iter().filter(|j| job_finished(j) == Some("Complete")).filter_map(|j| j["status"]["completionTime"].as_str()).max().map(String::from);
+
+    let now = Utc::now();
+    let mut next = Next::Idle;
+    let mut last_schedule = cj["status"]["lastScheduleTime"].clone();
+    if spec["suspend"] != json!(true) {
+        match (Schedule::parse(spec["schedule"].as_str().unwrap_or("")), Zone::of(&cj)) {
+            (Err(e), _) | (_, Err(e)) => {
+                event(client, COMPONENT, &cj, "Warning", "UnparseableSchedule", &format!("unparseable schedule: {e}")).await;
+            }
+            (Ok(sched), Ok(zone)) => {
+                let created = parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
+                let mut from = parse_time(&last_schedule).unwrap_or(created);
+                let deadline = spec["startingDeadlineSeconds"].as_i64();
+                if let Some(d) = deadline {
+                    from = from.max(now - chrono::Duration::seconds(d));
+                }
+                let (count, latest) = missed(&sched, zone, from, now);
+                if count > 100 {
+                    event(client, COMPONENT, &cj, "Warning", "TooManyMissedTimes", &format!("too many missed start times: {count}. Set or decrease .spec.startingDeadlineSeconds or check clock skew")).await;
+                }
+                if let Some(at) = latest {
+                    let too_late = deadline.is_some_and(|d| at + chrono::Duration::seconds(d) < now);
+                    let policy = spec["concurrencyPolicy"].as_str().unwrap_or("Allow");
+                    if too_late {
+                        event(client, COMPONENT, &cj, "Warning", "MissSchedule", &format!("Missed scheduled time to start a job: {}", at.to_rfc3339())).await;
+                    } else if policy == "Forbid" && !active.is_empty() {
+                        // Skipped: the next schedule will try again.
+                        tracing::debug!(cronjob = %key, "schedule skipped: a job is still active");
+                    } else {
+                        if policy == "Replace" {
+                            for j in active.drain(..) {
+                                delete_job(client, ns, j).await?;
+                                event(client, COMPONENT, &cj, "Normal", "SuccessfulDelete", &format!("Deleted job {}", j["metadata"]["name"].as_str().unwrap_or(""))).await;
+                            }
+                        }
+                        let job = job_for(&cj, at);
+                        match client.create(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
+                            Ok(j) => event(client, COMPONENT, &cj, "Normal", "SuccessfulCreate", &format!("Created job {}", j["metadata"]["name"].as_str().unwrap_or(""))).await,
+                            Err(e) if e.code == 409 => {}
+                            Err(e) => {
+                                event(client, COMPONENT, &cj, "Warning", "FailedCreate", &format!("Error creating job: {}", e.message)).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                    last_schedule = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                }
+                if let Some(n) = sched.next_after(zone.wall(now)).and_then(|n| zone.instant(n)) {
+                    next = Next::After((n - now).to_std().unwrap_or_default() + Duration::from_millis(200));
+                }
+            }
+        }
+    }
+    // Active references: jobs still running (and the one just created shows on the next pass).
+    let refs: Vec<Value> = jobs
+        .iter()
+        .filter(|j| job_finished(j).is_none())
+        .map(|j| json!({"apiVersion": "batch/v1", "kind": "Job", "name": j["metadata"]["name"], "namespace": ns, "uid": j["metadata"]["uid"], "resourceVersion": j["metadata"]["resourceVersion"]}))
+        .collect();
+    let mut status = serde_json::Map::new();
+    if !refs.is_empty() {
+        status.insert("active".into(), json!(refs));
+    }
+    if !last_schedule.is_null() {
+        status.insert("lastScheduleTime".into(), last_schedule);
+    }
+    if let Some(t) = last_success {
+        status.insert("lastSuccessfulTime".into(), json!(t));
+    }
+    super::write_status(client, &url, &cj, Value::Object(status)).await?;
+    Ok(next)
+}
+
+/// The Job for the run scheduled at `at`: named after the CronJob and the scheduled minute.
+fn job_for(cj: &Value, at: DateTime<Utc>) -> Value {
+    let name = cj["metadata"]["name"].as_str().unwrap_or("");
+    let tmpl = &cj["spec"]["jobTemplate"];
+    let mut meta = tmpl["metadata"].as_object().cloned().unwrap_or_default();
+    meta.insert("name".into(), json!(format!("{name}-{}", at.timestamp() / 60)));
+    meta.insert("namespace".into(), cj["metadata"]["namespace"].clone());
+    meta.insert("ownerReferences".into(), json!([super::controller_ref(cj)]));
+    let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+    ann[SCHEDULED] = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": tmpl["spec"]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_times_count_and_latest() {
+        let s = Schedule::parse("*/10 * * * *").unwrap();
+        let from = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 10, 35, 0).unwrap();
+        let (n, latest) = missed(&s, Zone::Utc, from, now);
+        assert_eq!(n, 3);
+        assert_eq!(latest, Some(Utc.with_ymd_and_hms(2026, 1, 1, 10, 30, 0).unwrap()));
+        let (n, latest) = missed(&s, Zone::Utc, now, now);
+        assert_eq!((n, latest), (0, None));
+    }
+
+    #[test]
+    fn job_names_carry_the_scheduled_minute() {
+        let cj = json!({"metadata": {"name": "tick", "namespace": "default", "uid": "u"}, "apiVersion": "batch/v1", "kind": "CronJob",
+            "spec": {"jobTemplate": {"metadata": {"labels": {"a": "b"}}, "spec": {"template": {}}}}});
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 10, 30, 0).unwrap();
+        let j = job_for(&cj, at);
+        assert_eq!(j["metadata"]["name"], format!("tick-{}", at.timestamp() / 60));
+        assert_eq!(j["metadata"]["labels"]["a"], "b");
+        assert_eq!(j["metadata"]["annotations"][SCHEDULED], "2026-01-01T10:30:00Z");
+        assert_eq!(j["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+}

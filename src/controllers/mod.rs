@@ -1,0 +1,321 @@
+//! The controllers: reconcile loops that drive the cluster toward what its objects declare.
+//! Each one follows the collections it cares about ([`watcher::follow`]), turns what it sees
+//! into keys on its [`queue::Queue`], and reconciles one key at a time against the current
+//! state read from the API, through the same [`Client`] as any other component.
+
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
+pub mod gc;
+pub mod job;
+pub mod queue;
+pub mod replicaset;
+pub mod serviceaccount;
+pub mod watcher;
+
+use crate::api::selector::LabelSelector;
+use crate::api::status::ApiError;
+use crate::client::Client;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a reconcile pass asks for next.
+pub enum Next {
+    /// Done until something changes.
+    Idle,
+    /// Look again after this long (time-based conditions: minReadySeconds, deadlines, schedules).
+    After(Duration),
+}
+
+/// Starts every controller; each gets its own client (its name shows in managedFields).
+pub fn start(api: Arc<crate::api::Api>) {
+    let client = |agent: &'static str| Client::in_process(api.clone(), agent);
+    serviceaccount::start(client("ferrokube-controller/serviceaccount"));
+    gc::start(client("ferrokube-controller/garbage-collector"));
+    replicaset::start(client("ferrokube-controller/replicaset"));
+    deployment::start(client("ferrokube-controller/deployment"));
+    job::start(client("ferrokube-controller/job"));
+    cronjob::start(client("ferrokube-controller/cronjob"));
+    daemonset::start(client("ferrokube-controller/daemonset"));
+}
+
+/// Runs `workers` loops that take keys from `queue` and reconcile them.
+pub fn run_workers<F, Fut>(name: &'static str, queue: queue::Queue, workers: usize, reconcile: F)
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Next, ApiError>> + Send,
+{
+    for _ in 0..workers {
+        let (q, reconcile) = (queue.clone(), reconcile.clone());
+        tokio::spawn(async move {
+            loop {
+                let key = q.next().await;
+                let r = reconcile(key.clone()).await;
+                match r {
+                    Ok(next) => {
+                        q.done(&key, true);
+                        if let Next::After(d) = next {
+                            q.add_after(key, d);
+                        }
+                    }
+                    Err(e) => {
+                        if e.code == 409 {
+                            tracing::debug!(controller = name, %key, error = %e, "conflict; retrying");
+                        } else {
+                            tracing::warn!(controller = name, %key, error = %e, "reconcile failed; retrying");
+                        }
+                        q.done(&key, false);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `namespace/name` (or `name` for cluster-scoped objects).
+pub fn key_of(o: &Value) -> String {
+    let name = o["metadata"]["name"].as_str().unwrap_or("");
+    match o["metadata"]["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Splits a key into namespace and name.
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+/// The owner reference with `controller: true`, if any.
+pub fn controller_of(o: &Value) -> Option<&Value> {
+    o["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == json!(true))
+}
+
+/// Whether `o` is controlled by the object with `uid`.
+pub fn controlled_by(o: &Value, uid: &str) -> bool {
+    controller_of(o).is_some_and(|r| r["uid"] == uid)
+}
+
+/// An owner reference to `owner` that marks it as the controller.
+pub fn controller_ref(owner: &Value) -> Value {
+    json!({
+        "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// A merge patch that sets the owner references of `obj` to `refs` (removing the field when
+/// none are left), valid only against the version of `obj` it was computed from.
+pub fn owner_refs_patch<T: serde::Serialize>(obj: &Value, refs: &[T]) -> Value {
+    let refs = if refs.is_empty() { Value::Null } else { json!(refs) };
+    json!({"metadata": {"ownerReferences": refs, "resourceVersion": obj["metadata"]["resourceVersion"]}})
+}
+
+/// The label selector of a workload (`spec.selector`); an invalid or empty one selects nothing.
+pub fn selector_of(o: &Value) -> Option<LabelSelector> {
+    let s = LabelSelector::from_object(&o["spec"]["selector"]).ok()?;
+    (!s.is_empty()).then_some(s)
+}
+
+/// A pod that is neither finished nor being deleted.
+pub fn pod_active(p: &Value) -> bool {
+    !p["metadata"]["deletionTimestamp"].is_string() && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+/// When the pod turned Ready, if it is.
+pub fn pod_ready_since(p: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    let t = c["lastTransitionTime"].as_str().unwrap_or("");
+    Some(chrono::DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_else(|_| chrono::Utc::now()))
+}
+
+pub fn pod_ready(p: &Value) -> bool {
+    pod_ready_since(p).is_some()
+}
+
+/// Ready for at least `min_ready` seconds. When it is ready but not yet for long enough, the
+/// second value says when it will be.
+pub fn pod_available(p: &Value, min_ready: i64) -> (bool, Option<Duration>) {
+    match pod_ready_since(p) {
+        None => (false, None),
+        Some(_) if min_ready <= 0 => (true, None),
+        Some(since) => {
+            let left = since + chrono::Duration::seconds(min_ready) - chrono::Utc::now();
+            if left <= chrono::Duration::zero() {
+                (true, None)
+            } else {
+                (false, Some(left.to_std().unwrap_or_default() + Duration::from_millis(50)))
+            }
+        }
+    }
+}
+
+/// The pods of `namespace` (all of them; callers filter by selector and owner).
+pub async fn pods_in(client: &Client, namespace: &str) -> Result<Vec<Value>, ApiError> {
+    let list = client.get(&format!("/api/v1/namespaces/{namespace}/pods")).await?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// A pod for `owner` from its `template`, named `generate_name` + random suffix unless `name`.
+pub fn pod_from_template(owner: &Value, template: &Value, generate_name: &str) -> Value {
+    let mut meta = template["metadata"].as_object().cloned().unwrap_or_default();
+    meta.remove("name");
+    meta.insert("generateName".into(), json!(generate_name));
+    meta.insert("namespace".into(), owner["metadata"]["namespace"].clone());
+    meta.insert("ownerReferences".into(), json!([controller_ref(owner)]));
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]})
+}
+
+/// Records an Event about `obj` (type Normal or Warning), as upstream components do; failures
+/// to record are only logged.
+pub async fn event(client: &Client, component: &str, obj: &Value, ty: &str, reason: &str, message: &str) {
+    let ns = obj["metadata"]["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let now = crate::api::object::now();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{nanos:x}"), "namespace": ns},
+        "involvedObject": {
+            "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": name,
+            "namespace": obj["metadata"]["namespace"], "uid": obj["metadata"]["uid"],
+            "resourceVersion": obj["metadata"]["resourceVersion"],
+        },
+        "reason": reason, "message": message, "type": ty, "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": component}, "reportingComponent": component,
+    });
+    if let Err(e) = client.create(&format!("/api/v1/namespaces/{ns}/events"), &ev).await {
+        tracing::debug!(error = %e, reason, "event not recorded");
+    }
+}
+
+/// Sets condition `ty` in `conditions` (a status array), keeping lastTransitionTime when the
+/// status does not change. Returns whether anything changed.
+pub fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str, reason: &str, message: &str) -> bool {
+    let now = crate::api::object::now();
+    if let Some(c) = conditions.iter_mut().find(|c| c["type"] == ty) {
+        if c["status"] == status && c["reason"] == reason && c["message"] == message {
+            return false;
+        }
+        if c["status"] != status {
+            c["lastTransitionTime"] = json!(now);
+        }
+        c["status"] = json!(status);
+        c["reason"] = json!(reason);
+        c["message"] = json!(message);
+        c["lastUpdateTime"] = json!(now);
+        return true;
+    }
+    conditions.push(json!({"type": ty, "status": status, "lastUpdateTime": now, "lastTransitionTime": now, "reason": reason, "message": message}));
+    true
+}
+
+/// Makes `want` the status of `obj` (at `url`) if it differs from the current one: fields
+/// gone from `want` are removed. Someone else having deleted the object is not an error.
+pub async fn write_status(client: &Client, url: &str, obj: &Value, want: Value) -> Result<(), ApiError> {
+    let prev = &obj["status"];
+    if *prev == want {
+        return Ok(());
+    }
+    let mut patch = want;
+    if let (Some(p), Some(prev)) = (patch.as_object_mut(), prev.as_object()) {
+        for k in prev.keys() {
+            if !p.contains_key(k) {
+                p.insert(k.clone(), Value::Null);
+            }
+        }
+    }
+    match client.merge_patch(&format!("{url}/status"), &json!({"status": patch})).await {
+        Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Resolves an int-or-percent (`maxSurge`, `maxUnavailable`) against `total`.
+pub fn int_or_percent(v: &Value, total: i64, round_up: bool, default: i64) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(default),
+        Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+            Some(p) if round_up => (p * total + 99) / 100,
+            Some(p) => p * total / 100,
+            None => s.parse().unwrap_or(default),
+        },
+        _ => default,
+    }
+}
+
+/// A stable short hash of `v` (keys sorted), spelled with the characters upstream uses for
+/// generated names (no vowels, no look-alikes).
+pub fn stable_hash(v: &Value) -> String {
+    fn canonical(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for k in keys {
+                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                    out.push(':');
+                    canonical(&m[k], out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for x in a {
+                    canonical(x, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut s = String::new();
+    canonical(v, &mut s);
+    // FNV-1a, 32 bits.
+    let mut h: u32 = 0x811c9dc5;
+    for b in s.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut out = String::new();
+    let mut n = h as u64;
+    loop {
+        out.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
+        n /= ALPHABET.len() as u64;
+        if n == 0 {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_ignores_key_order_and_sees_values() {
+        let a = json!({"x": 1, "y": {"b": [1, 2], "a": "s"}});
+        let b = json!({"y": {"a": "s", "b": [1, 2]}, "x": 1});
+        let c = json!({"y": {"a": "t", "b": [1, 2]}, "x": 1});
+        assert_eq!(stable_hash(&a), stable_hash(&b));
+        assert_ne!(stable_hash(&a), stable_hash(&c));
+        assert!(stable_hash(&a).chars().all(|ch| "bcdfghjklmnpqrstvwxz2456789".contains(ch)));
+    }
+
+    #[test]
+    fn int_or_percent_rounds_as_upstream() {
+        assert_eq!(int_or_percent(&json!("25%"), 3, true, 0), 1);
+        assert_eq!(int_or_percent(&json!("25%"), 3, false, 0), 0);
+        assert_eq!(int_or_percent(&json!(2), 3, false, 0), 2);
+        assert_eq!(int_or_percent(&Value::Null, 3, false, 1), 1);
+    }
+}

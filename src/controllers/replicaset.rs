@@ -1,0 +1,234 @@
+//! ReplicaSets and ReplicationControllers: keep `spec.replicas` active pods that match the
+//! selector, adopting matching orphans and releasing pods that stop matching; report
+//! replicas, fullyLabeled, ready and available counts in the status.
+
+use super::queue::Queue;
+use super::{controlled_by, controller_of, event, pod_active, pod_available, pod_ready, pods_in, run_workers, watcher, Next};
+use crate::api::selector::LabelSelector;
+use crate::api::status::ApiError;
+use crate::client::Client;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The two kinds this controller serves.
+#[derive(Clone, Copy)]
+struct Flavor {
+    kind: &'static str,
+    collection: &'static str,
+    url: fn(&str, &str) -> String,
+    /// RCs carry a plain label map as selector.
+    map_selector: bool,
+}
+
+const REPLICASET: Flavor = Flavor {
+    kind: "ReplicaSet",
+    collection: "/apis/apps/v1/replicasets",
+    url: |ns, n| format!("/apis/apps/v1/namespaces/{ns}/replicasets/{n}"),
+    map_selector: false,
+};
+const RC: Flavor = Flavor {
+    kind: "ReplicationController",
+    collection: "/api/v1/replicationcontrollers",
+    url: |ns, n| format!("/api/v1/namespaces/{ns}/replicationcontrollers/{n}"),
+    map_selector: true,
+};
+
+pub fn start(client: Client) {
+    for flavor in [REPLICASET, RC] {
+        run(client.clone(), flavor);
+    }
+}
+
+fn selector(f: Flavor, o: &Value) -> Option<LabelSelector> {
+    let s = if f.map_selector {
+        LabelSelector::from_object(&json!({"matchLabels": o["spec"]["selector"]})).ok()?
+    } else {
+        LabelSelector::from_object(&o["spec"]["selector"]).ok()?
+    };
+    (!s.is_empty()).then_some(s)
+}
+
+fn run(client: Client, f: Flavor) {
+    let queue = Queue::new();
+    // Selectors by key, to find the owners a matching orphan pod may be adopted by.
+    let selectors: Arc<Mutex<HashMap<String, (String, LabelSelector)>>> = Arc::default();
+    let (q, sels) = (queue.clone(), selectors.clone());
+    watcher::follow(client.clone(), f.collection.into(), move |ty, o| {
+        let key = super::key_of(o);
+        let mut s = sels.lock().unwrap_or_else(|p| p.into_inner());
+        match (ty, selector(f, o)) {
+            ("DELETED", _) | (_, None) => s.remove(&key),
+            (_, Some(sel)) => s.insert(key.clone(), (o["metadata"]["namespace"].as_str().unwrap_or("").to_string(), sel)),
+        };
+        q.add(key);
+    });
+    let (q, sels) = (queue.clone(), selectors);
+    watcher::follow(client.clone(), "/api/v1/pods".into(), move |_, pod| {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        match controller_of(pod) {
+            Some(r) if r["kind"] == f.kind => q.add(format!("{ns}/{}", r["name"].as_str().unwrap_or(""))),
+            Some(_) => {}
+            None if pod_active(pod) => {
+                let s = sels.lock().unwrap_or_else(|p| p.into_inner());
+                for (key, (sns, sel)) in s.iter() {
+                    if sns == ns && sel.matches(&pod["metadata"]["labels"]) {
+                        q.add(key.clone());
+                    }
+                }
+            }
+            None => {}
+        }
+    });
+    run_workers(f.kind, queue, 2, move |key| {
+        let client = client.clone();
+        async move { reconcile(&client, f, &key).await }
+    });
+}
+
+/// Upstream's order for scale-down: the cheapest pods to lose first.
+fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>, i64, std::cmp::Reverse<String>) {
+    let assigned = p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) as u8;
+    let phase = match p["status"]["phase"].as_str() {
+        Some("Pending") => 0,
+        Some("Running") => 2,
+        _ => 1,
+    };
+    let ready = pod_ready(p) as u8;
+    let ready_since = super::pod_ready_since(p).map(|t| t.to_rfc3339()).unwrap_or_default();
+    let restarts: i64 = p["status"]["containerStatuses"].as_array().into_iter().flatten().filter_map(|c| c["restartCount"].as_i64()).sum();
+    let created = p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string();
+    (assigned, phase, ready, std::cmp::Reverse(ready_since), -restarts, std::cmp::Reverse(created))
+}
+
+async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiError> {
+    let (ns, name) = super::split_key(key);
+    let url = (f.url)(ns, name);
+    let rs = match client.get(&url).await {
+        Ok(o) => o,
+        Err(e) if e.code == 404 => return Ok(Next::Idle),
+        Err(e) => return Err(e),
+    };
+    let uid = rs["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let Some(sel) = selector(f, &rs) else { return Ok(Next::Idle) };
+    let deleting = rs["metadata"]["deletionTimestamp"].is_string();
+    let mut owned = Vec::new();
+    for pod in pods_in(client, ns).await? {
+        let matches = sel.matches(&pod["metadata"]["labels"]);
+        let pod_url = format!("/api/v1/namespaces/{ns}/pods/{}", pod["metadata"]["name"].as_str().unwrap_or(""));
+        if controlled_by(&pod, &uid) {
+            if matches {
+                owned.push(pod);
+            } else {
+                // Release a pod whose labels no longer match.
+                let refs: Vec<Value> = pod["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
+                let patch = super::owner_refs_patch(&pod, &refs);
+                ignore_gone(client.merge_patch(&pod_url, &patch).await)?;
+            }
+        } else if matches && controller_of(&pod).is_none() && pod_active(&pod) && !deleting {
+            // Adopt a matching orphan.
+            let mut refs = pod["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+            refs.push(super::controller_ref(&with_type(&rs, f)));
+            let patch = super::owner_refs_patch(&pod, &refs);
+            if ignore_gone(client.merge_patch(&pod_url, &patch).await)?.is_some() {
+                owned.push(pod);
+            }
+        }
+    }
+    let mut active: Vec<Value> = owned.into_iter().filter(pod_active).collect();
+    let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+    if !deleting {
+        if active.len() < want {
+            let created = create_pods(client, f, &rs, want - active.len()).await;
+            active.extend(created?);
+        } else if active.len() > want {
+            active.sort_by_key(deletion_rank);
+            let excess: Vec<Value> = active.drain(..active.len() - want).collect();
+            for pod in excess {
+                let pname = pod["metadata"]["name"].as_str().unwrap_or("");
+                ignore_gone(client.delete(&format!("/api/v1/namespaces/{ns}/pods/{pname}"), &json!({"preconditions": {"uid": pod["metadata"]["uid"]}})).await)?;
+                event(client, "replicaset-controller", &with_type(&rs, f), "Normal", "SuccessfulDelete", &format!("Deleted pod: {pname}")).await;
+            }
+        }
+    }
+    // Status.
+    let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
+    let fully = active.iter().filter(|p| labels_contain(&p["metadata"]["labels"], template_labels)).count();
+    let ready = active.iter().filter(|p| pod_ready(p)).count();
+    let mut available = 0;
+    let mut recheck: Option<Duration> = None;
+    for p in &active {
+        match pod_available(p, min_ready) {
+            (true, _) => available += 1,
+            (false, Some(d)) => recheck = Some(recheck.map_or(d, |r| r.min(d))),
+            _ => {}
+        }
+    }
+    let status = json!({
+        "replicas": active.len(), "fullyLabeledReplicas": fully, "readyReplicas": ready,
+        "availableReplicas": available, "observedGeneration": rs["metadata"]["generation"],
+    });
+    let cur = &rs["status"];
+    let changed = ["replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas", "observedGeneration"]
+        .iter()
+        .any(|k| cur[k].as_i64().unwrap_or(0) != status[k].as_i64().unwrap_or(0));
+    if changed {
+        ignore_gone(client.merge_patch(&format!("{url}/status"), &json!({"status": status})).await)?;
+    }
+    Ok(recheck.map_or(Next::Idle, Next::After))
+}
+
+/// `rs` with apiVersion/kind set (objects in lists may lack them).
+fn with_type(o: &Value, f: Flavor) -> Value {
+    let mut o = o.clone();
+    o["apiVersion"] = json!(if f.map_selector { "v1" } else { "apps/v1" });
+    o["kind"] = json!(f.kind);
+    o
+}
+
+fn labels_contain(labels: &Value, want: &Value) -> bool {
+    want.as_object().into_iter().flatten().all(|(k, v)| labels[k] == *v)
+}
+
+/// A 404 means someone else removed it: nothing to do.
+fn ignore_gone(r: Result<Value, ApiError>) -> Result<Option<Value>, ApiError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `n` pods in batches that double while they succeed (upstream's slow start).
+async fn create_pods(client: &Client, f: Flavor, rs: &Value, n: usize) -> Result<Vec<Value>, ApiError> {
+    let owner = with_type(rs, f);
+    let name = rs["metadata"]["name"].as_str().unwrap_or("");
+    let ns = rs["metadata"]["namespace"].as_str().unwrap_or("");
+    let pod = super::pod_from_template(&owner, &rs["spec"]["template"], &format!("{name}-"));
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    let mut created = Vec::new();
+    let mut batch = 1;
+    while created.len() < n {
+        let k = batch.min(n - created.len());
+        let results = futures_util::future::join_all((0..k).map(|_| client.create(&path, &pod))).await;
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(p) => {
+                    let pname = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    event(client, "replicaset-controller", &owner, "Normal", "SuccessfulCreate", &format!("Created pod: {pname}")).await;
+                    created.push(p);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            event(client, "replicaset-controller", &owner, "Warning", "FailedCreate", &format!("Error creating: {}", e.message)).await;
+            return Err(e);
+        }
+        batch *= 2;
+    }
+    Ok(created)
+}

@@ -1,0 +1,189 @@
+//! The controllers and the scheduler running in-process against the real API machinery and
+//! store. No node agent here: the test plays the kubelet's part by writing pod status, so the
+//! controllers see pods become ready or finish exactly as they would on a node.
+
+use ferrokube::api::Api;
+use ferrokube::client::Client;
+use ferrokube::store::Store;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct T {
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl T {
+    async fn new() -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Api::new(Store::open(&dir.path().join("db"), 10_000).unwrap(), "127.0.0.1:6443".into());
+        api.bootstrap().await.unwrap();
+        ferrokube::controllers::start(api.clone());
+        ferrokube::scheduler::start(Client::in_process(api.clone(), "test-scheduler"));
+        let client = Client::in_process(api.clone(), "controllers-test");
+        // One synthetic node, ready, with room for plenty of pods.
+        client.create("/api/v1/nodes", &json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}}})).await.unwrap();
+        let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
+        client.merge_patch("/api/v1/nodes/n1/status", &status).await.unwrap();
+        T { client, _dir: dir }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client.get(path).await.unwrap_or(Value::Null)
+    }
+
+    async fn pods(&self, selector: &str) -> Vec<Value> {
+        let l = self.get(&format!("/api/v1/namespaces/default/pods?labelSelector={selector}")).await;
+        l["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Plays the kubelet: every bound pod that is not finished runs and is ready (or, for
+    /// pods whose command is `exit N`, finishes with that code); deleted pods go at once.
+    async fn kubelet_pass(&self) {
+        for p in self.pods("").await {
+            let name = p["metadata"]["name"].as_str().unwrap().to_string();
+            let url = format!("/api/v1/namespaces/default/pods/{name}");
+            if p["metadata"]["deletionTimestamp"].is_string() {
+                let _ = self.client.delete(&url, &json!({"gracePeriodSeconds": 0})).await;
+                continue;
+            }
+            if p["spec"]["nodeName"].as_str().is_none_or(str::is_empty) || p["status"]["phase"] != "Pending" {
+                continue;
+            }
+            let now = ferrokube::api::object::now();
+            let exit = p["spec"]["containers"][0]["command"][1].as_str().and_then(|c| c.strip_prefix("exit ")).and_then(|c| c.parse::<i64>().ok());
+            let status = match exit {
+                Some(code) => json!({"phase": if code == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [{"name": "c", "restartCount": 0, "state": {"terminated": {"exitCode": code, "finishedAt": now}}}]}),
+                None => json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}], "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": now}}}]}),
+            };
+            let _ = self.client.merge_patch(&format!("{url}/status"), &json!({"status": status})).await;
+        }
+    }
+
+    /// Runs kubelet passes until `check` holds (at most `secs` seconds).
+    async fn until<F, Fut>(&self, secs: u64, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            self.kubelet_pass().await;
+            if check().await {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn deployment(image: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                 "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}},
+    })
+}
+
+const DEPLOY: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolls_out_rolls_over_and_is_collected() {
+    let t = T::new().await;
+    t.client.create(DEPLOY, &deployment("img:1", 3)).await.unwrap();
+    t.until(20, "3 available", || async { t.get(&format!("{DEPLOY}/web")).await["status"]["availableReplicas"] == 3 }).await;
+    let d = t.get(&format!("{DEPLOY}/web")).await;
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    assert_eq!(d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Available").unwrap()["status"], "True");
+    let pods = t.pods("app%3Dweb").await;
+    assert_eq!(pods.len(), 3);
+    assert!(pods.iter().all(|p| p["spec"]["nodeName"] == "n1"), "the scheduler bound them");
+    assert!(pods.iter().all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"));
+
+    // A new image: a second ReplicaSet takes over, never with fewer than 3 available.
+    t.client.merge_patch(&format!("{DEPLOY}/web"), &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "img:2"}]}}}})).await.unwrap();
+    t.until(30, "rolled to img:2", || async {
+        let d = t.get(&format!("{DEPLOY}/web")).await;
+        let s = &d["status"];
+        assert!(s["availableReplicas"].as_i64().unwrap_or(0) >= 3 || d["metadata"]["generation"] != s["observedGeneration"], "maxUnavailable 0 holds: {s}");
+        s["updatedReplicas"] == 3 && s["replicas"] == 3 && s["availableReplicas"] == 3 && d["metadata"]["generation"] == s["observedGeneration"]
+    })
+    .await;
+    let rs = t.get("/apis/apps/v1/namespaces/default/replicasets").await;
+    let mut revs: Vec<(String, i64)> = rs["items"].as_array().unwrap().iter().map(|r| (r["metadata"]["annotations"]["deployment.kubernetes.io/revision"].as_str().unwrap().to_string(), r["spec"]["replicas"].as_i64().unwrap())).collect();
+    revs.sort();
+    assert_eq!(revs, vec![("1".to_string(), 0), ("2".to_string(), 3)]);
+
+    // Background deletion: ReplicaSets and pods follow.
+    t.client.delete(&format!("{DEPLOY}/web"), &json!({"propagationPolicy": "Background"})).await.unwrap();
+    t.until(20, "everything collected", || async {
+        t.get("/apis/apps/v1/namespaces/default/replicasets").await["items"].as_array().is_some_and(|a| a.is_empty()) && t.pods("").await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_and_foreground_deletion() {
+    let t = T::new().await;
+    t.client.create(DEPLOY, &deployment("img:1", 2)).await.unwrap();
+    t.until(20, "2 available", || async { t.get(&format!("{DEPLOY}/web")).await["status"]["availableReplicas"] == 2 }).await;
+    t.client.delete(&format!("{DEPLOY}/web"), &json!({"propagationPolicy": "Orphan"})).await.unwrap();
+    t.until(20, "deployment gone", || async { t.get(&format!("{DEPLOY}/web")).await.is_null() }).await;
+    let rs = t.get("/apis/apps/v1/namespaces/default/replicasets").await;
+    let rs = &rs["items"][0];
+    assert!(rs["metadata"].get("ownerReferences").is_none(), "the ReplicaSet was released: {}", rs["metadata"]);
+    assert_eq!(t.pods("app%3Dweb").await.len(), 2);
+    // Foreground: the ReplicaSet stays, marked, until its pods are gone.
+    let name = rs["metadata"]["name"].as_str().unwrap().to_string();
+    let url = format!("/apis/apps/v1/namespaces/default/replicasets/{name}");
+    let r = t.client.delete(&url, &json!({"propagationPolicy": "Foreground"})).await.unwrap();
+    assert_eq!(r["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    t.until(20, "pods and ReplicaSet gone", || async { t.pods("").await.is_empty() && t.get(&url).await.is_null() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_or_fail_at_the_backoff_limit() {
+    let t = T::new().await;
+    let job = |name: &str, cmd: &str, extra: Value| {
+        let mut j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i", "command": ["sh", cmd]}]}}}});
+        for (k, v) in extra.as_object().unwrap() {
+            j["spec"][k] = v.clone();
+        }
+        j
+    };
+    let jobs = "/apis/batch/v1/namespaces/default/jobs";
+    t.client.create(jobs, &job("ok", "exit 0", json!({"completions": 4, "parallelism": 2}))).await.unwrap();
+    t.client.create(jobs, &job("bad", "exit 2", json!({"backoffLimit": 0}))).await.unwrap();
+    let cond = |j: &Value, ty: &str| j["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == ty && c["status"] == "True");
+    t.until(20, "job ok completes", || async { cond(&t.get(&format!("{jobs}/ok")).await, "Complete") }).await;
+    let ok = t.get(&format!("{jobs}/ok")).await;
+    assert_eq!(ok["status"]["succeeded"], 4);
+    assert!(ok["status"]["completionTime"].is_string());
+    t.until(20, "job bad fails", || async { cond(&t.get(&format!("{jobs}/bad")).await, "Failed") }).await;
+    let bad = t.get(&format!("{jobs}/bad")).await;
+    let failed = bad["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Failed").unwrap().clone();
+    assert_eq!((failed["reason"].as_str(), bad["status"]["failed"].as_i64()), (Some("BackoffLimitExceeded"), Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pods_wait_for_the_cluster_to_change() {
+    let t = T::new().await;
+    let pod = json!({"metadata": {"name": "gpu"}, "spec": {"nodeSelector": {"gpu": "yes"}, "containers": [{"name": "c", "image": "i"}]}});
+    t.client.create("/api/v1/namespaces/default/pods", &pod).await.unwrap();
+    t.until(10, "marked unschedulable", || async {
+        let p = t.get("/api/v1/namespaces/default/pods/gpu").await;
+        p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+    })
+    .await;
+    let p = t.get("/api/v1/namespaces/default/pods/gpu").await;
+    let msg = p["status"]["conditions"][0]["message"].as_str().unwrap_or("").to_string();
+    assert_eq!(msg, "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.");
+    // A second node with the label appears: the pod goes there without any polling.
+    t.client.create("/api/v1/nodes", &json!({"metadata": {"name": "n2", "labels": {"gpu": "yes"}}})).await.unwrap();
+    let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
+    t.client.merge_patch("/api/v1/nodes/n2/status", &status).await.unwrap();
+    t.until(10, "bound to n2", || async { t.get("/api/v1/namespaces/default/pods/gpu").await["spec"]["nodeName"] == "n2" }).await;
+}

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Workload controllers on a real node (root: containerd, runc, iptables): Deployments roll
+# out, roll back, scale and heal; garbage collection in the background, foreground and
+# orphan modes; a DaemonSet; Jobs that complete, run indexed, or stop at their backoffLimit;
+# a CronJob that runs every minute and keeps its history limit; namespace deletion.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+use_node
+IMAGE2=docker.io/library/busybox:e2e2
+
+# Both test images through the airgap directory, imported at start.
+mkdir -p "$E2E_DIR/data/images"
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox.tar" "$IMAGE" >/dev/null || exit 1
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox2.tar" "$IMAGE2" >/dev/null || exit 1
+start_node || exit 1
+
+# The CronJob first: it needs a couple of minutes of schedule while the rest runs.
+k apply -f - >/dev/null <<YAML
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/1 * * * *"
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "echo tick"]}]
+YAML
+
+eventually "a new namespace gets a default service account" "default" 10 k -n default get sa default -o name --no-headers -o custom-columns=N:.metadata.name
+
+# The scheduler: a pod no node fits waits, says why, and goes as soon as the node changes.
+k run picky --image=$IMAGE --image-pull-policy=IfNotPresent --overrides='{"spec": {"nodeSelector": {"disk": "ssd"}, "terminationGracePeriodSeconds": 1}}' -- sleep 3600 >/dev/null
+eventually "a pod no node fits is unschedulable" "False Unschedulable" 20 k get pod picky -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].status} {.status.conditions[?(@.type=="PodScheduled")].reason}'
+check "with upstream's message" "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector." "$(k get pod picky -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}')"
+check_contains "and a FailedScheduling event" "FailedScheduling" "$(k get events --field-selector involvedObject.name=picky -o jsonpath='{.items[*].reason}')"
+k label node e2e-node disk=ssd >/dev/null
+eventually "labelling the node schedules it at once" "e2e-node" 20 k get pod picky -o jsonpath='{.spec.nodeName}'
+k run greedy --image=$IMAGE --image-pull-policy=IfNotPresent --overrides='{"spec": {"containers": [{"name": "greedy", "image": "'$IMAGE'", "resources": {"requests": {"cpu": "1000"}}}]}}' >/dev/null
+eventually "a pod asking for 1000 cpus waits" "0/1 nodes are available: 1 Insufficient cpu." 20 k get pod greedy -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}'
+k delete pod picky greedy --wait=false >/dev/null
+
+k apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, annotations: {kubernetes.io/change-cause: first}}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
+YAML
+check_cmd "a 3-replica Deployment rolls out" k rollout status deploy/web --timeout=120s
+check "all 3 replicas are available" "3" "$(k get deploy web -o jsonpath='{.status.availableReplicas}')"
+check "Available condition" "True" "$(k get deploy web -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')"
+check "its ReplicaSet is owned by the Deployment" "Deployment" "$(k get rs -l app=web -o jsonpath='{.items[0].metadata.ownerReferences[0].kind}')"
+check "pods carry the template hash" "3" "$(k get pods -l app=web,pod-template-hash -o name | wc -l | tr -d ' ')"
+check_contains "scaling events are recorded" "Scaled up replica set web-" "$(k get events --field-selector involvedObject.name=web -o jsonpath='{.items[*].message}')"
+
+k set image deploy/web c=$IMAGE2 >/dev/null
+k annotate deploy web kubernetes.io/change-cause=second --overwrite >/dev/null
+check_cmd "set image rolls out" k rollout status deploy/web --timeout=120s
+eventually "old pods go, every pod runs the new image" "$IMAGE2 $IMAGE2 $IMAGE2" 30 k get pods -l app=web -o jsonpath='{.items[*].spec.containers[0].image}'
+check "two ReplicaSets, the old one scaled to 0" "1=0 2=3" "$(k get rs -l app=web -o jsonpath='{range .items[*]}{.metadata.annotations.deployment\.kubernetes\.io/revision}={.spec.replicas}{"\n"}{end}' | sort | xargs)"
+check "deployment revision 2" "2" "$(k get deploy web -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')"
+check_contains "rollout history lists both revisions" "1         first" "$(k rollout history deploy/web)"
+check_cmd "rollout undo" k rollout undo deploy/web
+check_cmd "the undo rolls out" k rollout status deploy/web --timeout=120s
+check "the template is back on the first image" "$IMAGE" "$(k get deploy web -o jsonpath='{.spec.template.spec.containers[0].image}')"
+check "the first ReplicaSet is now revision 3" "3" "$(k get rs -l app=web -o jsonpath="{.items[?(@.spec.template.spec.containers[0].image==\"$IMAGE\")].metadata.annotations.deployment\.kubernetes\.io/revision}")"
+
+k scale deploy/web --replicas=5 >/dev/null
+eventually "scale up to 5" "5" 60 k get deploy web -o jsonpath='{.status.readyReplicas}'
+k scale deploy/web --replicas=2 >/dev/null
+eventually "scale down to 2" "2" 60 sh -c "$KUBECTL get pods -l app=web -o name --field-selector=status.phase=Running | grep -c . "
+victim=$(k get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
+k delete pod "$victim" --wait=false >/dev/null
+eventually "a deleted pod is replaced" "2" 60 k get deploy web -o jsonpath='{.status.availableReplicas}'
+eventually "the deleted pod is gone" "" 30 sh -c "$KUBECTL get pods -l app=web -o name | grep '$victim\$'"
+
+k rollout pause deploy/web >/dev/null
+k set image deploy/web c=$IMAGE2 >/dev/null
+sleep 2
+check "a paused Deployment does not roll" "$IMAGE $IMAGE" "$(k get pods -l app=web -o jsonpath='{.items[*].spec.containers[0].image}')"
+check "Progressing says paused" "DeploymentPaused" "$(k get deploy web -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}')"
+k rollout resume deploy/web >/dev/null
+check_cmd "resumed, it rolls out" k rollout status deploy/web --timeout=120s
+
+check_cmd "delete the Deployment" k delete deploy web --wait=true --timeout=60s
+eventually "its ReplicaSets are garbage collected" "0" 60 sh -c "$KUBECTL get rs -l app=web -o name | grep -c ."
+eventually "and its pods" "0" 60 sh -c "$KUBECTL get pods -l app=web -o name | grep -c ."
+
+# Orphan and foreground deletion of a ReplicaSet.
+k apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: keep}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: keep}}
+  template:
+    metadata: {labels: {app: keep}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
+YAML
+eventually "a ReplicaSet keeps 2 pods" "2" 60 k get rs keep -o jsonpath='{.status.readyReplicas}'
+check_cmd "delete it with --cascade=orphan" k delete rs keep --cascade=orphan --wait=true --timeout=30s
+check "its pods stay" "2" "$(k get pods -l app=keep -o name | grep -c .)"
+check "and are released" "" "$(k get pods -l app=keep -o jsonpath='{.items[*].metadata.ownerReferences}')"
+k apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: keep}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: keep}}
+  template:
+    metadata: {labels: {app: keep}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
+YAML
+eventually "a new ReplicaSet adopts the orphans" "ReplicaSet ReplicaSet" 30 k get pods -l app=keep -o jsonpath='{.items[*].metadata.ownerReferences[0].kind}'
+check "adopting them, it creates none" "2" "$(k get pods -l app=keep -o name | grep -c .)"
+check_cmd "foreground deletion waits for the pods" k delete rs keep --cascade=foreground --wait=true --timeout=60s
+check "no pod outlives a foreground deletion" "0" "$(k get pods -l app=keep -o name | grep -c .)"
+
+# DaemonSet.
+k apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
+YAML
+check_cmd "a DaemonSet rolls out" k rollout status ds/agent --timeout=120s
+check "one pod on the node" "e2e-node" "$(k get pods -l app=agent -o jsonpath='{.items[*].spec.nodeName}')"
+check "status counts the node" "1 1 1" "$(k get ds agent -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}')"
+k set image ds/agent c=$IMAGE2 >/dev/null
+check_cmd "a DaemonSet update rolls out" k rollout status ds/agent --timeout=120s
+eventually "the daemon pod runs the new image" "$IMAGE2" 30 k get pods -l app=agent -o jsonpath='{.items[*].spec.containers[0].image}'
+check_contains "DaemonSet history has two revisions" "2" "$(k rollout history ds/agent)"
+k delete ds agent --wait=true --timeout=60s >/dev/null
+
+# Jobs.
+k apply -f - >/dev/null <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata: {name: five}
+spec:
+  completions: 5
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "echo done"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: indexed}
+spec:
+  completions: 3
+  parallelism: 3
+  completionMode: Indexed
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo "index \$JOB_COMPLETION_INDEX"']}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fails}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exit 3"]}]
+YAML
+check_cmd "a Job with completions=5, parallelism=2 completes" k wait --for=condition=complete job/five --timeout=180s
+check "5 pods succeeded" "5" "$(k get job five -o jsonpath='{.status.succeeded}')"
+check_cmd "an Indexed Job completes" k wait --for=condition=complete job/indexed --timeout=120s
+check "every index completed" "0-2" "$(k get job indexed -o jsonpath='{.status.completedIndexes}')"
+check "pods see their index" "index 0 index 1 index 2" "$(for p in $(k get pods -l job-name=indexed -o name); do k logs "$p"; done | sort | xargs)"
+check_cmd "a failing Job fails" k wait --for=condition=failed job/fails --timeout=120s
+check "at its backoffLimit" "BackoffLimitExceeded 2" "$(k get job fails -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason} {.status.failed}')"
+
+# The CronJob has been running meanwhile.
+eventually "the CronJob has run on schedule" "true" 150 sh -c "[ -n \"\$($KUBECTL get cronjob tick -o jsonpath='{.status.lastSuccessfulTime}')\" ] && echo true"
+check_contains "its Jobs are named after the schedule" "tick-" "$(k get jobs -o name)"
+eventually "it keeps only its history limit" "1" 150 sh -c "$KUBECTL get jobs -o name | grep -c tick-"
+
+# Deleting a namespace removes what is in it.
+k create ns doomed >/dev/null
+k -n doomed create deployment d --image=$IMAGE --replicas=2 -- sleep 3600 >/dev/null
+eventually "a deployment in a namespace runs" "2" 90 k -n doomed get deploy d -o jsonpath='{.status.readyReplicas}'
+check_cmd "delete the namespace" k delete ns doomed --timeout=120s
+check "the namespace is gone" "" "$(k get ns doomed -o name 2>/dev/null)"
+
+k delete cronjob tick --wait=true >/dev/null 2>&1
+k delete jobs --all --wait=true >/dev/null 2>&1
+summary
