@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Replicas of the Deployment measured last.
+const REPLICAS: usize = 100;
 const PODS: usize = 30;
 const IMAGE: &str = "docker.io/ferrokube/pause:1";
 
@@ -162,6 +164,33 @@ fn main() {
     let api_burst = t.elapsed();
     rt.block_on(delete_all(&c, port));
 
+    // A Deployment of REPLICAS: apply -> all Ready, against REPLICAS x the one-pod floor.
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bench"},
+        "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"bench": "api"}},
+                 "template": {"metadata": {"labels": {"bench": "api"}},
+                              "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}]}}}});
+    let t = Instant::now();
+    rt.block_on(async {
+        assert_eq!(post(&c, port, "/apis/apps/v1/namespaces/default/deployments", deployment.to_string()).await, 201);
+        loop {
+            let (_, d) = get(&c, port, "/apis/apps/v1/namespaces/default/deployments/bench").await;
+            if d["status"]["readyReplicas"].as_u64() == Some(REPLICAS as u64) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let deploy = t.elapsed();
+    let deploy_rss = rss_kib(server.pid);
+    rt.block_on(async {
+        let req = hyper::Request::delete(format!("https://127.0.0.1:{port}/apis/apps/v1/namespaces/default/deployments/bench"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let _ = c.request(req).await;
+    });
+    rt.block_on(delete_all(&c, port));
+
+    let floor_median = pct(floor.clone(), 0.5) / 1000.0;
     println!("ferrokube pod start benchmark ({PODS} pods, pause image, 2 cores)");
     println!("raw CRI floor, one at a time:   median {:.0} ms  p99 {:.0} ms", pct(floor.clone(), 0.5), pct(floor.clone(), 0.99));
     println!("ferrokube API create->Running:  median {:.0} ms  p99 {:.0} ms", pct(api.clone(), 0.5), pct(api.clone(), 0.99));
@@ -169,6 +198,13 @@ fn main() {
     println!("{PODS} at once: floor {:.0} ms, ferrokube {:.0} ms, ratio {:.2}", floor_burst.as_secs_f64() * 1000.0, api_burst.as_secs_f64() * 1000.0, api_burst.as_secs_f64() / floor_burst.as_secs_f64());
     println!("RSS ferrokube: idle node {:.1} MiB, with {PODS} pods {:.1} MiB (goals 60 / 90 MiB)", idle_rss as f64 / 1024.0, busy_rss as f64 / 1024.0);
     println!("RSS containerd: idle {:.1} MiB, with {PODS} pods {:.1} MiB", idle_ctd as f64 / 1024.0, busy_ctd as f64 / 1024.0);
+    println!(
+        "Deployment of {REPLICAS}: apply -> all Ready {:.1} s; {REPLICAS} x floor median {:.1} s; ratio {:.2}; ferrokube RSS then {:.1} MiB",
+        deploy.as_secs_f64(),
+        REPLICAS as f64 * floor_median,
+        deploy.as_secs_f64() / (REPLICAS as f64 * floor_median),
+        deploy_rss as f64 / 1024.0
+    );
 
     // Stop the server gracefully (it stops containerd), then remove the bridge.
     // SAFETY: kill(2) on the server process we started.

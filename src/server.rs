@@ -139,7 +139,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     let serve = tokio::spawn(http::serve(api.clone(), listener, tls, Some(token)));
-    crate::controllers::start(api.clone());
+    crate::controllers::start(api.clone(), cfg.data_dir.join("storage"));
     crate::scheduler::start(crate::client::Client::in_process(api.clone(), concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))));
 
     let runtime = if cfg.disable_agent { None } else { Some(start_node(&cfg, api).await?) };

@@ -256,6 +256,35 @@ async fn status_and_scale_subresources() {
     assert_eq!((r.code, r.body["status"]["conditions"][0]["reason"].as_str()), (200, Some("Unschedulable")));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_without_a_resource_version_retry_through_concurrent_writers() {
+    let t = Arc::new(T::new().await);
+    assert_eq!(t.post("/api/v1/namespaces/default/configmaps", cm("busy")).await.code, 201);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for j in 0..20 {
+                let p = json!({"metadata": {"labels": {format!("k{i}"): format!("v{j}")}}});
+                codes.push(t.patch("/api/v1/namespaces/default/configmaps/busy", "application/merge-patch+json", p).await.code);
+            }
+            codes
+        }));
+    }
+    for task in tasks {
+        let codes = task.await.unwrap();
+        assert!(codes.iter().all(|c| *c == 200), "every patch without a resourceVersion succeeds: {codes:?}");
+    }
+    let o = t.get("/api/v1/namespaces/default/configmaps/busy").await;
+    for i in 0..8 {
+        assert_eq!(o.body["metadata"]["labels"][format!("k{i}")], "v19", "each writer's last patch is there");
+    }
+    // With a stale resourceVersion in the patch, it is a precondition: Conflict.
+    let stale = json!({"metadata": {"resourceVersion": "1", "labels": {"x": "y"}}});
+    assert_eq!(t.patch("/api/v1/namespaces/default/configmaps/busy", "application/merge-patch+json", stale).await.code, 409);
+}
+
 #[tokio::test]
 async fn finalizers_hold_deletion() {
     let t = T::new().await;

@@ -15,10 +15,11 @@ struct T {
 
 impl T {
     async fn new() -> T {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let api = Api::new(Store::open(&dir.path().join("db"), 10_000).unwrap(), "127.0.0.1:6443".into());
         api.bootstrap().await.unwrap();
-        ferrokube::controllers::start(api.clone());
+        ferrokube::controllers::start(api.clone(), dir.path().join("storage"));
         ferrokube::scheduler::start(Client::in_process(api.clone(), "test-scheduler"));
         let client = Client::in_process(api.clone(), "controllers-test");
         // One synthetic node, ready, with room for plenty of pods.
@@ -186,4 +187,62 @@ async fn unschedulable_pods_wait_for_the_cluster_to_change() {
     let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
     t.client.merge_patch("/api/v1/nodes/n2/status", &status).await.unwrap();
     t.until(10, "bound to n2", || async { t.get("/api/v1/namespaces/default/pods/gpu").await["spec"]["nodeName"] == "n2" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_orders_pods_claims_and_updates() {
+    let t = T::new().await;
+    let sts = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "serviceName": "web", "selector": {"matchLabels": {"app": "sts"}},
+                 "template": {"metadata": {"labels": {"app": "sts"}}, "spec": {"containers": [{"name": "c", "image": "img:1"}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]},
+    });
+    let base = "/apis/apps/v1/namespaces/default/statefulsets";
+    let mut created = t.client.watch("/api/v1/namespaces/default/pods?labelSelector=app%3Dsts").await.unwrap();
+    t.client.create(base, &sts).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; t.kubelet_pass().await; eprintln!("STS {}\nPODS {}\nPVC {}\nEV {}", t.get(&format!("{base}/web")).await, json!(t.pods("").await), t.get("/api/v1/namespaces/default/persistentvolumeclaims").await, t.get("/api/v1/namespaces/default/events").await);
+    t.until(30, "3 ready", || async { t.get(&format!("{base}/web")).await["status"]["readyReplicas"] == 3 }).await;
+    let pods = t.pods("app%3Dsts").await;
+    let mut added = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), created.recv()).await {
+        if ev.kind == "ADDED" {
+            added.push(ev.object["metadata"]["name"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(added, vec!["web-0", "web-1", "web-2"], "created in order, each after the previous was ready");
+    for p in &pods {
+        let n = p["metadata"]["name"].as_str().unwrap();
+        assert_eq!((p["spec"]["hostname"].as_str(), p["spec"]["subdomain"].as_str()), (Some(n), Some("web")));
+        let claim = p["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap()["persistentVolumeClaim"]["claimName"].clone();
+        assert_eq!(claim, format!("data-{n}"));
+    }
+    // Each claim got the default class, was provisioned on the node its pod went to, and bound.
+    for i in 0..3 {
+        let pvc = t.get(&format!("/api/v1/namespaces/default/persistentvolumeclaims/data-web-{i}")).await;
+        assert_eq!((pvc["spec"]["storageClassName"].as_str(), pvc["status"]["phase"].as_str()), (Some("local-path"), Some("Bound")), "{pvc}");
+        let pv = t.get(&format!("/api/v1/persistentvolumes/{}", pvc["spec"]["volumeName"].as_str().unwrap())).await;
+        assert_eq!(pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"], json!(["n1"]));
+        assert!(pv["spec"]["hostPath"]["path"].as_str().unwrap().contains("/storage/pvc-"));
+    }
+    // An update replaces pods from the highest ordinal down.
+    let mut events = t.client.watch("/api/v1/namespaces/default/pods?labelSelector=app%3Dsts").await.unwrap();
+    t.client.merge_patch(&format!("{base}/web"), &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "img:2"}]}}}})).await.unwrap();
+    t.until(40, "rolled", || async {
+        let o = t.get(&format!("{base}/web")).await;
+        let s = &o["status"];
+        s["observedGeneration"] == o["metadata"]["generation"] && s["updatedReplicas"] == 3 && s["readyReplicas"] == 3 && s["currentRevision"] == s["updateRevision"]
+    })
+    .await;
+    let mut deleted = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        if ev.kind == "DELETED" {
+            deleted.push(ev.object["metadata"]["name"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(deleted, vec!["web-2", "web-1", "web-0"]);
+    // Scaling down keeps the claims.
+    t.client.merge_patch(&format!("{base}/web"), &json!({"spec": {"replicas": 1}})).await.unwrap();
+    t.until(20, "scaled to 1", || async { t.pods("app%3Dsts").await.len() == 1 }).await;
+    assert_eq!(t.get("/api/v1/namespaces/default/persistentvolumeclaims").await["items"].as_array().unwrap().len(), 3);
 }

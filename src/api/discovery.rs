@@ -32,7 +32,33 @@ fn resource_entries(k: &Kind) -> Vec<Value> {
         }
         out.push(e);
     }
+    for (name, kind, group, version, verbs) in handler_subresources(k) {
+        let mut e = json!({"name": format!("{}/{name}", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": kind, "verbs": verbs});
+        if !group.is_empty() {
+            e["group"] = json!(group);
+            e["version"] = json!(version);
+        }
+        out.push(e);
+    }
     out
+}
+
+/// Subresources served by dedicated handlers: name, kind, group, version, verbs.
+type HandlerSub = (&'static str, &'static str, &'static str, &'static str, &'static [&'static str]);
+
+fn handler_subresources(k: &Kind) -> &'static [HandlerSub] {
+    const PODS: &[HandlerSub] = &[
+        ("attach", "PodAttachOptions", "", "v1", &["create", "get"]),
+        ("binding", "Binding", "", "v1", &["create"]),
+        ("eviction", "Eviction", "policy", "v1", &["create"]),
+        ("exec", "PodExecOptions", "", "v1", &["create", "get"]),
+        ("log", "Pod", "", "v1", &["get"]),
+    ];
+    if k.is("", "pods") {
+        PODS
+    } else {
+        &[]
+    }
 }
 
 /// `APIResourceList` of one group-version, or `None` if not served.
@@ -90,7 +116,7 @@ pub fn aggregated(legacy: bool) -> Value {
                 .into_iter()
                 .filter(|k| k.group == g && k.version == v)
                 .map(|k| {
-                    let subs: Vec<Value> = k
+                    let mut subs: Vec<Value> = k
                         .subresources
                         .iter()
                         .map(|s| match s {
@@ -98,6 +124,9 @@ pub fn aggregated(legacy: bool) -> Value {
                             Sub::Scale => json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}),
                         })
                         .collect();
+                    for (name, kind, group, version, verbs) in handler_subresources(k) {
+                        subs.push(json!({"subresource": name, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs}));
+                    }
                     json!({
                         "resource": k.plural,
                         "responseKind": {"group": g, "version": v, "kind": k.kind},

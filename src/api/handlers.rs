@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Conflict retries of server-side read-modify-write (patches without a resourceVersion).
-const RMW_RETRIES: usize = 8;
+const RMW_RETRIES: usize = 16;
 
 /// Selection of a list or watch: label and field selectors.
 pub struct Selection {
@@ -433,13 +433,19 @@ impl Api {
         if bt == BodyType::StrategicMergePatch && rr.kind.custom.is_some() {
             return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json (not supported for custom resources: use a merge patch or apply)"));
         }
+        let key = self.key(rr)?;
+        let _turn = self.rmw_lock(&key).lock().await;
         for attempt in 0..RMW_RETRIES {
             let (old, current) = self.load(rr)?;
             let base = if rr.sub.as_deref() == Some("scale") {
                 scale_of(rr.kind, &old)
             } else {
                 self.check_sub(rr)?;
-                old.clone()
+                // Without its resourceVersion: one in the result came from the patch itself
+                // (a precondition); none means "retry on conflicts", as upstream.
+                let mut b = old.clone();
+                meta_mut(&mut b).remove("resourceVersion");
+                b
             };
             let mut patched = patch::apply(bt, rr.kind, &base, body)?;
             if rr.sub.as_deref() == Some("scale") {
@@ -521,6 +527,8 @@ impl Api {
             "" => return Err(ApiError::bad_request("metadata.name must be set in an apply configuration")),
             n => return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({url_name})"))),
         }
+        let key = self.key(rr)?;
+        let _turn = self.rmw_lock(&key).lock().await;
         for _ in 0..RMW_RETRIES {
             match self.load(rr) {
                 Err(e) if e.code == 404 => {

@@ -3,6 +3,7 @@
 
 pub mod custom;
 pub mod discovery;
+pub mod eviction;
 pub mod fieldcheck;
 pub mod fieldset;
 pub mod handlers;
@@ -53,7 +54,12 @@ pub struct Api {
     pub pod_logs: Option<std::path::PathBuf>,
     /// The node's container runtime, once it runs (exec and attach go through it).
     pub cri: std::sync::OnceLock<crate::cri::Cri>,
+    /// Read-modify-write requests on the same object queue here (sharded by key) instead of
+    /// racing each other into conflicts and retries.
+    rmw: Vec<tokio::sync::Mutex<()>>,
 }
+
+const RMW_SHARDS: usize = 64;
 
 /// What a handler produced, before rendering.
 pub enum Reply {
@@ -126,7 +132,13 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new() })
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect() })
+    }
+
+    /// The lock that orders read-modify-write requests on the object at `key`.
+    pub(crate) fn rmw_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        &self.rmw[(h % RMW_SHARDS as u64) as usize]
     }
 
     /// Serves one API call.
@@ -154,6 +166,7 @@ impl Api {
             ("GET", true) => self.list(&rr, &q).await?,
             ("GET", false) => self.get(&rr, &q).await?,
             ("POST", false) if rr.sub.as_deref() == Some("binding") && rr.kind.is("", "pods") => self.bind(&rr, &c.body).await?,
+            ("POST", false) if rr.sub.as_deref() == Some("eviction") && rr.kind.is("", "pods") => self.evict(&rr, &c.body, body_type(c.content_type)?).await?,
             ("POST", _) => self.create(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PUT", false) => self.update(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PATCH", false) => self.patch(&rr, &q, &c.body, body_type(c.content_type)?).await?,

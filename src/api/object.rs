@@ -92,6 +92,10 @@ pub fn check_type(obj: &mut Value, kind: &Kind) -> Result<(), ApiError> {
             )))
         }
     }
+    // `null` metadata fields decode as absent, as in Go clients' JSON.
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.retain(|_, v| !v.is_null());
+    }
     Ok(())
 }
 

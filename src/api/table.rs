@@ -31,11 +31,30 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn age(o: &Value) -> Value {
-    let Some(ts) = o["metadata"]["creationTimestamp"].as_str() else { return json!("<unknown>") };
-    match chrono::DateTime::parse_from_rfc3339(ts) {
-        Ok(t) => json!(human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())),
-        Err(_) => json!("<unknown>"),
+    since(&o["metadata"]["creationTimestamp"], "<unknown>")
+}
+
+fn time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// How long ago timestamp `v` was, or `missing`.
+fn since(v: &Value, missing: &str) -> Value {
+    match time(v) {
+        Some(t) => json!(human_duration((chrono::Utc::now() - t).num_seconds())),
+        None => json!(missing),
     }
+}
+
+fn access_modes(v: &Value) -> String {
+    let short = |m: &Value| match m.as_str() {
+        Some("ReadWriteOnce") => "RWO".to_string(),
+        Some("ReadOnlyMany") => "ROX".into(),
+        Some("ReadWriteMany") => "RWX".into(),
+        Some("ReadWriteOncePod") => "RWOP".into(),
+        other => other.unwrap_or("").into(),
+    };
+    v.as_array().into_iter().flatten().map(short).collect::<Vec<_>>().join(",")
 }
 
 type Col = (&'static str, &'static str, &'static str, i32);
@@ -88,7 +107,11 @@ fn columns(kind: &Kind) -> Vec<Col> {
         ("apps", "daemonsets") => vec![name, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0), ("Up-to-date", "integer", "", 0), ("Available", "integer", "", 0), ("Node Selector", "string", "", 0), age],
         ("batch", "jobs") => vec![name, ("Status", "string", "", 0), ("Completions", "string", "", 0), ("Duration", "string", "", 0), age],
         ("batch", "cronjobs") => vec![name, ("Schedule", "string", "", 0), ("Timezone", "string", "", 0), ("Suspend", "boolean", "", 0), ("Active", "integer", "", 0), ("Last Schedule", "string", "", 0), age],
-        ("", "persistentvolumeclaims") => vec![name, ("Status", "string", "", 0), ("Volume", "string", "", 0), ("Capacity", "string", "", 0), ("Access Modes", "string", "", 0), ("StorageClass", "string", "", 0), age],
+        ("", "persistentvolumeclaims") => vec![name, ("Status", "string", "", 0), ("Volume", "string", "", 0), ("Capacity", "string", "", 0), ("Access Modes", "string", "", 0), ("StorageClass", "string", "", 0), ("VolumeAttributesClass", "string", "", 0), age, ("VolumeMode", "string", "", 1)],
+        ("", "persistentvolumes") => vec![name, ("Capacity", "string", "", 0), ("Access Modes", "string", "", 0), ("Reclaim Policy", "string", "", 0), ("Status", "string", "", 0), ("Claim", "string", "", 0), ("StorageClass", "string", "", 0), ("VolumeAttributesClass", "string", "", 0), ("Reason", "string", "", 0), age, ("VolumeMode", "string", "", 1)],
+        ("storage.k8s.io", "storageclasses") => vec![name, ("Provisioner", "string", "", 0), ("ReclaimPolicy", "string", "", 0), ("VolumeBindingMode", "string", "", 0), ("AllowVolumeExpansion", "string", "", 0), age],
+        ("policy", "poddisruptionbudgets") => vec![name, ("Min Available", "string", "", 0), ("Max Unavailable", "string", "", 0), ("Allowed Disruptions", "integer", "", 0), age],
+        ("apps", "controllerrevisions") => vec![name, ("Controller", "string", "", 0), ("Revision", "integer", "", 0), age],
         _ => vec![name, ("Created At", "date", "", 0)],
     }
 }
@@ -190,12 +213,41 @@ fn cells(kind: &Kind, o: &Value) -> Vec<Value> {
             let has = |t: &str| conds.iter().any(|c| c["type"] == t && c["status"] == "True");
             let status = if has("Complete") { "Complete" } else if has("Failed") { "Failed" } else if spec["suspend"] == true { "Suspended" } else { "Running" };
             let completions = spec["completions"].as_i64().map(|c| format!("{}/{c}", int(&st["succeeded"]))).unwrap_or_else(|| format!("{}/1 of {}", int(&st["succeeded"]), int(&spec["parallelism"])));
-            vec![name, json!(status), json!(completions), json!(""), age(o)]
+            let duration = match (time(&st["startTime"]), time(&st["completionTime"])) {
+                (Some(a), Some(b)) => json!(human_duration((b - a).num_seconds())),
+                (Some(a), None) => json!(human_duration((chrono::Utc::now() - a).num_seconds())),
+                _ => json!(""),
+            };
+            vec![name, json!(status), json!(completions), duration, age(o)]
         }
-        ("batch", "cronjobs") => vec![name, json!(s(&spec["schedule"])), or_none(s(&spec["timeZone"])), json!(spec["suspend"] == true), json!(st["active"].as_array().map_or(0, Vec::len)), or_none(s(&st["lastScheduleTime"])), age(o)],
+        ("batch", "cronjobs") => vec![name, json!(s(&spec["schedule"])), or_none(s(&spec["timeZone"])), json!(spec["suspend"] == true), json!(st["active"].as_array().map_or(0, Vec::len)), since(&st["lastScheduleTime"], "<none>"), age(o)],
         ("", "persistentvolumeclaims") => {
-            let modes: Vec<String> = st["accessModes"].as_array().into_iter().flatten().map(|m| match m.as_str() { Some("ReadWriteOnce") => "RWO".into(), Some("ReadOnlyMany") => "ROX".into(), Some("ReadWriteMany") => "RWX".into(), Some("ReadWriteOncePod") => "RWOP".into(), other => other.unwrap_or("").into() }).collect();
-            vec![name, json!(s(&st["phase"])), json!(s(&spec["volumeName"])), json!(s(&st["capacity"]["storage"])), json!(modes.join(",")), or_none(s(&spec["storageClassName"])), age(o)]
+            vec![name, json!(s(&st["phase"])), json!(s(&spec["volumeName"])), json!(s(&st["capacity"]["storage"])), json!(access_modes(&st["accessModes"])), or_none(s(&spec["storageClassName"])), or_none(s(&spec["volumeAttributesClassName"])), age(o), json!(s(&spec["volumeMode"]))]
+        }
+        ("", "persistentvolumes") => {
+            let claim = match (spec["claimRef"]["namespace"].as_str(), spec["claimRef"]["name"].as_str()) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => String::new(),
+            };
+            vec![name, json!(s(&spec["capacity"]["storage"])), json!(access_modes(&spec["accessModes"])), json!(s(&spec["persistentVolumeReclaimPolicy"])), json!(s(&st["phase"])), json!(claim), json!(s(&spec["storageClassName"])), or_none(s(&spec["volumeAttributesClassName"])), json!(s(&st["reason"])), age(o), json!(s(&spec["volumeMode"]))]
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            let mut n = s(&o["metadata"]["name"]);
+            if o["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true" {
+                n.push_str(" (default)");
+            }
+            let policy = o["reclaimPolicy"].as_str().unwrap_or("Delete");
+            let mode = o["volumeBindingMode"].as_str().unwrap_or("Immediate");
+            vec![json!(n), json!(s(&o["provisioner"])), json!(policy), json!(mode), json!((o["allowVolumeExpansion"] == true).to_string()), age(o)]
+        }
+        ("policy", "poddisruptionbudgets") => {
+            let show = |v: &Value| if v.is_null() { json!("N/A") } else { json!(v.to_string().trim_matches('"')) };
+            vec![name, show(&spec["minAvailable"]), show(&spec["maxUnavailable"]), json!(int(&st["disruptionsAllowed"])), age(o)]
+        }
+        ("apps", "controllerrevisions") => {
+            let owner = o["metadata"]["ownerReferences"].as_array().into_iter().flatten().find(|r| r["controller"] == true);
+            let controller = owner.map(|r| format!("{}.{}/{}", s(&r["kind"]).to_lowercase(), s(&r["apiVersion"]).split('/').next().unwrap_or(""), s(&r["name"]))).unwrap_or_default();
+            vec![name, or_none(controller), json!(int(&o["revision"])), age(o)]
         }
         _ => vec![name, o["metadata"]["creationTimestamp"].clone()],
     }

@@ -4,7 +4,7 @@
 //! kept as a ControllerRevision so `kubectl rollout history/undo` work.
 
 use super::queue::Queue;
-use super::{controlled_by, controller_of, controller_ref, event, pod_available, pod_ready, pods_in, run_workers, stable_hash, watcher, Next};
+use super::{controlled_by, controller_of, event, pod_available, pod_ready, pods_in, run_workers, stable_hash, watcher, Next};
 use crate::api::status::ApiError;
 use crate::client::Client;
 use crate::scheduler::fit;
@@ -99,7 +99,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let uid = ds["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let template = ds["spec"]["template"].clone();
     let hash = stable_hash(&template);
-    ensure_revision(client, &ds, &hash).await?;
+    super::history::ensure_revision(client, &ds, &format!("{name}-{hash}"), &[(HASH, hash.as_str())]).await?;
 
     let nodes = client.get("/api/v1/nodes").await?;
     let mut tspec = template["spec"].clone();
@@ -218,47 +218,4 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         (false, Some(d)) => Next::After(d),
         _ => Next::Idle,
     })
-}
-
-/// Makes sure a ControllerRevision holds the current template, with the highest revision.
-async fn ensure_revision(client: &Client, ds: &Value, hash: &str) -> Result<(), ApiError> {
-    let ns = ds["metadata"]["namespace"].as_str().unwrap_or("");
-    let name = ds["metadata"]["name"].as_str().unwrap_or("");
-    let uid = ds["metadata"]["uid"].as_str().unwrap_or("");
-    let list = client.get(&format!("/apis/apps/v1/namespaces/{ns}/controllerrevisions")).await?;
-    let mut owned: Vec<&Value> = list["items"].as_array().into_iter().flatten().filter(|r| controlled_by(r, uid)).collect();
-    owned.sort_by_key(|r| r["revision"].as_i64().unwrap_or(0));
-    let max = owned.last().map_or(0, |r| r["revision"].as_i64().unwrap_or(0));
-    let rname = format!("{name}-{hash}");
-    let data = json!({"spec": {"template": {"$patch": "replace", "metadata": ds["spec"]["template"]["metadata"], "spec": ds["spec"]["template"]["spec"]}}});
-    if let Some(cur) = owned.iter().find(|r| r["metadata"]["name"] == rname.as_str()) {
-        if cur["revision"].as_i64().unwrap_or(0) < max {
-            // Back to an earlier template (rollout undo): it becomes the newest revision.
-            let url = format!("/apis/apps/v1/namespaces/{ns}/controllerrevisions/{rname}");
-            client.merge_patch(&url, &json!({"revision": max + 1})).await?;
-        }
-    } else {
-        let mut labels = ds["spec"]["template"]["metadata"]["labels"].clone();
-        labels[HASH] = json!(hash);
-        let rev = json!({
-            "apiVersion": "apps/v1", "kind": "ControllerRevision",
-            "metadata": {"name": rname, "namespace": ns, "labels": labels, "ownerReferences": [controller_ref(ds)]},
-            "data": data, "revision": max + 1,
-        });
-        match client.create(&format!("/apis/apps/v1/namespaces/{ns}/controllerrevisions"), &rev).await {
-            Ok(_) | Err(ApiError { code: 409, .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    // Keep revisionHistoryLimit old revisions.
-    let limit = ds["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
-    let old: Vec<&&Value> = owned.iter().filter(|r| r["metadata"]["name"] != rname.as_str()).collect();
-    for r in old.iter().take(old.len().saturating_sub(limit)) {
-        let url = format!("/apis/apps/v1/namespaces/{ns}/controllerrevisions/{}", r["metadata"]["name"].as_str().unwrap_or(""));
-        match client.delete(&url, &json!({})).await {
-            Ok(_) | Err(ApiError { code: 404 | 409, .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -7,11 +7,15 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod volume;
 pub mod watcher;
 
 use crate::api::selector::LabelSelector;
@@ -31,7 +35,8 @@ pub enum Next {
 }
 
 /// Starts every controller; each gets its own client (its name shows in managedFields).
-pub fn start(api: Arc<crate::api::Api>) {
+/// Provisioned volumes go under `storage_dir`.
+pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf) {
     let client = |agent: &'static str| Client::in_process(api.clone(), agent);
     serviceaccount::start(client("ferrokube-controller/serviceaccount"));
     gc::start(client("ferrokube-controller/garbage-collector"));
@@ -40,6 +45,9 @@ pub fn start(api: Arc<crate::api::Api>) {
     job::start(client("ferrokube-controller/job"));
     cronjob::start(client("ferrokube-controller/cronjob"));
     daemonset::start(client("ferrokube-controller/daemonset"));
+    statefulset::start(client("ferrokube-controller/statefulset"));
+    disruption::start(client("ferrokube-controller/disruption"));
+    volume::start(client("ferrokube-controller/persistentvolume"), volume::Storage { dir: storage_dir });
 }
 
 /// Runs `workers` loops that take keys from `queue` and reconcile them.

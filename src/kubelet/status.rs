@@ -175,18 +175,3 @@ impl Kubelet {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(millicores("500m"), Some(500));
-        assert_eq!(millicores("2"), Some(2000));
-        assert_eq!(millicores("0.25"), Some(250));
-        assert_eq!(bytes("64Mi"), Some(64 << 20));
-        assert_eq!(bytes("1G"), Some(1_000_000_000));
-        assert_eq!(bytes("1000"), Some(1000));
-    }
-}

@@ -129,6 +129,26 @@ impl Kubelet {
         }
     }
 
+    /// The directory behind a bound claim (a hostPath or local PersistentVolume), created
+    /// if the provisioner asked for that. Unbound claims wait: the pod is retried.
+    async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
+        let pvc = self.source(ns, "persistentvolumeclaims", claim).await?.ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
+        let pv_name = pvc["spec"]["volumeName"].as_str().filter(|_| pvc["status"]["phase"] == "Bound").ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound yet"))?;
+        let pv = self.client.get(&format!("/api/v1/persistentvolumes/{pv_name}")).await.map_err(|e| format!("persistentvolume {pv_name:?}: {}", e.message))?;
+        let spec = &pv["spec"];
+        let (path, create) = match (spec["hostPath"]["path"].as_str(), spec["local"]["path"].as_str()) {
+            (Some(p), _) => (PathBuf::from(p), spec["hostPath"]["type"] == "DirectoryOrCreate"),
+            (None, Some(p)) => (PathBuf::from(p), false),
+            _ => return Err(format!("persistentvolume {pv_name:?}: this node mounts hostPath and local volumes only")),
+        };
+        if create {
+            std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        } else if !path.exists() {
+            return Err(format!("persistentvolume {pv_name:?}: {} does not exist", path.display()));
+        }
+        Ok(path)
+    }
+
     /// Makes every volume of the pod ready; returns volume name -> host path.
     pub(super) async fn prepare_volumes(&self, pod: &Value) -> Result<HashMap<String, PathBuf>, String> {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
@@ -154,6 +174,10 @@ impl Kubelet {
                     _ => {}
                 }
                 out.insert(name.to_string(), path);
+                continue;
+            }
+            if let Some(c) = v.get("persistentVolumeClaim") {
+                out.insert(name.to_string(), self.claim_path(ns, c["claimName"].as_str().unwrap_or("")).await?);
                 continue;
             }
             if let Some(e) = v.get("emptyDir") {
@@ -188,7 +212,7 @@ impl Kubelet {
                 }
                 all
             } else {
-                return Err(format!("volume {name:?}: this node supports emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes"));
+                return Err(format!("volume {name:?}: this node supports emptyDir, hostPath, persistentVolumeClaim (hostPath or local volumes), configMap, secret, downwardAPI and projected volumes"));
             };
             sync_dir(&dir, &files)?;
             out.insert(name.to_string(), dir);

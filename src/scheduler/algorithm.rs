@@ -12,10 +12,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub struct Unschedulable {
     pub nodes: usize,
     pub reasons: BTreeMap<String, usize>,
+    /// A reason that concerns the pod rather than nodes (a claim that does not exist).
+    pub pod_reason: Option<String>,
 }
 
 impl std::fmt::Display for Unschedulable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.pod_reason {
+            return write!(f, "0/{} nodes are available: {r}.", self.nodes);
+        }
         let mut parts: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
         parts.sort();
         if parts.is_empty() {
@@ -169,6 +174,9 @@ fn filter(p: &Prepared, n: &NodeInfo) -> Option<String> {
     if !fit::node_matches(spec, &n.node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
+    if pod.volume_terms.iter().any(|terms| !terms.as_array().into_iter().flatten().any(|t| fit::term_matches(t, &n.node))) {
+        return Some("node(s) had volume node affinity conflict".into());
+    }
     if n.pods.len() as i64 + 1 > n.max_pods {
         return Some("Too many pods".into());
     }
@@ -286,7 +294,7 @@ pub fn schedule(cache: &Cache, pod: &PodInfo, turn: &mut usize) -> Result<String
         }
     }
     if feasible.is_empty() {
-        return Err(Unschedulable { nodes: cache.nodes.len(), reasons });
+        return Err(Unschedulable { nodes: cache.nodes.len(), reasons, pod_reason: None });
     }
     let scores = score(&prepared, &feasible);
     let best = scores.iter().copied().max().unwrap_or(0);

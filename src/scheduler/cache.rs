@@ -51,6 +51,9 @@ pub struct PodInfo {
     /// uid of the controller that owns the pod (for spreading replicas).
     pub owner: Option<String>,
     pub has_required_anti_affinity: bool,
+    /// Node selector terms of the volumes the pod's claims are bound to (each list must
+    /// match, as a `required` node affinity); filled in by the scheduler from the API.
+    pub volume_terms: Vec<Value>,
 }
 
 impl PodInfo {
@@ -110,6 +113,7 @@ impl PodInfo {
             requests,
             host_ports,
             owner,
+            volume_terms: Vec::new(),
         }
     }
 }

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 
 pub const NAME: &str = "default-scheduler";
 
+/// Bindings in flight at once: enough to fill the store's group commits, few enough not to
+/// flood it.
+const BINDERS: usize = 32;
+
 #[derive(Default)]
 struct State {
     cache: Cache,
@@ -95,23 +99,69 @@ pub fn start(client: Client) {
             st.pending.remove(&key);
         }
     });
+    // Claims being created or bound may unblock pods that wait for them.
+    let (q, s) = (queue.clone(), state.clone());
+    watcher::follow(client.clone(), "/api/v1/persistentvolumeclaims".into(), move |_, _| retry_unschedulable(&mut lock(&s), &q));
     let worker_client = client.clone();
+    let binders = Arc::new(tokio::sync::Semaphore::new(BINDERS));
     tokio::spawn(async move {
         loop {
             let key = queue.next().await;
-            schedule_one(&worker_client, &state, &queue, &key).await;
+            schedule_one(&worker_client, &state, &queue, &binders, &key).await;
             queue.done(&key, true);
         }
     });
 }
 
-async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, key: &str) {
+/// What the pod's claims ask of a node, read from the API: the node terms of the volumes
+/// they are bound to, and the unbound claims waiting for their first consumer. An `Err` is
+/// why no node can take the pod yet.
+async fn volume_needs(client: &Client, pod: &Value) -> Result<(Vec<Value>, Vec<String>), String> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+    let (mut terms, mut waiting) = (Vec::new(), Vec::new());
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else { continue };
+        let pvc = match client.get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")).await {
+            Ok(p) => p,
+            Err(e) if e.code == 404 => return Err(format!("persistentvolumeclaim \"{claim}\" not found")),
+            Err(e) => return Err(e.message),
+        };
+        if let Some(pv) = pvc["spec"]["volumeName"].as_str().filter(|v| !v.is_empty()) {
+            let pv = client.get(&format!("/api/v1/persistentvolumes/{pv}")).await.map_err(|e| e.message)?;
+            let t = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"];
+            if t.is_array() {
+                terms.push(t.clone());
+            }
+            continue;
+        }
+        let class = pvc["spec"]["storageClassName"].as_str().filter(|c| !c.is_empty());
+        let wffc = match class {
+            Some(c) => client.get(&format!("/apis/storage.k8s.io/v1/storageclasses/{c}")).await.is_ok_and(|sc| sc["volumeBindingMode"] == "WaitForFirstConsumer"),
+            None => false,
+        };
+        if !wffc {
+            return Err("pod has unbound immediate PersistentVolumeClaims".into());
+        }
+        waiting.push(claim.to_string());
+    }
+    Ok((terms, waiting))
+}
+
+async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, binders: &Arc<tokio::sync::Semaphore>, key: &str) {
+    let Some(pod) = lock(state).pending.get(key).cloned() else { return };
+    let volumes = volume_needs(client, &pod).await;
     let decision = {
         let mut st = lock(state);
         let Some(pod) = st.pending.get(key).cloned() else { return };
-        let info = PodInfo::parse(&pod);
+        let mut info = PodInfo::parse(&pod);
         let mut turn = st.turn;
-        let r = algorithm::schedule(&st.cache, &info, &mut turn);
+        let r = match &volumes {
+            Ok((terms, _)) => {
+                info.volume_terms = terms.clone();
+                algorithm::schedule(&st.cache, &info, &mut turn)
+            }
+            Err(why) => Err(algorithm::Unschedulable { nodes: st.cache.nodes.len(), reasons: Default::default(), pod_reason: Some(why.clone()) }),
+        };
         st.turn = turn;
         match r {
             Ok(node) => {
@@ -130,8 +180,18 @@ async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, key: &str)
         Ok((pod, node)) => {
             // Bind without holding up the next decision.
             let (client, state, queue, key) = (client.clone(), state.clone(), queue.clone(), key.to_string());
+            let waiting = volumes.map(|(_, w)| w).unwrap_or_default();
+            let Ok(permit) = binders.clone().acquire_owned().await else { return };
             tokio::spawn(async move {
+                let _permit = permit;
                 let (ns, name) = crate::controllers::split_key(&key);
+                // Claims waiting for their first consumer learn where it goes.
+                for claim in waiting {
+                    let patch = json!({"metadata": {"annotations": {crate::controllers::volume::SELECTED_NODE: node}}});
+                    if let Err(e) = client.merge_patch(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"), &patch).await {
+                        tracing::warn!(pod = %key, %claim, error = %e, "claim not annotated with the selected node");
+                    }
+                }
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
                 match client.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &binding).await {
                     Ok(_) => {

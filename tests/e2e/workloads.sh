@@ -156,6 +156,49 @@ eventually "the daemon pod runs the new image" "$IMAGE2" 30 k get pods -l app=ag
 check_contains "DaemonSet history has two revisions" "2" "$(k rollout history ds/agent)"
 k delete ds agent --wait=true --timeout=60s >/dev/null
 
+# StatefulSet: ordinals, stable hostnames, a claim per ordinal whose data outlives the pod.
+check_contains "local-path is the default StorageClass" "local-path (default)" "$(k get storageclass)"
+k apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 3
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"], volumeMounts: [{name: data, mountPath: /data}]}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 100Mi}}}
+YAML
+check_cmd "a StatefulSet of 3 rolls out" k rollout status sts/db --timeout=180s
+check "pods db-0, db-1, db-2" "db-0 db-1 db-2" "$(k get pods -l app=db -o jsonpath='{.items[*].metadata.name}')"
+check "created one after the other" "create Pod db-0 in StatefulSet db successful,create Pod db-1 in StatefulSet db successful,create Pod db-2 in StatefulSet db successful" \
+  "$(k get events --field-selector involvedObject.name=db,reason=SuccessfulCreate -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep '^create Pod' | paste -sd,)"
+check "a stable hostname" "db-1" "$(k exec db-1 -- hostname)"
+check "each ordinal has its bound claim" "Bound Bound Bound" "$(k get pvc data-db-0 data-db-1 data-db-2 -o jsonpath='{.items[*].status.phase}')"
+k exec db-1 -- sh -c 'echo keep-me > /data/file'
+k delete pod db-1 --wait=true >/dev/null
+eventually "db-1 comes back" "True" 90 k get pod db-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+check "with its data" "keep-me" "$(k exec db-1 -- cat /data/file)"
+k set image sts/db c=$IMAGE2 >/dev/null
+check_cmd "a StatefulSet update rolls out" k rollout status sts/db --timeout=180s
+check "replacing pods from db-2 down" "db-2,db-1,db-0" \
+  "$(k get events --field-selector involvedObject.name=db,reason=SuccessfulDelete -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | sed 's/delete Pod \(db-[0-9]\).*/\1/' | paste -sd,)"
+check "all on the new image" "$IMAGE2 $IMAGE2 $IMAGE2" "$(k get pods -l app=db -o jsonpath='{.items[*].spec.containers[0].image}')"
+check "data still there after the update" "keep-me" "$(k exec db-1 -- cat /data/file)"
+k delete sts db --wait=true >/dev/null
+eventually "deleting the StatefulSet removes its pods" "" 60 k get pods -l app=db -o name
+check "and keeps the claims" "3" "$(k get pvc -o name | grep -c data-db-)"
+k delete pvc data-db-0 data-db-1 data-db-2 --wait=true >/dev/null
+eventually "deleted claims release their volumes, which go" "" 30 k get pv -o name
+check "with their directories" "" "$(ls "$E2E_DIR/data/storage")"
+
 # Jobs.
 k apply -f - >/dev/null <<YAML
 apiVersion: batch/v1
@@ -203,6 +246,21 @@ check "at its backoffLimit" "BackoffLimitExceeded 2" "$(k get job fails -o jsonp
 eventually "the CronJob has run on schedule" "true" 150 sh -c "[ -n \"\$($KUBECTL get cronjob tick -o jsonpath='{.status.lastSuccessfulTime}')\" ] && echo true"
 check_contains "its Jobs are named after the schedule" "tick-" "$(k get jobs -o name)"
 eventually "it keeps only its history limit" "1" 150 sh -c "$KUBECTL get jobs -o name | grep -c tick-"
+
+# Drain respects a PodDisruptionBudget: with one node, once one of two guarded pods is
+# evicted its replacement cannot be scheduled, so the second eviction must wait.
+k create deployment guarded --image=$IMAGE --replicas=2 -- sleep 3600 >/dev/null
+k create poddisruptionbudget guarded --selector=app=guarded --min-available=1 >/dev/null
+eventually "the budget allows one disruption" "1" 90 k get pdb guarded -o jsonpath='{.status.disruptionsAllowed}'
+check "PDB columns" "NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE" "$(k get pdb guarded | head -1 | xargs)"
+drain_out=$(k drain e2e-node --ignore-daemonsets --delete-emptydir-data --force --timeout=15s 2>&1)
+check "drain cannot finish against the budget" "1" "$?"
+check_contains "and says why" "Cannot evict pod as it would violate the pod's disruption budget" "$drain_out"
+check "one guarded pod is left, not being evicted" "1" "$(k get pods -l app=guarded -o custom-columns=N:.metadata.name,D:.metadata.deletionTimestamp --no-headers | grep -c '<none>')"
+check "the node is cordoned" "true" "$(k get node e2e-node -o jsonpath='{.spec.unschedulable}')"
+k uncordon e2e-node >/dev/null
+eventually "uncordoned, the deployment recovers" "2" 90 k get deploy guarded -o jsonpath='{.status.availableReplicas}'
+k delete deploy guarded >/dev/null; k delete pdb guarded >/dev/null
 
 # Deleting a namespace removes what is in it.
 k create ns doomed >/dev/null
