@@ -24,7 +24,8 @@ impl T {
         let client = Client::in_process(api.clone(), "controllers-test");
         // One synthetic node, ready, with room for plenty of pods.
         client.create("/api/v1/nodes", &json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}}})).await.unwrap();
-        let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
+        let now = ferrokube::api::object::now();
+        let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now}]}});
         client.merge_patch("/api/v1/nodes/n1/status", &status).await.unwrap();
         T { client, _dir: dir }
     }
@@ -245,4 +246,32 @@ async fn statefulset_orders_pods_claims_and_updates() {
     t.client.merge_patch(&format!("{base}/web"), &json!({"spec": {"replicas": 1}})).await.unwrap();
     t.until(20, "scaled to 1", || async { t.pods("app%3Dsts").await.len() == 1 }).await;
     assert_eq!(t.get("/api/v1/namespaces/default/persistentvolumeclaims").await["items"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_ready_node_is_tainted_and_intolerant_pods_evicted() {
+    let t = T::new().await;
+    let now = ferrokube::api::object::now();
+    t.client.create("/api/v1/nodes", &json!({"metadata": {"name": "n2"}})).await.unwrap();
+    let status = |ready: &str| json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": now}]}});
+    t.client.merge_patch("/api/v1/nodes/n2/status", &status("True")).await.unwrap();
+    // Two pods pinned to n2: one with the default tolerations (300 s), one that tolerates
+    // not-ready for 0 seconds.
+    let pod = |name: &str, tolerations: Value| json!({"metadata": {"name": name}, "spec": {"nodeName": "n2", "tolerations": tolerations, "containers": [{"name": "c", "image": "i"}]}});
+    t.client.create("/api/v1/namespaces/default/pods", &pod("patient", json!([]))).await.unwrap();
+    let zero = json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 0}]);
+    t.client.create("/api/v1/namespaces/default/pods", &pod("fragile", zero)).await.unwrap();
+    // The kubelet of n2 reports NotReady.
+    t.client.merge_patch("/api/v1/nodes/n2/status", &status("False")).await.unwrap();
+    let tainted = || async {
+        let n = t.get("/api/v1/nodes/n2").await;
+        n["spec"]["taints"].as_array().is_some_and(|ts| ts.iter().any(|x| x["key"] == "node.kubernetes.io/not-ready" && x["effect"] == "NoExecute"))
+    };
+    t.until(10, "n2 tainted not-ready", tainted).await;
+    t.until(10, "fragile evicted at once", || async { t.get("/api/v1/namespaces/default/pods/fragile").await.is_null() }).await;
+    let patient = t.get("/api/v1/namespaces/default/pods/patient").await;
+    assert!(patient["metadata"]["deletionTimestamp"].is_null(), "the default toleration gives it 300 s");
+    // Healthy again: the taints go.
+    t.client.merge_patch("/api/v1/nodes/n2/status", &status("True")).await.unwrap();
+    t.until(10, "n2 untainted", || async { t.get("/api/v1/nodes/n2").await["spec"]["taints"].is_null() }).await;
 }

@@ -11,6 +11,7 @@ pub mod disruption;
 pub mod gc;
 pub mod history;
 pub mod job;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
@@ -47,6 +48,7 @@ pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf) {
     daemonset::start(client("ferrokube-controller/daemonset"));
     statefulset::start(client("ferrokube-controller/statefulset"));
     disruption::start(client("ferrokube-controller/disruption"));
+    nodelifecycle::start(client("ferrokube-controller/node-lifecycle"));
     volume::start(client("ferrokube-controller/persistentvolume"), volume::Storage { dir: storage_dir });
 }
 
