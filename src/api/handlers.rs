@@ -19,6 +19,16 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 /// Conflict retries of server-side read-modify-write (patches without a resourceVersion).
 const RMW_RETRIES: usize = 16;
 
+/// Whether a patch body names a resourceVersion (a precondition): a JSON patch operation on
+/// `/metadata/resourceVersion`, or `metadata.resourceVersion` in a merge or strategic patch.
+fn patch_sets_resource_version(body: &[u8]) -> bool {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(ops)) => ops.iter().any(|op| op["path"] == "/metadata/resourceVersion"),
+        Ok(v) => v["metadata"]["resourceVersion"].as_str().is_some_and(|s| !s.is_empty()),
+        Err(_) => false,
+    }
+}
+
 /// Selection of a list or watch: label and field selectors.
 pub struct Selection {
     pub labels: LabelSelector,
@@ -441,11 +451,7 @@ impl Api {
                 scale_of(rr.kind, &old)
             } else {
                 self.check_sub(rr)?;
-                // Without its resourceVersion: one in the result came from the patch itself
-                // (a precondition); none means "retry on conflicts", as upstream.
-                let mut b = old.clone();
-                meta_mut(&mut b).remove("resourceVersion");
-                b
+                old.clone()
             };
             let mut patched = patch::apply(bt, rr.kind, &base, body)?;
             if rr.sub.as_deref() == Some("scale") {
@@ -455,7 +461,7 @@ impl Api {
                 }
             }
             // A resourceVersion in the patch is a precondition; otherwise retry on conflicts.
-            let pinned = obj::resource_version(&patched)?;
+            let pinned = if patch_sets_resource_version(body) { obj::resource_version(&patched)? } else { None };
             if let Some(want) = pinned {
                 if want != current {
                     return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));

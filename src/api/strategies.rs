@@ -504,6 +504,11 @@ fn cronjob_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
             }
         }
     }
+    if let Some(tz) = spec["timeZone"].as_str() {
+        if let Err(why) = crate::controllers::cron::Zone::load(tz) {
+            c.push(Cause::invalid("spec.timeZone", &spec["timeZone"], why));
+        }
+    }
     if let Some(p) = spec["concurrencyPolicy"].as_str() {
         if !["Allow", "Forbid", "Replace"].contains(&p) {
             c.push(Cause::unsupported("spec.concurrencyPolicy", &spec["concurrencyPolicy"], &["Allow", "Forbid", "Replace"]));

@@ -169,3 +169,108 @@ mod tests {
         assert!(Schedule::parse("0 0 * FOO *").unwrap_err().contains("month"));
     }
 }
+
+/// A time zone read from the host's zone database (TZif files under /usr/share/zoneinfo):
+/// its UTC offsets over time. Past the last listed transition the last offset holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zone {
+    /// (transition instant, offset in seconds from then on), ascending.
+    transitions: Vec<(i64, i32)>,
+    initial: i32,
+}
+
+const ZONEINFO: &str = "/usr/share/zoneinfo";
+
+impl Zone {
+    /// Loads zone `name` (such as `Europe/Berlin`); the error says why it cannot be used.
+    pub fn load(name: &str) -> Result<Zone, String> {
+        let valid = !name.is_empty() && !name.starts_with('/') && !name.split('/').any(|p| p == ".." || p == ".") && name.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+        if !valid {
+            return Err(format!("unknown time zone {name}"));
+        }
+        let bytes = std::fs::read(std::path::Path::new(ZONEINFO).join(name)).map_err(|_| format!("unknown time zone {name}"))?;
+        Zone::parse(&bytes).ok_or_else(|| format!("time zone {name}: unreadable zone file"))
+    }
+
+    /// Parses TZif data, using the 64-bit block of version 2+ files.
+    pub fn parse(b: &[u8]) -> Option<Zone> {
+        let u32_at = |o: usize| -> Option<usize> { Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?) as usize) };
+        let header = |o: usize| -> Option<[usize; 6]> {
+            if b.get(o..o + 4)? != b"TZif" {
+                return None;
+            }
+            Some([u32_at(o + 20)?, u32_at(o + 24)?, u32_at(o + 28)?, u32_at(o + 32)?, u32_at(o + 36)?, u32_at(o + 40)?])
+        };
+        let [isut, isstd, leap, time, types, chars] = header(0)?;
+        let version = *b.get(4)?;
+        let (base, tsize, [_, _, leap2, time2, types2, _]) = if version >= b'2' {
+            let v1 = 44 + time * 5 + types * 6 + chars + leap * 8 + isstd + isut;
+            (v1 + 44, 8, header(v1)?)
+        } else {
+            (44, 4, [isut, isstd, leap, time, types, chars])
+        };
+        let _ = leap2;
+        let idx_at = base + time2 * tsize;
+        let types_at = idx_at + time2;
+        let ttinfo = |i: usize| -> Option<i32> { Some(i32::from_be_bytes(b.get(types_at + i * 6..types_at + i * 6 + 4)?.try_into().ok()?)) };
+        let mut transitions = Vec::with_capacity(time2);
+        for i in 0..time2 {
+            let at = base + i * tsize;
+            let t = if tsize == 8 { i64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?) } else { i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?) as i64 };
+            let ty = *b.get(idx_at + i)? as usize;
+            if ty >= types2 {
+                return None;
+            }
+            transitions.push((t, ttinfo(ty)?));
+        }
+        Some(Zone { transitions, initial: ttinfo(0)? })
+    }
+
+    /// The UTC offset in force at instant `t` (Unix seconds).
+    pub fn offset_at(&self, t: i64) -> i32 {
+        match self.transitions.partition_point(|(at, _)| *at <= t) {
+            0 => self.initial,
+            i => self.transitions[i - 1].1,
+        }
+    }
+
+    /// Wall-clock time of instant `t`.
+    pub fn wall(&self, t: i64) -> Option<NaiveDateTime> {
+        chrono::DateTime::from_timestamp(t + self.offset_at(t) as i64, 0).map(|d| d.naive_utc())
+    }
+
+    /// The instant a wall-clock time names: the earlier one when clocks go back, `None` for a
+    /// time skipped when they go forward.
+    pub fn instant(&self, local: NaiveDateTime) -> Option<i64> {
+        let l = local.and_utc().timestamp();
+        let mut candidates: Vec<i64> = [self.offset_at(l - 86_400), self.offset_at(l), self.offset_at(l + 86_400)]
+            .into_iter()
+            .map(|o| l - o as i64)
+            .filter(|t| (*t + self.offset_at(*t) as i64) == l)
+            .collect();
+        candidates.sort();
+        candidates.first().copied()
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+
+    #[test]
+    fn host_zone_database_offsets_and_dst() {
+        let Ok(berlin) = Zone::load("Europe/Berlin") else {
+            panic!("the tzdata package provides /usr/share/zoneinfo (scripts/install-deps.sh installs it)");
+        };
+        // 2026-01-15 12:00 UTC is 13:00 in Berlin; 2026-07-15 12:00 UTC is 14:00.
+        assert_eq!(berlin.offset_at(1_768_478_400), 3600);
+        assert_eq!(berlin.offset_at(1_784_116_800), 7200);
+        let at = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
+        assert_eq!(berlin.wall(1_768_478_400), Some(at("2026-01-15 13:00")));
+        assert_eq!(berlin.instant(at("2026-01-15 13:00")), Some(1_768_478_400));
+        // 2026-03-29 02:30 does not exist in Berlin (clocks jump from 02:00 to 03:00).
+        assert_eq!(berlin.instant(at("2026-03-29 02:30")), None);
+        assert!(Zone::load("../../etc/passwd").is_err());
+        assert!(Zone::load("Mars/Olympus").unwrap_err().contains("unknown time zone"));
+    }
+}

@@ -14,12 +14,12 @@ use std::time::Duration;
 const COMPONENT: &str = "cronjob-controller";
 const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/batch/v1/cronjobs".into(), move |_, cj| q.add(super::key_of(cj)));
+    hub.follow("/apis/batch/v1/cronjobs", move |_, cj| q.add(super::key_of(cj)));
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/batch/v1/jobs".into(), move |_, j| {
+    hub.follow("/apis/batch/v1/jobs", move |_, j| {
         if let Some(r) = controller_of(j).filter(|r| r["kind"] == "CronJob") {
             q.add(format!("{}/{}", j["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
         }
@@ -34,48 +34,36 @@ fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
 }
 
-/// The wall clock a schedule is read in.
-#[derive(Clone, Copy)]
+/// The wall clock a schedule is read in: the host's local time unless `timeZone` names one.
+#[derive(Clone)]
 enum Zone {
     Local,
-    Utc,
+    Named(super::cron::Zone),
 }
 
 impl Zone {
     fn of(cj: &Value) -> Result<Zone, String> {
         match cj["spec"]["timeZone"].as_str() {
             None => Ok(Zone::Local),
-            Some("UTC" | "Etc/UTC" | "Etc/GMT" | "GMT" | "Etc/Zulu" | "Zulu") => Ok(Zone::Utc),
-            Some(tz) if local_zone_name().as_deref() == Some(tz) => Ok(Zone::Local),
-            Some(tz) => Err(format!("unknown time zone {tz}")),
+            Some(tz) => super::cron::Zone::load(tz).map(Zone::Named),
         }
     }
-    fn wall(self, t: DateTime<Utc>) -> NaiveDateTime {
+    fn wall(&self, t: DateTime<Utc>) -> NaiveDateTime {
         match self {
             Zone::Local => t.with_timezone(&Local).naive_local(),
-            Zone::Utc => t.naive_utc(),
+            Zone::Named(z) => z.wall(t.timestamp()).unwrap_or_else(|| t.naive_utc()),
         }
     }
-    fn instant(self, t: NaiveDateTime) -> Option<DateTime<Utc>> {
+    fn instant(&self, t: NaiveDateTime) -> Option<DateTime<Utc>> {
         match self {
             Zone::Local => Local.from_local_datetime(&t).earliest().map(|t| t.with_timezone(&Utc)),
-            Zone::Utc => Some(Utc.from_utc_datetime(&t)),
+            Zone::Named(z) => z.instant(t).and_then(|s| DateTime::from_timestamp(s, 0)),
         }
     }
-}
-
-/// The host's zone name, from /etc/timezone or the /etc/localtime link.
-fn local_zone_name() -> Option<String> {
-    if let Ok(s) = std::fs::read_to_string("/etc/timezone") {
-        return Some(s.trim().to_string());
-    }
-    let link = std::fs::read_link("/etc/localtime").ok()?;
-    let s = link.to_string_lossy();
-    s.split_once("zoneinfo/").map(|(_, z)| z.to_string())
 }
 
 /// The scheduled times after `from` up to `now`: how many, and the latest.
-fn missed(s: &Schedule, zone: Zone, from: DateTime<Utc>, now: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
+fn missed(s: &Schedule, zone: &Zone, from: DateTime<Utc>, now: DateTime<Utc>) -> (usize, Option<DateTime<Utc>>) {
     let (mut count, mut latest) = (0, None);
     let mut t = zone.wall(from);
     while let Some(n) = s.next_after(t) {
@@ -158,7 +146,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                 if let Some(d) = deadline {
                     from = from.max(now - chrono::Duration::seconds(d));
                 }
-                let (count, latest) = missed(&sched, zone, from, now);
+                let (count, latest) = missed(&sched, &zone, from, now);
                 if count > 100 {
                     event(client, COMPONENT, &cj, "Warning", "TooManyMissedTimes", &format!("too many missed start times: {count}. Set or decrease .spec.startingDeadlineSeconds or check clock skew")).await;
                 }
@@ -232,15 +220,19 @@ fn job_for(cj: &Value, at: DateTime<Utc>) -> Value {
 mod tests {
     use super::*;
 
+    fn utc() -> Zone {
+        Zone::Named(super::super::cron::Zone::load("Etc/UTC").expect("tzdata"))
+    }
+
     #[test]
     fn missed_times_count_and_latest() {
         let s = Schedule::parse("*/10 * * * *").unwrap();
         let from = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 10, 35, 0).unwrap();
-        let (n, latest) = missed(&s, Zone::Utc, from, now);
+        let (n, latest) = missed(&s, &utc(), from, now);
         assert_eq!(n, 3);
         assert_eq!(latest, Some(Utc.with_ymd_and_hms(2026, 1, 1, 10, 30, 0).unwrap()));
-        let (n, latest) = missed(&s, Zone::Utc, now, now);
+        let (n, latest) = missed(&s, &utc(), now, now);
         assert_eq!((n, latest), (0, None));
     }
 

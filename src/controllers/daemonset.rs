@@ -16,11 +16,11 @@ use std::time::Duration;
 const COMPONENT: &str = "daemonset-controller";
 const HASH: &str = "controller-revision-hash";
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let keys: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (q, k) = (queue.clone(), keys.clone());
-    watcher::follow(client.clone(), "/apis/apps/v1/daemonsets".into(), move |ty, ds| {
+    hub.follow("/apis/apps/v1/daemonsets", move |ty, ds| {
         let key = super::key_of(ds);
         let mut keys = k.lock().unwrap_or_else(|p| p.into_inner());
         if ty == "DELETED" {
@@ -31,14 +31,14 @@ pub fn start(client: Client) {
         q.add(key);
     });
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/pods".into(), move |_, p| {
+    hub.follow("/api/v1/pods", move |_, p| {
         if let Some(r) = controller_of(p).filter(|r| r["kind"] == "DaemonSet") {
             q.add(format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
         }
     });
     // Node changes (added, removed, labels, taints) concern every DaemonSet.
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/nodes".into(), move |_, _| {
+    hub.follow("/api/v1/nodes", move |_, _| {
         for key in keys.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             q.add(key.clone());
         }

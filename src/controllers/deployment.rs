@@ -22,12 +22,12 @@ const NOT_COPIED: &[&str] = &[
     "deployment.kubernetes.io/max-replicas",
 ];
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/apps/v1/deployments".into(), move |_, d| q.add(super::key_of(d)));
+    hub.follow("/apis/apps/v1/deployments", move |_, d| q.add(super::key_of(d)));
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/apps/v1/replicasets".into(), move |_, rs| {
+    hub.follow("/apis/apps/v1/replicasets", move |_, rs| {
         if let Some(r) = controller_of(rs).filter(|r| r["kind"] == "Deployment") {
             q.add(format!("{}/{}", rs["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
         }

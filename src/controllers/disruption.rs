@@ -14,11 +14,11 @@ use std::time::Duration;
 /// How long an eviction counts against the budget while its pod has not started going.
 const DISRUPTION_TIMEOUT: i64 = 120;
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let by_ns: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
     let (q, m) = (queue.clone(), by_ns.clone());
-    watcher::follow(client.clone(), "/apis/policy/v1/poddisruptionbudgets".into(), move |ty, b| {
+    hub.follow("/apis/policy/v1/poddisruptionbudgets", move |ty, b| {
         let key = super::key_of(b);
         let ns = b["metadata"]["namespace"].as_str().unwrap_or("").to_string();
         let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -30,7 +30,7 @@ pub fn start(client: Client) {
         q.add(key);
     });
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/pods".into(), move |_, p| {
+    hub.follow("/api/v1/pods", move |_, p| {
         let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
         for key in by_ns.lock().unwrap_or_else(|p| p.into_inner()).get(ns).into_iter().flatten() {
             q.add(key.clone());

@@ -15,12 +15,12 @@ use std::time::Duration;
 const COMPONENT: &str = "job-controller";
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/batch/v1/jobs".into(), move |_, j| q.add(super::key_of(j)));
+    hub.follow("/apis/batch/v1/jobs", move |_, j| q.add(super::key_of(j)));
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/pods".into(), move |_, p| {
+    hub.follow("/api/v1/pods", move |_, p| {
         if let Some(r) = controller_of(p).filter(|r| r["kind"] == "Job") {
             q.add(format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
         }

@@ -1,7 +1,8 @@
 //! The controllers: reconcile loops that drive the cluster toward what its objects declare.
-//! Each one follows the collections it cares about ([`watcher::follow`]), turns what it sees
-//! into keys on its [`queue::Queue`], and reconciles one key at a time against the current
-//! state read from the API, through the same [`Client`] as any other component.
+//! Each one follows the collections it cares about (through one shared [`watcher::Hub`]),
+//! turns what it sees into keys on its [`queue::Queue`], and reconciles one key at a time
+//! against the current state read from the API, through the same [`Client`] as any other
+//! component.
 
 pub mod cron;
 pub mod cronjob;
@@ -39,17 +40,19 @@ pub enum Next {
 /// Provisioned volumes go under `storage_dir`.
 pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf) {
     let client = |agent: &'static str| Client::in_process(api.clone(), agent);
-    serviceaccount::start(client("ferrokube-controller/serviceaccount"));
     gc::start(client("ferrokube-controller/garbage-collector"));
-    replicaset::start(client("ferrokube-controller/replicaset"));
-    deployment::start(client("ferrokube-controller/deployment"));
-    job::start(client("ferrokube-controller/job"));
-    cronjob::start(client("ferrokube-controller/cronjob"));
-    daemonset::start(client("ferrokube-controller/daemonset"));
-    statefulset::start(client("ferrokube-controller/statefulset"));
-    disruption::start(client("ferrokube-controller/disruption"));
-    nodelifecycle::start(client("ferrokube-controller/node-lifecycle"));
-    volume::start(client("ferrokube-controller/persistentvolume"), volume::Storage { dir: storage_dir });
+    let mut hub = watcher::Hub::default();
+    serviceaccount::start(client("ferrokube-controller/serviceaccount"), &mut hub);
+    replicaset::start(client("ferrokube-controller/replicaset"), &mut hub);
+    deployment::start(client("ferrokube-controller/deployment"), &mut hub);
+    job::start(client("ferrokube-controller/job"), &mut hub);
+    cronjob::start(client("ferrokube-controller/cronjob"), &mut hub);
+    daemonset::start(client("ferrokube-controller/daemonset"), &mut hub);
+    statefulset::start(client("ferrokube-controller/statefulset"), &mut hub);
+    disruption::start(client("ferrokube-controller/disruption"), &mut hub);
+    nodelifecycle::start(client("ferrokube-controller/node-lifecycle"), &mut hub);
+    volume::start(client("ferrokube-controller/persistentvolume"), &mut hub, volume::Storage { dir: storage_dir });
+    hub.run(client("ferrokube-controller"));
 }
 
 /// Runs `workers` loops that take keys from `queue` and reconcile them.

@@ -21,13 +21,13 @@ const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
 const COMPONENT: &str = "node-controller";
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let started = Utc::now();
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/nodes".into(), move |_, n| q.add(n["metadata"]["name"].as_str().unwrap_or("")));
+    hub.follow("/api/v1/nodes", move |_, n| q.add(n["metadata"]["name"].as_str().unwrap_or("")));
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases".into(), move |_, l| {
+    hub.follow("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", move |_, l| {
         q.add(l["metadata"]["name"].as_str().unwrap_or(""));
     });
     run_workers("node-lifecycle", queue, 1, move |name| {

@@ -35,9 +35,9 @@ const RC: Flavor = Flavor {
     map_selector: true,
 };
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     for flavor in [REPLICASET, RC] {
-        run(client.clone(), flavor);
+        run(client.clone(), hub, flavor);
     }
 }
 
@@ -50,12 +50,12 @@ fn selector(f: Flavor, o: &Value) -> Option<LabelSelector> {
     (!s.is_empty()).then_some(s)
 }
 
-fn run(client: Client, f: Flavor) {
+fn run(client: Client, hub: &mut watcher::Hub, f: Flavor) {
     let queue = Queue::new();
     // Selectors by key, to find the owners a matching orphan pod may be adopted by.
     let selectors: Arc<Mutex<HashMap<String, (String, LabelSelector)>>> = Arc::default();
     let (q, sels) = (queue.clone(), selectors.clone());
-    watcher::follow(client.clone(), f.collection.into(), move |ty, o| {
+    hub.follow(f.collection, move |ty, o| {
         let key = super::key_of(o);
         let mut s = sels.lock().unwrap_or_else(|p| p.into_inner());
         match (ty, selector(f, o)) {
@@ -65,7 +65,7 @@ fn run(client: Client, f: Flavor) {
         q.add(key);
     });
     let (q, sels) = (queue.clone(), selectors);
-    watcher::follow(client.clone(), "/api/v1/pods".into(), move |_, pod| {
+    hub.follow("/api/v1/pods", move |_, pod| {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
         match controller_of(pod) {
             Some(r) if r["kind"] == f.kind => q.add(format!("{ns}/{}", r["name"].as_str().unwrap_or(""))),

@@ -5,14 +5,14 @@ use super::{run_workers, watcher, Next};
 use crate::client::Client;
 use serde_json::json;
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/namespaces".into(), move |_, ns| {
+    hub.follow("/api/v1/namespaces", move |_, ns| {
         q.add(ns["metadata"]["name"].as_str().unwrap_or(""));
     });
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/serviceaccounts?fieldSelector=metadata.name%3Ddefault".into(), move |ty, sa| {
+    hub.follow("/api/v1/serviceaccounts?fieldSelector=metadata.name%3Ddefault", move |ty, sa| {
         if ty == "DELETED" {
             q.add(sa["metadata"]["namespace"].as_str().unwrap_or(""));
         }

@@ -15,12 +15,12 @@ use std::time::Duration;
 const COMPONENT: &str = "statefulset-controller";
 const REVISION: &str = "controller-revision-hash";
 
-pub fn start(client: Client) {
+pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     let q = queue.clone();
-    watcher::follow(client.clone(), "/apis/apps/v1/statefulsets".into(), move |_, s| q.add(super::key_of(s)));
+    hub.follow("/apis/apps/v1/statefulsets", move |_, s| q.add(super::key_of(s)));
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/pods".into(), move |_, p| {
+    hub.follow("/api/v1/pods", move |_, p| {
         if let Some(r) = controller_of(p).filter(|r| r["kind"] == "StatefulSet") {
             q.add(format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
         }

@@ -23,7 +23,7 @@ pub struct Storage {
     pub dir: PathBuf,
 }
 
-pub fn start(client: Client, storage: Storage) {
+pub fn start(client: Client, hub: &mut watcher::Hub, storage: Storage) {
     let queue = Queue::new();
     let c = client.clone();
     tokio::spawn(async move {
@@ -38,7 +38,7 @@ pub fn start(client: Client, storage: Storage) {
         }
     });
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/persistentvolumeclaims".into(), move |ty, pvc| {
+    hub.follow("/api/v1/persistentvolumeclaims", move |ty, pvc| {
         q.add(format!("pvc/{}", super::key_of(pvc)));
         // A deleted claim releases its volume.
         if let Some(pv) = pvc["spec"]["volumeName"].as_str().filter(|_| ty == "DELETED") {
@@ -46,7 +46,7 @@ pub fn start(client: Client, storage: Storage) {
         }
     });
     let q = queue.clone();
-    watcher::follow(client.clone(), "/api/v1/persistentvolumes".into(), move |_, pv| {
+    hub.follow("/api/v1/persistentvolumes", move |_, pv| {
         q.add(format!("pv/{}", pv["metadata"]["name"].as_str().unwrap_or("")));
         let r = &pv["spec"]["claimRef"];
         if let (Some(ns), Some(n)) = (r["namespace"].as_str(), r["name"].as_str()) {

@@ -61,3 +61,34 @@ where
         }
     });
 }
+
+type Seen = Box<dyn Fn(&str, &Value) + Send + Sync>;
+
+/// Shared watches: controllers register what they follow, then [`Hub::run`] starts one
+/// list+watch per collection and hands each object to every controller that asked for it,
+/// so a pod event is decoded once, not once per controller.
+#[derive(Default)]
+pub struct Hub {
+    subscribers: std::collections::BTreeMap<String, Vec<Seen>>,
+}
+
+impl Hub {
+    /// Registers `seen` for the objects of collection `path`.
+    pub fn follow<F>(&mut self, path: &str, seen: F)
+    where
+        F: Fn(&str, &Value) + Send + Sync + 'static,
+    {
+        self.subscribers.entry(path.to_string()).or_default().push(Box::new(seen));
+    }
+
+    /// Starts the watches.
+    pub fn run(self, client: Client) {
+        for (path, subs) in self.subscribers {
+            follow(client.clone(), path, move |ty, o| {
+                for s in &subs {
+                    s(ty, o);
+                }
+            });
+        }
+    }
+}
