@@ -246,6 +246,16 @@ async fn statefulset_orders_pods_claims_and_updates() {
     t.client.merge_patch(&format!("{base}/web"), &json!({"spec": {"replicas": 1}})).await.unwrap();
     t.until(20, "scaled to 1", || async { t.pods("app%3Dsts").await.len() == 1 }).await;
     assert_eq!(t.get("/api/v1/namespaces/default/persistentvolumeclaims").await["items"].as_array().unwrap().len(), 3);
+    // With whenScaled: Delete, the claim of a removed ordinal goes with its pod.
+    t.client.merge_patch(&format!("{base}/web"), &json!({"spec": {"replicas": 2}})).await.unwrap();
+    t.until(20, "scaled to 2", || async { t.get(&format!("{base}/web")).await["status"]["readyReplicas"] == 2 }).await;
+    let policy = json!({"spec": {"replicas": 1, "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"}}});
+    t.client.merge_patch(&format!("{base}/web"), &policy).await.unwrap();
+    t.until(20, "claim of web-1 collected", || async {
+        t.get("/api/v1/namespaces/default/persistentvolumeclaims/data-web-1").await.is_null()
+    })
+    .await;
+    assert!(!t.get("/api/v1/namespaces/default/persistentvolumeclaims/data-web-0").await.is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,9 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let extra: Vec<&Value> = pods.range(replicas..).rev().map(|(_, p)| p).collect();
     if !busy {
         for p in extra.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+            if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete" {
+                release_claims_with(client, &sts, p).await?;
+            }
             delete_pod(client, &sts, p).await?;
             busy = true;
             if ordered {
@@ -220,4 +223,22 @@ async fn delete_pod(client: &Client, sts: &Value, p: &Value) -> Result<(), ApiEr
         Err(ApiError { code: 404 | 409, .. }) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// `whenScaled: Delete`: the pod's claims become its dependents, so the garbage collector
+/// removes them with it.
+async fn release_claims_with(client: &Client, sts: &Value, pod: &Value) -> Result<(), ApiError> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+    let pname = pod["metadata"]["name"].as_str().unwrap_or("");
+    let sname = sts["metadata"]["name"].as_str().unwrap_or("");
+    let Some(i) = ordinal(sname, pod) else { return Ok(()) };
+    let owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": pname, "uid": pod["metadata"]["uid"]}]);
+    for t in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+        let claim = format!("{}-{sname}-{i}", t["metadata"]["name"].as_str().unwrap_or(""));
+        match client.merge_patch(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"), &json!({"metadata": {"ownerReferences": owner}})).await {
+            Ok(_) | Err(ApiError { code: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

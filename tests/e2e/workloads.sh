@@ -256,7 +256,8 @@ check "PDB columns" "NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE"
 drain_out=$(k drain e2e-node --ignore-daemonsets --delete-emptydir-data --force --timeout=15s 2>&1)
 check "drain cannot finish against the budget" "1" "$?"
 check_contains "and says why" "Cannot evict pod as it would violate the pod's disruption budget" "$drain_out"
-check "one guarded pod is left, not being evicted" "1" "$(k get pods -l app=guarded -o custom-columns=N:.metadata.name,D:.metadata.deletionTimestamp --no-headers | grep -c '<none>')"
+check "one guarded pod still runs, not being evicted" "1" "$(k get pods -l app=guarded -o custom-columns=P:.status.phase,D:.metadata.deletionTimestamp --no-headers | grep -c 'Running *<none>')"
+check_contains "its replacement waits on the cordoned node" "node(s) were unschedulable" "$(k get pods -l app=guarded -o jsonpath='{.items[*].status.conditions[?(@.reason=="Unschedulable")].message}')"
 check "the node is cordoned" "true" "$(k get node e2e-node -o jsonpath='{.spec.unschedulable}')"
 k uncordon e2e-node >/dev/null
 eventually "uncordoned, the deployment recovers" "2" 90 k get deploy guarded -o jsonpath='{.status.availableReplicas}'
