@@ -3,8 +3,7 @@
 //! After downtime, only the most recent missed time runs, and only within the deadline.
 
 use super::cron::Schedule;
-use super::queue::Queue;
-use super::{controlled_by, controller_of, event, run_workers, watcher, Next};
+use super::{controlled_by, event, watcher, Next};
 use crate::api::status::ApiError;
 use crate::client::Client;
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
@@ -15,19 +14,7 @@ const COMPONENT: &str = "cronjob-controller";
 const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
 pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
-    let q = queue.clone();
-    hub.follow("/apis/batch/v1/cronjobs", move |_, cj| q.add(super::key_of(cj)));
-    let q = queue.clone();
-    hub.follow("/apis/batch/v1/jobs", move |_, j| {
-        if let Some(r) = controller_of(j).filter(|r| r["kind"] == "CronJob") {
-            q.add(format!("{}/{}", j["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
-        }
-    });
-    run_workers("cronjob", queue, 1, move |key| {
-        let client = client.clone();
-        async move { reconcile(&client, &key).await }
-    });
+    super::start_owner_controller(client, hub, "cronjob", "/apis/batch/v1/cronjobs", "/apis/batch/v1/jobs", "CronJob", 1, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
@@ -104,16 +91,7 @@ async fn delete_job(client: &Client, ns: &str, j: &Value) -> Result<(), ApiError
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let (ns, name) = super::split_key(key);
     let url = format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}");
-    let mut cj = match client.get(&url).await {
-        Ok(o) => o,
-        Err(e) if e.code == 404 => return Ok(Next::Idle),
-        Err(e) => return Err(e),
-    };
-    cj["apiVersion"] = json!("batch/v1");
-    cj["kind"] = json!("CronJob");
-    if cj["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Idle);
-    }
+    let Some(cj) = super::load_live(client, &url, "batch/v1", "CronJob").await? else { return Ok(Next::Idle) };
     let uid = cj["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let listed = client.get(&format!("/apis/batch/v1/namespaces/{ns}/jobs")).await?;
     let mut jobs: Vec<Value> = listed["items"].as_array().into_iter().flatten().filter(|j| controlled_by(j, &uid) && j["metadata"]["deletionTimestamp"].is_null()).cloned().collect();

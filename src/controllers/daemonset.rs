@@ -4,7 +4,7 @@
 //! kept as a ControllerRevision so `kubectl rollout history/undo` work.
 
 use super::queue::Queue;
-use super::{controlled_by, controller_of, event, pod_available, pod_ready, pods_in, run_workers, stable_hash, watcher, Next};
+use super::{controlled_by, event, pod_available, pod_ready, pods_in, run_workers, stable_hash, watcher, Next};
 use crate::api::status::ApiError;
 use crate::client::Client;
 use crate::scheduler::fit;
@@ -30,12 +30,7 @@ pub fn start(client: Client, hub: &mut watcher::Hub) {
         }
         q.add(key);
     });
-    let q = queue.clone();
-    hub.follow("/api/v1/pods", move |_, p| {
-        if let Some(r) = controller_of(p).filter(|r| r["kind"] == "DaemonSet") {
-            q.add(format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
-        }
-    });
+    hub.follow("/api/v1/pods", super::queue_owner(&queue, "DaemonSet"));
     // Node changes (added, removed, labels, taints) concern every DaemonSet.
     let q = queue.clone();
     hub.follow("/api/v1/nodes", move |_, _| {
@@ -86,16 +81,7 @@ fn pin_to(spec: &mut Value, node: &str) {
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let (ns, name) = super::split_key(key);
     let url = format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}");
-    let mut ds = match client.get(&url).await {
-        Ok(o) => o,
-        Err(e) if e.code == 404 => return Ok(Next::Idle),
-        Err(e) => return Err(e),
-    };
-    ds["apiVersion"] = json!("apps/v1");
-    ds["kind"] = json!("DaemonSet");
-    if ds["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Idle);
-    }
+    let Some(ds) = super::load_live(client, &url, "apps/v1", "DaemonSet").await? else { return Ok(Next::Idle) };
     let uid = ds["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let template = ds["spec"]["template"].clone();
     let hash = stable_hash(&template);

@@ -3,8 +3,7 @@
 //! annotations so `kubectl rollout history/undo` work; pause, scale, progress deadline, and
 //! the status `kubectl rollout status` follows.
 
-use super::queue::Queue;
-use super::{controlled_by, controller_of, controller_ref, event, int_or_percent, run_workers, selector_of, stable_hash, watcher, Next};
+use super::{controlled_by, controller_of, controller_ref, event, int_or_percent, selector_of, stable_hash, watcher, Next};
 use crate::api::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
@@ -23,19 +22,7 @@ const NOT_COPIED: &[&str] = &[
 ];
 
 pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
-    let q = queue.clone();
-    hub.follow("/apis/apps/v1/deployments", move |_, d| q.add(super::key_of(d)));
-    let q = queue.clone();
-    hub.follow("/apis/apps/v1/replicasets", move |_, rs| {
-        if let Some(r) = controller_of(rs).filter(|r| r["kind"] == "Deployment") {
-            q.add(format!("{}/{}", rs["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
-        }
-    });
-    run_workers("deployment", queue, 2, move |key| {
-        let client = client.clone();
-        async move { reconcile(&client, &key).await }
-    });
+    super::start_owner_controller(client, hub, "deployment", "/apis/apps/v1/deployments", "/apis/apps/v1/replicasets", "Deployment", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn rs_url(ns: &str, name: &str) -> String {
@@ -72,16 +59,7 @@ fn copied_annotations(d: &Value) -> serde_json::Map<String, Value> {
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let (ns, name) = super::split_key(key);
     let url = format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}");
-    let mut d = match client.get(&url).await {
-        Ok(o) => o,
-        Err(e) if e.code == 404 => return Ok(Next::Idle),
-        Err(e) => return Err(e),
-    };
-    d["apiVersion"] = json!("apps/v1");
-    d["kind"] = json!("Deployment");
-    if d["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Idle);
-    }
+    let Some(mut d) = super::load_live(client, &url, "apps/v1", "Deployment").await? else { return Ok(Next::Idle) };
     let Some(sel) = selector_of(&d) else { return Ok(Next::Idle) };
     let uid = d["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let listed = client.get(&format!("/apis/apps/v1/namespaces/{ns}/replicasets")).await?;

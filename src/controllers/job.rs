@@ -3,8 +3,7 @@
 //! `activeDeadlineSeconds`, `suspend` and `ttlSecondsAfterFinished`; Complete/Failed
 //! conditions as upstream.
 
-use super::queue::Queue;
-use super::{controlled_by, controller_of, event, pod_active, pod_ready, pods_in, run_workers, set_condition, watcher, Next};
+use super::{controlled_by, event, pod_active, pod_ready, pods_in, set_condition, watcher, Next};
 use crate::api::status::ApiError;
 use crate::client::Client;
 use chrono::{DateTime, Utc};
@@ -16,19 +15,7 @@ const COMPONENT: &str = "job-controller";
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
-    let q = queue.clone();
-    hub.follow("/apis/batch/v1/jobs", move |_, j| q.add(super::key_of(j)));
-    let q = queue.clone();
-    hub.follow("/api/v1/pods", move |_, p| {
-        if let Some(r) = controller_of(p).filter(|r| r["kind"] == "Job") {
-            q.add(format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
-        }
-    });
-    run_workers("job", queue, 2, move |key| {
-        let client = client.clone();
-        async move { reconcile(&client, &key).await }
-    });
+    super::start_owner_controller(client, hub, "job", "/apis/batch/v1/jobs", "/api/v1/pods", "Job", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
@@ -95,16 +82,7 @@ fn pod_index(p: &Value) -> Option<i64> {
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let (ns, name) = super::split_key(key);
     let url = format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}");
-    let mut job = match client.get(&url).await {
-        Ok(o) => o,
-        Err(e) if e.code == 404 => return Ok(Next::Idle),
-        Err(e) => return Err(e),
-    };
-    job["apiVersion"] = json!("batch/v1");
-    job["kind"] = json!("Job");
-    if job["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Idle);
-    }
+    let Some(job) = super::load_live(client, &url, "batch/v1", "Job").await? else { return Ok(Next::Idle) };
     let now = Utc::now();
     if let Some(done) = finished_condition(&job) {
         // Finished: only the TTL is left to honour.

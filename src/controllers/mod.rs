@@ -55,6 +55,20 @@ pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf) {
     hub.run(client("ferrokube-controller"));
 }
 
+/// The usual controller: keys from its own kind (`own`) and from the dependents it controls
+/// (`dependents` whose controller is a `kind`), worked by `workers` loops of `reconcile`.
+#[allow(clippy::too_many_arguments)]
+pub fn start_owner_controller<F, Fut>(client: Client, hub: &mut watcher::Hub, name: &'static str, own: &str, dependents: &str, kind: &'static str, workers: usize, reconcile: F)
+where
+    F: Fn(Client, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Next, ApiError>> + Send,
+{
+    let queue = queue::Queue::new();
+    hub.follow(own, queue_self(&queue));
+    hub.follow(dependents, queue_owner(&queue, kind));
+    run_workers(name, queue, workers, move |key| reconcile(client.clone(), key));
+}
+
 /// Runs `workers` loops that take keys from `queue` and reconcile them.
 pub fn run_workers<F, Fut>(name: &'static str, queue: queue::Queue, workers: usize, reconcile: F)
 where
@@ -86,6 +100,38 @@ where
             }
         });
     }
+}
+
+/// A watch handler that queues each object's own key.
+pub fn queue_self(q: &queue::Queue) -> impl Fn(&str, &Value) + Send + Sync + 'static {
+    let q = q.clone();
+    move |_, o| q.add(key_of(o))
+}
+
+/// A watch handler that queues the key of each object's controller, when that is a `kind`.
+pub fn queue_owner(q: &queue::Queue, kind: &'static str) -> impl Fn(&str, &Value) + Send + Sync + 'static {
+    let q = q.clone();
+    move |_, o| {
+        if let Some(r) = controller_of(o).filter(|r| r["kind"] == kind) {
+            q.add(format!("{}/{}", o["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
+        }
+    }
+}
+
+/// The object a reconcile is about, with apiVersion and kind set (for owner references and
+/// events); `None` when it is gone or being deleted (its dependents are the collector's).
+pub async fn load_live(client: &Client, url: &str, api_version: &str, kind: &str) -> Result<Option<Value>, ApiError> {
+    let mut o = match client.get(url).await {
+        Ok(o) => o,
+        Err(e) if e.code == 404 => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        return Ok(None);
+    }
+    o["apiVersion"] = json!(api_version);
+    o["kind"] = json!(kind);
+    Ok(Some(o))
 }
 
 /// `namespace/name` (or `name` for cluster-scoped objects).

@@ -4,8 +4,7 @@
 //! RollingUpdate from the highest ordinal down to the partition, or OnDelete; templates
 //! kept as ControllerRevisions.
 
-use super::queue::Queue;
-use super::{controlled_by, controller_of, controller_ref, event, history, pod_available, pod_ready, pods_in, run_workers, stable_hash, watcher, Next};
+use super::{controlled_by, controller_ref, event, history, pod_available, pod_ready, pods_in, stable_hash, watcher, Next};
 use crate::api::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
@@ -16,19 +15,7 @@ const COMPONENT: &str = "statefulset-controller";
 const REVISION: &str = "controller-revision-hash";
 
 pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
-    let q = queue.clone();
-    hub.follow("/apis/apps/v1/statefulsets", move |_, s| q.add(super::key_of(s)));
-    let q = queue.clone();
-    hub.follow("/api/v1/pods", move |_, p| {
-        if let Some(r) = controller_of(p).filter(|r| r["kind"] == "StatefulSet") {
-            q.add(format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
-        }
-    });
-    run_workers("statefulset", queue, 2, move |key| {
-        let client = client.clone();
-        async move { reconcile(&client, &key).await }
-    });
+    super::start_owner_controller(client, hub, "statefulset", "/apis/apps/v1/statefulsets", "/api/v1/pods", "StatefulSet", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn ordinal(sts_name: &str, pod: &Value) -> Option<i64> {
@@ -102,16 +89,7 @@ fn pod_for(sts: &Value, template: &Value, revision: &str, i: i64) -> Value {
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let (ns, name) = super::split_key(key);
     let url = format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}");
-    let mut sts = match client.get(&url).await {
-        Ok(o) => o,
-        Err(e) if e.code == 404 => return Ok(Next::Idle),
-        Err(e) => return Err(e),
-    };
-    sts["apiVersion"] = json!("apps/v1");
-    sts["kind"] = json!("StatefulSet");
-    if sts["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Idle);
-    }
+    let Some(sts) = super::load_live(client, &url, "apps/v1", "StatefulSet").await? else { return Ok(Next::Idle) };
     let uid = sts["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let update_rev = format!("{name}-{}", stable_hash(&sts["spec"]["template"]));
     history::ensure_revision(client, &sts, &update_rev, &[]).await?;

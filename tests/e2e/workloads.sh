@@ -99,7 +99,7 @@ eventually "its ReplicaSets are garbage collected" "0" 60 sh -c "$KUBECTL get rs
 eventually "and its pods" "0" 60 sh -c "$KUBECTL get pods -l app=web -o name | grep -c ."
 
 # Orphan and foreground deletion of a ReplicaSet.
-k apply -f - >/dev/null <<YAML
+cat >"$E2E_DIR/keep.yaml" <<YAML
 apiVersion: apps/v1
 kind: ReplicaSet
 metadata: {name: keep}
@@ -112,23 +112,12 @@ spec:
       terminationGracePeriodSeconds: 1
       containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
 YAML
+k apply -f "$E2E_DIR/keep.yaml" >/dev/null
 eventually "a ReplicaSet keeps 2 pods" "2" 60 k get rs keep -o jsonpath='{.status.readyReplicas}'
 check_cmd "delete it with --cascade=orphan" k delete rs keep --cascade=orphan --wait=true --timeout=30s
 check "its pods stay" "2" "$(k get pods -l app=keep -o name | grep -c .)"
 check "and are released" "" "$(k get pods -l app=keep -o jsonpath='{.items[*].metadata.ownerReferences}')"
-k apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: ReplicaSet
-metadata: {name: keep}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: keep}}
-  template:
-    metadata: {labels: {app: keep}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
-YAML
+k apply -f "$E2E_DIR/keep.yaml" >/dev/null
 eventually "a new ReplicaSet adopts the orphans" "ReplicaSet ReplicaSet" 30 k get pods -l app=keep -o jsonpath='{.items[*].metadata.ownerReferences[0].kind}'
 check "adopting them, it creates none" "2" "$(k get pods -l app=keep -o name | grep -c .)"
 check_cmd "foreground deletion waits for the pods" k delete rs keep --cascade=foreground --wait=true --timeout=60s
