@@ -46,6 +46,12 @@ pub struct ServerConfig {
     /// Name of the bridge the pods attach to.
     #[arg(long, default_value = "fk0")]
     pub pod_bridge: String,
+    /// Addresses for Service ClusterIPs.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Ports for NodePort Services.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -134,7 +140,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let token = ensure_token(&cfg.data_dir.join("server").join("token"))?;
 
     let pod_logs = (!cfg.disable_agent).then(|| cfg.data_dir.join("logs").join("pods"));
+    let ranges = crate::api::services::ServiceRanges::parse(&cfg.service_cidr, &cfg.service_node_port_range).map_err(StartError::Bootstrap)?;
     let api = Api::with_node(store, format!("{host}:{}", cfg.https_listen_port), pod_logs);
+    let _ = api.service_ranges_set.set(ranges);
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");

@@ -285,6 +285,66 @@ async fn patches_without_a_resource_version_retry_through_concurrent_writers() {
     assert_eq!(t.patch("/api/v1/namespaces/default/configmaps/busy", "application/merge-patch+json", stale).await.code, 409);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_unique_cluster_ips_and_node_ports() {
+    let t = Arc::new(T::new().await);
+    let svc = |name: &str, extra: Value| {
+        let mut s = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}});
+        for (k, v) in extra.as_object().unwrap() {
+            s["spec"][k] = v.clone();
+        }
+        s
+    };
+    let base = "/api/v1/namespaces/default/services";
+    // Concurrent creates never share an address.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move { t.post(base, svc(&format!("s{i}"), json!({"type": "NodePort"}))).await }));
+    }
+    let (mut ips, mut ports) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.code, 201, "{}", r.body);
+        let ip = r.body["spec"]["clusterIP"].as_str().unwrap().to_string();
+        assert!(ip.starts_with("10.43.") && ip != "10.43.0.1", "{ip}");
+        assert_eq!(r.body["spec"]["clusterIPs"], json!([ip]));
+        let np = r.body["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..=32767).contains(&np));
+        assert!(ips.insert(ip) && ports.insert(np), "an address was handed out twice");
+    }
+    // Asking for a taken address or port, or one outside the ranges, is refused.
+    let taken_ip = ips.iter().next().unwrap().clone();
+    let r = t.post(base, svc("dup", json!({"clusterIP": taken_ip}))).await;
+    assert_eq!(r.code, 422);
+    assert!(r.body["message"].as_str().unwrap().contains("provided IP is already allocated"), "{}", r.body);
+    let r = t.post(base, svc("far", json!({"clusterIP": "10.99.0.5"}))).await;
+    assert!(r.body["message"].as_str().unwrap().contains("The range of valid IPs is 10.43.0.0/16"), "{}", r.body);
+    let taken_port = *ports.iter().next().unwrap();
+    let r = t.post(base, svc("dupport", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": taken_port}]}))).await;
+    assert!(r.body["message"].as_str().unwrap().contains("provided port is already allocated"), "{}", r.body);
+    let r = t.post(base, svc("lowport", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}))).await;
+    assert!(r.body["message"].as_str().unwrap().contains("30000-32767"), "{}", r.body);
+    // Headless gets no address; an explicit free one is honoured.
+    let r = t.post(base, svc("headless", json!({"clusterIP": "None"}))).await;
+    assert_eq!((r.code, r.body["spec"]["clusterIPs"].clone()), (201, json!(["None"])));
+    let r = t.post(base, svc("fixed", json!({"clusterIP": "10.43.200.200"}))).await;
+    assert_eq!(r.body["spec"]["clusterIP"], "10.43.200.200");
+    // Updates keep the address and the node ports; the address cannot change.
+    let r = t.patch(&format!("{base}/s0"), "application/merge-patch+json", json!({"metadata": {"labels": {"a": "b"}}})).await;
+    assert_eq!(r.code, 200);
+    let s0 = t.get(&format!("{base}/s0")).await.body;
+    let r = t.patch(&format!("{base}/s0"), "application/merge-patch+json", json!({"spec": {"clusterIP": "10.43.200.201"}})).await;
+    assert_eq!(r.code, 422, "{}", r.body);
+    let mut put = s0.clone();
+    put["spec"]["ports"][0].as_object_mut().unwrap().remove("nodePort");
+    let r = t.put(&format!("{base}/s0"), put).await;
+    assert_eq!((r.body["spec"]["clusterIP"].clone(), r.body["spec"]["ports"][0]["nodePort"].clone()), (s0["spec"]["clusterIP"].clone(), s0["spec"]["ports"][0]["nodePort"].clone()));
+    // Becoming a NodePort service allocates its node port.
+    let r = t.patch(&format!("{base}/fixed"), "application/merge-patch+json", json!({"spec": {"type": "NodePort"}})).await;
+    assert!(r.body["spec"]["ports"][0]["nodePort"].as_i64().is_some(), "{}", r.body);
+}
+
 #[tokio::test]
 async fn finalizers_hold_deletion() {
     let t = T::new().await;

@@ -56,7 +56,10 @@ impl T {
             let exit = p["spec"]["containers"][0]["command"][1].as_str().and_then(|c| c.strip_prefix("exit ")).and_then(|c| c.parse::<i64>().ok());
             let status = match exit {
                 Some(code) => json!({"phase": if code == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [{"name": "c", "restartCount": 0, "state": {"terminated": {"exitCode": code, "finishedAt": now}}}]}),
-                None => json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}], "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": now}}}]}),
+                None => {
+                    let n = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % 250 + 2;
+                    json!({"phase": "Running", "podIP": format!("10.244.0.{n}"), "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}], "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": now}}}]})
+                }
             };
             let _ = self.client.merge_patch(&format!("{url}/status"), &json!({"status": status})).await;
         }
@@ -284,4 +287,38 @@ async fn a_not_ready_node_is_tainted_and_intolerant_pods_evicted() {
     // Healthy again: the taints go.
     t.client.merge_patch("/api/v1/nodes/n2/status", &status("True")).await.unwrap();
     t.until(10, "n2 untainted", || async { t.get("/api/v1/nodes/n2").await["spec"]["taints"].is_null() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_endpoints_and_slices_of_ready_pods() {
+    let t = T::new().await;
+    let mut d = deployment("img:1", 3);
+    d["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    t.client.create(DEPLOY, &d).await.unwrap();
+    let svc = json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}});
+    t.client.create("/api/v1/namespaces/default/services", &svc).await.unwrap();
+    let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb";
+    let ready_count = || async {
+        let l = t.get(slices).await;
+        l["items"].as_array().into_iter().flatten().flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default()).filter(|e| e["conditions"]["ready"] == true).count()
+    };
+    t.until(20, "3 ready endpoints", || async { ready_count().await == 3 }).await;
+    let l = t.get(slices).await;
+    let slice = &l["items"][0];
+    assert_eq!(slice["ports"], json!([{"name": "", "port": 8080, "protocol": "TCP"}]), "the named target port resolved");
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    let ep = t.get("/api/v1/namespaces/default/endpoints/web").await;
+    assert_eq!(ep["subsets"][0]["addresses"].as_array().map(Vec::len), Some(3));
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"], 8080);
+    // No pods: no addresses, one empty slice.
+    t.client.merge_patch(&format!("{DEPLOY}/web"), &json!({"spec": {"replicas": 0}})).await.unwrap();
+    t.until(20, "no endpoints", || async { ready_count().await == 0 && t.get("/api/v1/namespaces/default/endpoints/web").await["subsets"].as_array().is_none_or(|s| s.is_empty()) }).await;
+    assert_eq!(t.get(slices).await["items"].as_array().map(Vec::len), Some(1));
+    // The service goes: its slices and endpoints follow.
+    t.client.delete("/api/v1/namespaces/default/services/web", &json!({})).await.unwrap();
+    t.until(20, "endpoints gone", || async {
+        t.get(slices).await["items"].as_array().is_some_and(|a| a.is_empty()) && t.get("/api/v1/namespaces/default/endpoints/web").await.is_null()
+    })
+    .await;
 }

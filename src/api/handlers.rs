@@ -282,11 +282,16 @@ impl Api {
     }
 
     /// Writes a prepared new object (shared by create and apply-create).
-    async fn store_new(&self, rr: &ResourceReq, o: Value, dry_run: bool) -> Result<Reply, ApiError> {
+    async fn store_new(&self, rr: &ResourceReq, mut o: Value, dry_run: bool) -> Result<Reply, ApiError> {
         let name = obj::name(&o).to_string();
         let rr = ResourceReq { name: Some(name.clone()), ..rr.clone() };
         self.check_namespace(&rr)?;
         let key = self.key(&rr)?;
+        // Service addresses are chosen and written under one lock.
+        let _alloc = if rr.kind.is("", "services") { Some(self.service_lock().lock().await) } else { None };
+        if _alloc.is_some() {
+            self.allocate_service(&mut o, None)?;
+        }
         if dry_run {
             if self.store.get(&key)?.is_some() {
                 return Err(ApiError::already_exists(rr.kind.group, rr.kind.plural, &name));
@@ -374,6 +379,10 @@ impl Api {
     /// Writes `new` over `old` (at revision `expect`); a no-op write returns `old` unchanged.
     async fn commit_update(&self, rr: &ResourceReq, old: &Value, mut new: Value, expect: u64, dry_run: bool) -> Result<Reply, ApiError> {
         let key = self.key(rr)?;
+        let _alloc = if rr.kind.is("", "services") && rr.sub.is_none() { Some(self.service_lock().lock().await) } else { None };
+        if _alloc.is_some() {
+            self.allocate_service(&mut new, Some(old))?;
+        }
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         if &new == old {
             return Ok(Reply::Object(200, new));

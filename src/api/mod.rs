@@ -20,6 +20,7 @@ pub mod quantity;
 pub mod request;
 pub mod schema;
 pub mod selector;
+pub mod services;
 pub mod status;
 pub mod strategies;
 pub mod streaming;
@@ -57,6 +58,10 @@ pub struct Api {
     /// Read-modify-write requests on the same object queue here (sharded by key) instead of
     /// racing each other into conflicts and retries.
     rmw: Vec<tokio::sync::Mutex<()>>,
+    /// Service ranges (set by the server from its flags; defaults otherwise).
+    pub service_ranges_set: std::sync::OnceLock<services::ServiceRanges>,
+    /// Held while a Service's addresses are chosen and written.
+    service_alloc: tokio::sync::Mutex<()>,
 }
 
 const RMW_SHARDS: usize = 64;
@@ -132,7 +137,17 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect() })
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The service CIDR and node port range in force.
+    pub fn service_ranges(&self) -> services::ServiceRanges {
+        self.service_ranges_set.get().copied().unwrap_or_default()
+    }
+
+    /// The lock under which Service addresses are allocated and written.
+    pub(crate) fn service_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.service_alloc
     }
 
     /// The lock that orders read-modify-write requests on the object at `key`.

@@ -559,7 +559,13 @@ fn service_defaults(o: &mut Value) {
         }
     }
 }
-fn service_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
+fn service_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    if let Some(old) = old {
+        let (was, now) = (old["spec"]["clusterIP"].as_str().unwrap_or(""), o["spec"]["clusterIP"].as_str().unwrap_or(""));
+        if !was.is_empty() && !now.is_empty() && was != now && o["spec"]["type"] != "ExternalName" {
+            c.push(Cause::invalid("spec.clusterIPs[0]", &o["spec"]["clusterIP"], "may not change once set"));
+        }
+    }
     let name = o["metadata"]["name"].as_str().unwrap_or("");
     if !name.is_empty() && !is_dns1035_label(name) {
         c.push(Cause::invalid("metadata.name", &o["metadata"]["name"], "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"));

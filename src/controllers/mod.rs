@@ -9,6 +9,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
 pub mod gc;
 pub mod history;
 pub mod job;
@@ -50,6 +51,7 @@ pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf) {
     daemonset::start(client("ferrokube-controller/daemonset"), &mut hub);
     statefulset::start(client("ferrokube-controller/statefulset"), &mut hub);
     disruption::start(client("ferrokube-controller/disruption"), &mut hub);
+    endpoints::start(client("ferrokube-controller/endpoints"), &mut hub);
     nodelifecycle::start(client("ferrokube-controller/node-lifecycle"), &mut hub);
     volume::start(client("ferrokube-controller/persistentvolume"), &mut hub, volume::Storage { dir: storage_dir });
     hub.run(client("ferrokube-controller"));

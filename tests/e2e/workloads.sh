@@ -65,11 +65,20 @@ check "its ReplicaSet is owned by the Deployment" "Deployment" "$(k get rs -l ap
 check "pods carry the template hash" "3" "$(k get pods -l app=web,pod-template-hash -o name | wc -l | tr -d ' ')"
 check_contains "scaling events are recorded" "Scaled up replica set web-" "$(k get events --field-selector involvedObject.name=web -o jsonpath='{.items[*].message}')"
 
+# A Service in front: an address from the service CIDR, endpoints that follow the pods.
+k expose deploy web --port=80 --target-port=8080 >/dev/null
+check_contains "the service gets a ClusterIP from 10.43.0.0/16" "10.43." "$(k get svc web -o jsonpath='{.spec.clusterIP}')"
+pod_ips() { k get pods -l app=web --field-selector=status.phase=Running -o jsonpath='{.items[*].status.podIP}' | tr ' ' '\n' | sort | xargs; }
+slice_ips() { k get endpointslices -l kubernetes.io/service-name=web -o jsonpath='{.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}' | tr ' ' '\n' | sort | xargs; }
+eventually "its EndpointSlice lists the 3 pod IPs" "$(pod_ips)" 30 slice_ips
+check "and so do its Endpoints" "$(pod_ips)" "$(k get endpoints web -o jsonpath='{.subsets[*].addresses[*].ip}' | tr ' ' '\n' | sort | xargs)"
+
 k set image deploy/web c=$IMAGE2 >/dev/null
 k annotate deploy web kubernetes.io/change-cause=second --overwrite >/dev/null
 check_cmd "set image rolls out" k rollout status deploy/web --timeout=120s
 eventually "old pods go, every pod runs the new image" "$IMAGE2 $IMAGE2 $IMAGE2" 30 k get pods -l app=web -o jsonpath='{.items[*].spec.containers[0].image}'
 check "two ReplicaSets, the old one scaled to 0" "1=0 2=3" "$(k get rs -l app=web -o jsonpath='{range .items[*]}{.metadata.annotations.deployment\.kubernetes\.io/revision}={.spec.replicas}{"\n"}{end}' | sort | xargs)"
+eventually "after the rollout the slice lists the new pods" "$(pod_ips)" 30 slice_ips
 check "deployment revision 2" "2" "$(k get deploy web -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')"
 check_contains "rollout history lists both revisions" "1         first" "$(k rollout history deploy/web)"
 check_cmd "rollout undo" k rollout undo deploy/web
