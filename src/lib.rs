@@ -10,3 +10,4 @@ pub mod client;
 pub mod kubelet;
 pub mod scheduler;
 pub mod controllers;
+pub mod proxy;

@@ -13,6 +13,13 @@ struct Cli {
 enum Command {
     /// Run the API server (and, unless disabled, the node) on this machine.
     Server(ferrokube::server::ServerConfig),
+    /// Remove what a stopped server leaves on the host: its iptables chains and rules
+    /// (service proxy, pod networking, host ports), the pod bridge and pod veths.
+    Cleanup {
+        /// The bridge the server used (its --pod-bridge).
+        #[arg(long, default_value = "fk0")]
+        pod_bridge: String,
+    },
     /// Manage container images of the running node.
     Images {
         #[command(subcommand)]
@@ -53,6 +60,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
+        Command::Cleanup { pod_bridge } => cleanup(&pod_bridge),
         Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
             let socket = run_dir.join("containerd").join("containerd.sock");
             for f in &files {
@@ -71,4 +79,23 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ferrokube cleanup`: iptables chains first, then the links.
+fn cleanup(bridge: &str) -> Result<(), ferrokube::server::StartError> {
+    let fail = |e: String| ferrokube::server::StartError::Node(format!("cleanup: {e}"));
+    for chain in ferrokube::proxy::cleanup_iptables().map_err(fail)? {
+        println!("removed iptables chain {chain}");
+    }
+    let links = std::process::Command::new("ip").args(["-o", "link", "show"]).output().map_err(|e| fail(format!("ip: {e}")))?;
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = line.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+        if name == bridge || name.starts_with("vethfk") {
+            let ok = std::process::Command::new("ip").args(["link", "del", name]).status().is_ok_and(|s| s.success());
+            if ok {
+                println!("removed link {name}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -214,6 +214,9 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crat
         },
     );
     tokio::spawn(kubelet.run());
+    let node_ip = crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4() && !a.is_loopback()).map(|a| a.to_string());
+    let proxy = crate::client::Client::in_process(api.clone(), concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")));
+    crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip, pod_cidr: subnet.to_string() });
     Ok(runtime)
 }
 

@@ -1,0 +1,210 @@
+//! The service proxy (kube-proxy's role), iptables mode: Services and EndpointSlices are
+//! followed through the API; after each burst of changes the whole rule set of ferrokube's
+//! own chains is written in one `iptables-restore --noflush` (never one exec per rule), and
+//! chains of services that went are deleted. Rules that are not ours are never touched.
+//! LoadBalancer services get the node's address as their ingress (the ServiceLB role).
+
+pub mod rules;
+
+use crate::client::Client;
+use crate::controllers::watcher;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The node the proxy runs on.
+#[derive(Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub node_ip: Option<String>,
+    pub pod_cidr: String,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<String, Value>,
+    slices: BTreeMap<String, Value>,
+}
+
+/// The jumps from the built-in chains into ours: (table, built-in chain, our chain).
+const HOOKS: &[(&str, &str, &str)] = &[
+    ("nat", "PREROUTING", rules::SERVICES),
+    ("nat", "OUTPUT", rules::SERVICES),
+    ("nat", "POSTROUTING", rules::POSTROUTING),
+    ("filter", "INPUT", rules::REJECT),
+    ("filter", "FORWARD", rules::REJECT),
+    ("filter", "OUTPUT", rules::REJECT),
+];
+
+fn iptables(args: &[&str]) -> bool {
+    Command::new("iptables").arg("-w").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn restore(input: &str) -> Result<(), String> {
+    let mut child = Command::new("iptables-restore").args(["-w", "--noflush"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("iptables-restore: {e}"))?;
+    child.stdin.take().ok_or("iptables-restore: no stdin")?.write_all(input.as_bytes()).map_err(|e| format!("iptables-restore: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("iptables-restore: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Our chains as they are now in `table`, from `iptables-save`.
+fn existing_chains(table: &str) -> BTreeSet<String> {
+    let out = Command::new("iptables-save").args(["-t", table]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    out.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split_whitespace().next()).filter(|c| rules::DYNAMIC.iter().any(|p| c.starts_with(p))).map(String::from).collect()
+}
+
+/// Creates our top-level chains and the jumps into them (once, at start).
+fn install_hooks() -> Result<(), String> {
+    restore(&format!(
+        "*nat\n:{} - [0:0]\n:{} - [0:0]\n:{} - [0:0]\n:{} - [0:0]\nCOMMIT\n*filter\n:{} - [0:0]\nCOMMIT\n",
+        rules::SERVICES,
+        rules::NODEPORTS,
+        rules::MARK_MASQ,
+        rules::POSTROUTING,
+        rules::REJECT
+    ))?;
+    for (table, from, to) in HOOKS {
+        let rule = ["-t", table, "-C", from, "-m", "comment", "--comment", "ferrokube service proxy", "-j", to];
+        if !iptables(&rule) {
+            let mut insert = rule;
+            insert[2] = "-I";
+            if !iptables(&insert) {
+                return Err(format!("iptables: cannot hook {to} into {table}/{from}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the proxy until the process ends.
+pub fn start(client: Client, cfg: Config) {
+    let state: Arc<Mutex<State>> = Arc::default();
+    let dirty = Arc::new(Notify::new());
+    let (s, d, c, node_ip) = (state.clone(), dirty.clone(), client.clone(), cfg.node_ip.clone());
+    watcher::follow(client.clone(), "/api/v1/services".into(), move |ty, svc| {
+        let key = crate::controllers::key_of(svc);
+        if ty == "DELETED" {
+            s.lock().unwrap_or_else(|p| p.into_inner()).services.remove(&key);
+        } else {
+            s.lock().unwrap_or_else(|p| p.into_inner()).services.insert(key, svc.clone());
+            announce_load_balancer(&c, svc, node_ip.as_deref());
+        }
+        d.notify_one();
+    });
+    let (s, d) = (state.clone(), dirty.clone());
+    watcher::follow(client, "/apis/discovery.k8s.io/v1/endpointslices".into(), move |ty, slice| {
+        let key = crate::controllers::key_of(slice);
+        let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
+        if ty == "DELETED" {
+            st.slices.remove(&key);
+        } else {
+            st.slices.insert(key, slice.clone());
+        }
+        drop(st);
+        d.notify_one();
+    });
+    tokio::spawn(async move {
+        let mut applied: Option<String> = None;
+        let mut chains: BTreeSet<String> = existing_chains("nat");
+        let mut hooked = false;
+        loop {
+            dirty.notified().await;
+            // Let a burst of changes settle into one write.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let set = {
+                let st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let services: Vec<&Value> = st.services.values().collect();
+                let slices: Vec<&Value> = st.slices.values().collect();
+                rules::build(&services, &slices, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr }, &chains)
+            };
+            if applied.as_deref() == Some(set.text.as_str()) {
+                continue;
+            }
+            let result = tokio::task::spawn_blocking({
+                let text = set.text.clone();
+                move || {
+                    if !hooked {
+                        install_hooks()?;
+                    }
+                    restore(&text)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match result {
+                Ok(()) => {
+                    hooked = true;
+                    chains = set.chains;
+                    applied = Some(set.text);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "service rules not written; retrying");
+                    let d = dirty.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        d.notify_one();
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// A LoadBalancer service without an ingress gets the node's address (the ServiceLB role).
+fn announce_load_balancer(client: &Client, svc: &Value, node_ip: Option<&str>) {
+    let Some(ip) = node_ip else { return };
+    if svc["spec"]["type"] != "LoadBalancer" || svc["status"]["loadBalancer"]["ingress"].as_array().is_some_and(|a| !a.is_empty()) {
+        return;
+    }
+    let url = format!("/api/v1/namespaces/{}/services/{}/status", svc["metadata"]["namespace"].as_str().unwrap_or(""), svc["metadata"]["name"].as_str().unwrap_or(""));
+    let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}});
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = client.merge_patch(&url, &patch).await {
+            tracing::debug!(error = %e, "load balancer ingress not written");
+        }
+    });
+}
+
+/// `ferrokube cleanup`: removes every iptables chain of ferrokube (service proxy, CNI,
+/// host ports) and the jumps into them, leaving other rules alone. Returns what it removed.
+pub fn cleanup_iptables() -> Result<Vec<String>, String> {
+    let mut removed = Vec::new();
+    for table in ["nat", "filter"] {
+        let save = Command::new("iptables-save").args(["-t", table]).output().map_err(|e| format!("iptables-save: {e}"))?;
+        let text = String::from_utf8_lossy(&save.stdout).into_owned();
+        let ours = |c: &str| c.starts_with("FERROKUBE") || rules::DYNAMIC.iter().any(|p| c.starts_with(p));
+        let chains: Vec<String> = text.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split_whitespace().next()).filter(|c| ours(c)).map(String::from).collect();
+        if chains.is_empty() {
+            continue;
+        }
+        let mut input = format!("*{table}\n");
+        // Jumps into our chains from chains that are not ours.
+        for l in text.lines().filter(|l| l.starts_with("-A ")) {
+            let chain = l.split_whitespace().nth(1).unwrap_or("");
+            let target = l.split(" -j ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or("");
+            if !ours(chain) && ours(target) {
+                input.push_str(&l.replacen("-A ", "-D ", 1));
+                input.push('\n');
+            }
+        }
+        for c in &chains {
+            input.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for c in &chains {
+            input.push_str(&format!("-X {c}\n"));
+            removed.push(format!("{table}/{c}"));
+        }
+        input.push_str("COMMIT\n");
+        restore(&input)?;
+    }
+    Ok(removed)
+}
