@@ -11,3 +11,4 @@ pub mod kubelet;
 pub mod scheduler;
 pub mod controllers;
 pub mod proxy;
+pub mod dns;

@@ -52,6 +52,16 @@ pub struct ServerConfig {
     /// Ports for NodePort Services.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// ClusterIP of the cluster DNS (the `kube-dns` Service), pods' nameserver.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    /// Port the embedded DNS server listens on (UDP, on the node address); the `kube-dns`
+    /// Service carries port 53 there.
+    #[arg(long, default_value_t = 10053)]
+    pub cluster_dns_port: u16,
+    /// Resolver for names outside the cluster (default: the host's, from /etc/resolv.conf).
+    #[arg(long)]
+    pub dns_upstream: Option<SocketAddr>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -211,13 +221,63 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crat
             data_dir: cfg.data_dir.clone(),
             pod_log_dir: cfg.data_dir.join("logs").join("pods"),
             runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+            cluster_dns: Some(cfg.cluster_dns.to_string()),
         },
     );
     tokio::spawn(kubelet.run());
-    let node_ip = crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4() && !a.is_loopback()).map(|a| a.to_string());
+    let node_ip = crate::node::host::node_ipv4(&subnet.to_string()).map(|a| a.to_string());
     let proxy = crate::client::Client::in_process(api.clone(), concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")));
-    crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip, pod_cidr: subnet.to_string() });
+    crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() });
+    start_dns(cfg, api, node_ip).await;
     Ok(runtime)
+}
+
+/// The embedded cluster DNS, and the `kube-dns` Service (with its one endpoint, this node)
+/// through which pods reach it.
+async fn start_dns(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option<String>) {
+    let client = crate::client::Client::in_process(api, concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")));
+    let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
+    // Bound to the node address (the kube-dns endpoint), so replies leave from the address
+    // the proxy translated the query to; a wildcard socket would answer from whichever
+    // address routes back to the pod, which connection tracking does not match.
+    let bind_ip: IpAddr = node_ip.as_deref().and_then(|ip| ip.parse().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let listen = SocketAddr::new(bind_ip, cfg.cluster_dns_port);
+    let dns_client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::dns::serve(dns_client, listen, upstream).await {
+            tracing::error!(%listen, error = %e, "cluster DNS cannot listen; pods will not resolve cluster names (choose another --cluster-dns-port)");
+        }
+    });
+    let Some(ip) = node_ip else {
+        tracing::warn!("no IPv4 address on this host: the kube-dns Service has no endpoint");
+        return;
+    };
+    let svc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": cfg.cluster_dns.to_string(), "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": cfg.cluster_dns_port}]},
+    });
+    match client.create("/api/v1/namespaces/kube-system/services", &svc).await {
+        Ok(_) | Err(crate::api::status::ApiError { code: 409, .. }) => {}
+        Err(e) => tracing::warn!(error = %e, "kube-dns Service not created"),
+    }
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns-ferrokube", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "ferrokube"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "dns", "port": cfg.cluster_dns_port, "protocol": "UDP"}],
+    });
+    let url = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices";
+    if let Err(e) = client.create(url, &slice).await {
+        if e.code == 409 {
+            // The node address may have changed since the last start.
+            let patch = serde_json::json!({"endpoints": slice["endpoints"], "ports": slice["ports"]});
+            let _ = client.merge_patch(&format!("{url}/kube-dns-ferrokube"), &patch).await;
+        } else {
+            tracing::warn!(error = %e, "kube-dns endpoints not created");
+        }
+    }
 }
 
 fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartError> {

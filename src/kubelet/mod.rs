@@ -22,6 +22,8 @@ pub struct Config {
     pub data_dir: std::path::PathBuf,
     pub pod_log_dir: std::path::PathBuf,
     pub runtime_version: String,
+    /// The cluster DNS address pods with dnsPolicy ClusterFirst get as their nameserver.
+    pub cluster_dns: Option<String>,
 }
 
 /// The running node agent.

@@ -52,7 +52,7 @@ impl Kubelet {
         let t = now();
         let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t});
         let mut addresses = vec![json!({"type": "Hostname", "address": self.cfg.node_name})];
-        if let Some(ip) = crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4()) {
+        if let Some(ip) = crate::node::host::node_ipv4(&self.cfg.pod_cidr) {
             addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
         }
         json!({

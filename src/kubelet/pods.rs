@@ -41,6 +41,38 @@ fn labels_of(pod: &Value) -> HashMap<String, String> {
     ])
 }
 
+/// The resolver configuration of a pod, from its dnsPolicy and dnsConfig, as upstream:
+/// ClusterFirst uses the cluster DNS with the namespace search path and ndots:5 (the host's
+/// resolvers for host-network pods), Default the host's, None only what dnsConfig says.
+pub(super) fn pod_dns(spec: &Value, namespace: &str, cluster_dns: Option<&str>) -> v1::DnsConfig {
+    let host = host_dns();
+    let policy = spec["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+    let host_network = spec["hostNetwork"] == true;
+    let mut dns = match (policy, cluster_dns) {
+        ("None", _) => v1::DnsConfig::default(),
+        ("ClusterFirstWithHostNet", Some(ip)) | ("ClusterFirst", Some(ip)) if policy != "ClusterFirst" || !host_network => {
+            let domain = crate::dns::DOMAIN;
+            let mut searches = vec![format!("{namespace}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()];
+            searches.extend(host.searches.iter().filter(|s| !searches.contains(s)).cloned().collect::<Vec<_>>());
+            v1::DnsConfig { servers: vec![ip.to_string()], searches, options: vec!["ndots:5".into()] }
+        }
+        _ => host,
+    };
+    let cfg = &spec["dnsConfig"];
+    dns.servers.extend(cfg["nameservers"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from));
+    dns.searches.extend(cfg["searches"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from));
+    for o in cfg["options"].as_array().into_iter().flatten() {
+        let Some(name) = o["name"].as_str() else { continue };
+        let opt = match o["value"].as_str() {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_string(),
+        };
+        dns.options.retain(|x| x.split(':').next() != Some(name));
+        dns.options.push(opt);
+    }
+    dns
+}
+
 fn host_dns() -> v1::DnsConfig {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut dns = v1::DnsConfig::default();
@@ -486,7 +518,7 @@ impl Kubelet {
             metadata: Some(v1::PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: ns.into(), attempt }),
             hostname: spec["hostname"].as_str().unwrap_or(name).chars().take(63).collect(),
             log_directory: self.cfg.pod_log_dir.join(format!("{ns}_{name}_{uid}")).to_string_lossy().into_owned(),
-            dns_config: Some(host_dns()),
+            dns_config: Some(pod_dns(spec, ns, self.cfg.cluster_dns.as_deref())),
             port_mappings: ports,
             labels: labels_of(pod),
             annotations: HashMap::new(),
@@ -588,4 +620,25 @@ fn remove_pod_cgroups(uid: &str) {
     }
     let unified = std::path::Path::new("/sys/fs/cgroup/ferrokube").join(format!("pod{uid}"));
     let _ = std::fs::remove_dir(unified);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dns_policies_as_upstream() {
+        let cf = pod_dns(&json!({}), "shop", Some("10.43.0.10"));
+        assert_eq!(cf.servers, vec!["10.43.0.10"]);
+        assert_eq!(&cf.searches[..3], ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(cf.options, vec!["ndots:5"]);
+        // Host-network pods with ClusterFirst use the host's resolvers; WithHostNet does not.
+        assert_ne!(pod_dns(&json!({"hostNetwork": true}), "shop", Some("10.43.0.10")).servers, vec!["10.43.0.10"]);
+        assert_eq!(pod_dns(&json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}), "shop", Some("10.43.0.10")).servers, vec!["10.43.0.10"]);
+        let none = pod_dns(&json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.2.3.4"], "searches": ["x.test"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}), "shop", Some("10.43.0.10"));
+        assert_eq!((none.servers, none.searches, none.options), (vec!["1.2.3.4".to_string()], vec!["x.test".to_string()], vec!["ndots:2".to_string(), "edns0".to_string()]));
+        let merged = pod_dns(&json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}), "shop", Some("10.43.0.10"));
+        assert_eq!(merged.options, vec!["ndots:1"], "dnsConfig options replace the defaults of the same name");
+    }
 }

@@ -59,3 +59,26 @@ impl Host {
         }
     }
 }
+
+/// The IPv4 address of the interface that holds the default route.
+fn default_route_ipv4() -> Option<std::net::Ipv4Addr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let iface = routes.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f.len() > 2 && f[1] == "00000000")?.first()?.to_string();
+    let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", &iface]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let addr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    addr.split('/').next()?.parse().ok()
+}
+
+/// This node's own IPv4 address: the default route's, else the first one that is neither
+/// loopback nor inside the pod network (a pod bridge's gateway address is not the node's).
+pub fn node_ipv4(pod_cidr: &str) -> Option<std::net::Ipv4Addr> {
+    if let Some(ip) = default_route_ipv4() {
+        return Some(ip);
+    }
+    let pods: Option<crate::cni::ipam::Subnet> = pod_cidr.parse().ok();
+    crate::pki::host_addresses().into_iter().find_map(|a| match a {
+        std::net::IpAddr::V4(v4) if !v4.is_loopback() && !pods.as_ref().is_some_and(|p| p.contains(v4)) => Some(v4),
+        _ => None,
+    })
+}

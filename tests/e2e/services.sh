@@ -2,7 +2,9 @@
 # Service networking with a real containerd and real iptables (root): ClusterIP load
 # balancing from the host and from a pod, NodePort and LoadBalancer on the node address,
 # ClientIP affinity, a pod reaching itself through its service, connections refused when a
-# service has no endpoints, and `ferrokube cleanup` removing ferrokube's rules (only those).
+# service has no endpoints; cluster DNS (service, headless and StatefulSet pod names, other
+# names through an upstream resolver the test runs on loopback); and `ferrokube cleanup`
+# removing ferrokube's rules (only those).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 use_node
@@ -10,9 +12,28 @@ mkdir -p "$E2E_DIR/data/images"
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox.tar" "$IMAGE" >/dev/null || exit 1
 # A rule that is not ours: cleanup must leave it alone.
 iptables -w -t nat -N E2E-FOREIGN && iptables -w -t nat -A OUTPUT -d 192.0.2.123/32 -j E2E-FOREIGN
-foreign_cleanup() { iptables -w -t nat -D OUTPUT -d 192.0.2.123/32 -j E2E-FOREIGN 2>/dev/null; iptables -w -t nat -X E2E-FOREIGN 2>/dev/null; node_cleanup; }
+foreign_cleanup() { kill "${UPSTREAM_PID:-0}" 2>/dev/null; iptables -w -t nat -D OUTPUT -d 192.0.2.123/32 -j E2E-FOREIGN 2>/dev/null; iptables -w -t nat -X E2E-FOREIGN 2>/dev/null; node_cleanup; }
 trap foreign_cleanup EXIT
-start_node || exit 1
+# The "host resolver" for names outside the cluster: answers every A query with 203.0.113.7
+# (and other types with no records).
+python3 - "$E2E_DIR/upstream.port" >/dev/null 2>&1 <<'PY' &
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+while True:
+    q, peer = s.recvfrom(512)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    question = q[12:end + 5]
+    is_a = q[end + 1:end + 3] == b"\x00\x01"
+    answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([203, 0, 113, 7]) if is_a else b""
+    s.sendto(q[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, int(is_a), 0, 0) + question + answer, peer)
+PY
+UPSTREAM_PID=$!
+for _ in $(seq 50); do [ -s "$E2E_DIR/upstream.port" ] && break; sleep 0.1; done
+start_node --dns-upstream "127.0.0.1:$(cat "$E2E_DIR/upstream.port")" || exit 1
 
 k apply -f - >/dev/null <<YAML
 apiVersion: apps/v1
@@ -48,6 +69,44 @@ k wait --for=condition=Ready pod/client --timeout=60s >/dev/null
 # (busybox's static wget crashes in getaddrinfo; nc speaks HTTP well enough)
 http_get() { k exec "$1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $2 80" | tail -1 | tr -d '\r'; }
 check_contains "from a pod, the ClusterIP answers" "echo-" "$(http_get client "$CIP")"
+
+# Cluster DNS.
+resolv=$(k exec client -- cat /etc/resolv.conf)
+check_contains "pods get the cluster DNS as nameserver" "nameserver 10.43.0.10" "$resolv"
+check_contains "with the namespace search path" "search default.svc.cluster.local svc.cluster.local cluster.local" "$resolv"
+check_contains "and ndots:5" "options ndots:5" "$resolv"
+lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; next} found && /^Address/ {print $NF}' | sort | xargs; }
+check "a service name resolves to its ClusterIP" "$CIP" "$(lookup client echo.default.svc.cluster.local)"
+check_contains "and HTTP through that name answers" "echo-" "$(http_get client "$(lookup client echo.default.svc.cluster.local)")"
+check "a name outside the cluster goes to the upstream resolver" "203.0.113.7" "$(lookup client www.example.test)"
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {clusterIP: None, selector: {app: db}, ports: [{name: tcp, port: 80}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 3600"]}]
+YAML
+check_cmd "a StatefulSet behind a headless service" k rollout status sts/db --timeout=90s
+eventually "db-0.db resolves to the pod's IP" "$(k get pod db-0 -o jsonpath='{.status.podIP}')" 20 lookup client db-0.db.default.svc.cluster.local
+check "the headless name lists the pod" "$(k get pod db-0 -o jsonpath='{.status.podIP}')" "$(lookup client db.default.svc.cluster.local)"
+old_ip=$(k get pod db-0 -o jsonpath='{.status.podIP}')
+k delete pod db-0 --wait=true >/dev/null
+k wait --for=condition=Ready pod/db-0 --timeout=60s >/dev/null
+new_ip=$(k get pod db-0 -o jsonpath='{.status.podIP}')
+eventually "after the pod is recreated the name follows its new IP" "$new_ip" 20 lookup client db-0.db.default.svc.cluster.local
+echo "       (db-0 moved from $old_ip to $new_ip)"
 
 NODE_IP=$(k get node e2e-node -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
 k patch svc echo -p '{"spec": {"type": "NodePort"}}' >/dev/null
