@@ -125,11 +125,15 @@ pub fn start(client: Client, cfg: Config) {
                 let slices: Vec<&Value> = st.slices.values().collect();
                 rules::build(&services, &slices, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr }, &chains)
             };
-            if applied.as_deref() == Some(set.text.as_str()) {
+            // After the first full write, only the chains that changed are written.
+            let text = match &applied {
+                Some(old) => rules::changes(&set.text, old),
+                None => set.text.clone(),
+            };
+            if text.is_empty() {
                 continue;
             }
             let result = tokio::task::spawn_blocking({
-                let text = set.text.clone();
                 move || {
                     if !hooked {
                         install_hooks()?;
@@ -146,7 +150,8 @@ pub fn start(client: Client, cfg: Config) {
                     applied = Some(set.text);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "service rules not written; retrying");
+                    tracing::warn!(error = %e, "service rules not written; retrying with the full set");
+                    applied = None;
                     let d = dirty.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(1)).await;
