@@ -69,6 +69,8 @@ k wait --for=condition=Ready pod/client --timeout=60s >/dev/null
 # (busybox's static wget crashes in getaddrinfo; nc speaks HTTP well enough)
 http_get() { k exec "$1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $2 80" | tail -1 | tr -d '\r'; }
 check_contains "from a pod, the ClusterIP answers" "echo-" "$(http_get client "$CIP")"
+from_pod=$(k exec client -- sh -c "for i in \$(seq 40); do printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $CIP 80 | tail -1; done" | tr -d '\r' | sort -u | grep -c echo-)
+check "from a pod, repeated requests reach all 3 pods" "3" "$from_pod"
 
 # Cluster DNS.
 resolv=$(k exec client -- cat /etc/resolv.conf)
@@ -77,7 +79,7 @@ check_contains "with the namespace search path" "search default.svc.cluster.loca
 check_contains "and ndots:5" "options ndots:5" "$resolv"
 lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; next} found && /^Address/ {print $NF}' | sort | xargs; }
 check "a service name resolves to its ClusterIP" "$CIP" "$(lookup client echo.default.svc.cluster.local)"
-check_contains "and HTTP through that name answers" "echo-" "$(http_get client "$(lookup client echo.default.svc.cluster.local)")"
+check_contains "and HTTP to the address of http://echo.default.svc.cluster.local answers" "echo-" "$(http_get client "$(lookup client echo.default.svc.cluster.local)")"
 check "a name outside the cluster goes to the upstream resolver" "203.0.113.7" "$(lookup client www.example.test)"
 k apply -f - >/dev/null <<YAML
 apiVersion: v1
