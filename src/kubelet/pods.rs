@@ -175,7 +175,18 @@ impl Kubelet {
         let mut cri = self.cri.clone();
 
         if meta["deletionTimestamp"].is_string() {
-            let grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(30);
+            let mut grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(30);
+            // preStop hooks first, within the grace period; the containers get what is left
+            // (at least 2 s, as upstream gives after hooks).
+            let running: Vec<(String, String)> = containers
+                .iter()
+                .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
+                .filter_map(|c| Some((c.metadata.as_ref()?.name.clone(), c.id.clone())))
+                .collect();
+            if grace > 0 && !running.is_empty() {
+                let spent = self.run_pre_stop(pod, &running, grace).await;
+                grace = (grace - spent.as_secs() as i64).max(2);
+            }
             let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
             for sb in &sandboxes {
                 let mine: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == sb.id).map(|c| c.id.clone()).collect();

@@ -42,6 +42,29 @@ fn port(container: &Value, p: &Value) -> Option<u16> {
 }
 
 impl Kubelet {
+    /// Runs the `preStop` hooks of the pod's running containers (exec, httpGet, tcpSocket or
+    /// sleep), all at once, for at most `grace` seconds; returns how long they took.
+    pub(super) async fn run_pre_stop(&self, pod: &Value, running: &[(String, String)], grace: i64) -> Duration {
+        let started = std::time::Instant::now();
+        let pod_ip = pod["status"]["podIP"].as_str().unwrap_or("");
+        let hooks = running.iter().filter_map(|(name, id)| {
+            let spec = pod["spec"]["containers"].as_array()?.iter().find(|c| c["name"] == name.as_str())?;
+            let hook = spec["lifecycle"]["preStop"].as_object()?;
+            let mut handler = Value::Object(hook.clone());
+            handler["timeoutSeconds"] = serde_json::json!(grace.max(1));
+            Some(async move {
+                if let Some(s) = handler["sleep"]["seconds"].as_u64() {
+                    tokio::time::sleep(Duration::from_secs(s)).await;
+                } else if !self.probe_once(spec, id, &handler, pod_ip).await {
+                    tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %name, "preStop hook failed");
+                }
+            })
+        });
+        let all = futures_util::future::join_all(hooks);
+        let _ = tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), all).await;
+        started.elapsed()
+    }
+
     async fn probe_once(&self, container: &Value, id: &str, probe: &Value, pod_ip: &str) -> bool {
         let timeout = Duration::from_secs(secs(probe, "timeoutSeconds", 1).max(1));
         if let Some(cmd) = probe["exec"]["command"].as_array() {

@@ -253,6 +253,26 @@ check "after restart the pod is still Ready" "True" "$(k get pod web -o jsonpath
 
 # Deleting pods leaves nothing behind.
 uids=$(k get pods -o jsonpath='{.items[*].metadata.uid}')
+# A preStop hook runs before the container is stopped.
+mkdir -p "$E2E_DIR/hooks"
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes: [{name: h, hostPath: {path: $E2E_DIR/hooks, type: DirectoryOrCreate}}]
+  containers:
+  - name: c
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "exec sleep 3600"]
+    volumeMounts: [{name: h, mountPath: /hooks}]
+    lifecycle: {preStop: {exec: {command: [sh, -c, "echo stopping > /hooks/prestop"]}}}
+YAML
+k wait --for=condition=Ready pod/hooked --timeout=60s >/dev/null
+k delete pod hooked --wait=true --timeout=60s >/dev/null
+check "a preStop hook runs before the container stops" "stopping" "$(cat "$E2E_DIR/hooks/prestop" 2>/dev/null)"
 check "pods have veths on the bridge while they run" "yes" "$([ "$(ip -br link show master "$BRIDGE" | wc -l)" -gt 0 ] && echo yes)"
 check_cmd "delete all pods" k delete pods --all --wait --timeout=90s
 sleep 1
