@@ -17,10 +17,6 @@ pub fn start(client: Client, hub: &mut watcher::Hub) {
     super::start_owner_controller(client, hub, "cronjob", "/apis/batch/v1/cronjobs", "/apis/batch/v1/jobs", "CronJob", 1, |c, key| async move { reconcile(&c, &key).await });
 }
 
-fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
-}
-
 /// The wall clock a schedule is read in: the host's local time unless `timeZone` names one.
 #[derive(Clone)]
 enum Zone {
@@ -118,8 +114,8 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                 event(client, COMPONENT, &cj, "Warning", "UnparseableSchedule", &format!("unparseable schedule: {e}")).await;
             }
             (Ok(sched), Ok(zone)) => {
-                let created = parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
-                let mut from = parse_time(&last_schedule).unwrap_or(created);
+                let created = super::parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
+                let mut from = super::parse_time(&last_schedule).unwrap_or(created);
                 let deadline = spec["startingDeadlineSeconds"].as_i64();
                 if let Some(d) = deadline {
                     from = from.max(now - chrono::Duration::seconds(d));

@@ -145,11 +145,8 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         }
     }
     for p in &to_delete {
-        let purl = format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or(""));
-        match client.delete(&purl, &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
-            Ok(_) => event(client, COMPONENT, &ds, "Normal", "SuccessfulDelete", &format!("Deleted pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))).await,
-            Err(ApiError { code: 404 | 409, .. }) => {}
-            Err(e) => return Err(e),
+        if super::delete_pod(client, p).await? {
+            event(client, COMPONENT, &ds, "Normal", "SuccessfulDelete", &format!("Deleted pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))).await;
         }
     }
     for node in &to_create {

@@ -121,21 +121,14 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         }
         c["observedGeneration"] = pdb["metadata"]["generation"].clone();
     }
-    let status = json!({
+    let mut status = json!({
         "observedGeneration": pdb["metadata"]["generation"], "disruptionsAllowed": allowed,
         "currentHealthy": healthy, "desiredHealthy": desired, "expectedPods": expected_pods,
-        "disruptedPods": disrupted, "conditions": conditions,
+        "conditions": conditions,
     });
-    let mut status = status;
-    if disrupted_is_empty(&status) {
-        if let Some(m) = status.as_object_mut() {
-            m.remove("disruptedPods");
-        }
+    if !disrupted.is_empty() {
+        status["disruptedPods"] = json!(disrupted);
     }
     super::write_status(client, &url, &pdb, status).await?;
     Ok(if pdb["status"]["disruptedPods"].as_object().is_some_and(|m| !m.is_empty()) { Next::After(Duration::from_secs(DISRUPTION_TIMEOUT as u64)) } else { Next::Idle })
-}
-
-fn disrupted_is_empty(status: &Value) -> bool {
-    status["disruptedPods"].as_object().is_none_or(|m| m.is_empty())
 }

@@ -9,8 +9,7 @@ use crate::api::selector::LabelSelector;
 use crate::api::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const CONTROLLER: &str = "endpointslice-controller.k8s.io";
@@ -21,28 +20,17 @@ const PER_SLICE: usize = 100;
 pub fn start(client: Client, hub: &mut watcher::Hub) {
     let queue = Queue::new();
     // Selectors by service key: a pod change concerns the services that select it.
-    let selectors: Arc<Mutex<HashMap<String, (String, LabelSelector)>>> = Arc::default();
+    let selectors = super::Selectors::default();
     let (q, sels) = (queue.clone(), selectors.clone());
     hub.follow("/api/v1/services", move |ty, svc| {
-        let key = super::key_of(svc);
-        let mut s = sels.lock().unwrap_or_else(|p| p.into_inner());
-        match LabelSelector::from_object(&json!({"matchLabels": svc["spec"]["selector"]})) {
-            Ok(sel) if ty != "DELETED" && svc["spec"]["selector"].is_object() => {
-                s.insert(key.clone(), (svc["metadata"]["namespace"].as_str().unwrap_or("").to_string(), sel));
-            }
-            _ => {
-                s.remove(&key);
-            }
-        }
-        q.add(key);
+        let sel = svc["spec"]["selector"].is_object().then(|| LabelSelector::from_object(&json!({"matchLabels": svc["spec"]["selector"]})).ok()).flatten();
+        sels.observe(ty, svc, sel);
+        q.add(super::key_of(svc));
     });
     let q = queue.clone();
     hub.follow("/api/v1/pods", move |_, pod| {
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
-        for (key, (sns, sel)) in selectors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if sns == ns && sel.matches(&pod["metadata"]["labels"]) {
-                q.add(key.clone());
-            }
+        for key in selectors.selecting(pod) {
+            q.add(key);
         }
     });
     run_workers("endpoints", queue, 2, move |key| {

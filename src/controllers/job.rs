@@ -18,10 +18,6 @@ pub fn start(client: Client, hub: &mut watcher::Hub) {
     super::start_owner_controller(client, hub, "job", "/apis/batch/v1/jobs", "/api/v1/pods", "Job", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
-fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
-}
-
 fn finished_condition(job: &Value) -> Option<&Value> {
     job["status"]["conditions"].as_array()?.iter().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
 }
@@ -87,7 +83,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if let Some(done) = finished_condition(&job) {
         // Finished: only the TTL is left to honour.
         let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_i64() else { return Ok(Next::Idle) };
-        let at = parse_time(&job["status"]["completionTime"]).or_else(|| parse_time(&done["lastTransitionTime"])).unwrap_or(now) + chrono::Duration::seconds(ttl);
+        let at = super::parse_time(&job["status"]["completionTime"]).or_else(|| super::parse_time(&done["lastTransitionTime"])).unwrap_or(now) + chrono::Duration::seconds(ttl);
         if at > now {
             return Ok(Next::After((at - now).to_std().unwrap_or_default() + Duration::from_millis(100)));
         }
@@ -150,7 +146,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         if start_time.is_null() {
             start_time = json!(crate::api::object::now());
         }
-        let started = parse_time(&start_time).unwrap_or(now);
+        let started = super::parse_time(&start_time).unwrap_or(now);
         if let Some(ads) = spec["activeDeadlineSeconds"].as_i64() {
             let deadline = started + chrono::Duration::seconds(ads);
             if now >= deadline {
@@ -199,7 +195,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                 let mut extra: Vec<&&Value> = active.iter().collect();
                 extra.sort_by_key(|p| std::cmp::Reverse(p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string()));
                 for p in extra.into_iter().take(active.len() - want_active as usize) {
-                    delete_pod(client, ns, p).await?;
+                    super::delete_pod(client, p).await?;
                 }
             }
             if !missing.is_empty() {
@@ -220,7 +216,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     }
     if delete_active {
         for p in &active {
-            delete_pod(client, ns, p).await?;
+            super::delete_pod(client, p).await?;
         }
     }
     let ready = active.iter().filter(|p| pod_ready(p)).count();
@@ -241,15 +237,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
 }
 
 fn last_finish(p: &Value) -> Option<DateTime<Utc>> {
-    p["status"]["containerStatuses"].as_array()?.iter().filter_map(|c| parse_time(&c["state"]["terminated"]["finishedAt"])).max()
-}
-
-async fn delete_pod(client: &Client, ns: &str, p: &Value) -> Result<(), ApiError> {
-    let url = format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or(""));
-    match client.delete(&url, &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
-        Ok(_) | Err(ApiError { code: 404 | 409, .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    p["status"]["containerStatuses"].as_array()?.iter().filter_map(|c| super::parse_time(&c["state"]["terminated"]["finishedAt"])).max()
 }
 
 async fn create_pods(client: &Client, job: &Value, indexes: &[Option<i64>]) -> Result<(), ApiError> {

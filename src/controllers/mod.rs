@@ -104,6 +104,62 @@ where
     }
 }
 
+/// An RFC 3339 timestamp field.
+pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// `o` with apiVersion and kind set (objects in lists lack them; owner references and
+/// events need them).
+pub fn typed(o: &Value, api_version: &str, kind: &str) -> Value {
+    let mut o = o.clone();
+    o["apiVersion"] = json!(api_version);
+    o["kind"] = json!(kind);
+    o
+}
+
+/// A 404 means someone else removed it first: nothing to do.
+pub fn not_found_ok<T>(r: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes this very pod (uid precondition); returns whether this call did. A pod already
+/// gone or replaced by a namesake is not an error.
+pub async fn delete_pod(client: &Client, p: &Value) -> Result<bool, ApiError> {
+    let url = format!("/api/v1/namespaces/{}/pods/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
+    match client.delete(&url, &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
+        Ok(_) => Ok(true),
+        Err(ApiError { code: 404 | 409, .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The label selectors of a controller's objects by key, to find which of them select a pod.
+#[derive(Clone, Default)]
+pub struct Selectors(Arc<std::sync::Mutex<std::collections::HashMap<String, (String, LabelSelector)>>>);
+
+impl Selectors {
+    /// Records (or, with `None` or a deletion, forgets) the selector of `o`.
+    pub fn observe(&self, ty: &str, o: &Value, sel: Option<LabelSelector>) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match sel.filter(|_| ty != "DELETED") {
+            Some(s) => m.insert(key_of(o), (o["metadata"]["namespace"].as_str().unwrap_or("").to_string(), s)),
+            None => m.remove(&key_of(o)),
+        };
+    }
+
+    /// Keys of the objects whose selector matches `pod` (same namespace).
+    pub fn selecting(&self, pod: &Value) -> Vec<String> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().filter(|(_, (sns, sel))| sns == ns && sel.matches(&pod["metadata"]["labels"])).map(|(k, _)| k.clone()).collect()
+    }
+}
+
 /// A watch handler that queues each object's own key.
 pub fn queue_self(q: &queue::Queue) -> impl Fn(&str, &Value) + Send + Sync + 'static {
     let q = q.clone();
@@ -123,17 +179,11 @@ pub fn queue_owner(q: &queue::Queue, kind: &'static str) -> impl Fn(&str, &Value
 /// The object a reconcile is about, with apiVersion and kind set (for owner references and
 /// events); `None` when it is gone or being deleted (its dependents are the collector's).
 pub async fn load_live(client: &Client, url: &str, api_version: &str, kind: &str) -> Result<Option<Value>, ApiError> {
-    let mut o = match client.get(url).await {
-        Ok(o) => o,
-        Err(e) if e.code == 404 => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let Some(o) = not_found_ok(client.get(url).await)? else { return Ok(None) };
     if o["metadata"]["deletionTimestamp"].is_string() {
         return Ok(None);
     }
-    o["apiVersion"] = json!(api_version);
-    o["kind"] = json!(kind);
-    Ok(Some(o))
+    Ok(Some(typed(&o, api_version, kind)))
 }
 
 /// `namespace/name` (or `name` for cluster-scoped objects).
@@ -189,8 +239,7 @@ pub fn pod_active(p: &Value) -> bool {
 /// When the pod turned Ready, if it is.
 pub fn pod_ready_since(p: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
     let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready" && c["status"] == "True")?;
-    let t = c["lastTransitionTime"].as_str().unwrap_or("");
-    Some(chrono::DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_else(|_| chrono::Utc::now()))
+    Some(parse_time(&c["lastTransitionTime"]).unwrap_or_else(chrono::Utc::now))
 }
 
 pub fn pod_ready(p: &Value) -> bool {

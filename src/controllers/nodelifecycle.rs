@@ -36,10 +36,6 @@ pub fn start(client: Client, hub: &mut watcher::Hub) {
     });
 }
 
-fn parse(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
-}
-
 fn ready_condition(node: &Value) -> Option<&Value> {
     node["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")
 }
@@ -48,8 +44,8 @@ fn ready_condition(node: &Value) -> Option<&Value> {
 async fn last_heard(client: &Client, node: &Value) -> Option<DateTime<Utc>> {
     let name = node["metadata"]["name"].as_str().unwrap_or("");
     let lease = client.get(&format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")).await.ok();
-    let renew = lease.as_ref().and_then(|l| parse(&l["spec"]["renewTime"]));
-    let beat = ready_condition(node).and_then(|c| parse(&c["lastHeartbeatTime"]));
+    let renew = lease.as_ref().and_then(|l| super::parse_time(&l["spec"]["renewTime"]));
+    let beat = ready_condition(node).and_then(|c| super::parse_time(&c["lastHeartbeatTime"]));
     renew.max(beat)
 }
 
@@ -102,7 +98,7 @@ async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Resul
             })
             .collect();
         client.merge_patch(&format!("{url}/status"), &json!({"status": {"conditions": conditions}})).await?;
-        super::event(client, COMPONENT, &with_type(&node), "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady")).await;
+        super::event(client, COMPONENT, &super::typed(&node, "v1", "Node"), "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady")).await;
         mark_pods_not_ready(client, name).await?;
     }
     let want: Vec<&str> = if unreachable {
@@ -127,13 +123,6 @@ async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Resul
         }
     }
     Ok(next)
-}
-
-fn with_type(node: &Value) -> Value {
-    let mut n = node.clone();
-    n["apiVersion"] = json!("v1");
-    n["kind"] = json!("Node");
-    n
 }
 
 async fn all_nodes_unhealthy(client: &Client, started: DateTime<Utc>) -> Result<bool, ApiError> {
@@ -182,7 +171,7 @@ async fn evict(client: &Client, node: &str, taints: &[Value]) -> Result<Option<D
         // The time this pod may stay: the shortest over the NoExecute taints.
         let mut stay: Option<i64> = Some(i64::MAX);
         for t in taints.iter().filter(|t| t["effect"] == "NoExecute") {
-            let added = parse(&t["timeAdded"]).unwrap_or(now);
+            let added = super::parse_time(&t["timeAdded"]).unwrap_or(now);
             let tol = tolerations.iter().find(|tol| crate::scheduler::fit::tolerates(tol, t));
             let left = match tol {
                 None => None,
@@ -204,16 +193,9 @@ async fn evict(client: &Client, node: &str, taints: &[Value]) -> Result<Option<D
                 }
             }
             _ => {
-                let (ns, pname) = (p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
-                match client.delete(&format!("/api/v1/namespaces/{ns}/pods/{pname}"), &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
-                    Ok(_) => {
-                        let mut pod = p.clone();
-                        pod["apiVersion"] = json!("v1");
-                        pod["kind"] = json!("Pod");
-                        super::event(client, "taint-eviction-controller", &pod, "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {ns}/{pname}")).await;
-                    }
-                    Err(ApiError { code: 404 | 409, .. }) => {}
-                    Err(e) => return Err(e),
+                if super::delete_pod(client, &p).await? {
+                    let (ns, pname) = (p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
+                    super::event(client, "taint-eviction-controller", &super::typed(&p, "v1", "Pod"), "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {ns}/{pname}")).await;
                 }
             }
         }

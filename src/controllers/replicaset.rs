@@ -8,8 +8,6 @@ use crate::api::selector::LabelSelector;
 use crate::api::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The two kinds this controller serves.
@@ -53,16 +51,11 @@ fn selector(f: Flavor, o: &Value) -> Option<LabelSelector> {
 fn run(client: Client, hub: &mut watcher::Hub, f: Flavor) {
     let queue = Queue::new();
     // Selectors by key, to find the owners a matching orphan pod may be adopted by.
-    let selectors: Arc<Mutex<HashMap<String, (String, LabelSelector)>>> = Arc::default();
+    let selectors = super::Selectors::default();
     let (q, sels) = (queue.clone(), selectors.clone());
     hub.follow(f.collection, move |ty, o| {
-        let key = super::key_of(o);
-        let mut s = sels.lock().unwrap_or_else(|p| p.into_inner());
-        match (ty, selector(f, o)) {
-            ("DELETED", _) | (_, None) => s.remove(&key),
-            (_, Some(sel)) => s.insert(key.clone(), (o["metadata"]["namespace"].as_str().unwrap_or("").to_string(), sel)),
-        };
-        q.add(key);
+        sels.observe(ty, o, selector(f, o));
+        q.add(super::key_of(o));
     });
     let (q, sels) = (queue.clone(), selectors);
     hub.follow("/api/v1/pods", move |_, pod| {
@@ -71,11 +64,8 @@ fn run(client: Client, hub: &mut watcher::Hub, f: Flavor) {
             Some(r) if r["kind"] == f.kind => q.add(format!("{ns}/{}", r["name"].as_str().unwrap_or(""))),
             Some(_) => {}
             None if pod_active(pod) => {
-                let s = sels.lock().unwrap_or_else(|p| p.into_inner());
-                for (key, (sns, sel)) in s.iter() {
-                    if sns == ns && sel.matches(&pod["metadata"]["labels"]) {
-                        q.add(key.clone());
-                    }
+                for key in sels.selecting(pod) {
+                    q.add(key);
                 }
             }
             None => {}
@@ -124,14 +114,14 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
                 // Release a pod whose labels no longer match.
                 let refs: Vec<Value> = pod["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
                 let patch = super::owner_refs_patch(&pod, &refs);
-                ignore_gone(client.merge_patch(&pod_url, &patch).await)?;
+                super::not_found_ok(client.merge_patch(&pod_url, &patch).await)?;
             }
         } else if matches && controller_of(&pod).is_none() && pod_active(&pod) && !deleting {
             // Adopt a matching orphan.
             let mut refs = pod["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
             refs.push(super::controller_ref(&with_type(&rs, f)));
             let patch = super::owner_refs_patch(&pod, &refs);
-            if ignore_gone(client.merge_patch(&pod_url, &patch).await)?.is_some() {
+            if super::not_found_ok(client.merge_patch(&pod_url, &patch).await)?.is_some() {
                 owned.push(pod);
             }
         }
@@ -147,8 +137,9 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
             let excess: Vec<Value> = active.drain(..active.len() - want).collect();
             for pod in excess {
                 let pname = pod["metadata"]["name"].as_str().unwrap_or("");
-                ignore_gone(client.delete(&format!("/api/v1/namespaces/{ns}/pods/{pname}"), &json!({"preconditions": {"uid": pod["metadata"]["uid"]}})).await)?;
-                event(client, "replicaset-controller", &with_type(&rs, f), "Normal", "SuccessfulDelete", &format!("Deleted pod: {pname}")).await;
+                if super::delete_pod(client, &pod).await? {
+                    event(client, "replicaset-controller", &with_type(&rs, f), "Normal", "SuccessfulDelete", &format!("Deleted pod: {pname}")).await;
+                }
             }
         }
     }
@@ -175,30 +166,18 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
         .iter()
         .any(|k| cur[k].as_i64().unwrap_or(0) != status[k].as_i64().unwrap_or(0));
     if changed {
-        ignore_gone(client.merge_patch(&format!("{url}/status"), &json!({"status": status})).await)?;
+        super::not_found_ok(client.merge_patch(&format!("{url}/status"), &json!({"status": status})).await)?;
     }
     Ok(recheck.map_or(Next::Idle, Next::After))
 }
 
 /// `rs` with apiVersion/kind set (objects in lists may lack them).
 fn with_type(o: &Value, f: Flavor) -> Value {
-    let mut o = o.clone();
-    o["apiVersion"] = json!(if f.map_selector { "v1" } else { "apps/v1" });
-    o["kind"] = json!(f.kind);
-    o
+    super::typed(o, if f.map_selector { "v1" } else { "apps/v1" }, f.kind)
 }
 
 fn labels_contain(labels: &Value, want: &Value) -> bool {
     want.as_object().into_iter().flatten().all(|(k, v)| labels[k] == *v)
-}
-
-/// A 404 means someone else removed it: nothing to do.
-fn ignore_gone(r: Result<Value, ApiError>) -> Result<Option<Value>, ApiError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.code == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Creates `n` pods in batches that double while they succeed (upstream's slow start).

@@ -190,17 +190,11 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
 }
 
 async fn delete_pod(client: &Client, sts: &Value, p: &Value) -> Result<(), ApiError> {
-    let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
-    let pname = p["metadata"]["name"].as_str().unwrap_or("");
-    match client.delete(&format!("/api/v1/namespaces/{ns}/pods/{pname}"), &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
-        Ok(_) => {
-            let sname = sts["metadata"]["name"].as_str().unwrap_or("");
-            event(client, COMPONENT, sts, "Normal", "SuccessfulDelete", &format!("delete Pod {pname} in StatefulSet {sname} successful")).await;
-            Ok(())
-        }
-        Err(ApiError { code: 404 | 409, .. }) => Ok(()),
-        Err(e) => Err(e),
+    if super::delete_pod(client, p).await? {
+        let (pname, sname) = (p["metadata"]["name"].as_str().unwrap_or(""), sts["metadata"]["name"].as_str().unwrap_or(""));
+        event(client, COMPONENT, sts, "Normal", "SuccessfulDelete", &format!("delete Pod {pname} in StatefulSet {sname} successful")).await;
     }
+    Ok(())
 }
 
 /// `whenScaled: Delete`: the pod's claims become its dependents, so the garbage collector

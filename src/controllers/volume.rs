@@ -65,14 +65,6 @@ pub fn start(client: Client, hub: &mut watcher::Hub, storage: Storage) {
     });
 }
 
-fn gone<T>(r: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.code == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 async fn default_class(client: &Client) -> Result<Option<String>, ApiError> {
     let classes = client.get("/apis/storage.k8s.io/v1/storageclasses").await?;
     Ok(classes["items"].as_array().into_iter().flatten().find(|c| c["metadata"]["annotations"][DEFAULT_ANNOTATION] == "true").and_then(|c| c["metadata"]["name"].as_str()).map(String::from))
@@ -85,9 +77,8 @@ fn request_bytes(pvc: &Value) -> i64 {
 async fn claim(client: &Client, storage: &Storage, key: &str) -> Result<Next, ApiError> {
     let (ns, name) = super::split_key(key);
     let url = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}");
-    let Some(mut pvc) = gone(client.get(&url).await)? else { return Ok(Next::Idle) };
-    pvc["apiVersion"] = json!("v1");
-    pvc["kind"] = json!("PersistentVolumeClaim");
+    let Some(pvc) = super::not_found_ok(client.get(&url).await)? else { return Ok(Next::Idle) };
+    let pvc = super::typed(&pvc, "v1", "PersistentVolumeClaim");
     if pvc["metadata"]["deletionTimestamp"].is_string() || pvc["status"]["phase"] == "Bound" {
         return Ok(Next::Idle);
     }
@@ -100,14 +91,14 @@ async fn claim(client: &Client, storage: &Storage, key: &str) -> Result<Next, Ap
     }
     let class_name = pvc["spec"]["storageClassName"].as_str().unwrap_or("").to_string();
     let pv = match pvc["spec"]["volumeName"].as_str().filter(|v| !v.is_empty()) {
-        Some(v) => gone(client.get(&format!("/api/v1/persistentvolumes/{v}")).await)?,
+        Some(v) => super::not_found_ok(client.get(&format!("/api/v1/persistentvolumes/{v}")).await)?,
         None => find_static(client, &pvc, &class_name).await?,
     };
     let pv = match pv {
         Some(pv) => pv,
         None if class_name.is_empty() => return Ok(Next::Idle),
         None => {
-            let class = gone(client.get(&format!("/apis/storage.k8s.io/v1/storageclasses/{class_name}")).await)?;
+            let class = super::not_found_ok(client.get(&format!("/apis/storage.k8s.io/v1/storageclasses/{class_name}")).await)?;
             let Some(class) = class.filter(|c| c["provisioner"] == PROVISIONER) else { return Ok(Next::Idle) };
             let node = pvc["metadata"]["annotations"][SELECTED_NODE].as_str();
             if class["volumeBindingMode"] == "WaitForFirstConsumer" && node.is_none() {
@@ -204,7 +195,7 @@ async fn bind(client: &Client, pvc: &Value, pv: &Value) -> Result<(), ApiError> 
 /// A volume whose claim is gone is released, then deleted (with its directory) or kept.
 async fn volume(client: &Client, storage: &Storage, name: &str) -> Result<Next, ApiError> {
     let url = format!("/api/v1/persistentvolumes/{name}");
-    let Some(pv) = gone(client.get(&url).await)? else { return Ok(Next::Idle) };
+    let Some(pv) = super::not_found_ok(client.get(&url).await)? else { return Ok(Next::Idle) };
     let r = &pv["spec"]["claimRef"];
     if r.is_null() {
         if pv["status"]["phase"] != "Available" {
@@ -216,7 +207,7 @@ async fn volume(client: &Client, storage: &Storage, name: &str) -> Result<Next, 
         return Ok(Next::Idle); // pre-bound to a claim that does not exist yet
     }
     let claim_url = format!("/api/v1/namespaces/{}/persistentvolumeclaims/{}", r["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""));
-    let claim = gone(client.get(&claim_url).await)?;
+    let claim = super::not_found_ok(client.get(&claim_url).await)?;
     if claim.is_some_and(|c| c["metadata"]["uid"] == r["uid"]) {
         return Ok(Next::Idle);
     }

@@ -92,3 +92,28 @@ impl Hub {
         }
     }
 }
+
+/// A copy of a collection, by `namespace/name`, kept current from its watch.
+pub type Mirror = std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, Value>>>;
+
+/// Mirrors collection `path`; `changed(event_type, object)` runs after each change is in.
+pub fn mirror<F>(client: Client, path: &str, changed: F) -> Mirror
+where
+    F: Fn(&str, &Value) + Send + Sync + 'static,
+{
+    let m: Mirror = Default::default();
+    let copy = m.clone();
+    follow(client, path.to_string(), move |ty, o| {
+        {
+            let mut w = copy.write().unwrap_or_else(|p| p.into_inner());
+            let key = crate::controllers::key_of(o);
+            if ty == "DELETED" {
+                w.remove(&key);
+            } else {
+                w.insert(key, o.clone());
+            }
+        }
+        changed(ty, o);
+    });
+    m
+}

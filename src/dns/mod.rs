@@ -11,7 +11,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
@@ -20,10 +20,9 @@ pub const DOMAIN: &str = "cluster.local";
 const TTL: u32 = 5;
 
 /// What the server knows: services and their slices, by `namespace/name`.
-#[derive(Default)]
-pub struct Records {
-    services: BTreeMap<String, Value>,
-    slices: BTreeMap<String, Value>,
+pub struct Records<'a> {
+    services: &'a BTreeMap<String, Value>,
+    slices: &'a BTreeMap<String, Value>,
 }
 
 /// The answer to a name in the cluster domain.
@@ -36,7 +35,7 @@ pub enum Answer {
     NxDomain,
 }
 
-impl Records {
+impl Records<'_> {
     fn service(&self, ns: &str, name: &str) -> Option<&Value> {
         self.services.get(&format!("{ns}/{name}"))
     }
@@ -117,7 +116,7 @@ impl Records {
 }
 
 /// Builds the response to `req` for a cluster name.
-fn respond(req: &Message, records: &Records) -> Option<Message> {
+fn respond(req: &Message, records: &Records<'_>) -> Option<Message> {
     let q = req.queries.first()?;
     let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
     if !(name == DOMAIN || name.ends_with(&format!(".{DOMAIN}"))) {
@@ -180,27 +179,8 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
 
 /// Serves DNS on UDP `listen` until the process ends.
 pub async fn serve(client: Client, listen: SocketAddr, upstream: Vec<SocketAddr>) -> std::io::Result<()> {
-    let records: Arc<RwLock<Records>> = Arc::default();
-    let r = records.clone();
-    watcher::follow(client.clone(), "/api/v1/services".into(), move |ty, s| {
-        let mut w = r.write().unwrap_or_else(|p| p.into_inner());
-        let key = crate::controllers::key_of(s);
-        if ty == "DELETED" {
-            w.services.remove(&key);
-        } else {
-            w.services.insert(key, s.clone());
-        }
-    });
-    let r = records.clone();
-    watcher::follow(client, "/apis/discovery.k8s.io/v1/endpointslices".into(), move |ty, s| {
-        let mut w = r.write().unwrap_or_else(|p| p.into_inner());
-        let key = crate::controllers::key_of(s);
-        if ty == "DELETED" {
-            w.slices.remove(&key);
-        } else {
-            w.slices.insert(key, s.clone());
-        }
-    });
+    let services = watcher::mirror(client.clone(), "/api/v1/services", |_, _| {});
+    let slices = watcher::mirror(client, "/apis/discovery.k8s.io/v1/endpointslices", |_, _| {});
     let sock = Arc::new(UdpSocket::bind(listen).await?);
     let upstream = Arc::new(upstream);
     tracing::info!(%listen, upstreams = ?upstream, "cluster DNS serving");
@@ -216,7 +196,9 @@ pub async fn serve(client: Client, listen: SocketAddr, upstream: Vec<SocketAddr>
         let packet = buf[..n].to_vec();
         let answer = match Message::from_vec(&packet) {
             Ok(req) => {
-                let local = respond(&req, &records.read().unwrap_or_else(|p| p.into_inner()));
+                let (svcs, sls) = (services.read().unwrap_or_else(|p| p.into_inner()), slices.read().unwrap_or_else(|p| p.into_inner()));
+                let local = respond(&req, &Records { services: &svcs, slices: &sls });
+                drop((svcs, sls));
                 match local {
                     Some(resp) => resp.to_vec().ok(),
                     None => {
@@ -244,18 +226,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn records() -> Records {
-        let mut r = Records::default();
-        r.services.insert("default/web".into(), json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}));
-        r.services.insert("default/db".into(), json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}));
-        r.slices.insert("default/db-x".into(), json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+    fn maps() -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+        let mut services = BTreeMap::new();
+        let mut slices = BTreeMap::new();
+        services.insert("default/web".into(), json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}));
+        services.insert("default/db".into(), json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}));
+        slices.insert("default/db-x".into(), json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
             "endpoints": [{"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}}, {"addresses": ["10.42.0.8"], "hostname": "db-1", "conditions": {"ready": false}}]}));
-        r
+        (services, slices)
     }
 
     #[test]
     fn service_pod_and_srv_names() {
-        let r = records();
+        let (services, slices) = maps();
+        let r = Records { services: &services, slices: &slices };
         assert_eq!(r.resolve("web.default.svc.cluster.local", RecordType::A), Answer::A(vec!["10.43.0.20".parse().unwrap()]));
         assert_eq!(r.resolve("web.default.svc.cluster.local", RecordType::AAAA), Answer::Empty);
         assert_eq!(r.resolve("nope.default.svc.cluster.local", RecordType::A), Answer::NxDomain);
@@ -270,15 +254,17 @@ mod tests {
 
     #[test]
     fn wire_round_trip() {
+        let (services, slices) = maps();
+        let records = Records { services: &services, slices: &slices };
         let mut q = Message::new(7, MessageType::Query, hickory_proto::op::OpCode::Query);
         q.add_query(hickory_proto::op::Query::query(Name::from_ascii("web.default.svc.cluster.local.").unwrap(), RecordType::A));
         let req = Message::from_vec(&q.to_vec().unwrap()).unwrap();
-        let resp = respond(&req, &records()).unwrap();
+        let resp = respond(&req, &records).unwrap();
         let back = Message::from_vec(&resp.to_vec().unwrap()).unwrap();
         assert_eq!(back.metadata.id, 7);
         assert_eq!(back.answers.len(), 1);
         let mut other = Message::new(8, MessageType::Query, hickory_proto::op::OpCode::Query);
         other.add_query(hickory_proto::op::Query::query(Name::from_ascii("example.com.").unwrap(), RecordType::A));
-        assert!(respond(&other, &records()).is_none(), "other names are forwarded");
+        assert!(respond(&other, &records).is_none(), "other names are forwarded");
     }
 }

@@ -9,10 +9,10 @@ pub mod rules;
 use crate::client::Client;
 use crate::controllers::watcher;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -22,12 +22,6 @@ pub struct Config {
     pub node_name: String,
     pub node_ip: Option<String>,
     pub pod_cidr: String,
-}
-
-#[derive(Default)]
-struct State {
-    services: BTreeMap<String, Value>,
-    slices: BTreeMap<String, Value>,
 }
 
 /// The jumps from the built-in chains into ours: (table, built-in chain, our chain).
@@ -86,31 +80,16 @@ fn install_hooks() -> Result<(), String> {
 
 /// Runs the proxy until the process ends.
 pub fn start(client: Client, cfg: Config) {
-    let state: Arc<Mutex<State>> = Arc::default();
     let dirty = Arc::new(Notify::new());
-    let (s, d, c, node_ip) = (state.clone(), dirty.clone(), client.clone(), cfg.node_ip.clone());
-    watcher::follow(client.clone(), "/api/v1/services".into(), move |ty, svc| {
-        let key = crate::controllers::key_of(svc);
-        if ty == "DELETED" {
-            s.lock().unwrap_or_else(|p| p.into_inner()).services.remove(&key);
-        } else {
-            s.lock().unwrap_or_else(|p| p.into_inner()).services.insert(key, svc.clone());
+    let (d, c, node_ip) = (dirty.clone(), client.clone(), cfg.node_ip.clone());
+    let services = watcher::mirror(client.clone(), "/api/v1/services", move |ty, svc| {
+        if ty != "DELETED" {
             announce_load_balancer(&c, svc, node_ip.as_deref());
         }
         d.notify_one();
     });
-    let (s, d) = (state.clone(), dirty.clone());
-    watcher::follow(client, "/apis/discovery.k8s.io/v1/endpointslices".into(), move |ty, slice| {
-        let key = crate::controllers::key_of(slice);
-        let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
-        if ty == "DELETED" {
-            st.slices.remove(&key);
-        } else {
-            st.slices.insert(key, slice.clone());
-        }
-        drop(st);
-        d.notify_one();
-    });
+    let d = dirty.clone();
+    let slices = watcher::mirror(client, "/apis/discovery.k8s.io/v1/endpointslices", move |_, _| d.notify_one());
     tokio::spawn(async move {
         let mut applied: Option<String> = None;
         let mut chains: BTreeSet<String> = existing_chains("nat");
@@ -120,10 +99,9 @@ pub fn start(client: Client, cfg: Config) {
             // Let a burst of changes settle into one write.
             tokio::time::sleep(Duration::from_millis(30)).await;
             let set = {
-                let st = state.lock().unwrap_or_else(|p| p.into_inner());
-                let services: Vec<&Value> = st.services.values().collect();
-                let slices: Vec<&Value> = st.slices.values().collect();
-                rules::build(&services, &slices, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr }, &chains)
+                let (svcs, sls) = (services.read().unwrap_or_else(|p| p.into_inner()), slices.read().unwrap_or_else(|p| p.into_inner()));
+                let (svcs, sls): (Vec<&Value>, Vec<&Value>) = (svcs.values().collect(), sls.values().collect());
+                rules::build(&svcs, &sls, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr }, &chains)
             };
             // After the first full write, only the chains that changed are written.
             let text = match &applied {

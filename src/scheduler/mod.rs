@@ -234,8 +234,5 @@ async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, binders: &
 }
 
 fn with_type(pod: &Value) -> Value {
-    let mut p = pod.clone();
-    p["apiVersion"] = json!("v1");
-    p["kind"] = json!("Pod");
-    p
+    crate::controllers::typed(pod, "v1", "Pod")
 }
