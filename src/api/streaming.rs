@@ -19,17 +19,20 @@ const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// What the relay speaks to the runtime's streaming server.
 const BACKEND_PROTOCOL: &str = "v4.channel.k8s.io";
 
-/// Whether a request is a websocket upgrade for exec or attach of a pod.
+/// Whether a request is an upgrade for exec, attach or port-forward of a pod: a websocket
+/// for all three, or (port-forward only) a direct SPDY/3.1 upgrade.
 pub fn wants_stream(req: &Request<Incoming>) -> Option<&'static str> {
-    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
-        return None;
-    }
+    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok())?;
+    let websocket = upgrade.eq_ignore_ascii_case("websocket");
     let path = req.uri().path();
     if !path.starts_with("/api/v1/namespaces/") {
         return None;
     }
-    if path.ends_with("/exec") {
+    if path.ends_with("/portforward") && (websocket || upgrade.eq_ignore_ascii_case(super::portforward::SPDY)) {
+        Some("portforward")
+    } else if !websocket {
+        None
+    } else if path.ends_with("/exec") {
         Some("exec")
     } else if path.ends_with("/attach") {
         Some("attach")
@@ -39,7 +42,7 @@ pub fn wants_stream(req: &Request<Incoming>) -> Option<&'static str> {
 }
 
 /// Every value of a repeated query parameter, in order (`command=sh&command=-c&...`).
-fn all_values(query: &str, key: &str) -> Vec<String> {
+pub(super) fn all_values(query: &str, key: &str) -> Vec<String> {
     query
         .split('&')
         .filter_map(|p| p.split_once('='))
@@ -54,24 +57,17 @@ fn flag(query: &str, key: &str) -> bool {
 
 /// Answers the upgrade (101) and relays in the background; errors are plain API errors.
 pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static str) -> Result<hyper::Response<()>, ApiError> {
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
+    if what == "portforward" {
+        return super::portforward::upgrade(api, req).await;
+    }
+    let offered = offered_protocols(&req);
     let protocol = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)).ok_or_else(|| {
         ApiError::bad_request(format!("no supported websocket subprotocol offered; this server speaks {}", PROTOCOLS.join(", ")))
     })?;
     let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (ns, name) = match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, _] => (ns.to_string(), name.to_string()),
-        _ => return Err(ApiError::not_found_path(&path)),
-    };
+    let (ns, name) = pod_of(&path)?;
     let container_id = container_id(&api, &ns, &name, all_values(&query, "container").last().map(String::as_str))?;
     let mut cri = api.cri.get().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no runtime on this server: it runs no node")))?;
     let (stdin, stdout, stderr, tty) = (flag(&query, "stdin"), flag(&query, "stdout"), flag(&query, "stderr"), flag(&query, "tty"));
@@ -98,22 +94,51 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static s
         let client = tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await;
         relay(client, backend, v5).await;
     });
+    switching(&key, protocol)
+}
+
+/// The websocket subprotocols a request offers, in order.
+pub(super) fn offered_protocols(req: &Request<Incoming>) -> Vec<String> {
+    req.headers()
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect()
+}
+
+/// Namespace and name of `/api/v1/namespaces/<ns>/pods/<name>/<subresource>`.
+pub(super) fn pod_of(path: &str) -> Result<(String, String), ApiError> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, _] => Ok((ns.to_string(), name.to_string())),
+        _ => Err(ApiError::not_found_path(path)),
+    }
+}
+
+/// The `101 Switching Protocols` answer to a websocket upgrade with `key`.
+pub(super) fn switching(key: &hyper::header::HeaderValue, protocol: &str) -> Result<hyper::Response<()>, ApiError> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     hyper::Response::builder()
         .status(101)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, "websocket")
         .header(hyper::header::SEC_WEBSOCKET_ACCEPT, accept)
-        .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, *protocol)
+        .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol)
         .body(())
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The runtime container id of `container` (default: the only one) of a pod.
-fn container_id(api: &Api, ns: &str, name: &str, container: Option<&str>) -> Result<String, ApiError> {
+/// The stored pod `ns/name`.
+pub(super) fn load_pod(api: &Api, ns: &str, name: &str) -> Result<Value, ApiError> {
     let kind = super::kinds::find("", "v1", "pods").expect("pods are in the table");
     let stored = api.store.get(&kind.key(Some(ns), name))?.ok_or_else(|| ApiError::not_found("", "pods", name))?;
-    let pod: Value = super::object::parse_stored(&stored.json)?;
+    super::object::parse_stored(&stored.json)
+}
+
+/// The runtime container id of `container` (default: the only one) of a pod.
+fn container_id(api: &Api, ns: &str, name: &str, container: Option<&str>) -> Result<String, ApiError> {
+    let pod = load_pod(api, ns, name)?;
     let statuses: Vec<Value> = ["containerStatuses", "initContainerStatuses"].iter().flat_map(|f| pod["status"][*f].as_array().cloned().unwrap_or_default()).collect();
     let want = match container {
         Some(c) => c.to_string(),
@@ -132,7 +157,7 @@ fn container_id(api: &Api, ns: &str, name: &str, container: Option<&str>) -> Res
     Ok(status["containerID"].as_str().unwrap_or("").trim_start_matches("containerd://").to_string())
 }
 
-async fn relay<C, B>(client: tokio_tungstenite::WebSocketStream<C>, backend: tokio_tungstenite::WebSocketStream<B>, v5: bool)
+pub(super) async fn relay<C, B>(client: tokio_tungstenite::WebSocketStream<C>, backend: tokio_tungstenite::WebSocketStream<B>, v5: bool)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -71,6 +71,34 @@ check "the file came out" "hello from ferrokube" "$(cat "$E2E_DIR/down.html" 2>/
 check "echo | exec -i cat ends at EOF" "eof-ok" "$(echo eof-ok | timeout 20 "$KUBECTL" exec -i web -c side -- cat)"
 check_contains "attach streams the container's output" "side web" "$(timeout 4 "$KUBECTL" attach web -c side 2>/dev/null | head -1)"
 
+# port-forward: kubectl's SPDY tunnelled in a websocket, and the Python client's v4 channels.
+"$KUBECTL" port-forward -v=4 pod/web 18080:8080 >"$E2E_DIR/pf.log" 2>&1 &
+PF=$!
+eventually "kubectl port-forward reaches the pod's port" "hello from ferrokube" 20 curl -s --max-time 5 http://127.0.0.1:18080/
+check "a second connection through the same port-forward" "hello from ferrokube" "$(curl -s --max-time 5 http://127.0.0.1:18080/)"
+kill $PF 2>/dev/null; wait $PF 2>/dev/null
+check_contains "kubectl tunnelled SPDY in a websocket (no fallback)" "Protocol negotiated" "$(grep -o 'Protocol negotiated[^"]*' "$E2E_DIR/pf.log" | head -1)"
+py=$("${PYTHON:-python3}" - "$KUBECONFIG" <<'PY' 2>&1
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+core = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
+pf = portforward(core.connect_get_namespaced_pod_portforward, "web", "default", ports="8080")
+sock = pf.socket(8080)
+sock.settimeout(10)
+sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while b"hello from ferrokube" not in data:
+    chunk = sock.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+sock.close()
+print(data.decode().strip().splitlines()[-1])
+PY
+)
+check "port-forward from the Python client" "hello from ferrokube" "$py"
+
 # Pod to pod, and pod to host (the bridge address is the host's).
 cat <<YAML | k apply -f - >/dev/null
 apiVersion: v1
