@@ -62,6 +62,11 @@ pub struct ServerConfig {
     /// Resolver for names outside the cluster (default: the host's, from /etc/resolv.conf).
     #[arg(long)]
     pub dns_upstream: Option<SocketAddr>,
+    /// An existing CRI socket (`unix:///run/containerd/containerd.sock`) to use instead of
+    /// starting a private containerd. That runtime must find ferrokube's CNI plugin and
+    /// configuration (their directories are logged at start) and have a pause image.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -138,6 +143,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
     }
+    let ranges = crate::api::services::ServiceRanges::parse(&cfg.service_cidr, &cfg.service_node_port_range).map_err(StartError::Bootstrap)?;
+    sans.push(ranges.first().to_string());
     sans.extend(cfg.tls_san.iter().cloned());
     sans.dedup();
     let pki = Pki::ensure(&cfg.data_dir.join("server").join("tls"), &sans)?;
@@ -150,17 +157,20 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let token = ensure_token(&cfg.data_dir.join("server").join("token"))?;
 
     let pod_logs = (!cfg.disable_agent).then(|| cfg.data_dir.join("logs").join("pods"));
-    let ranges = crate::api::services::ServiceRanges::parse(&cfg.service_cidr, &cfg.service_node_port_range).map_err(StartError::Bootstrap)?;
+    let first = ranges.first();
     let api = Api::with_node(store, format!("{host}:{}", cfg.https_listen_port), pod_logs);
     let _ = api.service_ranges_set.set(ranges);
+    let signer = crate::api::tokens::TokenIssuer::load_or_create(&cfg.data_dir.join("server").join("tls").join("service-account.key")).map_err(|e| StartError::Bootstrap(e.to_string()))?;
+    let _ = api.tokens.set(signer);
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     let serve = tokio::spawn(http::serve(api.clone(), listener, tls, Some(token)));
-    crate::controllers::start(api.clone(), cfg.data_dir.join("storage"));
+    crate::controllers::start(api.clone(), cfg.data_dir.join("storage"), pki.ca_pem.clone());
+    publish_kubernetes_service(&cfg, api.clone(), first).await;
     crate::scheduler::start(crate::client::Client::in_process(api.clone(), concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))));
 
-    let runtime = if cfg.disable_agent { None } else { Some(start_node(&cfg, api).await?) };
+    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api).await? };
     shutdown_signal().await;
     tracing::info!("shutting down");
     serve.abort();
@@ -171,10 +181,12 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
 }
 
 /// The node: containerd, the CNI configuration, the kubelet and the binder.
-async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crate::node::containerd::Containerd, StartError> {
+/// Returns the private containerd it started (none with `--container-runtime-endpoint`).
+async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
     use crate::node::{containerd, host::Host};
     let fail = |e: String| StartError::Node(e);
-    if let Some(missing) = Host::missing_tools() {
+    let external = cfg.container_runtime_endpoint.as_deref().map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
+    if let Some(missing) = Host::missing_tools(external.is_some()) {
         return Err(fail(missing));
     }
     let subnet: crate::cni::ipam::Subnet = cfg.pod_cidr.parse().map_err(|e: String| fail(format!("--pod-cidr: {e}")))?;
@@ -193,8 +205,22 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<crat
     let conf_path = layout.cni_conf.join("10-ferrokube.conflist");
     std::fs::write(&conf_path, serde_json::to_vec_pretty(&conflist).unwrap_or_default()).map_err(|e| fail(format!("{}: {e}", conf_path.display())))?;
 
-    let socket = layout.socket.clone();
-    let (runtime, mut cri) = containerd::Containerd::start(layout, &host).await.map_err(|e| fail(e.to_string()))?;
+    let (runtime, socket, mut cri) = match external {
+        Some(socket) => {
+            let endpoint = cfg.container_runtime_endpoint.clone().unwrap_or_default();
+            let cri = containerd::wait_ready(&socket, std::time::Duration::from_secs(30)).await.map_err(|e| fail(format!("--container-runtime-endpoint {endpoint}: {e}")))?;
+            if let Err(e) = containerd::import_pause(&socket, &layout.root, cri.clone()).await {
+                tracing::warn!(error = %e, image = crate::node::pause::IMAGE, "the pause image could not be imported into the existing runtime; its own sandbox image must be available");
+            }
+            tracing::info!(%endpoint, cni_bin = %layout.cni_bin.display(), cni_conf = %layout.cni_conf.display(), sandbox_image = crate::node::pause::IMAGE, "using an existing container runtime; its CNI bin_dir and conf_dir must be these");
+            (None, socket, cri)
+        }
+        None => {
+            let socket = layout.socket.clone();
+            let (runtime, cri) = containerd::Containerd::start(layout, &host).await.map_err(|e| fail(e.to_string()))?;
+            (Some(runtime), socket, cri)
+        }
+    };
     // Airgap: image archives dropped in <data-dir>/images are imported at every start.
     let images = cfg.data_dir.join("images");
     let _ = std::fs::create_dir_all(&images);
@@ -248,36 +274,100 @@ async fn start_dns(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option
             tracing::error!(%listen, error = %e, "cluster DNS cannot listen; pods will not resolve cluster names (choose another --cluster-dns-port)");
         }
     });
-    let Some(ip) = node_ip else {
+    if node_ip.is_none() {
         tracing::warn!("no IPv4 address on this host: the kube-dns Service has no endpoint");
-        return;
-    };
-    let svc = serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
-        "spec": {"clusterIP": cfg.cluster_dns.to_string(), "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": cfg.cluster_dns_port}]},
-    });
-    match client.create("/api/v1/namespaces/kube-system/services", &svc).await {
-        Ok(_) | Err(crate::api::status::ApiError { code: 409, .. }) => {}
-        Err(e) => tracing::warn!(error = %e, "kube-dns Service not created"),
     }
-    let slice = serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kube-dns-ferrokube", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "ferrokube"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
-        "ports": [{"name": "dns", "port": cfg.cluster_dns_port, "protocol": "UDP"}],
-    });
-    let url = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices";
-    if let Err(e) = client.create(url, &slice).await {
-        if e.code == 409 {
-            // The node address may have changed since the last start.
-            let patch = serde_json::json!({"endpoints": slice["endpoints"], "ports": slice["ports"]});
-            let _ = client.merge_patch(&format!("{url}/kube-dns-ferrokube"), &patch).await;
-        } else {
-            tracing::warn!(error = %e, "kube-dns endpoints not created");
+    let published = Published {
+        namespace: "kube-system",
+        name: "kube-dns",
+        labels: serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}),
+        cluster_ip: cfg.cluster_dns.to_string(),
+        port: ("dns", 53, "UDP", cfg.cluster_dns_port),
+        endpoint: node_ip,
+    };
+    published.publish(&client).await;
+}
+
+/// A Service whose one endpoint is this server itself (`kubernetes`, `kube-dns`), with its
+/// EndpointSlice and Endpoints, written at every start (the address may have changed).
+struct Published {
+    namespace: &'static str,
+    name: &'static str,
+    labels: serde_json::Value,
+    cluster_ip: String,
+    /// Port name, service port, protocol, target (endpoint) port.
+    port: (&'static str, u16, &'static str, u16),
+    endpoint: Option<String>,
+}
+
+impl Published {
+    async fn publish(&self, client: &crate::client::Client) {
+        let (ns, name) = (self.namespace, self.name);
+        let (pname, port, protocol, target) = self.port;
+        let svc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": self.labels},
+            "spec": {"clusterIP": self.cluster_ip, "ports": [{"name": pname, "port": port, "protocol": protocol, "targetPort": target}]},
+        });
+        match client.create(&format!("/api/v1/namespaces/{ns}/services"), &svc).await {
+            Ok(_) | Err(crate::api::status::ApiError { code: 409, .. }) => {}
+            Err(e) => tracing::warn!(service = name, error = %e, "Service not created"),
+        }
+        let Some(ip) = &self.endpoint else { return };
+        let slice_name = format!("{name}-ferrokube");
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": slice_name, "namespace": ns, "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "ferrokube"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "ports": [{"name": pname, "port": target, "protocol": protocol}],
+        });
+        let endpoints = serde_json::json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": ns, "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": pname, "port": target, "protocol": protocol}]}],
+        });
+        let writes = [
+            (format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"), slice_name.as_str(), slice, ["endpoints", "ports"]),
+            (format!("/api/v1/namespaces/{ns}/endpoints"), name, endpoints, ["subsets", "metadata"]),
+        ];
+        for (url, object, body, fields) in writes {
+            match client.create(&url, &body).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {
+                    let patch: serde_json::Map<String, serde_json::Value> = fields.iter().map(|f| (f.to_string(), body[*f].clone())).collect();
+                    if let Err(e) = client.merge_patch(&format!("{url}/{object}"), &serde_json::Value::Object(patch)).await {
+                        tracing::warn!(service = name, error = %e, "endpoints not updated");
+                    }
+                }
+                Err(e) => tracing::warn!(service = name, error = %e, "endpoints not created"),
+            }
         }
     }
+}
+
+/// The `kubernetes` Service (the first address of the service range, port 443) with this
+/// API server as its endpoint, at an address pods can reach: the node address when the
+/// server listens on all addresses, else the address it listens on (none for loopback).
+async fn publish_kubernetes_service(cfg: &ServerConfig, api: std::sync::Arc<Api>, first: std::net::Ipv4Addr) {
+    let client = crate::client::Client::in_process(api, concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
+    let endpoint = match cfg.bind_address {
+        a if a.is_unspecified() => crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string()),
+        IpAddr::V4(a) if !a.is_loopback() => Some(a.to_string()),
+        _ => None,
+    };
+    if endpoint.is_none() {
+        tracing::info!(bind = %cfg.bind_address, "the API listens on no address pods can reach: the kubernetes Service has no endpoint");
+    }
+    let published = Published {
+        namespace: "default",
+        name: "kubernetes",
+        labels: serde_json::json!({"component": "apiserver", "provider": "kubernetes"}),
+        cluster_ip: first.to_string(),
+        port: ("https", 443, "TCP", cfg.https_listen_port),
+        endpoint,
+    };
+    published.publish(&client).await;
 }
 
 fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartError> {

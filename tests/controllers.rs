@@ -19,7 +19,7 @@ impl T {
         let dir = tempfile::tempdir().unwrap();
         let api = Api::new(Store::open(&dir.path().join("db"), 10_000).unwrap(), "127.0.0.1:6443".into());
         api.bootstrap().await.unwrap();
-        ferrokube::controllers::start(api.clone(), dir.path().join("storage"));
+        ferrokube::controllers::start(api.clone(), dir.path().join("storage"), "test CA".into());
         ferrokube::scheduler::start(Client::in_process(api.clone(), "test-scheduler"));
         let client = Client::in_process(api.clone(), "controllers-test");
         // One synthetic node, ready, with room for plenty of pods.

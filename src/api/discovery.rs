@@ -53,9 +53,13 @@ fn handler_subresources(k: &Kind) -> &'static [HandlerSub] {
         ("eviction", "Eviction", "policy", "v1", &["create"]),
         ("exec", "PodExecOptions", "", "v1", &["create", "get"]),
         ("log", "Pod", "", "v1", &["get"]),
+        ("portforward", "PodPortForwardOptions", "", "v1", &["create", "get"]),
     ];
+    const SERVICE_ACCOUNTS: &[HandlerSub] = &[("token", "TokenRequest", "authentication.k8s.io", "v1", &["create"])];
     if k.is("", "pods") {
         PODS
+    } else if k.is("", "serviceaccounts") {
+        SERVICE_ACCOUNTS
     } else {
         &[]
     }

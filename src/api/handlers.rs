@@ -233,6 +233,9 @@ impl Api {
                 m.remove("status");
             }
         }
+        if rr.kind.is("", "pods") {
+            self.mount_service_account(o)?;
+        }
         Ok(())
     }
 

@@ -76,7 +76,8 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::Server
     }
 }
 
-fn authenticate(req: &Request<Incoming>, cert: Option<Identity>, token: &Option<String>) -> Option<Identity> {
+/// Who sent the request: a client certificate, the admin token, or a service-account token.
+fn authenticate(api: &Api, req: &Request<Incoming>, cert: Option<Identity>, token: &Option<String>) -> Option<Identity> {
     if cert.is_some() {
         return cert;
     }
@@ -86,7 +87,7 @@ fn authenticate(req: &Request<Incoming>, cert: Option<Identity>, token: &Option<
         Some(t) if constant_time_eq(t.as_bytes(), presented.as_bytes()) => {
             Some(Identity { user: "system:admin".into(), groups: vec!["system:masters".into()] })
         }
-        _ => None,
+        _ => api.service_account_identity(presented).map(|(user, groups)| Identity { user, groups }),
     }
 }
 
@@ -98,7 +99,7 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, t
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
-    if !is_public(&path) && authenticate(&req, cert, token).is_none() {
+    if !is_public(&path) && authenticate(&api, &req, cert, token).is_none() {
         return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body()));
     }
     if let Some(what) = super::streaming::wants_stream(&req) {

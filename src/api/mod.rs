@@ -26,6 +26,7 @@ pub mod status;
 pub mod strategies;
 pub mod streaming;
 pub mod table;
+pub mod tokens;
 pub mod validation;
 mod namespaces;
 mod watch;
@@ -56,6 +57,8 @@ pub struct Api {
     pub pod_logs: Option<std::path::PathBuf>,
     /// The node's container runtime, once it runs (exec and attach go through it).
     pub cri: std::sync::OnceLock<crate::cri::Cri>,
+    /// The service-account token key (a process-lifetime one unless the server sets it).
+    pub tokens: std::sync::OnceLock<tokens::TokenIssuer>,
     /// Read-modify-write requests on the same object queue here (sharded by key) instead of
     /// racing each other into conflicts and retries.
     rmw: Vec<tokio::sync::Mutex<()>>,
@@ -138,7 +141,7 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()) })
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()) })
     }
 
     /// The service CIDR and node port range in force.
@@ -183,6 +186,7 @@ impl Api {
             ("GET", false) => self.get(&rr, &q).await?,
             ("POST", false) if rr.sub.as_deref() == Some("binding") && rr.kind.is("", "pods") => self.bind(&rr, &c.body).await?,
             ("POST", false) if rr.sub.as_deref() == Some("eviction") && rr.kind.is("", "pods") => self.evict(&rr, &c.body, body_type(c.content_type)?).await?,
+            ("POST", false) if rr.sub.as_deref() == Some("token") && rr.kind.is("", "serviceaccounts") => self.token_request(&rr, &c.body, body_type(c.content_type)?).await?,
             ("POST", _) => self.create(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PUT", false) => self.update(&rr, &q, &c.body, body_type(c.content_type)?).await?,
             ("PATCH", false) => self.patch(&rr, &q, &c.body, body_type(c.content_type)?).await?,

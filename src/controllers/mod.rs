@@ -38,12 +38,13 @@ pub enum Next {
 }
 
 /// Starts every controller; each gets its own client (its name shows in managedFields).
-/// Provisioned volumes go under `storage_dir`.
-pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf) {
+/// Provisioned volumes go under `storage_dir`; `ca_pem` is the cluster CA published to
+/// every namespace.
+pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf, ca_pem: String) {
     let client = |agent: &'static str| Client::in_process(api.clone(), agent);
     gc::start(client("ferrokube-controller/garbage-collector"));
     let mut hub = watcher::Hub::default();
-    serviceaccount::start(client("ferrokube-controller/serviceaccount"), &mut hub);
+    serviceaccount::start(client("ferrokube-controller/serviceaccount"), &mut hub, ca_pem);
     replicaset::start(client("ferrokube-controller/replicaset"), &mut hub);
     deployment::start(client("ferrokube-controller/deployment"), &mut hub);
     job::start(client("ferrokube-controller/job"), &mut hub);

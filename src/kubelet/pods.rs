@@ -15,6 +15,9 @@ const FIRST_BACKOFF: i64 = 10;
 const MAX_BACKOFF: i64 = 300;
 const RESYNC: Duration = Duration::from_secs(2);
 
+/// The longest a postStart hook may take (upstream has no bound but the hook's own).
+const POST_START_LIMIT: u64 = 300;
+
 fn in_flight() -> &'static Mutex<HashSet<String>> {
     static S: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     S.get_or_init(|| Mutex::new(HashSet::new()))
@@ -385,6 +388,10 @@ impl Kubelet {
                 let explicit: Vec<String> = config.envs.iter().map(|e| e.key.clone()).collect();
                 let mut envs: Vec<v1::KeyValue> = extra.into_iter().filter(|e| !explicit.contains(&e.key)).collect();
                 envs.append(&mut config.envs);
+                // Service variables come last and never replace the container's own.
+                let services = self.service_env(pod).await;
+                let have: HashSet<String> = envs.iter().map(|e| e.key.clone()).collect();
+                envs.extend(services.into_iter().filter(|(k, _)| !have.contains(k)).map(|(key, value)| v1::KeyValue { key, value: value.into() }));
                 config.envs = envs;
             }
             Err(msg) => {
@@ -430,11 +437,36 @@ impl Kubelet {
                 return;
             }
         };
-        if let Err(e) = cri.runtime.start_container(v1::StartContainerRequest { container_id: id }).await {
+        if let Err(e) = cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
             set_waiting("RunContainerError", e.message().to_string());
             return;
         }
         waiting().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        // A postStart hook runs right after the start; the container counts as started only
+        // once it returns, and a failed hook kills the container (restartPolicy decides next).
+        let hook = &c["lifecycle"]["postStart"];
+        if hook.is_object() && !self.run_hook(c, &id, hook, pod_ip, POST_START_LIMIT).await {
+            tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %key.1, "postStart hook failed; killing the container");
+            let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: id, timeout: 0 }).await;
+        }
+    }
+
+    /// The service variables of a container: the `kubernetes` Service's always, and with
+    /// `enableServiceLinks` (the default) those of every Service in the pod's namespace.
+    async fn service_env(&self, pod: &Value) -> Vec<(String, String)> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let mut services: Vec<Value> = Vec::new();
+        if pod["spec"]["enableServiceLinks"] != false {
+            if let Ok(list) = self.client.get(&format!("/api/v1/namespaces/{ns}/services")).await {
+                services.extend(list["items"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        if ns != "default" || pod["spec"]["enableServiceLinks"] == false {
+            if let Ok(k) = self.client.get("/api/v1/namespaces/default/services/kubernetes").await {
+                services.push(k);
+            }
+        }
+        service_links(&services)
     }
 
     /// Environment from ConfigMaps and Secrets: `envFrom` and `env[].valueFrom` key refs.
@@ -613,6 +645,40 @@ impl Kubelet {
 }
 
 /// runc leaves the pod-level cgroup directories behind: remove them in every controller.
+/// Docker-link style variables of Services with a cluster IP (`WEB_SERVICE_HOST`,
+/// `WEB_SERVICE_PORT`, `WEB_SERVICE_PORT_HTTP`, `WEB_PORT`, `WEB_PORT_80_TCP`, ...).
+fn service_links(services: &[Value]) -> Vec<(String, String)> {
+    let upper = |s: &str| s.to_uppercase().replace('-', "_");
+    let mut out = Vec::new();
+    for svc in services {
+        let ip = svc["spec"]["clusterIP"].as_str().unwrap_or("");
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = upper(svc["metadata"]["name"].as_str().unwrap_or(""));
+        let ports: Vec<&Value> = svc["spec"]["ports"].as_array().into_iter().flatten().collect();
+        let Some(first) = ports.first() else { continue };
+        out.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+        out.push((format!("{name}_SERVICE_PORT"), first["port"].to_string()));
+        for p in &ports {
+            if let Some(pname) = p["name"].as_str().filter(|n| !n.is_empty()) {
+                out.push((format!("{name}_SERVICE_PORT_{}", upper(pname)), p["port"].to_string()));
+            }
+        }
+        let proto = |p: &Value| p["protocol"].as_str().unwrap_or("TCP").to_string();
+        out.push((format!("{name}_PORT"), format!("{}://{ip}:{}", proto(first).to_lowercase(), first["port"])));
+        for p in &ports {
+            let (port, pr) = (p["port"].to_string(), proto(p));
+            let prefix = format!("{name}_PORT_{port}_{}", pr.to_uppercase());
+            out.push((prefix.clone(), format!("{}://{ip}:{port}", pr.to_lowercase())));
+            out.push((format!("{prefix}_PROTO"), pr.to_lowercase()));
+            out.push((format!("{prefix}_PORT"), port));
+            out.push((format!("{prefix}_ADDR"), ip.to_string()));
+        }
+    }
+    out
+}
+
 fn remove_pod_cgroups(uid: &str) {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
     for e in entries.flatten() {
@@ -637,6 +703,22 @@ fn remove_pod_cgroups(uid: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn service_links_as_upstream() {
+        let svc = json!({"metadata": {"name": "my-web"}, "spec": {"clusterIP": "10.43.0.7", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let headless = json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}});
+        let env: HashMap<String, String> = service_links(&[svc, headless]).into_iter().collect();
+        assert_eq!(env["MY_WEB_SERVICE_HOST"], "10.43.0.7");
+        assert_eq!(env["MY_WEB_SERVICE_PORT"], "80");
+        assert_eq!(env["MY_WEB_SERVICE_PORT_HTTP"], "80");
+        assert_eq!(env["MY_WEB_PORT"], "tcp://10.43.0.7:80");
+        assert_eq!(env["MY_WEB_PORT_53_UDP"], "udp://10.43.0.7:53");
+        assert_eq!(env["MY_WEB_PORT_53_UDP_PROTO"], "udp");
+        assert_eq!(env["MY_WEB_PORT_80_TCP_ADDR"], "10.43.0.7");
+        assert_eq!(env["MY_WEB_PORT_80_TCP_PORT"], "80");
+        assert!(!env.keys().any(|k| k.starts_with("H_")), "headless services have no variables");
+    }
 
     #[test]
     fn dns_policies_as_upstream() {

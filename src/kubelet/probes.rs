@@ -49,13 +49,9 @@ impl Kubelet {
         let pod_ip = pod["status"]["podIP"].as_str().unwrap_or("");
         let hooks = running.iter().filter_map(|(name, id)| {
             let spec = pod["spec"]["containers"].as_array()?.iter().find(|c| c["name"] == name.as_str())?;
-            let hook = spec["lifecycle"]["preStop"].as_object()?;
-            let mut handler = Value::Object(hook.clone());
-            handler["timeoutSeconds"] = serde_json::json!(grace.max(1));
-            Some(async move {
-                if let Some(s) = handler["sleep"]["seconds"].as_u64() {
-                    tokio::time::sleep(Duration::from_secs(s)).await;
-                } else if !self.probe_once(spec, id, &handler, pod_ip).await {
+            let hook = &spec["lifecycle"]["preStop"];
+            hook.is_object().then(|| async move {
+                if !self.run_hook(spec, id, hook, pod_ip, grace.max(1) as u64).await {
                     tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %name, "preStop hook failed");
                 }
             })
@@ -63,6 +59,18 @@ impl Kubelet {
         let all = futures_util::future::join_all(hooks);
         let _ = tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), all).await;
         started.elapsed()
+    }
+
+    /// Runs one lifecycle hook handler (exec, httpGet, tcpSocket or sleep) against the
+    /// container `id`, for at most `limit` seconds; whether it succeeded.
+    pub(super) async fn run_hook(&self, container: &Value, id: &str, hook: &Value, pod_ip: &str, limit: u64) -> bool {
+        if let Some(s) = hook["sleep"]["seconds"].as_u64() {
+            tokio::time::sleep(Duration::from_secs(s.min(limit))).await;
+            return true;
+        }
+        let mut handler = hook.clone();
+        handler["timeoutSeconds"] = serde_json::json!(limit);
+        self.probe_once(container, id, &handler, pod_ip).await
     }
 
     async fn probe_once(&self, container: &Value, id: &str, probe: &Value, pod_ip: &str) -> bool {

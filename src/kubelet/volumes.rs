@@ -87,7 +87,45 @@ fn is_mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p)))
 }
 
+/// Issued service-account tokens: (pod uid, volume path, audience) -> (token, renew after).
+type TokenCache = HashMap<(String, String, String), (String, i64)>;
+
+fn tokens() -> &'static std::sync::Mutex<TokenCache> {
+    static T: std::sync::OnceLock<std::sync::Mutex<TokenCache>> = std::sync::OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
 impl Kubelet {
+    /// The file of a projected `serviceAccountToken` source: a token bound to the pod, asked
+    /// for again once 80% of its life (or a day) has passed.
+    async fn service_account_token(&self, pod: &Value, src: &Value, mode: u32) -> Result<(String, Vec<u8>, u32), String> {
+        let meta = &pod["metadata"];
+        let (ns, name, uid) = (meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap_or(""), meta["uid"].as_str().unwrap_or(""));
+        let path = src["path"].as_str().unwrap_or("token").to_string();
+        let audience = src["audience"].as_str().unwrap_or("").to_string();
+        let key = (uid.to_string(), path.clone(), audience.clone());
+        let now = chrono::Utc::now().timestamp();
+        if let Some((token, renew)) = tokens().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if now < *renew {
+                return Ok((path, token.clone().into_bytes(), mode));
+            }
+        }
+        let sa = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+        let expiration = src["expirationSeconds"].as_i64().unwrap_or(crate::api::tokens::DEFAULT_EXPIRATION);
+        let mut spec = serde_json::json!({"expirationSeconds": expiration, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}});
+        if !audience.is_empty() {
+            spec["audiences"] = serde_json::json!([audience]);
+        }
+        let req = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let resp = self.client.create(&format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"), &req).await;
+        let resp = resp.map_err(|e| format!("service account {ns}/{sa} token: {}", e.message))?;
+        let token = resp["status"]["token"].as_str().ok_or("the token request returned no token")?.to_string();
+        let granted = resp["spec"]["expirationSeconds"].as_i64().unwrap_or(expiration);
+        let renew = now + (granted * 4 / 5).min(24 * 3600);
+        tokens().lock().unwrap_or_else(|e| e.into_inner()).insert(key, (token.clone(), renew));
+        Ok((path, token.into_bytes(), mode))
+    }
+
     async fn source(&self, ns: &str, kind: &str, name: &str) -> Result<Option<Value>, String> {
         match self.client.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")).await {
             Ok(v) => Ok(Some(v)),
@@ -204,6 +242,9 @@ impl Kubelet {
             } else if let Some(p) = v.get("projected") {
                 let mut all = Vec::new();
                 for s in p["sources"].as_array().into_iter().flatten() {
+                    if let Some(src) = s.get("serviceAccountToken") {
+                        all.push(self.service_account_token(pod, src, mode(p)).await?);
+                    }
                     for kind in ["configMap", "secret", "downwardAPI"] {
                         if let Some(src) = s.get(kind) {
                             all.extend(self.source_files(pod, ns, kind, src, mode(p)).await?);
@@ -223,6 +264,7 @@ impl Kubelet {
 
 /// Removes a pod's volume directories (unmounting memory-backed ones first).
 pub(super) fn cleanup(data_dir: &Path, uid: &str) {
+    tokens().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _, _), _| u != uid);
     let dir = pod_dir(data_dir, uid);
     if let Ok(entries) = std::fs::read_dir(dir.join("volumes")) {
         for e in entries.flatten() {

@@ -182,7 +182,7 @@ impl Containerd {
         let cri = wait_ready(&l.socket, Duration::from_secs(30))
             .await
             .map_err(|_| RuntimeError::NotReady { socket: l.socket.clone(), secs: 30, log: l.log.clone() })?;
-        import_pause(&l, cri.clone()).await?;
+        import_pause(&l.socket, &l.root, cri.clone()).await?;
         let (stop, stop_rx) = watch::channel(false);
         let done = tokio::spawn(supervise(l.clone(), child, stop_rx));
         Ok((Containerd { layout: l, stop, done }, cri))
@@ -227,8 +227,9 @@ async fn supervise(l: Layout, mut child: Child, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Imports the embedded pause image unless containerd already has it.
-async fn import_pause(l: &Layout, mut cri: Cri) -> Result<(), RuntimeError> {
+/// Imports the embedded pause image into the containerd at `socket` unless it has it
+/// already (`scratch`: a directory for the archive).
+pub async fn import_pause(socket: &Path, scratch: &Path, mut cri: Cri) -> Result<(), RuntimeError> {
     use crate::cri::v1::{ImageSpec, ImageStatusRequest};
     let have = cri
         .images
@@ -239,9 +240,10 @@ async fn import_pause(l: &Layout, mut cri: Cri) -> Result<(), RuntimeError> {
     if have {
         return Ok(());
     }
-    let file = l.root.join("pause-image.tar");
+    std::fs::create_dir_all(scratch).map_err(io(scratch))?;
+    let file = scratch.join("pause-image.tar");
     std::fs::write(&file, super::pause::ARCHIVE).map_err(io(&file))?;
-    import_archive(&l.socket, &file).await
+    import_archive(socket, &file).await
 }
 
 /// A plain tar of `file`: gzip and zstd archives are decompressed next to it first

@@ -46,9 +46,10 @@ impl Host {
         }
     }
 
-    /// The commands missing for a node, as a message naming what to install.
-    pub fn missing_tools() -> Option<String> {
-        let missing: Vec<String> = NEEDED.iter().filter(|(c, _)| which(c).is_none()).map(|(c, p)| format!("{c} (package {p})")).collect();
+    /// The commands missing for a node, as a message naming what to install (containerd
+    /// itself is not needed when an `external` runtime is used).
+    pub fn missing_tools(external: bool) -> Option<String> {
+        let missing: Vec<String> = NEEDED.iter().filter(|(c, _)| !(external && *c == "containerd")).filter(|(c, _)| which(c).is_none()).map(|(c, p)| format!("{c} (package {p})")).collect();
         if missing.is_empty() {
             None
         } else {

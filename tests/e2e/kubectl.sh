@@ -51,16 +51,18 @@ spec:
     targetPort: 8080
 YAML
 check_cmd "create -f multi-document YAML (default validation)" k create -f "$E2E_DIR/multi.yaml"
-check "get -o name" "configmap/cfg" "$(k -n e2e get cm -o name)"
+# (every namespace also holds the cluster CA in kube-root-ca.crt, as upstream)
+eventually "the new namespace got its kube-root-ca.crt" "configmap/kube-root-ca.crt" 10 "$KUBECTL" -n e2e get cm kube-root-ca.crt -o name
+check "get -o name" "configmap/cfg configmap/kube-root-ca.crt" "$(k -n e2e get cm -o name | xargs)"
 check "get -o jsonpath" "1" "$(k -n e2e get cm cfg -o jsonpath='{.data.a}')"
 check "get -o json" "ConfigMap" "$(k -n e2e get cm cfg -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["kind"])')"
 check_contains "get -o yaml" "namespace: e2e" "$(k -n e2e get cm cfg -o yaml)"
 check "defaults applied to the deployment" "RollingUpdate/IfNotPresent/30" \
   "$(k -n e2e get deploy web -o jsonpath='{.spec.strategy.type}/{.spec.template.spec.containers[0].imagePullPolicy}/{.spec.template.spec.terminationGracePeriodSeconds}')"
 check "get -l" "configmap/cfg" "$(k -n e2e get cm -l 'app=web,tier in (front,back)' -o name)"
-check "get -l with no match" "" "$(k -n e2e get cm -l 'app!=web' -o name)"
+check "get -l with no match" "" "$(k -n e2e get cm -l 'app,app!=web' -o name)"
 check "get --field-selector" "configmap/cfg" "$(k -n e2e get cm --field-selector metadata.name=cfg -o name)"
-check "--field-selector across namespaces" "e2e/cfg" "$(k get cm -A --field-selector metadata.namespace=e2e -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{end}')"
+check "--field-selector across namespaces" "e2e/cfg" "$(k get cm -A --field-selector metadata.namespace=e2e,metadata.name!=kube-root-ca.crt -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{end}')"
 check_contains "get all shows the deployment and service" "deployment.apps/web" "$(k -n e2e get all 2>&1)"
 check_contains "get all shows the service" "service/web" "$(k -n e2e get all 2>&1)"
 
@@ -130,6 +132,31 @@ check "HTTP/1.1 is served too" "1.1 200" "$(curl -sk --http1.1 -o /dev/null -w '
 TOKEN=$(cat "$E2E_DIR/data/server/token")
 check "bearer token authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces")"
 check "wrong bearer token is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer nope" "https://127.0.0.1:$PORT/api/v1/namespaces")"
+
+# Service accounts: the kubernetes Service, the CA in every namespace, TokenRequest, and
+# tokens that authenticate only while their service account exists.
+check "the kubernetes Service holds the first service address" "10.43.0.1 443/TCP" "$(k get svc kubernetes -o jsonpath='{.spec.clusterIP} {.spec.ports[0].port}/{.spec.ports[0].protocol}')"
+k create ns sa-test >/dev/null
+eventually "every namespace gets the cluster CA" "$(cat "$E2E_DIR/data/server/tls/ca.crt")" 10 "$KUBECTL" -n sa-test get cm kube-root-ca.crt -o jsonpath='{.data.ca\.crt}'
+eventually "every namespace gets a default ServiceAccount" "default" 10 "$KUBECTL" -n sa-test get sa default -o jsonpath='{.metadata.name}'
+k -n sa-test create sa robot >/dev/null
+SATOKEN=$(k -n sa-test create token robot 2>&1)
+check "kubectl create token returns a JWT" "3" "$(echo "$SATOKEN" | awk -F. '{print NF}')"
+check "a service-account token authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SATOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/sa-test/configmaps")"
+check_contains "token lifetime under 10 minutes is refused" "may not specify a duration less than 10 minutes" "$(k -n sa-test create token robot --duration=5m 2>&1)"
+check_contains "a token for a missing service account is NotFound" 'serviceaccounts "ghost" not found' "$(k -n sa-test create token ghost 2>&1)"
+check_contains "a token bound to a missing pod is refused" 'pods "nopod" not found' "$(k -n sa-test create token robot --bound-object-kind=Pod --bound-object-name=nopod 2>&1)"
+tampered="${SATOKEN%.*}.$(echo "${SATOKEN##*.}" | rev)"
+check "a tampered token is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tampered" "https://127.0.0.1:$PORT/api/v1/namespaces")"
+k -n sa-test delete sa robot >/dev/null
+check "the token stops working when its service account is deleted" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SATOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces")"
+k -n sa-test run p --image=busybox --restart=Never >/dev/null
+check "pods get the service-account volume mounted" "/var/run/secrets/kubernetes.io/serviceaccount true" "$(k -n sa-test get pod p -o jsonpath='{.spec.containers[0].volumeMounts[0].mountPath} {.spec.containers[0].volumeMounts[0].readOnly}')"
+check "the volume projects token, CA and namespace" "token kube-root-ca.crt namespace" "$(k -n sa-test get pod p -o jsonpath='{.spec.volumes[0].projected.sources[0].serviceAccountToken.path} {.spec.volumes[0].projected.sources[1].configMap.name} {.spec.volumes[0].projected.sources[2].downwardAPI.items[0].path}')"
+k -n sa-test run q --image=busybox --restart=Never --overrides='{"spec":{"automountServiceAccountToken":false}}' >/dev/null
+check "automountServiceAccountToken: false mounts nothing" "" "$(k -n sa-test get pod q -o jsonpath='{.spec.volumes}')"
+k delete ns sa-test --wait=false >/dev/null
+
 python3 -c "import json; print(json.dumps({'apiVersion':'v1','kind':'ConfigMap','metadata':{'name':'big'},'data':{'k':'a'*4000000}}))" >"$E2E_DIR/big.json"
 check_contains "a body over 3 MiB is refused over HTTP/2 (kubectl)" "RequestEntityTooLarge" "$(k create -f "$E2E_DIR/big.json" --validate=false 2>&1)"
 out=$(curl -sk --http1.1 -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data-binary @"$E2E_DIR/big.json" -w ' %{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces/default/configmaps")

@@ -16,7 +16,7 @@ launch_server() {
   local tries=$1 interval=$2 what=$3 ready=$4
   shift 4
   [ "${1:-}" = -- ] && shift
-  "$FERROKUBE" server --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
+  "$FERROKUBE" server --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" --bind-address "${BIND_ADDRESS:-127.0.0.1}" \
     --write-kubeconfig "$KUBECONFIG" "$@" >>"$E2E_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq "$tries"); do

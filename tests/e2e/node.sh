@@ -63,6 +63,14 @@ PY
 )
 check "exec from the Python client" "from-python" "$py"
 
+# The service-account volume: a token bound to the pod, the cluster CA, the namespace.
+SADIR=/var/run/secrets/kubernetes.io/serviceaccount
+PODTOKEN=$(k exec web -c side -- cat $SADIR/token)
+check "the pod's token authenticates to the API" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PODTOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/default/pods")"
+check "the pod's namespace file" "default" "$(k exec web -c side -- cat $SADIR/namespace)"
+check "the pod's CA file is the cluster CA" "$(cat "$E2E_DIR/data/server/tls/ca.crt")" "$(k exec web -c side -- cat $SADIR/ca.crt)"
+check "the pod's volume is read-only" "ro" "$(k exec web -c side -- sh -c "touch $SADIR/x 2>/dev/null && echo rw || echo ro")"
+
 echo "to the pod" >"$E2E_DIR/up.txt"
 check_cmd "cp into a pod" timeout 30 "$KUBECTL" cp "$E2E_DIR/up.txt" web:/tmp/up.txt -c side
 check "the copied file is there" "to the pod" "$(k exec web -c side -- cat /tmp/up.txt)"
@@ -77,7 +85,7 @@ PF=$!
 eventually "kubectl port-forward reaches the pod's port" "hello from ferrokube" 20 curl -s --max-time 5 http://127.0.0.1:18080/
 check "a second connection through the same port-forward" "hello from ferrokube" "$(curl -s --max-time 5 http://127.0.0.1:18080/)"
 kill $PF 2>/dev/null; wait $PF 2>/dev/null
-check_contains "kubectl tunnelled SPDY in a websocket (no fallback)" "Protocol negotiated" "$(grep -o 'Protocol negotiated[^"]*' "$E2E_DIR/pf.log" | head -1)"
+check_contains "kubectl tunnelled SPDY in a websocket (no fallback)" "negotiated protocol: portforward.k8s.io" "$(grep tunneling_dialer "$E2E_DIR/pf.log")"
 py=$("${PYTHON:-python3}" - "$KUBECONFIG" <<'PY' 2>&1
 import sys
 from kubernetes import client, config
@@ -296,14 +304,23 @@ spec:
     imagePullPolicy: IfNotPresent
     command: [sh, -c, "exec sleep 3600"]
     volumeMounts: [{name: h, mountPath: /hooks}]
-    lifecycle: {preStop: {exec: {command: [sh, -c, "echo stopping > /hooks/prestop"]}}}
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo started > /hooks/poststart"]}}
+      preStop: {exec: {command: [sh, -c, "echo stopping > /hooks/prestop"]}}
+  - name: bad-hook
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "exec sleep 3600"]
+    lifecycle: {postStart: {exec: {command: ["false"]}}}
 YAML
-k wait --for=condition=Ready pod/hooked --timeout=60s >/dev/null
+eventually "a postStart hook ran after the start" "started" 60 cat "$E2E_DIR/hooks/poststart"
+eventually "a failing postStart hook kills its container, which restarts" "yes" 60 sh -c "[ \"\$($KUBECTL get pod hooked -o jsonpath='{.status.containerStatuses[?(@.name==\"bad-hook\")].restartCount}')\" -ge 1 ] && echo yes"
 k delete pod hooked --wait=true --timeout=60s >/dev/null
 check "a preStop hook runs before the container stops" "stopping" "$(cat "$E2E_DIR/hooks/prestop" 2>/dev/null)"
 check "pods have veths on the bridge while they run" "yes" "$([ "$(ip -br link show master "$BRIDGE" | wc -l)" -gt 0 ] && echo yes)"
 check_cmd "delete all pods" k delete pods --all --wait --timeout=90s
 sleep 1
+check "a deleted pod's token no longer authenticates" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PODTOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/default/pods")"
 check "no veth left on the bridge" "0" "$(ip -br link show master "$BRIDGE" | wc -l)"
 check "no address lease left" "" "$(ls "$E2E_DIR/data/cni/ipam/ferrokube" 2>/dev/null | grep -v '^last$' | xargs)"
 left=0

@@ -33,6 +33,8 @@ while True:
 PY
 UPSTREAM_PID=$!
 for _ in $(seq 50); do [ -s "$E2E_DIR/upstream.port" ] && break; sleep 0.1; done
+# Listening on every address makes the API reachable from pods (the kubernetes Service).
+BIND_ADDRESS=0.0.0.0
 start_node --dns-upstream "127.0.0.1:$(cat "$E2E_DIR/upstream.port")" || exit 1
 
 k apply -f - >/dev/null <<YAML
@@ -81,6 +83,10 @@ lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; ne
 check "a service name resolves to its ClusterIP" "$CIP" "$(lookup client echo.default.svc.cluster.local)"
 check_contains "and HTTP to the address of http://echo.default.svc.cluster.local answers" "echo-" "$(http_get client "$(lookup client echo.default.svc.cluster.local)")"
 check "a name outside the cluster goes to the upstream resolver" "203.0.113.7" "$(lookup client www.example.test)"
+# The API from inside: the kubernetes Service and its name lead to this server.
+check "kubernetes.default resolves to the first service address" "10.43.0.1" "$(lookup client kubernetes.default.svc.cluster.local)"
+check "a pod reaches the API server through the kubernetes Service" "open" "$(k exec client -- sh -c 'echo | nc -w 3 10.43.0.1 443 >/dev/null && echo open')"
+check "pods see the kubernetes Service in their environment" "10.43.0.1 443" "$(k exec client -- sh -c 'echo $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT')"
 k apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Service
