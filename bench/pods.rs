@@ -2,6 +2,9 @@
 //! by the raw CRI floor (RunPodSandbox + CreateContainer + StartContainer called directly on
 //! the same containerd, same CNI) measured in the same run; one pod at a time and 30 at once;
 //! RSS of ferrokube and containerd with 0 and 30 pods. Workload: the embedded pause image.
+//! Last, what a frequent CronJob costs: a pod created and deleted every 5 seconds for 2
+//! minutes (`FERROKUBE_BENCH_CHURN_SECS` to change), the CPU ferrokube used meanwhile, beside
+//! its idle CPU over 30 s and containerd's CPU in the same 2 minutes.
 //!
 //! Run: `cargo bench --bench pods` as root.
 
@@ -75,6 +78,11 @@ async fn wait_running(c: &Https, port: u16, name: &str) {
     }
 }
 
+async fn delete(c: &Https, port: u16, path: &str) {
+    let req = hyper::Request::delete(format!("https://127.0.0.1:{port}{path}")).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let _ = c.request(req).await;
+}
+
 async fn delete_all(c: &Https, port: u16) {
     let req = hyper::Request::delete(format!("https://127.0.0.1:{port}/api/v1/namespaces/default/pods?labelSelector=bench%3Dapi"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -87,6 +95,18 @@ async fn delete_all(c: &Https, port: u16) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
 }
 
 fn main() {
@@ -204,6 +224,38 @@ fn main() {
         REPLICAS as f64 * floor_median,
         deploy.as_secs_f64() / (REPLICAS as f64 * floor_median),
         deploy_rss as f64 / 1024.0
+    );
+
+    // CPU: idle for 30 s, then a pod created and deleted every 5 s.
+    let churn_secs: u64 = std::env::var("FERROKUBE_BENCH_CHURN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    std::thread::sleep(Duration::from_secs(5));
+    let (t0, idle0) = (Instant::now(), cpu_secs(server.pid));
+    std::thread::sleep(Duration::from_secs(30));
+    let idle_cpu = (cpu_secs(server.pid) - idle0) / t0.elapsed().as_secs_f64();
+    let (t0, fk0, ctd0) = (Instant::now(), cpu_secs(server.pid), cpu_secs(containerd_pid));
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut previous: Option<String> = None;
+        for i in 0..churn_secs / 5 {
+            tick.tick().await;
+            if let Some(p) = previous.take() {
+                delete(&c, port, &format!("/api/v1/namespaces/default/pods/{p}")).await;
+            }
+            let name = format!("cron-{i}");
+            assert_eq!(post(&c, port, "/api/v1/namespaces/default/pods", pod(&name)).await, 201);
+            previous = Some(name);
+        }
+        tick.tick().await;
+    });
+    let span = t0.elapsed().as_secs_f64();
+    let (fk_cpu, ctd_cpu) = ((cpu_secs(server.pid) - fk0) / span, (cpu_secs(containerd_pid) - ctd0) / span);
+    rt.block_on(delete_all(&c, port));
+    println!(
+        "pod created + deleted every 5 s for {churn_secs} s: ferrokube CPU {:.2}% of one core (goal < 3%), idle {:.2}%; containerd in the same time {:.2}%; ratio ferrokube/containerd {:.2}",
+        fk_cpu * 100.0,
+        idle_cpu * 100.0,
+        ctd_cpu * 100.0,
+        fk_cpu / ctd_cpu.max(1e-9)
     );
 
     // Stop the server gracefully (it stops containerd), then remove the bridge.

@@ -191,6 +191,12 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<Opti
     }
     let subnet: crate::cni::ipam::Subnet = cfg.pod_cidr.parse().map_err(|e: String| fail(format!("--pod-cidr: {e}")))?;
     let host = Host::detect();
+    tracing::info!(
+        cgroup = if host.cgroup_v2 { "v2 (unified)" } else { "v1" },
+        oom_score_adj = if host.sys_resource { "allowed" } else { "restricted (no CAP_SYS_RESOURCE): containerd told not to lower it" },
+        iptables = %crate::node::host::iptables_variant(),
+        "host"
+    );
     let layout = containerd::Layout::new(&cfg.data_dir, &cfg.run_dir);
     // The CNI plugin is this binary, reached through a link containerd finds in its bin dir.
     std::fs::create_dir_all(&layout.cni_bin).map_err(|e| fail(format!("{}: {e}", layout.cni_bin.display())))?;

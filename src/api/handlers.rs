@@ -234,7 +234,7 @@ impl Api {
             }
         }
         if rr.kind.is("", "pods") {
-            self.mount_service_account(o)?;
+            self.admit_service_account(o)?;
         }
         Ok(())
     }

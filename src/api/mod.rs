@@ -233,6 +233,19 @@ impl Api {
                     None => return Err(ApiError::not_found_path(c.path)),
                 },
             },
+            Target::OidcConfig => Rendered::json(200, &json!({
+                "issuer": tokens::ISSUER,
+                "jwks_uri": format!("https://{}/openid/v1/jwks", self.advertise),
+                "response_types_supported": ["id_token"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["ES256"],
+            })),
+            Target::Jwks => Rendered {
+                code: 200,
+                content_type: "application/jwk-set+json",
+                body: Body::Full(Bytes::from(self.tokens().jwks().to_string())),
+                warnings: Vec::new(),
+            },
             Target::Resource(_) => return Err(ApiError::not_found_path(c.path)),
         })
     }

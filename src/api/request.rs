@@ -25,6 +25,10 @@ pub enum Target {
     Group(String),
     GroupVersion(String, String),
     OpenApi(String),
+    /// `/.well-known/openid-configuration`: service-account token issuer discovery.
+    OidcConfig,
+    /// `/openid/v1/jwks`: the keys service-account tokens are signed with.
+    Jwks,
     Resource(ResourceReq),
 }
 
@@ -50,6 +54,8 @@ pub fn route(path: &str) -> Result<Target, ApiError> {
         ["api", "v1"] => return Ok(Target::GroupVersion(String::new(), "v1".into())),
         ["apis", g, v] => return Ok(Target::GroupVersion(g.to_string(), v.to_string())),
         ["openapi", ..] => return Ok(Target::OpenApi(path.to_string())),
+        [".well-known", "openid-configuration"] => return Ok(Target::OidcConfig),
+        ["openid", "v1", "jwks"] => return Ok(Target::Jwks),
         _ => {}
     }
     let (group, version, rest) = match p.as_slice() {

@@ -108,7 +108,7 @@ fn now() -> i64 {
 const BINDABLE: &[(&str, &str, &str)] = &[("Pod", "v1", "pods"), ("Secret", "v1", "secrets"), ("Node", "v1", "nodes")];
 
 impl Api {
-    fn tokens(&self) -> &TokenIssuer {
+    pub(crate) fn tokens(&self) -> &TokenIssuer {
         self.tokens.get_or_init(TokenIssuer::ephemeral)
     }
 
@@ -227,21 +227,30 @@ impl Api {
         ))
     }
 
-    /// ServiceAccount admission for a new pod: unless automounting is turned off (on the pod
-    /// or its service account), a projected `kube-api-access-*` volume with a token, the
-    /// cluster CA and the namespace, mounted read-only at the well-known path in every
-    /// container that does not mount something there already.
-    pub(crate) fn mount_service_account(&self, pod: &mut Value) -> Result<(), ApiError> {
+    /// ServiceAccount admission for a new pod: the account's `imagePullSecrets` when the pod
+    /// names none; and unless automounting is turned off (on the pod or its account), a
+    /// projected `kube-api-access-*` volume with a token, the cluster CA and the namespace,
+    /// mounted read-only at the well-known path in every container that does not mount
+    /// something there already.
+    pub(crate) fn admit_service_account(&self, pod: &mut Value) -> Result<(), ApiError> {
         let spec = &pod["spec"];
         let sa_name = spec["serviceAccountName"].as_str().or(spec["serviceAccount"].as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
-        if spec["automountServiceAccountToken"] == false {
-            return Ok(());
-        }
         let ns = obj::namespace(pod).unwrap_or("default").to_string();
-        if let Some(sa) = self.core_object("serviceaccounts", Some(&ns), &sa_name)? {
-            if sa["automountServiceAccountToken"] == false && spec["automountServiceAccountToken"] != true {
-                return Ok(());
+        let sa = self.core_object("serviceaccounts", Some(&ns), &sa_name)?;
+        if let Some(sa) = &sa {
+            let pod_has = pod["spec"]["imagePullSecrets"].as_array().is_some_and(|a| !a.is_empty());
+            if !pod_has && sa["imagePullSecrets"].as_array().is_some_and(|a| !a.is_empty()) {
+                pod["spec"]["imagePullSecrets"] = sa["imagePullSecrets"].clone();
             }
+        }
+        let spec = &pod["spec"];
+        let automount = match (&spec["automountServiceAccountToken"], sa.as_ref().map(|s| &s["automountServiceAccountToken"])) {
+            (Value::Bool(pod_says), _) => *pod_says,
+            (_, Some(Value::Bool(sa_says))) => *sa_says,
+            _ => true,
+        };
+        if !automount {
+            return Ok(());
         }
         let containers = ["initContainers", "containers", "ephemeralContainers"];
         let mounted = |c: &Value| c["volumeMounts"].as_array().is_some_and(|m| m.iter().any(|m| m["mountPath"] == SA_MOUNT_PATH));

@@ -3,6 +3,7 @@
 //! (sandboxes and containers carry the pod's uid in their labels), so a restarted ferrokube
 //! adopts running containers instead of restarting them.
 
+mod images;
 mod node;
 mod pods;
 mod probes;

@@ -377,7 +377,7 @@ impl Kubelet {
             waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (reason.to_string(), msg));
         };
         let image = c["image"].as_str().unwrap_or("").to_string();
-        if let Err((reason, msg)) = self.ensure_image(&image, c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent")).await {
+        if let Err((reason, msg)) = self.ensure_image(pod, &image, c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent")).await {
             set_waiting(reason, msg);
             return;
         }
@@ -519,22 +519,6 @@ impl Kubelet {
             }
         }
         Ok(out)
-    }
-
-    async fn ensure_image(&self, image: &str, policy: &str) -> Result<(), (&'static str, String)> {
-        let mut cri = self.cri.clone();
-        let spec = v1::ImageSpec { image: image.to_string(), ..Default::default() };
-        let present = cri.images.image_status(v1::ImageStatusRequest { image: Some(spec.clone()), verbose: false }).await.map(|r| r.into_inner().image.is_some()).unwrap_or(false);
-        match (policy, present) {
-            ("Never", false) => Err(("ErrImageNeverPull", format!("Container image {image:?} is not present with pull policy of Never"))),
-            ("Never", true) | ("IfNotPresent", true) => Ok(()),
-            _ => match cri.images.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await {
-                Ok(_) => Ok(()),
-                // Present but not pullable (a local image, no registry): run what we have.
-                Err(_) if present => Ok(()),
-                Err(e) => Err(("ErrImagePull", format!("failed to pull image {image:?}: {}", e.message()))),
-            },
-        }
     }
 
     fn sandbox_config(&self, pod: &Value, attempt: u32) -> v1::PodSandboxConfig {

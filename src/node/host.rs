@@ -11,6 +11,18 @@ pub struct Host {
     pub cgroup_v2: bool,
 }
 
+/// Which kernel packet filter `iptables` drives (`iptables --version`: "nf_tables" or
+/// "legacy"); the proxy and CNI rules work with either, but both must not be mixed.
+pub fn iptables_variant() -> String {
+    let out = which("iptables").and_then(|p| std::process::Command::new(p).arg("--version").output().ok());
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    match text.split('(').nth(1).and_then(|s| s.split(')').next()) {
+        Some(v) => v.to_string(),
+        None if text.is_empty() => "unknown".to_string(),
+        None => "legacy".to_string(),
+    }
+}
+
 /// Commands a node needs, with the Debian package that provides each.
 const NEEDED: &[(&str, &str)] = &[
     ("containerd", "containerd"),

@@ -142,6 +142,9 @@ eventually "every namespace gets a default ServiceAccount" "default" 10 "$KUBECT
 k -n sa-test create sa robot >/dev/null
 SATOKEN=$(k -n sa-test create token robot 2>&1)
 check "kubectl create token returns a JWT" "3" "$(echo "$SATOKEN" | awk -F. '{print NF}')"
+kid=$(python3 -c 'import sys, base64, json; h = sys.argv[1].split(".")[0]; print(json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"])' "$SATOKEN" 2>&1)
+check "the issuer's JWKS holds the key the token names" "$kid" "$(k get --raw /openid/v1/jwks | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"][0]["kid"])')"
+check "OIDC discovery names the issuer" "https://kubernetes.default.svc.cluster.local" "$(k get --raw /.well-known/openid-configuration | python3 -c 'import json, sys; print(json.load(sys.stdin)["issuer"])')"
 check "a service-account token authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SATOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/sa-test/configmaps")"
 check_contains "token lifetime under 10 minutes is refused" "may not specify a duration less than 10 minutes" "$(k -n sa-test create token robot --duration=5m 2>&1)"
 check_contains "a token for a missing service account is NotFound" 'serviceaccounts "ghost" not found' "$(k -n sa-test create token ghost 2>&1)"

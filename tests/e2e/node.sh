@@ -278,6 +278,38 @@ check "and the pod NotReady" "False" "$(k get pod probes -o jsonpath='{.status.c
 check "the healthy containers were not restarted" "0" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="web")].restartCount}')"
 k delete pod probes --wait=false >/dev/null
 
+# A private registry on loopback (docker-registry with basic auth): the pull needs the pod's
+# imagePullSecret, or its service account's.
+REG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+REG=$E2E_DIR/registry
+mkdir -p "$REG/data"
+python3 -W ignore -c "import crypt; print('alice:' + crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))" >"$REG/htpasswd"
+cat >"$REG/config.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $REG/data}}
+http: {addr: "127.0.0.1:$REG_PORT"}
+auth: {htpasswd: {realm: e2e, path: $REG/htpasswd}}
+YAML
+docker-registry serve "$REG/config.yml" >"$REG/log" 2>&1 &
+REG_PID=$!
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$REG_PORT/v2/" && break; sleep 0.1; done
+check "the registry wants credentials" "401" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$REG_PORT/v2/")"
+PRIV=127.0.0.1:$REG_PORT/e2e/busybox:pulled
+check_cmd "the test image is pushed to the registry" python3 "$(dirname "$0")/../images/push.py" "$E2E_DIR/busybox.tar" "127.0.0.1:$REG_PORT" e2e/busybox:pulled alice:s3cret
+k run private-anon --image="$PRIV" --image-pull-policy=Always -- sleep 3600 >/dev/null
+eventually "without credentials the pull fails" "yes" 60 sh -c "$KUBECTL get pod private-anon -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -qE '^(ErrImagePull|ImagePullBackOff)$' && echo yes"
+k create secret docker-registry regcred --docker-server="127.0.0.1:$REG_PORT" --docker-username=alice --docker-password=s3cret >/dev/null
+k run private --image="$PRIV" --image-pull-policy=Always --overrides='{"spec":{"imagePullSecrets":[{"name":"regcred"}]}}' -- sleep 3600 >/dev/null
+check_cmd "an image pulled from the local registry with an imagePullSecret runs" k wait --for=condition=Ready pod/private --timeout=90s
+k create sa puller >/dev/null
+k patch sa puller -p '{"imagePullSecrets":[{"name":"regcred"}]}' >/dev/null
+k run private-sa --image="$PRIV" --image-pull-policy=Always --overrides='{"spec":{"serviceAccountName":"puller"}}' -- sleep 3600 >/dev/null
+check "the service account's pull secrets are copied to the pod" "regcred" "$(k get pod private-sa -o jsonpath='{.spec.imagePullSecrets[*].name}')"
+check_cmd "and the pull with them succeeds" k wait --for=condition=Ready pod/private-sa --timeout=90s
+k delete pod private-anon private private-sa --wait=false >/dev/null
+kill "$REG_PID" 2>/dev/null
+
 # kill -9 ferrokube: containers keep running, same IDs, restart counts unchanged.
 before=$(k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}')
 stop_server KILL
@@ -327,5 +359,26 @@ left=0
 for u in $uids; do left=$((left + $(find /sys/fs/cgroup -maxdepth 3 -name "pod$u" 2>/dev/null | wc -l))); done
 check "no pod cgroup left" "0" "$left"
 check "no network namespace mount left" "0" "$(awk -v d="$RUN" '$2 ~ "^"d".*netns" {n++} END {print n+0}' /proc/mounts)"
+
+# --container-runtime-endpoint: an existing containerd (started here, from the configuration
+# ferrokube wrote, moved to a root, state and socket of its own) runs the pods; ferrokube
+# starts no containerd and imports the airgap images into that one.
+stop_server TERM
+EXT=$RUN/ext-runtime
+mkdir -p "$EXT"
+sed -e "s|^root = .*|root = \"$EXT/root\"|" -e "s|$RUN/containerd|$EXT/state|g" "$E2E_DIR/data/etc/containerd.toml" >"$EXT/config.toml"
+containerd --config "$EXT/config.toml" >"$EXT/log" 2>&1 &
+EXT_PID=$!
+for _ in $(seq 100); do [ -S "$EXT/state/containerd.sock" ] && break; sleep 0.1; done
+start_node --container-runtime-endpoint "unix://$EXT/state/containerd.sock" || exit 1
+check "ferrokube started no containerd of its own" "0" "$(pgrep -c -f "containerd --config $E2E_DIR/data/etc/containerd.toml")"
+k run ext --image=docker.io/library/airgap:1 --image-pull-policy=Never -- sleep 3600 >/dev/null
+check_cmd "a pod runs on the existing runtime" k wait --for=condition=Ready pod/ext --timeout=90s
+check "exec through the existing runtime" "ext-ok" "$(k exec ext -- echo ext-ok)"
+cid=$(k get pod ext -o jsonpath='{.status.containerStatuses[0].containerID}' | sed 's|containerd://||')
+check_contains "its container is in that runtime" "$cid" "$(ctr --address "$EXT/state/containerd.sock" -n k8s.io containers ls -q)"
+k delete pod ext --wait --timeout=60s >/dev/null
+stop_server TERM
+kill "$EXT_PID" 2>/dev/null; wait "$EXT_PID" 2>/dev/null
 
 summary
