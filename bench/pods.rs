@@ -1,10 +1,12 @@
 //! Pod start benchmark (root, containerd): API create -> Running through ferrokube, divided
 //! by the raw CRI floor (RunPodSandbox + CreateContainer + StartContainer called directly on
 //! the same containerd, same CNI) measured in the same run; one pod at a time and 30 at once;
-//! RSS of ferrokube and containerd with 0 and 30 pods. Workload: the embedded pause image.
-//! Last, what a frequent CronJob costs: a pod created and deleted every 5 seconds for 2
-//! minutes (`FERROKUBE_BENCH_CHURN_SECS` to change), the CPU ferrokube used meanwhile, beside
-//! its idle CPU over 30 s and containerd's CPU in the same 2 minutes.
+//! RSS of ferrokube and containerd with 0 and 30 pods. Workload: the embedded pause image in
+//! pods without volumes (the floor's workload; `automountServiceAccountToken: false`), and
+//! 30 at once again with the default service-account volume. Idle CPU of the node over 30 s;
+//! last, what a frequent CronJob costs: a pod created and deleted every 5 seconds for 2
+//! minutes (`FERROKUBE_BENCH_CHURN_SECS` to change), ferrokube's CPU meanwhile beside
+//! containerd's.
 //!
 //! Run: `cargo bench --bench pods` as root.
 
@@ -63,9 +65,29 @@ async fn raw_teardown(mut cri: Cri, sandboxes: Vec<String>) {
     }
 }
 
+/// The floor's workload: one container, no volumes (so no service-account token either).
 fn pod(name: &str) -> String {
+    pod_with(name, false)
+}
+
+/// A pod; with `token`, the default service-account volume every pod gets unless it opts out.
+fn pod_with(name: &str, token: bool) -> String {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "api"}},
-           "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}]}}).to_string()
+           "spec": {"terminationGracePeriodSeconds": 0, "automountServiceAccountToken": token, "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}]}}).to_string()
+}
+
+/// Creates PODS pods at once and waits until all run.
+async fn burst(c: &Https, port: u16, prefix: &str, token: bool) -> Duration {
+    let t = Instant::now();
+    let names: Vec<String> = (0..PODS).map(|i| format!("{prefix}-{i}")).collect();
+    let creates: Vec<_> = names.iter().map(|n| post(c, port, "/api/v1/namespaces/default/pods", pod_with(n, token))).collect();
+    for r in futures_util::future::join_all(creates).await {
+        assert_eq!(r, 201);
+    }
+    for n in &names {
+        wait_running(c, port, n).await;
+    }
+    t.elapsed()
 }
 
 async fn wait_running(c: &Https, port: u16, name: &str) {
@@ -134,6 +156,10 @@ fn main() {
     let containerd_pid: u32 = std::fs::read_to_string(run.join("containerd").join("containerd.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_ctd) = (rss_kib(server.pid), rss_kib(containerd_pid));
+    // Idle CPU of the node with no pods, over 30 s.
+    let (t0, idle0) = (Instant::now(), cpu_secs(server.pid));
+    std::thread::sleep(Duration::from_secs(30));
+    let idle_cpu = (cpu_secs(server.pid) - idle0) / t0.elapsed().as_secs_f64();
 
     // Floor, one at a time, then 30 at once.
     let mut floor = Vec::new();
@@ -170,18 +196,9 @@ fn main() {
     let busy_rss = rss_kib(server.pid);
     let busy_ctd = rss_kib(containerd_pid);
     rt.block_on(delete_all(&c, port));
-    let t = Instant::now();
-    rt.block_on(async {
-        let names: Vec<String> = (0..PODS).map(|i| format!("burst-{i}")).collect();
-        let creates: Vec<_> = names.iter().map(|n| post(&c, port, "/api/v1/namespaces/default/pods", pod(n))).collect();
-        for r in futures_util::future::join_all(creates).await {
-            assert_eq!(r, 201);
-        }
-        for n in &names {
-            wait_running(&c, port, n).await;
-        }
-    });
-    let api_burst = t.elapsed();
+    let api_burst = rt.block_on(burst(&c, port, "burst", false));
+    rt.block_on(delete_all(&c, port));
+    let token_burst = rt.block_on(burst(&c, port, "token", true));
     rt.block_on(delete_all(&c, port));
 
     // A Deployment of REPLICAS: apply -> all Ready, against REPLICAS x the one-pod floor.
@@ -216,6 +233,11 @@ fn main() {
     println!("ferrokube API create->Running:  median {:.0} ms  p99 {:.0} ms", pct(api.clone(), 0.5), pct(api.clone(), 0.99));
     println!("ratio (median): {:.2}   ratio (p99): {:.2}   (goal <= 1.3)", pct(api.clone(), 0.5) / pct(floor.clone(), 0.5), pct(api, 0.99) / pct(floor, 0.99));
     println!("{PODS} at once: floor {:.0} ms, ferrokube {:.0} ms, ratio {:.2}", floor_burst.as_secs_f64() * 1000.0, api_burst.as_secs_f64() * 1000.0, api_burst.as_secs_f64() / floor_burst.as_secs_f64());
+    println!(
+        "{PODS} at once with the default service-account volume (token, CA, namespace): {:.0} ms, ratio {:.2}",
+        token_burst.as_secs_f64() * 1000.0,
+        token_burst.as_secs_f64() / floor_burst.as_secs_f64()
+    );
     println!("RSS ferrokube: idle node {:.1} MiB, with {PODS} pods {:.1} MiB (goals 60 / 90 MiB)", idle_rss as f64 / 1024.0, busy_rss as f64 / 1024.0);
     println!("RSS containerd: idle {:.1} MiB, with {PODS} pods {:.1} MiB", idle_ctd as f64 / 1024.0, busy_ctd as f64 / 1024.0);
     println!(
@@ -226,12 +248,9 @@ fn main() {
         deploy_rss as f64 / 1024.0
     );
 
-    // CPU: idle for 30 s, then a pod created and deleted every 5 s.
+    // CPU while a pod is created and deleted every 5 s (once the Deployment's pods are gone).
     let churn_secs: u64 = std::env::var("FERROKUBE_BENCH_CHURN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
-    std::thread::sleep(Duration::from_secs(5));
-    let (t0, idle0) = (Instant::now(), cpu_secs(server.pid));
-    std::thread::sleep(Duration::from_secs(30));
-    let idle_cpu = (cpu_secs(server.pid) - idle0) / t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(10));
     let (t0, fk0, ctd0) = (Instant::now(), cpu_secs(server.pid), cpu_secs(containerd_pid));
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -242,7 +261,7 @@ fn main() {
                 delete(&c, port, &format!("/api/v1/namespaces/default/pods/{p}")).await;
             }
             let name = format!("cron-{i}");
-            assert_eq!(post(&c, port, "/api/v1/namespaces/default/pods", pod(&name)).await, 201);
+            assert_eq!(post(&c, port, "/api/v1/namespaces/default/pods", pod_with(&name, true)).await, 201);
             previous = Some(name);
         }
         tick.tick().await;
@@ -251,7 +270,7 @@ fn main() {
     let (fk_cpu, ctd_cpu) = ((cpu_secs(server.pid) - fk0) / span, (cpu_secs(containerd_pid) - ctd0) / span);
     rt.block_on(delete_all(&c, port));
     println!(
-        "pod created + deleted every 5 s for {churn_secs} s: ferrokube CPU {:.2}% of one core (goal < 3%), idle {:.2}%; containerd in the same time {:.2}%; ratio ferrokube/containerd {:.2}",
+        "pod (with its service-account volume) created + deleted every 5 s for {churn_secs} s: ferrokube CPU {:.2}% of one core (goal < 3%), idle node {:.2}%; containerd in the same time {:.2}%; ratio ferrokube/containerd {:.2}",
         fk_cpu * 100.0,
         idle_cpu * 100.0,
         ctd_cpu * 100.0,
