@@ -9,7 +9,8 @@ use std::time::Duration;
 const LEASE_SECONDS: i64 = 40;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-fn meminfo_kib() -> u64 {
+/// The host's memory in KiB (`MemTotal`).
+pub(super) fn meminfo_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))

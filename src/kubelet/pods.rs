@@ -553,6 +553,8 @@ impl Kubelet {
                 cgroup_parent: format!("/ferrokube/pod{uid}"),
                 security_context: Some(v1::LinuxSandboxSecurityContext {
                     namespace_options: Some(v1::NamespaceOption { network: mode(host_network), pid, ipc: mode(spec["hostIPC"] == true), ..Default::default() }),
+                    // The runtime admits privileged containers only in a privileged sandbox.
+                    privileged: ["initContainers", "containers"].iter().flat_map(|f| spec[*f].as_array().into_iter().flatten()).any(|c| c["securityContext"]["privileged"] == true),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -570,15 +572,21 @@ impl Kubelet {
             .into_iter()
             .flatten()
             .filter_map(|e| {
-                let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
-                    (Value::String(v), _) => v.clone(),
-                    (_, Value::String(path)) => status::field_ref(pod, path, pod_ip)?,
+                let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"], &e["valueFrom"]["resourceFieldRef"]) {
+                    (Value::String(v), _, _) => v.clone(),
+                    (_, Value::String(path), _) => status::field_ref(pod, path, pod_ip)?,
+                    (_, _, r @ Value::Object(_)) => status::resource_field_ref(pod, c, r)?,
                     _ => return None,
                 };
                 Some(v1::KeyValue { key: e["name"].as_str()?.to_string(), value: value.into_bytes() })
             })
             .collect();
         let sc = &c["securityContext"];
+        // The pod's securityContext applies where the container's says nothing.
+        let pod_sc = &pod["spec"]["securityContext"];
+        let pick = |k: &str| if sc[k].is_null() { &pod_sc[k] } else { &sc[k] };
+        let mut groups: Vec<i64> = pod_sc["supplementalGroups"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
+        groups.extend(pod_sc["fsGroup"].as_i64());
         let limits = &c["resources"]["limits"];
         let requests = &c["resources"]["requests"];
         let cpu_limit = crate::api::quantity::millis(&limits["cpu"]);
@@ -606,8 +614,9 @@ impl Kubelet {
                 resources: Some(resources),
                 security_context: Some(v1::LinuxContainerSecurityContext {
                     privileged: sc["privileged"] == true,
-                    run_as_user: sc["runAsUser"].as_i64().map(|value| v1::Int64Value { value }),
-                    run_as_group: sc["runAsGroup"].as_i64().map(|value| v1::Int64Value { value }),
+                    run_as_user: pick("runAsUser").as_i64().map(|value| v1::Int64Value { value }),
+                    run_as_group: pick("runAsGroup").as_i64().map(|value| v1::Int64Value { value }),
+                    supplemental_groups: groups,
                     readonly_rootfs: sc["readOnlyRootFilesystem"] == true,
                     capabilities: Some(v1::Capability {
                         add_capabilities: strings(&sc["capabilities"]["add"]),

@@ -46,6 +46,32 @@ pub(super) fn field_ref(pod: &Value, path: &str, pod_ip: &str) -> Option<String>
     })
 }
 
+/// A `resourceFieldRef` value: a container's request or limit (`limits.memory`,
+/// `requests.cpu`, ...) divided by `divisor` (default 1) and rounded up, as upstream; an unset
+/// limit is the node's allocatable amount, an unset request 0. `container` is the one the
+/// reference is made from when it names none.
+pub(super) fn resource_field_ref(pod: &Value, container: &Value, r: &Value) -> Option<String> {
+    let c = match r["containerName"].as_str().filter(|n| !n.is_empty()) {
+        Some(name) => ["containers", "initContainers"].iter().flat_map(|f| pod["spec"][*f].as_array().into_iter().flatten()).find(|c| c["name"] == name)?,
+        None => container,
+    };
+    let (section, resource) = r["resource"].as_str()?.split_once('.')?;
+    if section != "limits" && section != "requests" {
+        return None;
+    }
+    let amount = match crate::api::quantity::parse(&c["resources"][section][resource]) {
+        Some(v) => v,
+        None if section == "limits" => match resource {
+            "cpu" => std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            "memory" => super::node::meminfo_kib() as f64 * 1024.0,
+            _ => 0.0,
+        },
+        None => 0.0,
+    };
+    let divisor = crate::api::quantity::parse(&r["divisor"]).filter(|d| *d > 0.0).unwrap_or(1.0);
+    Some((((amount / divisor) - 1e-9).ceil().max(0.0) as i64).to_string())
+}
+
 fn condition(ty: &str, ok: bool, old: &Value) -> Value {
     let status = if ok { "True" } else { "False" };
     // Keep the transition time while the condition holds.
@@ -173,5 +199,29 @@ impl Kubelet {
             Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_field_refs_round_up_by_the_divisor() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "a", "resources": {"limits": {"memory": "64Mi", "cpu": "1500m"}, "requests": {"cpu": "250m"}}},
+            {"name": "b"},
+        ]}});
+        let a = &pod["spec"]["containers"][0];
+        let r = |v: Value| resource_field_ref(&pod, a, &v);
+        assert_eq!(r(json!({"resource": "limits.memory", "divisor": "1Mi"})).as_deref(), Some("64"));
+        assert_eq!(r(json!({"resource": "limits.memory"})).as_deref(), Some("67108864"));
+        assert_eq!(r(json!({"resource": "limits.cpu"})).as_deref(), Some("2"));
+        assert_eq!(r(json!({"resource": "requests.cpu", "divisor": "1m"})).as_deref(), Some("250"));
+        assert_eq!(r(json!({"containerName": "b", "resource": "requests.memory"})).as_deref(), Some("0"));
+        let node_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+        assert_eq!(r(json!({"containerName": "b", "resource": "limits.cpu"})), Some(node_cpus), "an unset limit is the node's");
+        assert_eq!(r(json!({"resource": "spec.cpu"})), None);
+        assert_eq!(r(json!({"containerName": "nope", "resource": "limits.cpu"})), None);
     }
 }

@@ -142,7 +142,12 @@ impl Kubelet {
                 .into_iter()
                 .flatten()
                 .map(|i| {
-                    let path = i["fieldRef"]["fieldPath"].as_str().ok_or("downwardAPI items need a fieldRef")?;
+                    if i["resourceFieldRef"].is_object() {
+                        let v = super::status::resource_field_ref(pod, &Value::Null, &i["resourceFieldRef"]).ok_or("a downwardAPI resourceFieldRef needs a containerName and a resource such as limits.memory")?;
+                        let mode = i["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
+                        return Ok((i["path"].as_str().unwrap_or("").to_string(), v.into_bytes(), mode));
+                    }
+                    let path = i["fieldRef"]["fieldPath"].as_str().ok_or("downwardAPI items need a fieldRef or a resourceFieldRef")?;
                     let v = match path {
                         "metadata.labels" | "metadata.annotations" => {
                             let m = &pod["metadata"][path.trim_start_matches("metadata.")];

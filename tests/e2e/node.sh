@@ -278,6 +278,48 @@ check "and the pod NotReady" "False" "$(k get pod probes -o jsonpath='{.status.c
 check "the healthy containers were not restarted" "0" "$(k get pod probes -o jsonpath='{.status.containerStatuses[?(@.name=="web")].restartCount}')"
 k delete pod probes --wait=false >/dev/null
 
+# securityContext (pod-level user and groups, container overrides, read-only root,
+# capabilities, privileged), workingDir, and resource values in env and downwardAPI files.
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: secure}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}
+  volumes: [{name: res, downwardAPI: {items: [{path: cpu_m, resourceFieldRef: {containerName: user, resource: requests.cpu, divisor: 1m}}]}}]
+  containers:
+  - name: user
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    workingDir: /tmp
+    securityContext: {readOnlyRootFilesystem: true}
+    resources: {limits: {memory: 64Mi}, requests: {cpu: 250m}}
+    env: [{name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}]
+    volumeMounts: [{name: res, mountPath: /res}]
+  - name: netadmin
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {runAsUser: 0, runAsGroup: 0, capabilities: {add: [NET_ADMIN], drop: [NET_RAW]}}
+  - name: priv
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {runAsUser: 0, privileged: true}
+YAML
+check_cmd "the securityContext pod runs" k wait --for=condition=Ready pod/secure --timeout=60s
+check "runAsUser/runAsGroup/supplementalGroups from the pod" "1000 3000 4000" "$(k exec secure -c user -- sh -c 'echo $(id -u) $(id -g) $(id -G | tr " " "\n" | grep 4000)')"
+check "readOnlyRootFilesystem" "read-only" "$(k exec secure -c user -- sh -c 'touch /x 2>/dev/null && echo writable || echo read-only')"
+check "workingDir" "/tmp" "$(k exec secure -c user -- pwd)"
+check "resourceFieldRef in env (limits.memory / 1Mi)" "64" "$(k exec secure -c user -- sh -c 'echo $MEM_MI')"
+check "resourceFieldRef in a downwardAPI file (requests.cpu / 1m)" "250" "$(k exec secure -c user -- cat /res/cpu_m)"
+check "the container's runAsUser overrides the pod's" "0" "$(k exec secure -c netadmin -- id -u)"
+# Default effective set a80425fb, plus NET_ADMIN (bit 12), minus NET_RAW (bit 13).
+check "capabilities add and drop" "00000000a80415fb" "$(k exec secure -c netadmin -- awk '/^CapEff/ {print $2}' /proc/self/status)"
+check "privileged gets every capability" "$(awk '/^CapBnd/ {print $2}' /proc/self/status)" "$(k exec secure -c priv -- awk '/^CapEff/ {print $2}' /proc/self/status)"
+k delete pod secure --wait=false >/dev/null
+
 # A private registry on loopback (docker-registry with basic auth): the pull needs the pod's
 # imagePullSecret, or its service account's.
 REG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
