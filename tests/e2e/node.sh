@@ -86,6 +86,12 @@ eventually "kubectl port-forward reaches the pod's port" "hello from ferrokube" 
 check "a second connection through the same port-forward" "hello from ferrokube" "$(curl -s --max-time 5 http://127.0.0.1:18080/)"
 kill $PF 2>/dev/null; wait $PF 2>/dev/null
 check_contains "kubectl tunnelled SPDY in a websocket (no fallback)" "negotiated protocol: portforward.k8s.io" "$(grep tunneling_dialer "$E2E_DIR/pf.log")"
+# kubectl's direct SPDY upgrade (its fallback, and what older clients speak).
+KUBECTL_PORT_FORWARD_WEBSOCKETS=false "$KUBECTL" port-forward -v=4 pod/web 18081:8080 >"$E2E_DIR/pf-spdy.log" 2>&1 &
+PF=$!
+eventually "port-forward over a direct SPDY upgrade" "hello from ferrokube" 20 curl -s --max-time 5 http://127.0.0.1:18081/
+kill $PF 2>/dev/null; wait $PF 2>/dev/null
+check "and no websocket was involved" "0" "$(grep -c tunneling_dialer "$E2E_DIR/pf-spdy.log")"
 py=$("${PYTHON:-python3}" - "$KUBECONFIG" <<'PY' 2>&1
 import sys
 from kubernetes import client, config
