@@ -6,25 +6,67 @@ use super::Kubelet;
 use crate::cri::v1;
 use base64::Engine;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// Failed pulls per (pod uid, container): when the last one failed and how many in a row.
+fn failures() -> &'static Mutex<HashMap<(String, String), (i64, u32)>> {
+    static F: OnceLock<Mutex<HashMap<(String, String), (i64, u32)>>> = OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+/// Seconds before a pull is tried again after `count` failures in a row (10 s doubling, at
+/// most 5 minutes, as upstream).
+fn pull_backoff(count: u32) -> i64 {
+    (10i64 << count.saturating_sub(1).min(5)).min(300)
+}
+
+/// Forgets the failed pulls of a pod that is gone.
+pub(super) fn forget(uid: &str) {
+    failures().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _), _| u != uid);
+}
 
 impl Kubelet {
-    /// Makes `image` present as the policy asks; the waiting reason and message if it cannot.
-    pub(super) async fn ensure_image(&self, pod: &Value, image: &str, policy: &str) -> Result<(), (&'static str, String)> {
+    /// Makes the image of container `c` present as its policy asks; the waiting reason and
+    /// message if it cannot. Failed pulls back off (ImagePullBackOff in between).
+    pub(super) async fn ensure_image(&self, pod: &Value, c: &Value) -> Result<(), (&'static str, String)> {
+        let image = c["image"].as_str().unwrap_or("");
+        let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
         let mut cri = self.cri.clone();
         let spec = v1::ImageSpec { image: image.to_string(), ..Default::default() };
         let present = cri.images.image_status(v1::ImageStatusRequest { image: Some(spec.clone()), verbose: false }).await.map(|r| r.into_inner().image.is_some()).unwrap_or(false);
         match (policy, present) {
-            ("Never", false) => return Err(("ErrImageNeverPull", format!("Container image {image:?} is not present with pull policy of Never"))),
-            ("Never", true) | ("IfNotPresent", true) => return Ok(()),
+            ("Never", false) => {
+                let msg = format!("Container image {image:?} is not present with pull policy of Never");
+                self.event(pod, "Warning", "ErrImageNeverPull", msg.clone());
+                return Err(("ErrImageNeverPull", msg));
+            }
+            ("Never", true) | ("IfNotPresent", true) => {
+                self.event(pod, "Normal", "Pulled", format!("Container image {image:?} already present on machine"));
+                return Ok(());
+            }
             _ => {}
         }
+        let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
+        let now = chrono::Utc::now().timestamp();
+        if let Some((when, count)) = failures().lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied() {
+            if now - when < pull_backoff(count) && !present {
+                return Err(("ImagePullBackOff", format!("Back-off pulling image {image:?}")));
+            }
+        }
+        self.event(pod, "Normal", "Pulling", format!("Pulling image {image:?}"));
+        let started = std::time::Instant::now();
         // Anonymous last, after every matching credential.
         let mut attempts: Vec<Option<v1::AuthConfig>> = self.pull_credentials(pod, image).await.into_iter().map(Some).collect();
         attempts.push(None);
         let mut last = String::new();
         for auth in attempts {
             match cri.images.pull_image(v1::PullImageRequest { image: Some(spec.clone()), auth, sandbox_config: None }).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    failures().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    self.event(pod, "Normal", "Pulled", format!("Successfully pulled image {image:?} in {}ms", started.elapsed().as_millis()));
+                    return Ok(());
+                }
                 Err(e) => last = e.message().to_string(),
             }
         }
@@ -32,6 +74,12 @@ impl Kubelet {
             // Present but not pullable (a local image, no registry): run what we have.
             return Ok(());
         }
+        {
+            let mut f = failures().lock().unwrap_or_else(|e| e.into_inner());
+            let entry = f.entry(key).or_insert((now, 0));
+            *entry = (now, entry.1 + 1);
+        }
+        self.event(pod, "Warning", "Failed", format!("Failed to pull image {image:?}: {last}"));
         Err(("ErrImagePull", format!("failed to pull image {image:?}: {last}")))
     }
 
@@ -109,6 +157,11 @@ mod tests {
     fn secret(kind: &str, payload: Value) -> Value {
         let b64 = base64::engine::general_purpose::STANDARD;
         json!({"data": {kind: b64.encode(payload.to_string())}})
+    }
+
+    #[test]
+    fn pull_backoff_doubles_to_five_minutes() {
+        assert_eq!([1, 2, 3, 4, 5, 6, 7, 50].map(pull_backoff), [10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
     #[test]

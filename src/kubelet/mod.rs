@@ -32,7 +32,12 @@ pub struct Kubelet {
     pub(crate) client: Client,
     pub(crate) cri: Cri,
     pub(crate) cfg: Config,
+    /// Events about pods, written in order by one background task.
+    events: tokio::sync::mpsc::UnboundedSender<PodEvent>,
 }
+
+/// An event the kubelet reports about a pod: the pod's reference, type, reason, message.
+type PodEvent = (serde_json::Value, &'static str, &'static str, String);
 
 /// Labels the kubelet puts on sandboxes and containers.
 pub(crate) const LABEL_UID: &str = "io.kubernetes.pod.uid";
@@ -41,8 +46,26 @@ pub(crate) const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub(crate) const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
 
 impl Kubelet {
+    /// The agent; call within a Tokio runtime (its event writer starts here).
     pub fn new(client: Client, cri: Cri, cfg: Config) -> Arc<Kubelet> {
-        Arc::new(Kubelet { client, cri, cfg })
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel::<PodEvent>();
+        let writer = client.clone();
+        tokio::spawn(async move {
+            while let Some((pod, ty, reason, message)) = rx.recv().await {
+                crate::controllers::event(&writer, "kubelet", &pod, ty, reason, &message).await;
+            }
+        });
+        Arc::new(Kubelet { client, cri, cfg, events })
+    }
+
+    /// Reports an event about `pod` (what `kubectl describe pod` lists) without waiting for
+    /// it to be written: the pod's work never waits on its events.
+    pub(crate) fn event(&self, pod: &serde_json::Value, ty: &'static str, reason: &'static str, message: String) {
+        let m = &pod["metadata"];
+        let reference = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"],
+        }});
+        let _ = self.events.send((reference, ty, reason, message));
     }
 
     /// Registers the node and runs the heartbeat and the pod loop until the process ends.

@@ -186,6 +186,9 @@ impl Kubelet {
                 .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
                 .filter_map(|c| Some((c.metadata.as_ref()?.name.clone(), c.id.clone())))
                 .collect();
+            for (name, _) in &running {
+                self.event(pod, "Normal", "Killing", format!("Stopping container {name}"));
+            }
             if grace > 0 && !running.is_empty() {
                 let spent = self.run_pre_stop(pod, &running, grace).await;
                 grace = (grace - spent.as_secs() as i64).max(2);
@@ -199,6 +202,7 @@ impl Kubelet {
                 let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c }).await;
             }
             waiting().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _), _| u != uid);
+            super::images::forget(uid);
             super::volumes::cleanup(&self.cfg.data_dir, uid);
             let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
             match self.client.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &opts).await {
@@ -376,8 +380,7 @@ impl Kubelet {
         let set_waiting = |reason: &str, msg: String| {
             waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (reason.to_string(), msg));
         };
-        let image = c["image"].as_str().unwrap_or("").to_string();
-        if let Err((reason, msg)) = self.ensure_image(pod, &image, c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent")).await {
+        if let Err((reason, msg)) = self.ensure_image(pod, c).await {
             set_waiting(reason, msg);
             return;
         }
@@ -433,20 +436,25 @@ impl Kubelet {
         let id = match created {
             Ok(r) => r.into_inner().container_id,
             Err(e) => {
+                self.event(pod, "Warning", "Failed", format!("Error: {}", e.message()));
                 set_waiting("CreateContainerError", e.message().to_string());
                 return;
             }
         };
+        self.event(pod, "Normal", "Created", format!("Created container: {}", key.1));
         if let Err(e) = cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+            self.event(pod, "Warning", "Failed", format!("Error: {}", e.message()));
             set_waiting("RunContainerError", e.message().to_string());
             return;
         }
+        self.event(pod, "Normal", "Started", format!("Started container {}", key.1));
         waiting().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         // A postStart hook runs right after the start; the container counts as started only
         // once it returns, and a failed hook kills the container (restartPolicy decides next).
         let hook = &c["lifecycle"]["postStart"];
         if hook.is_object() && !self.run_hook(c, &id, hook, pod_ip, POST_START_LIMIT).await {
             tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %key.1, "postStart hook failed; killing the container");
+            self.event(pod, "Warning", "FailedPostStartHook", format!("PostStartHook failed for container {}", key.1));
             let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: id, timeout: 0 }).await;
         }
     }

@@ -44,6 +44,10 @@ case "$IP" in "$NET".*) ok "pod IP from the node's pod CIDR ($IP)" ;; *) not_ok 
 check "get pods -o wide shows the IP and node" "$IP e2e-node" "$(k get pod web -o wide --no-headers | awk '{print $6, $7}')"
 check "the host reaches the pod's port" "hello from ferrokube" "$(curl -s --max-time 5 "http://$IP:8080/")"
 check "init container ran first" "init done" "$(k logs web -c init)"
+events=$(k describe pod web)
+check_contains "describe shows the kubelet's events (image present)" "already present on machine" "$events"
+check_contains "describe shows the kubelet's events (created)" "Created container: side" "$events"
+check_contains "describe shows the kubelet's events (started)" "Started container httpd" "$events"
 check_contains "env from the downward API" "side web" "$(k logs web -c side --tail=1)"
 
 # exec: streams, exit codes, stdin, a terminal; and the Python client's v4 framing.
@@ -51,8 +55,9 @@ check "exec prints stdout" "hello-exec" "$(k exec web -c side -- echo hello-exec
 k exec web -c side -- sh -c 'exit 7' >/dev/null 2>&1
 check "exec returns the command's exit code" "7" "$?"
 check "exec -i passes stdin" "piped" "$(echo piped | k exec -i web -c side -- head -1)"
-# (NUL bytes a terminal does not show are ignored: one sometimes precedes the output.)
-check "exec -it gets a terminal" "/dev/pts/0" "$(script -qc "$KUBECTL exec -it web -c side -- tty" /dev/null | tr -d '\r\000' | head -1)"
+# (NUL bytes a terminal does not show are ignored: one sometimes precedes the output, raw
+# or echoed back as "^@".)
+check "exec -it gets a terminal" "/dev/pts/0" "$(script -qc "$KUBECTL exec -it web -c side -- tty" /dev/null | tr -d '\r\000' | sed 's/\^@//g' | head -1)"
 py=$("${PYTHON:-python3}" - "$KUBECONFIG" <<'PY' 2>&1
 import sys
 from kubernetes import client, config
@@ -180,8 +185,9 @@ check "its last state has the exit code" "3" "$(k get pod crash -o jsonpath='{.s
 check "logs --previous" "boom" "$(k logs crash --previous)"
 k wait --for=jsonpath='{.status.phase}'=Failed pod/hog --timeout=60s >/dev/null
 check "a memory hog is OOMKilled" "OOMKilled" "$(k get pod hog -o jsonpath='{.status.containerStatuses[0].state.terminated.reason}')"
-k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ErrImagePull pod/nopull --timeout=60s >/dev/null
-check "an unpullable image shows ErrImagePull" "ErrImagePull" "$(k get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ImagePullBackOff pod/nopull --timeout=60s >/dev/null
+check "an unpullable image shows ImagePullBackOff between attempts" "ImagePullBackOff" "$(k get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+check_contains "the failed pull (ErrImagePull) is reported as an event" "Failed to pull image \"127.0.0.1:9/none:1\"" "$(k get events --field-selector involvedObject.name=nopull -o jsonpath='{.items[*].message}')"
 
 # Environment from ConfigMaps and Secrets; an image from the airgap directory.
 k create cm envcm --from-literal=COLOR=blue --from-literal=SIZE=3 >/dev/null
