@@ -167,10 +167,12 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     let serve = tokio::spawn(http::serve(api.clone(), listener, tls, Some(token)));
     crate::controllers::start(api.clone(), cfg.data_dir.join("storage"), pki.ca_pem.clone());
-    publish_kubernetes_service(&cfg, api.clone(), first).await;
+    // This host's address: the endpoint of the kubernetes and kube-dns Services.
+    let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
+    publish_kubernetes_service(&cfg, api.clone(), first, node_ip.clone()).await;
     crate::scheduler::start(crate::client::Client::in_process(api.clone(), concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))));
 
-    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api).await? };
+    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api, node_ip).await? };
     shutdown_signal().await;
     tracing::info!("shutting down");
     serve.abort();
@@ -182,7 +184,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
 
 /// The node: containerd, the CNI configuration, the kubelet and the binder.
 /// Returns the private containerd it started (none with `--container-runtime-endpoint`).
-async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
+async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option<String>) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
     use crate::node::{containerd, host::Host};
     let fail = |e: String| StartError::Node(e);
     let external = cfg.container_runtime_endpoint.as_deref().map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
@@ -257,7 +259,6 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>) -> Result<Opti
         },
     );
     tokio::spawn(kubelet.run());
-    let node_ip = crate::node::host::node_ipv4(&subnet.to_string()).map(|a| a.to_string());
     let proxy = crate::client::Client::in_process(api.clone(), concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")));
     crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() });
     start_dns(cfg, api, node_ip).await;
@@ -355,10 +356,10 @@ impl Published {
 /// The `kubernetes` Service (the first address of the service range, port 443) with this
 /// API server as its endpoint, at an address pods can reach: the node address when the
 /// server listens on all addresses, else the address it listens on (none for loopback).
-async fn publish_kubernetes_service(cfg: &ServerConfig, api: std::sync::Arc<Api>, first: std::net::Ipv4Addr) {
+async fn publish_kubernetes_service(cfg: &ServerConfig, api: std::sync::Arc<Api>, first: std::net::Ipv4Addr, node_ip: Option<String>) {
     let client = crate::client::Client::in_process(api, concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
     let endpoint = match cfg.bind_address {
-        a if a.is_unspecified() => crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string()),
+        a if a.is_unspecified() => node_ip,
         IpAddr::V4(a) if !a.is_loopback() => Some(a.to_string()),
         _ => None,
     };

@@ -110,6 +110,14 @@ impl Api {
     }
 
     /// Reads one object as a value with its revision.
+    /// The stored object of a core (`v1`) kind, if it exists (`ns` is ignored for
+    /// cluster-scoped kinds).
+    pub(crate) fn core_object(&self, plural: &str, ns: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
+        let kind = super::kinds::find("", "v1", plural).ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
+        let Some(stored) = self.store.get(&kind.key(ns.filter(|_| kind.namespaced), name))? else { return Ok(None) };
+        Ok(Some(obj::parse_stored(&stored.json)?))
+    }
+
     pub(crate) fn load(&self, rr: &ResourceReq) -> Result<(Value, u64), ApiError> {
         let key = self.key(rr)?;
         let stored = self.store.get(&key)?.ok_or_else(|| Self::not_found(rr))?;

@@ -10,7 +10,7 @@
 //! frame by frame to the runtime's own v4 websocket.
 
 use super::status::ApiError;
-use super::streaming::{all_values, load_pod, offered_protocols, pod_of, relay, switching};
+use super::streaming::{accept, all_values, connect_runtime, load_pod, offered_protocols, pod_of, relay, runtime, switching};
 use super::Api;
 use crate::cri::{v1, Cri};
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// The HTTP upgrade token of a direct SPDY connection.
 pub const SPDY: &str = "SPDY/3.1";
@@ -44,7 +44,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
         return Err(ApiError::bad_request(format!("unable to forward ports to pod {name}: its phase is {phase}, not Running")));
     }
-    let mut cri = api.cri.get().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no runtime on this server: it runs no node")))?;
+    let mut cri = runtime(&api, &name)?;
     let sandbox = sandbox_of(&mut cri, pod["metadata"]["uid"].as_str().unwrap_or_default(), &name).await?;
     let websocket = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let client = hyper::upgrade::on(&mut req);
@@ -71,8 +71,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
     if offered.iter().any(|p| p == TUNNELED) {
         let upstream = spdy_upstream(&mut cri, sandbox).await?;
         tokio::spawn(async move {
-            let Ok(client) = client.await else { return };
-            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+            let Some(ws) = accept(client).await else { return };
             tunnel(ws, upstream).await;
         });
         return switching(&key, TUNNELED);
@@ -81,13 +80,9 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
         let ports = ports_of(&query)?;
         let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: ports }).await;
         let url = url.map_err(|e| ApiError::internal(format!("port-forward: {}", e.message())))?.into_inner().url;
-        let ws_url = url.replacen("http://", "ws://", 1);
-        let mut backend_req = tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).map_err(|e| ApiError::internal(format!("streaming URL {url}: {e}")))?;
-        backend_req.headers_mut().insert("Sec-WebSocket-Protocol", hyper::header::HeaderValue::from_static(V4));
-        let (backend, _) = tokio_tungstenite::connect_async(backend_req).await.map_err(|e| ApiError::internal(format!("connecting to the runtime's streaming server: {e}")))?;
+        let backend = connect_runtime(&url, V4).await?;
         tokio::spawn(async move {
-            let Ok(client) = client.await else { return };
-            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+            let Some(ws) = accept(client).await else { return };
             relay(ws, backend, false).await;
         });
         return switching(&key, V4);
@@ -153,10 +148,7 @@ async fn spdy_upstream(cri: &mut Cri, sandbox: String) -> Result<Upgraded, ApiEr
 }
 
 /// Carries a byte stream in binary websocket messages, both ways, until either side ends.
-async fn tunnel<C>(ws: tokio_tungstenite::WebSocketStream<C>, upstream: Upgraded)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+async fn tunnel(ws: super::streaming::ClientSocket, upstream: Upgraded) {
     let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upstream));
     let (mut tx, mut rx) = ws.split();
     let mut buf = vec![0u8; 32 * 1024];

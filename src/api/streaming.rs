@@ -69,7 +69,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static s
     let query = req.uri().query().unwrap_or("").to_string();
     let (ns, name) = pod_of(&path)?;
     let container_id = container_id(&api, &ns, &name, all_values(&query, "container").last().map(String::as_str))?;
-    let mut cri = api.cri.get().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no runtime on this server: it runs no node")))?;
+    let mut cri = runtime(&api, &name)?;
     let (stdin, stdout, stderr, tty) = (flag(&query, "stdin"), flag(&query, "stdout"), flag(&query, "stderr"), flag(&query, "tty"));
     let url = if what == "exec" {
         let cmd = all_values(&query, "command");
@@ -82,16 +82,11 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static s
         let r = cri.runtime.attach(v1::AttachRequest { container_id, stdin, tty, stdout, stderr: stderr && !tty }).await;
         r.map_err(|e| ApiError::internal(format!("attach: {}", e.message())))?.into_inner().url
     };
-    // The runtime hands out an http:// URL; the same endpoint speaks websocket.
-    let ws_url = url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
-    let mut backend_req = tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).map_err(|e| ApiError::internal(format!("streaming URL {url}: {e}")))?;
-    backend_req.headers_mut().insert("Sec-WebSocket-Protocol", hyper::header::HeaderValue::from_static(BACKEND_PROTOCOL));
-    let (backend, _) = tokio_tungstenite::connect_async(backend_req).await.map_err(|e| ApiError::internal(format!("connecting to the runtime's streaming server: {e}")))?;
+    let backend = connect_runtime(&url, BACKEND_PROTOCOL).await?;
     let v5 = *protocol == "v5.channel.k8s.io";
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        let client = tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await;
+        let Some(client) = accept(upgrade).await else { return };
         relay(client, backend, v5).await;
     });
     switching(&key, protocol)
@@ -131,9 +126,33 @@ pub(super) fn switching(key: &hyper::header::HeaderValue, protocol: &str) -> Res
 
 /// The stored pod `ns/name`.
 pub(super) fn load_pod(api: &Api, ns: &str, name: &str) -> Result<Value, ApiError> {
-    let kind = super::kinds::find("", "v1", "pods").expect("pods are in the table");
-    let stored = api.store.get(&kind.key(Some(ns), name))?.ok_or_else(|| ApiError::not_found("", "pods", name))?;
-    super::object::parse_stored(&stored.json)
+    api.core_object("pods", Some(ns), name)?.ok_or_else(|| ApiError::not_found("", "pods", name))
+}
+
+/// The node's container runtime, which serves the streams of pod `name`.
+pub(super) fn runtime(api: &Api, name: &str) -> Result<crate::cri::Cri, ApiError> {
+    api.cri.get().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no runtime on this server: it runs no node")))
+}
+
+/// Opens the runtime's websocket at the streaming `url` it handed out (http://; the same
+/// endpoint speaks websocket), asking for `protocol`.
+pub(super) async fn connect_runtime(url: &str, protocol: &'static str) -> Result<RuntimeSocket, ApiError> {
+    let ws_url = url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).map_err(|e| ApiError::internal(format!("streaming URL {url}: {e}")))?;
+    req.headers_mut().insert("Sec-WebSocket-Protocol", hyper::header::HeaderValue::from_static(protocol));
+    let (socket, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| ApiError::internal(format!("connecting to the runtime's streaming server: {e}")))?;
+    Ok(socket)
+}
+
+/// A websocket to the runtime's streaming server.
+pub(super) type RuntimeSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The client's websocket, once its connection is upgraded.
+pub(super) type ClientSocket = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The client's side of an upgrade as a server websocket (none if the upgrade failed).
+pub(super) async fn accept(upgrade: hyper::upgrade::OnUpgrade) -> Option<ClientSocket> {
+    let upgraded = upgrade.await.ok()?;
+    Some(tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await)
 }
 
 /// The runtime container id of `container` (default: the only one) of a pod.

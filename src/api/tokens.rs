@@ -112,13 +112,6 @@ impl Api {
         self.tokens.get_or_init(TokenIssuer::ephemeral)
     }
 
-    /// The stored object of a core kind, if it exists.
-    fn core_object(&self, plural: &str, ns: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
-        let kind = super::kinds::find("", "v1", plural).ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
-        let Some(stored) = self.store.get(&kind.key(ns.filter(|_| kind.namespaced), name))? else { return Ok(None) };
-        Ok(Some(obj::parse_stored(&stored.json)?))
-    }
-
     /// `POST serviceaccounts/<name>/token`.
     pub async fn token_request(&self, rr: &ResourceReq, body: &[u8], bt: BodyType) -> Result<Reply, ApiError> {
         let req = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_object(body, bt)? };

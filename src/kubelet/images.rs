@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 /// Failed pulls per (pod uid, container): when the last one failed and how many in a row.
-fn failures() -> &'static Mutex<HashMap<(String, String), (i64, u32)>> {
-    static F: OnceLock<Mutex<HashMap<(String, String), (i64, u32)>>> = OnceLock::new();
+type Failures = HashMap<(String, String), (i64, u32)>;
+
+fn failures() -> &'static Mutex<Failures> {
+    static F: OnceLock<Mutex<Failures>> = OnceLock::new();
     F.get_or_init(Default::default)
 }
 

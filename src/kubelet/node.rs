@@ -9,6 +9,11 @@ use std::time::Duration;
 const LEASE_SECONDS: i64 = 40;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// The host's CPUs, what the node reports as its CPU capacity.
+pub(super) fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// The host's memory in KiB (`MemTotal`).
 pub(super) fn meminfo_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -43,7 +48,7 @@ fn kernel() -> String {
 
 impl Kubelet {
     fn node_status(&self) -> Value {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = cpus();
         let capacity = json!({
             "cpu": cpus.to_string(),
             "memory": format!("{}Ki", meminfo_kib()),

@@ -50,7 +50,7 @@ impl Kubelet {
         let hooks = running.iter().filter_map(|(name, id)| {
             let spec = pod["spec"]["containers"].as_array()?.iter().find(|c| c["name"] == name.as_str())?;
             let hook = &spec["lifecycle"]["preStop"];
-            hook.is_object().then(|| async move {
+            hook.is_object().then_some(async move {
                 if !self.run_hook(spec, id, hook, pod_ip, grace.max(1) as u64).await {
                     tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %name, "preStop hook failed");
                 }

@@ -62,7 +62,7 @@ pub(super) fn resource_field_ref(pod: &Value, container: &Value, r: &Value) -> O
     let amount = match crate::api::quantity::parse(&c["resources"][section][resource]) {
         Some(v) => v,
         None if section == "limits" => match resource {
-            "cpu" => std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            "cpu" => super::node::cpus() as f64,
             "memory" => super::node::meminfo_kib() as f64 * 1024.0,
             _ => 0.0,
         },

@@ -142,20 +142,19 @@ impl Kubelet {
                 .into_iter()
                 .flatten()
                 .map(|i| {
-                    if i["resourceFieldRef"].is_object() {
-                        let v = super::status::resource_field_ref(pod, &Value::Null, &i["resourceFieldRef"]).ok_or("a downwardAPI resourceFieldRef needs a containerName and a resource such as limits.memory")?;
-                        let mode = i["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
-                        return Ok((i["path"].as_str().unwrap_or("").to_string(), v.into_bytes(), mode));
-                    }
-                    let path = i["fieldRef"]["fieldPath"].as_str().ok_or("downwardAPI items need a fieldRef or a resourceFieldRef")?;
-                    let v = match path {
-                        "metadata.labels" | "metadata.annotations" => {
-                            let m = &pod["metadata"][path.trim_start_matches("metadata.")];
-                            let mut lines: Vec<String> = m.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or(""))).collect();
-                            lines.sort();
-                            lines.join("\n")
+                    let v = if i["resourceFieldRef"].is_object() {
+                        super::status::resource_field_ref(pod, &Value::Null, &i["resourceFieldRef"]).ok_or("a downwardAPI resourceFieldRef needs a containerName and a resource such as limits.memory")?
+                    } else {
+                        let path = i["fieldRef"]["fieldPath"].as_str().ok_or("downwardAPI items need a fieldRef or a resourceFieldRef")?;
+                        match path {
+                            "metadata.labels" | "metadata.annotations" => {
+                                let m = &pod["metadata"][path.trim_start_matches("metadata.")];
+                                let mut lines: Vec<String> = m.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or(""))).collect();
+                                lines.sort();
+                                lines.join("\n")
+                            }
+                            p => super::status::field_ref(pod, p, pod["status"]["podIP"].as_str().unwrap_or("")).unwrap_or_default(),
                         }
-                        p => super::status::field_ref(pod, p, pod["status"]["podIP"].as_str().unwrap_or("")).unwrap_or_default(),
                     };
                     let mode = i["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
                     Ok((i["path"].as_str().unwrap_or("").to_string(), v.into_bytes(), mode))
