@@ -1,4 +1,5 @@
 //! ferrokube: a Kubernetes node in one binary.
+pub mod vocab;
 pub mod api;
 pub mod store;
 pub mod pki;

@@ -317,7 +317,7 @@ impl Published {
             "spec": {"clusterIP": self.cluster_ip, "ports": [{"name": pname, "port": port, "protocol": protocol, "targetPort": target}]},
         });
         match client.create(&format!("/api/v1/namespaces/{ns}/services"), &svc).await {
-            Ok(_) | Err(crate::api::status::ApiError { code: 409, .. }) => {}
+            Ok(_) | Err(crate::vocab::status::ApiError { code: 409, .. }) => {}
             Err(e) => tracing::warn!(service = name, error = %e, "Service not created"),
         }
         let Some(ip) = &self.endpoint else { return };

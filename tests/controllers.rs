@@ -24,7 +24,7 @@ impl T {
         let client = Client::in_process(api.clone(), "controllers-test");
         // One synthetic node, ready, with room for plenty of pods.
         client.create("/api/v1/nodes", &json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}}})).await.unwrap();
-        let now = ferrokube::api::object::now();
+        let now = ferrokube::vocab::object::now();
         let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now}]}});
         client.merge_patch("/api/v1/nodes/n1/status", &status).await.unwrap();
         T { client, _dir: dir }
@@ -52,7 +52,7 @@ impl T {
             if p["spec"]["nodeName"].as_str().is_none_or(str::is_empty) || p["status"]["phase"] != "Pending" {
                 continue;
             }
-            let now = ferrokube::api::object::now();
+            let now = ferrokube::vocab::object::now();
             let exit = p["spec"]["containers"][0]["command"][1].as_str().and_then(|c| c.strip_prefix("exit ")).and_then(|c| c.parse::<i64>().ok());
             let status = match exit {
                 Some(code) => json!({"phase": if code == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [{"name": "c", "restartCount": 0, "state": {"terminated": {"exitCode": code, "finishedAt": now}}}]}),
@@ -264,7 +264,7 @@ async fn statefulset_orders_pods_claims_and_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_not_ready_node_is_tainted_and_intolerant_pods_evicted() {
     let t = T::new().await;
-    let now = ferrokube::api::object::now();
+    let now = ferrokube::vocab::object::now();
     t.client.create("/api/v1/nodes", &json!({"metadata": {"name": "n2"}})).await.unwrap();
     let status = |ready: &str| json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": now}]}});
     t.client.merge_patch("/api/v1/nodes/n2/status", &status("True")).await.unwrap();

@@ -7,9 +7,11 @@
 //! the distinct CRD shapes seen by the process.
 
 use super::kinds::{self, Custom, Kind, Strategy, Sub};
+use crate::vocab::resource::Resource;
+use crate::vocab::object as vobj;
 use super::object as obj;
-use super::status::{ApiError, Cause};
-use super::validation::{is_dns1035_label, is_dns1123_subdomain};
+use crate::vocab::status::{ApiError, Cause};
+use crate::vocab::validation::{is_dns1035_label, is_dns1123_subdomain};
 use super::Api;
 use crate::store::{Op, StoreError};
 use serde_json::{json, Value};
@@ -44,7 +46,7 @@ fn crd_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
     if spec["names"]["kind"].as_str().is_none_or(str::is_empty) {
         c.push(Cause::required("spec.names.kind", ""));
     }
-    if obj::name(o) != format!("{plural}.{group}") {
+    if vobj::name(o) != format!("{plural}.{group}") {
         c.push(Cause::invalid("metadata.name", &o["metadata"]["name"], format!("must be spec.names.plural+\".\"+spec.group ({plural}.{group})")));
     }
     match spec["scope"].as_str() {
@@ -59,7 +61,7 @@ fn crd_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
         c.push(Cause::invalid("spec.versions", &json!(versions.len()), "must have exactly one version marked as storage version"));
     }
     for (i, v) in versions.iter().enumerate() {
-        if v["name"].as_str().is_none_or(|n| !super::validation::is_dns1123_label(n)) {
+        if v["name"].as_str().is_none_or(|n| !crate::vocab::validation::is_dns1123_label(n)) {
             c.push(Cause::invalid(format!("spec.versions[{i}].name"), &v["name"], "must be a DNS-1123 label"));
         }
         let schema = &v["schema"]["openAPIV3Schema"];
@@ -78,7 +80,7 @@ fn crd_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
 
 fn crd_initial_status(o: &Value) -> Value {
     let storage = o["spec"]["versions"].as_array().and_then(|v| v.iter().find(|v| v["storage"] == true)).map(|v| v["name"].clone()).unwrap_or(Value::Null);
-    let now = obj::now();
+    let now = vobj::now();
     json!({
         "acceptedNames": o["spec"]["names"],
         "conditions": [
@@ -93,9 +95,9 @@ fn crd_initial_status(o: &Value) -> Value {
 pub const CRD: Strategy = Strategy {
     defaults: |o| {
         crd_defaults(o);
-        let fins = obj::finalizers(o);
-        if !fins.iter().any(|f| f == CLEANUP_FINALIZER) && !obj::is_deleting(o) {
-            let meta = obj::meta_mut(o);
+        let fins = vobj::finalizers(o);
+        if !fins.iter().any(|f| f == CLEANUP_FINALIZER) && !vobj::is_deleting(o) {
+            let meta = vobj::meta_mut(o);
             let mut list: Vec<Value> = fins.into_iter().map(Value::String).collect();
             list.push(json!(CLEANUP_FINALIZER));
             meta.insert("finalizers".into(), Value::Array(list));
@@ -125,7 +127,7 @@ fn built() -> &'static Mutex<HashMap<String, &'static Kind>> {
 /// The kinds a CRD serves (one per served version).
 fn kinds_of(crd: &Value) -> Vec<&'static Kind> {
     let spec = &crd["spec"];
-    let name = obj::name(crd).to_string();
+    let name = vobj::name(crd).to_string();
     let mut out = Vec::new();
     for v in spec["versions"].as_array().into_iter().flatten().filter(|v| v["served"] != false) {
         let fingerprint = json!({"crd": name, "names": spec["names"], "group": spec["group"], "scope": spec["scope"], "version": v}).to_string();
@@ -148,16 +150,19 @@ fn kinds_of(crd: &Value) -> Vec<&'static Kind> {
         });
         let names = &spec["names"];
         let kind: &'static Kind = Box::leak(Box::new(Kind {
-            group: leak(spec["group"].as_str().unwrap_or("")),
-            version: leak(v["name"].as_str().unwrap_or("")),
-            kind: leak(names["kind"].as_str().unwrap_or("")),
-            plural: leak(names["plural"].as_str().unwrap_or("")),
-            singular: leak(names["singular"].as_str().unwrap_or("")),
-            namespaced: spec["scope"] != "Cluster",
+            res: Resource::new(
+                leak(spec["group"].as_str().unwrap_or("")),
+                leak(v["name"].as_str().unwrap_or("")),
+                leak(names["kind"].as_str().unwrap_or("")),
+                leak(names["plural"].as_str().unwrap_or("")),
+                leak(names["singular"].as_str().unwrap_or("")),
+                spec["scope"] != "Cluster",
+            ),
             short_names: leak_list(&names["shortNames"]),
             categories: leak_list(&names["categories"]),
             subresources: Box::leak(subs.into_boxed_slice()),
             strategy: Strategy { generation: true, unconditional_update: false, ..Strategy::PLAIN },
+            columns: &super::table::DEFAULT,
             custom: Some(Custom {
                 crd: name.clone(),
                 schema: v["schema"]["openAPIV3Schema"].as_object().map(|_| v["schema"]["openAPIV3Schema"].clone()),
@@ -173,7 +178,7 @@ fn kinds_of(crd: &Value) -> Vec<&'static Kind> {
 
 /// Serves what `crd` defines now (or nothing, once it is gone).
 pub fn sync(crd: &Value, gone: bool) {
-    let name = obj::name(crd);
+    let name = vobj::name(crd);
     if gone {
         kinds::set_custom(name, Vec::new());
     } else {
@@ -387,8 +392,8 @@ impl Api {
     pub(crate) fn crd_changed(&self, crd_json: &[u8], gone: bool) {
         let Ok(crd) = serde_json::from_slice::<Value>(crd_json) else { return };
         sync(&crd, gone);
-        if !gone && obj::is_deleting(&crd) {
-            self.crd_terminating(obj::name(&crd));
+        if !gone && vobj::is_deleting(&crd) {
+            self.crd_terminating(vobj::name(&crd));
         }
     }
 
@@ -421,7 +426,7 @@ impl Api {
             return Ok(false);
         }
         let mut next = crd.clone();
-        let fins: Vec<Value> = obj::finalizers(&crd).into_iter().filter(|f| f != CLEANUP_FINALIZER).map(Value::String).collect();
+        let fins: Vec<Value> = vobj::finalizers(&crd).into_iter().filter(|f| f != CLEANUP_FINALIZER).map(Value::String).collect();
         let op = if fins.is_empty() {
             Op::Delete { key, expect: Some(stored.revision) }
         } else {
@@ -459,8 +464,8 @@ mod tests {
         let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
             "size": {"type": "integer", "minimum": 1}, "mode": {"type": "string", "enum": ["a", "b"], "default": "a"}}}}});
         let kind = Kind {
-            group: "x.io", version: "v1", kind: "Thing", plural: "things", singular: "thing", namespaced: true,
-            short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN,
+            res: Resource::new("x.io", "v1", "Thing", "things", "thing", true),
+            short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN, columns: &crate::api::table::DEFAULT,
             custom: Some(Custom { crd: "things.x.io".into(), schema: Some(schema), columns: vec![], scale: None }),
         };
         let mut ok = json!({"apiVersion": "x.io/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"size": 2}});

@@ -3,11 +3,12 @@
 //! clients retry; an allowed one is counted in the budget's status before the pod goes.
 
 use super::kinds::find;
+use crate::vocab::object as vobj;
 use super::negotiate::BodyType;
 use super::object as obj;
 use super::request::{Query, ResourceReq};
-use super::selector::LabelSelector;
-use super::status::{success_status, ApiError};
+use crate::vocab::selector::LabelSelector;
+use crate::vocab::status::{success_status, ApiError};
 use super::{Api, Reply};
 use crate::store::{Op, StoreError};
 use serde_json::{json, Value};
@@ -29,7 +30,7 @@ impl Api {
         let ns = rr.namespace.clone().unwrap_or_default();
         for _ in 0..16 {
             let (pod, _) = self.load(&pod_rr)?;
-            let settled = obj::is_deleting(&pod) || matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed" | "Pending"));
+            let settled = vobj::is_deleting(&pod) || matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed" | "Pending"));
             let mut budgets = Vec::new();
             if !settled {
                 let page = self.store.list(&pdbs.prefix(Some(&ns)), None, 0, None, &|_| true)?;
@@ -54,7 +55,7 @@ impl Api {
                 if !free {
                     let allowed = st["disruptionsAllowed"].as_i64().unwrap_or(0);
                     if !observed || allowed <= 0 {
-                        let pname = obj::name(&b);
+                        let pname = vobj::name(&b);
                         let cause = if observed { format!("The disruption budget {pname} needs {desired} healthy pods and has {healthy} currently") } else { format!("The disruption budget {pname} is still being processed by the server.") };
                         let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
                         e.details = Some(json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]}));
@@ -63,9 +64,9 @@ impl Api {
                     // Count the disruption first; a concurrent eviction makes this retry.
                     let mut nb = b.clone();
                     nb["status"]["disruptionsAllowed"] = json!(allowed - 1);
-                    nb["status"]["disruptedPods"][&name] = json!(obj::now());
-                    let key = pdbs.key(Some(&ns), obj::name(&b));
-                    let rv = obj::resource_version(&b)?.unwrap_or(0);
+                    nb["status"]["disruptedPods"][&name] = json!(vobj::now());
+                    let key = pdbs.key(Some(&ns), vobj::name(&b));
+                    let rv = vobj::resource_version(&b)?.unwrap_or(0);
                     match self.store.write(Op::Update { key, object: nb, expect: Some(rv) }).await {
                         Ok(_) => {}
                         Err(StoreError::Conflict { .. }) => continue,

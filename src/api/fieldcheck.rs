@@ -4,7 +4,7 @@
 //! nothing. Duplicate fields in a JSON body are reported the same way.
 
 use super::schema;
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 

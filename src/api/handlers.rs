@@ -2,12 +2,14 @@
 //! status and scale subresources. One code path serves every kind in the table.
 
 use super::kinds::{Kind, Sub};
+use crate::vocab::object as vobj;
 use super::negotiate::{decode_object, BodyType};
-use super::object::{self as obj, meta_mut};
+use super::object as obj;
+use crate::vocab::object::meta_mut;
 use super::request::{Query, ResourceReq};
-use super::selector::{FieldSelector, LabelSelector};
-use super::status::{success_status, ApiError, Cause};
-use super::validation;
+use crate::vocab::selector::{FieldSelector, LabelSelector};
+use crate::vocab::status::{success_status, ApiError, Cause};
+use crate::vocab::validation;
 use super::{custom, fieldcheck, managed, patch, schema, Api, Reply};
 use crate::store::{Op, StoreError};
 use base64::Engine;
@@ -62,8 +64,8 @@ impl Selection {
         }
         self.fields.0.iter().all(|(f, eq, want)| {
             let have = match f.as_str() {
-                "metadata.name" => Some(obj::name(o).to_string()),
-                "metadata.namespace" => Some(obj::namespace(o).unwrap_or("").to_string()),
+                "metadata.name" => Some(vobj::name(o).to_string()),
+                "metadata.namespace" => Some(vobj::namespace(o).unwrap_or("").to_string()),
                 other => (self.kind.strategy.field)(o, other),
             };
             (have.as_deref() == Some(want.as_str())) == *eq
@@ -127,7 +129,7 @@ impl Api {
     pub async fn get(&self, rr: &ResourceReq, q: &Query) -> Result<Reply, ApiError> {
         let key = self.key(rr)?;
         let stored = self.store.get(&key)?.ok_or_else(|| Self::not_found(rr))?;
-        if let Some(rv) = obj::parse_rv(q.get("resourceVersion"))? {
+        if let Some(rv) = vobj::parse_rv(q.get("resourceVersion"))? {
             let current = self.store.revision()?;
             if rv > current {
                 return Err(StoreError::TooNew { requested: rv, current }.into());
@@ -144,7 +146,7 @@ impl Api {
         let sel = Selection::from_query(rr.kind, q)?;
         let prefix = rr.kind.prefix(rr.namespace.as_deref());
         let limit = q.uint("limit")?.unwrap_or(0) as usize;
-        let rv = obj::parse_rv(q.get("resourceVersion"))?;
+        let rv = vobj::parse_rv(q.get("resourceVersion"))?;
         let (at, after) = match q.get("continue") {
             Some(token) => {
                 if rv.is_some() {
@@ -192,7 +194,7 @@ impl Api {
     /// Metadata every create gets; returns the namespace to check.
     fn prepare_create(&self, rr: &ResourceReq, o: &mut Value) -> Result<(), ApiError> {
         obj::check_type(o, rr.kind)?;
-        let body_ns = obj::namespace(o).map(String::from);
+        let body_ns = vobj::namespace(o).map(String::from);
         let meta = meta_mut(o);
         if rr.kind.namespaced {
             let url_ns = rr.namespace.clone().ok_or_else(|| {
@@ -219,11 +221,11 @@ impl Api {
         if name.is_empty() {
             if let Some(g) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
                 let base: String = g.chars().take(63 - 5).collect();
-                meta.insert("name".into(), json!(format!("{base}{}", obj::random_suffix(5))));
+                meta.insert("name".into(), json!(format!("{base}{}", vobj::random_suffix(5))));
             }
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("creationTimestamp".into(), json!(obj::now()));
+        meta.insert("creationTimestamp".into(), json!(vobj::now()));
         meta.remove("resourceVersion");
         meta.remove("deletionTimestamp");
         meta.remove("deletionGracePeriodSeconds");
@@ -257,7 +259,7 @@ impl Api {
         if causes.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::invalid(kind.group, kind.kind, obj::name(o), causes))
+            Err(ApiError::invalid(kind.group, kind.kind, vobj::name(o), causes))
         }
     }
 
@@ -269,10 +271,10 @@ impl Api {
             return Err(ApiError::not_found("", "namespaces", ns));
         };
         let nso = obj::parse_stored(&stored.json)?;
-        if obj::is_deleting(&nso) {
+        if vobj::is_deleting(&nso) {
             return Err(ApiError::forbidden(format!(
                 "{} {:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                super::status::qualified(rr.kind.plural, rr.kind.group),
+                crate::vocab::status::qualified(rr.kind.plural, rr.kind.group),
                 rr.name.as_deref().unwrap_or("")
             )));
         }
@@ -294,7 +296,7 @@ impl Api {
 
     /// Writes a prepared new object (shared by create and apply-create).
     async fn store_new(&self, rr: &ResourceReq, mut o: Value, dry_run: bool) -> Result<Reply, ApiError> {
-        let name = obj::name(&o).to_string();
+        let name = vobj::name(&o).to_string();
         let rr = ResourceReq { name: Some(name.clone()), ..rr.clone() };
         self.check_namespace(&rr)?;
         let key = self.key(&rr)?;
@@ -324,13 +326,13 @@ impl Api {
     fn prepare_update(&self, rr: &ResourceReq, old: &Value, mut new: Value, manager: Option<&str>) -> Result<Value, ApiError> {
         obj::check_type(&mut new, rr.kind)?;
         let url_name = rr.name.as_deref().unwrap_or("");
-        let body_name = obj::name(&new);
+        let body_name = vobj::name(&new);
         if !body_name.is_empty() && body_name != url_name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({url_name})"
             )));
         }
-        if let (Some(bns), Some(uns)) = (obj::namespace(&new), rr.namespace.as_deref()) {
+        if let (Some(bns), Some(uns)) = (vobj::namespace(&new), rr.namespace.as_deref()) {
             if !bns.is_empty() && bns != uns {
                 return Err(ApiError::bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request",
@@ -371,9 +373,9 @@ impl Api {
             result["metadata"]["generation"] = json!(g);
         }
         // Finalizers may be removed but not added once deletion started.
-        if obj::is_deleting(old) {
-            let old_f = obj::finalizers(old);
-            if obj::finalizers(&result).iter().any(|f| !old_f.contains(f)) {
+        if vobj::is_deleting(old) {
+            let old_f = vobj::finalizers(old);
+            if vobj::finalizers(&result).iter().any(|f| !old_f.contains(f)) {
                 return Err(ApiError::invalid(rr.kind.group, rr.kind.kind, url_name, vec![Cause::forbidden(
                     "metadata.finalizers",
                     "no new finalizers can be added if the object is being deleted",
@@ -403,7 +405,7 @@ impl Api {
         }
         let name = rr.name.as_deref().unwrap_or("");
         // Removing the last finalizer of an object being deleted deletes it.
-        let op = if obj::is_deleting(&new) && obj::finalizers(&new).is_empty() && !self.deletion_blocked(rr.kind, &new) {
+        let op = if vobj::is_deleting(&new) && vobj::finalizers(&new).is_empty() && !self.deletion_blocked(rr.kind, &new) {
             Op::Delete { key, expect: Some(expect) }
         } else {
             Op::Update { key, object: new, expect: Some(expect) }
@@ -429,7 +431,7 @@ impl Api {
         self.check_sub(rr)?;
         let (old, current) = self.load(rr)?;
         // Built-in kinds allow unconditional updates: no resourceVersion means "the current one".
-        let expect = match obj::resource_version(&new)? {
+        let expect = match vobj::resource_version(&new)? {
             Some(rv) => rv,
             None if rr.kind.strategy.unconditional_update => current,
             None => {
@@ -481,7 +483,7 @@ impl Api {
                 }
             }
             // A resourceVersion in the patch is a precondition; otherwise retry on conflicts.
-            let pinned = if patch_sets_resource_version(body) { obj::resource_version(&patched)? } else { None };
+            let pinned = if patch_sets_resource_version(body) { vobj::resource_version(&patched)? } else { None };
             if let Some(want) = pinned {
                 if want != current {
                     return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
@@ -510,7 +512,7 @@ impl Api {
                 "must be greater than or equal to 0",
             )]));
         }
-        if let Some(want) = obj::resource_version(&scale)? {
+        if let Some(want) = vobj::resource_version(&scale)? {
             if want != current {
                 return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
             }
@@ -548,7 +550,7 @@ impl Api {
         obj::check_type(&mut applied, rr.kind)?;
         let warnings = field_validation(rr.kind, &mut applied, q, None)?;
         let url_name = rr.name.as_deref().unwrap_or("");
-        match obj::name(&applied) {
+        match vobj::name(&applied) {
             n if n == url_name => {}
             "" => return Err(ApiError::bad_request("metadata.name must be set in an apply configuration")),
             n => return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({url_name})"))),
@@ -593,14 +595,14 @@ impl Api {
             if old["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
                 return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node {:?}", old["spec"]["nodeName"].as_str().unwrap_or(""))));
             }
-            if obj::is_deleting(&old) {
+            if vobj::is_deleting(&old) {
                 return Err(ApiError::conflict("", "pods", name, "the pod is being deleted"));
             }
             let mut new = old.clone();
             new["spec"]["nodeName"] = json!(node);
             let conds = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
             let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
-            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": obj::now()}));
+            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": vobj::now()}));
             new["status"]["conditions"] = Value::Array(conds);
             match self.store.write(Op::Update { key: self.key(&main)?, object: new, expect: Some(current) }).await {
                 Ok(_) => return Ok(Reply::Object(201, success_status(None))),
@@ -651,7 +653,7 @@ impl Api {
                     )));
                 }
             }
-            if let Some(rv) = obj::parse_rv(pre["resourceVersion"].as_str())? {
+            if let Some(rv) = vobj::parse_rv(pre["resourceVersion"].as_str())? {
                 if rv != current {
                     return Err(ApiError::conflict(rr.kind.group, rr.kind.plural, &name, &format!(
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {current}"
@@ -660,8 +662,8 @@ impl Api {
             }
             let key = self.key(rr)?;
             let graceful = self.graceful_period(rr.kind, &old, grace);
-            let add_finalizer = gc_finalizer.filter(|f| !obj::is_deleting(&old) && !obj::finalizers(&old).iter().any(|x| x == f));
-            let blocked = !obj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || graceful.is_some() || add_finalizer.is_some();
+            let add_finalizer = gc_finalizer.filter(|f| !vobj::is_deleting(&old) && !vobj::finalizers(&old).iter().any(|x| x == f));
+            let blocked = !vobj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || graceful.is_some() || add_finalizer.is_some();
             if !blocked {
                 if dry_run {
                     return Ok(Reply::Object(200, old));
@@ -676,7 +678,7 @@ impl Api {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if obj::is_deleting(&old) && graceful.is_none() {
+            if vobj::is_deleting(&old) && graceful.is_none() {
                 // Already being deleted: nothing more to record.
                 return Ok(Reply::Object(202, old));
             }
@@ -690,7 +692,7 @@ impl Api {
                 }
             }
             if meta.get("deletionTimestamp").is_none() || graceful.is_some() {
-                meta.insert("deletionTimestamp".into(), json!(obj::now_plus(secs)));
+                meta.insert("deletionTimestamp".into(), json!(vobj::now_plus(secs)));
                 meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
             }
             if rr.kind.is("", "namespaces") {
@@ -741,8 +743,8 @@ impl Api {
         for (_, raw) in page.items {
             let o = obj::parse_stored(&raw)?;
             let one = ResourceReq {
-                name: Some(obj::name(&o).to_string()),
-                namespace: obj::namespace(&o).map(String::from),
+                name: Some(vobj::name(&o).to_string()),
+                namespace: vobj::namespace(&o).map(String::from),
                 ..rr.clone()
             };
             match self.delete(&one, q, body, bt).await {

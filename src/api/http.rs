@@ -1,7 +1,7 @@
 //! HTTPS serving: rustls (ring) with ALPN h2/http1.1, client-certificate or bearer-token
 //! authentication, body limits, and streaming of watch responses.
 
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use super::{Api, Body, Call, Rendered, MAX_BODY};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};

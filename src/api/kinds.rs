@@ -1,7 +1,9 @@
 //! The table of served kinds. Everything the API machinery does is driven by one row of this
 //! table; per-kind behaviour is limited to the hooks in [`Strategy`].
 
-use super::status::Cause;
+use super::table::Columns;
+use crate::vocab::resource::Resource;
+use crate::vocab::status::Cause;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -66,18 +68,16 @@ pub struct Custom {
     pub scale: Option<(String, String, Option<String>)>,
 }
 
-/// One served resource.
+/// One served resource: its identity (shared with clients, [`Resource`]) and how the API
+/// machinery serves it.
 pub struct Kind {
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub plural: &'static str,
-    pub singular: &'static str,
-    pub namespaced: bool,
+    pub res: Resource,
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
     pub subresources: &'static [Sub],
     pub strategy: Strategy,
+    /// Table columns (`kubectl get`); custom kinds take theirs from [`Custom`].
+    pub columns: &'static Columns,
     /// Set for kinds defined by a CustomResourceDefinition.
     pub custom: Option<Custom>,
 }
@@ -88,15 +88,14 @@ impl std::fmt::Debug for Kind {
     }
 }
 
-impl Kind {
-    /// `v1` or `apps/v1`.
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+impl std::ops::Deref for Kind {
+    type Target = Resource;
+    fn deref(&self) -> &Resource {
+        &self.res
     }
+}
+
+impl Kind {
     /// Group segment of store keys (`core` for the legacy group).
     pub fn store_group(&self) -> &'static str {
         if self.group.is_empty() {
@@ -116,27 +115,8 @@ impl Kind {
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
         format!("{}{}", self.prefix(namespace), name)
     }
-    /// Whether this is the resource `plural` of `group` ("" for core).
-    pub fn is(&self, group: &str, plural: &str) -> bool {
-        self.group == group && self.plural == plural
-    }
     pub fn has(&self, sub: Sub) -> bool {
         self.subresources.contains(&sub)
-    }
-    /// URL of the collection (in `namespace`, for namespaced kinds) or of one object.
-    pub fn url(&self, namespace: Option<&str>, name: Option<&str>) -> String {
-        let root = if self.group.is_empty() { "/api".to_string() } else { format!("/apis/{}", self.group) };
-        let mut u = format!("{root}/{}", self.version);
-        if let (true, Some(ns)) = (self.namespaced, namespace) {
-            u.push_str(&format!("/namespaces/{ns}"));
-        }
-        u.push('/');
-        u.push_str(self.plural);
-        if let Some(n) = name {
-            u.push('/');
-            u.push_str(n);
-        }
-        u
     }
     /// Verbs listed in discovery.
     pub fn verbs(&self) -> &'static [&'static str] {
@@ -145,61 +125,61 @@ impl Kind {
 }
 
 macro_rules! kind {
-    ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr,
-     [$($short:expr),*], [$($cat:expr),*], [$($sub:ident),*], $strategy:expr) => {
+    ($res:ident, [$($short:expr),*], [$($cat:expr),*], [$($sub:ident),*], $strategy:expr, $columns:ident) => {
         Kind {
-            group: $group, version: $version, kind: $kind, plural: $plural, singular: $singular,
-            namespaced: $ns, short_names: &[$($short),*], categories: &[$($cat),*],
-            subresources: &[$(Sub::$sub),*], strategy: $strategy, custom: None,
+            res: r::$res, short_names: &[$($short),*], categories: &[$($cat),*],
+            subresources: &[$(Sub::$sub),*], strategy: $strategy, columns: &table::$columns, custom: None,
         }
     };
 }
 
 use super::strategies as s;
+use super::table;
+use crate::vocab::resource::builtin as r;
 
 /// Every kind served, in discovery order.
 pub static KINDS: &[Kind] = &[
-    kind!("", "v1", "Namespace", "namespaces", "namespace", false, ["ns"], [], [Status], s::NAMESPACE),
-    kind!("", "v1", "Pod", "pods", "pod", true, ["po"], ["all"], [Status], s::POD),
-    kind!("", "v1", "Service", "services", "service", true, ["svc"], ["all"], [Status], s::SERVICE),
-    kind!("", "v1", "Endpoints", "endpoints", "endpoints", true, ["ep"], [], [], Strategy::PLAIN),
-    kind!("", "v1", "ConfigMap", "configmaps", "configmap", true, ["cm"], [], [], s::CONFIGMAP),
-    kind!("", "v1", "Secret", "secrets", "secret", true, [], [], [], s::SECRET),
-    kind!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, ["sa"], [], [], Strategy::PLAIN),
-    kind!("", "v1", "Event", "events", "event", true, ["ev"], [], [], s::EVENT),
-    kind!("", "v1", "Node", "nodes", "node", false, ["no"], [], [Status], s::NODE),
-    kind!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, ["pv"], [], [Status], s::PV),
-    kind!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, ["pvc"], [], [Status], s::PVC),
-    kind!("", "v1", "LimitRange", "limitranges", "limitrange", true, ["limits"], [], [], Strategy::PLAIN),
-    kind!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, ["quota"], [], [Status], Strategy::PLAIN),
-    kind!("", "v1", "PodTemplate", "podtemplates", "podtemplate", true, [], [], [], s::PODTEMPLATE),
-    kind!("", "v1", "ReplicationController", "replicationcontrollers", "replicationcontroller", true, ["rc"], ["all"], [Status, Scale], s::RC),
-    kind!("apps", "v1", "Deployment", "deployments", "deployment", true, ["deploy"], ["all"], [Status, Scale], s::DEPLOYMENT),
-    kind!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, ["rs"], ["all"], [Status, Scale], s::REPLICASET),
-    kind!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, ["sts"], ["all"], [Status, Scale], s::STATEFULSET),
-    kind!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, ["ds"], ["all"], [Status], s::DAEMONSET),
-    kind!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, [], [], [], Strategy::PLAIN),
-    kind!("batch", "v1", "Job", "jobs", "job", true, [], ["all"], [Status], s::JOB),
-    kind!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, ["cj"], ["all"], [Status], s::CRONJOB),
-    kind!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, ["hpa"], ["all"], [Status], Strategy::WORKLOAD),
-    kind!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, [], [], [], Strategy::PLAIN),
-    kind!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, [], [], [], Strategy::PLAIN),
-    kind!("events.k8s.io", "v1", "Event", "events", "event", true, ["ev"], [], [], Strategy::PLAIN),
-    kind!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, ["ing"], [], [Status], Strategy::WORKLOAD),
-    kind!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, [], [], [], Strategy::PLAIN),
-    kind!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, ["netpol"], [], [], Strategy::WORKLOAD),
-    kind!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, ["pdb"], [], [Status], Strategy::WORKLOAD),
-    kind!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, [], [], [], Strategy::PLAIN),
-    kind!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, [], [], [], Strategy::PLAIN),
-    kind!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, [], [], [], Strategy::PLAIN),
-    kind!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, [], [], [], Strategy::PLAIN),
-    kind!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, ["pc"], [], [], Strategy::PLAIN),
-    kind!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, ["sc"], [], [], Strategy::PLAIN),
-    kind!("storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", "volumeattachment", false, [], [], [Status], Strategy::WORKLOAD),
-    kind!("storage.k8s.io", "v1", "CSIDriver", "csidrivers", "csidriver", false, [], [], [], Strategy::PLAIN),
-    kind!("storage.k8s.io", "v1", "CSINode", "csinodes", "csinode", false, [], [], [], Strategy::PLAIN),
-    kind!("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", true, [], [], [], Strategy::PLAIN),
-    kind!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, ["crd", "crds"], ["api-extensions"], [Status], super::custom::CRD),
+    kind!(NAMESPACES, ["ns"], [], [Status], s::NAMESPACE, NAMESPACES),
+    kind!(PODS, ["po"], ["all"], [Status], s::POD, PODS),
+    kind!(SERVICES, ["svc"], ["all"], [Status], s::SERVICE, SERVICES),
+    kind!(ENDPOINTS, ["ep"], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(CONFIGMAPS, ["cm"], [], [], s::CONFIGMAP, CONFIGMAPS),
+    kind!(SECRETS, [], [], [], s::SECRET, SECRETS),
+    kind!(SERVICEACCOUNTS, ["sa"], [], [], Strategy::PLAIN, SERVICEACCOUNTS),
+    kind!(EVENTS, ["ev"], [], [], s::EVENT, EVENTS),
+    kind!(NODES, ["no"], [], [Status], s::NODE, NODES),
+    kind!(PERSISTENTVOLUMES, ["pv"], [], [Status], s::PV, PVS),
+    kind!(PERSISTENTVOLUMECLAIMS, ["pvc"], [], [Status], s::PVC, PVCS),
+    kind!(LIMITRANGES, ["limits"], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(RESOURCEQUOTAS, ["quota"], [], [Status], Strategy::PLAIN, DEFAULT),
+    kind!(PODTEMPLATES, [], [], [], s::PODTEMPLATE, DEFAULT),
+    kind!(REPLICATIONCONTROLLERS, ["rc"], ["all"], [Status, Scale], s::RC, REPLICAS),
+    kind!(DEPLOYMENTS, ["deploy"], ["all"], [Status, Scale], s::DEPLOYMENT, DEPLOYMENTS),
+    kind!(REPLICASETS, ["rs"], ["all"], [Status, Scale], s::REPLICASET, REPLICAS),
+    kind!(STATEFULSETS, ["sts"], ["all"], [Status, Scale], s::STATEFULSET, STATEFULSETS),
+    kind!(DAEMONSETS, ["ds"], ["all"], [Status], s::DAEMONSET, DAEMONSETS),
+    kind!(CONTROLLERREVISIONS, [], [], [], Strategy::PLAIN, CONTROLLERREVISIONS),
+    kind!(JOBS, [], ["all"], [Status], s::JOB, JOBS),
+    kind!(CRONJOBS, ["cj"], ["all"], [Status], s::CRONJOB, CRONJOBS),
+    kind!(HORIZONTALPODAUTOSCALERS, ["hpa"], ["all"], [Status], Strategy::WORKLOAD, DEFAULT),
+    kind!(LEASES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(ENDPOINTSLICES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(EVENTS_V1, ["ev"], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(INGRESSES, ["ing"], [], [Status], Strategy::WORKLOAD, DEFAULT),
+    kind!(INGRESSCLASSES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(NETWORKPOLICIES, ["netpol"], [], [], Strategy::WORKLOAD, DEFAULT),
+    kind!(PODDISRUPTIONBUDGETS, ["pdb"], [], [Status], Strategy::WORKLOAD, PDBS),
+    kind!(CLUSTERROLES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(CLUSTERROLEBINDINGS, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(ROLES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(ROLEBINDINGS, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(PRIORITYCLASSES, ["pc"], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(STORAGECLASSES, ["sc"], [], [], Strategy::PLAIN, STORAGECLASSES),
+    kind!(VOLUMEATTACHMENTS, [], [], [Status], Strategy::WORKLOAD, DEFAULT),
+    kind!(CSIDRIVERS, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(CSINODES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(CSISTORAGECAPACITIES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(CUSTOMRESOURCEDEFINITIONS, ["crd", "crds"], ["api-extensions"], [Status], super::custom::CRD, DEFAULT),
 ];
 
 /// Custom kinds currently served, and a counter bumped whenever that set changes.

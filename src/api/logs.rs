@@ -2,9 +2,9 @@
 //! (`<rfc3339nano> <stream> <F|P> <text>` per line), with `follow`, `tailLines`,
 //! `timestamps`, `previous`, `sinceSeconds` and `limitBytes`.
 
-use super::object as obj;
+use crate::vocab::object as vobj;
 use super::request::{Query, ResourceReq};
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use super::{Api, Reply};
 use bytes::Bytes;
 use serde_json::Value;
@@ -60,7 +60,7 @@ fn attempts(dir: &Path) -> Vec<PathBuf> {
 impl Api {
     pub async fn logs(&self, rr: &ResourceReq, q: &Query) -> Result<Reply, ApiError> {
         let (pod, _) = self.load(&ResourceReq { sub: None, ..rr.clone() })?;
-        let name = obj::name(&pod).to_string();
+        let name = vobj::name(&pod).to_string();
         let names: Vec<String> = ["initContainers", "containers"]
             .iter()
             .flat_map(|f| pod["spec"][*f].as_array().cloned().unwrap_or_default())
@@ -83,7 +83,7 @@ impl Api {
             return Err(ApiError::bad_request(format!("pod {name} has no logs on this server: it runs no node")));
         };
         let dir = root
-            .join(format!("{}_{}_{}", obj::namespace(&pod).unwrap_or(""), name, pod["metadata"]["uid"].as_str().unwrap_or("")))
+            .join(format!("{}_{}_{}", vobj::namespace(&pod).unwrap_or(""), name, pod["metadata"]["uid"].as_str().unwrap_or("")))
             .join(&container);
         let files = attempts(&dir);
         let previous = q.flag("previous");

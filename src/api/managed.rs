@@ -4,9 +4,9 @@
 
 use super::fieldset::{display, remove_at, value_at, FieldSet};
 use super::kinds::Kind;
-use super::object::now;
+use crate::vocab::object::now;
 use super::patch::smp::{strategy, ListMerge};
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use serde_json::{json, Map, Value};
 
 /// One `managedFields` entry.
@@ -340,7 +340,7 @@ fn conflict_error(kind: &Kind, applied: &Value, conflicts: &[(String, String, Ve
     if !kind.group.is_empty() {
         details["group"] = json!(kind.group);
     }
-    ApiError { code: 409, reason: "Conflict", message, details: Some(details) }
+    ApiError { code: 409, reason: "Conflict".into(), message, details: Some(details) }
 }
 
 #[cfg(test)]

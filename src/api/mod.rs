@@ -17,17 +17,13 @@ pub mod openapi;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;
-pub mod quantity;
 pub mod request;
 pub mod schema;
-pub mod selector;
 pub mod services;
-pub mod status;
 pub mod strategies;
 pub mod streaming;
 pub mod table;
 pub mod tokens;
-pub mod validation;
 mod namespaces;
 mod watch;
 
@@ -37,9 +33,25 @@ use kinds::Kind;
 use negotiate::{body_type, response_format, Format};
 use request::{route, Query, ResourceReq, Target};
 use serde_json::{json, Value};
-use status::ApiError;
+use crate::vocab::status::ApiError;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Store outcomes the handlers did not turn into something more specific.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        use crate::store::StoreError as E;
+        match e {
+            E::Expired { requested, oldest } => ApiError::gone_watch(requested, oldest),
+            E::TooNew { requested, current } => ApiError::timeout(format!(
+                "Too large resource version: {requested}, current: {current}"
+            ))
+            .with_retry(1),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
 
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -156,8 +168,7 @@ impl Api {
 
     /// The lock that orders read-modify-write requests on the object at `key`.
     pub(crate) fn rmw_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
-        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-        &self.rmw[(h % RMW_SHARDS as u64) as usize]
+        &self.rmw[(crate::vocab::hash::fnv64(key.as_bytes()) % RMW_SHARDS as u64) as usize]
     }
 
     /// Serves one API call.

@@ -2,11 +2,12 @@
 //! terminating namespace before it goes (the `kubernetes` finalizer).
 
 use super::handlers::SYSTEM_NAMESPACES;
+use crate::vocab::object as vobj;
 use super::kinds::all;
 use super::negotiate::BodyType;
 use super::object as obj;
 use super::request::{Query, ResourceReq};
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use super::Api;
 use crate::store::{Op, StoreError};
 use serde_json::json;
@@ -33,8 +34,8 @@ impl Api {
         let page = self.store.list(&kind.prefix(None), None, 0, None, &|_| true)?;
         for (_, raw) in page.items {
             let o = obj::parse_stored(&raw)?;
-            if obj::is_deleting(&o) {
-                self.namespace_terminating(obj::name(&o));
+            if vobj::is_deleting(&o) {
+                self.namespace_terminating(vobj::name(&o));
             }
         }
         self.load_crds()
@@ -52,10 +53,10 @@ impl Api {
         let found = page.items.len();
         for (_, raw) in page.items {
             let o = obj::parse_stored(&raw)?;
-            if obj::is_deleting(&o) {
+            if vobj::is_deleting(&o) {
                 continue;
             }
-            let rr = ResourceReq { kind, namespace: obj::namespace(&o).map(String::from), name: Some(obj::name(&o).to_string()), sub: None, watch_prefix: false };
+            let rr = ResourceReq { kind, namespace: vobj::namespace(&o).map(String::from), name: Some(vobj::name(&o).to_string()), sub: None, watch_prefix: false };
             match self.delete(&rr, &Query::default(), b"", BodyType::Json).await {
                 Ok(_) => {}
                 Err(e) if e.code == 404 || e.code == 409 => {}
@@ -99,7 +100,7 @@ impl Api {
         let key = namespaces_kind().key(None, name);
         let Some(stored) = self.store.get(&key)? else { return Ok(true) };
         let mut ns = obj::parse_stored(&stored.json)?;
-        let op = if obj::finalizers(&ns).is_empty() {
+        let op = if vobj::finalizers(&ns).is_empty() {
             Op::Delete { key, expect: Some(stored.revision) }
         } else {
             ns["spec"]["finalizers"] = json!([]);

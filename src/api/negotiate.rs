@@ -1,6 +1,6 @@
 //! Content negotiation: request bodies (JSON, YAML, patch types) and response formats.
 
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use serde_json::Value;
 
 /// What a response is rendered as.

@@ -3,7 +3,7 @@
 
 use super::kinds::Kind;
 use super::negotiate::{decode, BodyType};
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use serde_json::Value;
 
 pub mod smp;

@@ -9,7 +9,7 @@
 //! runtime's streaming server; this side only carries its bytes. The v4 websocket is relayed
 //! frame by frame to the runtime's own v4 websocket.
 
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use super::streaming::{accept, all_values, connect_runtime, load_pod, offered_protocols, pod_of, relay, runtime, switching};
 use super::Api;
 use crate::cri::{v1, Cri};

@@ -5,7 +5,7 @@
 //! come from the table in `proto/k8s/api.fields`; types whose JSON form is not their message
 //! shape (Quantity, IntOrString, Time, ...) are converted here.
 
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;

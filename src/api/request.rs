@@ -1,7 +1,7 @@
 //! Parsing of request paths and query strings into what the handlers act on.
 
 use super::kinds::{self, Kind};
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use std::collections::HashMap;
 
 /// A request for a resource (collection, object or subresource).

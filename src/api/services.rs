@@ -4,8 +4,9 @@
 //! included (the store is the allocation record).
 
 use super::kinds::find;
+use crate::vocab::object as vobj;
 use super::object as obj;
-use super::status::{ApiError, Cause};
+use crate::vocab::status::{ApiError, Cause};
 use super::Api;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -82,12 +83,12 @@ impl Api {
     pub(crate) fn allocate_service(&self, o: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
         let r = self.service_ranges();
         let kind = find("", "v1", "services").ok_or_else(|| ApiError::internal("services are not served"))?;
-        let me = (obj::namespace(o).unwrap_or("").to_string(), obj::name(o).to_string());
+        let me = (vobj::namespace(o).unwrap_or("").to_string(), vobj::name(o).to_string());
         let page = self.store.list(&kind.prefix(None), None, 0, None, &|_| true)?;
         let (mut ips, mut ports) = (HashSet::new(), HashSet::new());
         for (_, raw) in page.items {
             let s = obj::parse_stored(&raw)?;
-            if (obj::namespace(&s).unwrap_or("").to_string(), obj::name(&s).to_string()) == me {
+            if (vobj::namespace(&s).unwrap_or("").to_string(), vobj::name(&s).to_string()) == me {
                 continue;
             }
             if let Some(ip) = s["spec"]["clusterIP"].as_str().and_then(|i| i.parse::<Ipv4Addr>().ok()) {

@@ -1,9 +1,9 @@
 //! Per-kind defaulting, validation and field selectors: only what really differs by kind.
 
 use super::kinds::Strategy;
-use super::selector::LabelSelector;
-use super::status::Cause;
-use super::validation::{check_label, is_config_key, is_dns1035_label, validate_labels};
+use crate::vocab::selector::LabelSelector;
+use crate::vocab::status::Cause;
+use crate::vocab::validation::{check_label, is_config_key, is_dns1035_label, validate_labels};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -499,13 +499,13 @@ fn cronjob_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
     match spec["schedule"].as_str() {
         None | Some("") => c.push(Cause::required("spec.schedule", "")),
         Some(s) => {
-            if let Err(why) = crate::controllers::cron::Schedule::parse(s) {
+            if let Err(why) = crate::vocab::cron::Schedule::parse(s) {
                 c.push(Cause::invalid("spec.schedule", &spec["schedule"], why));
             }
         }
     }
     if let Some(tz) = spec["timeZone"].as_str() {
-        if let Err(why) = crate::controllers::cron::Zone::load(tz) {
+        if let Err(why) = crate::vocab::cron::Zone::load(tz) {
             c.push(Cause::invalid("spec.timeZone", &spec["timeZone"], why));
         }
     }

@@ -4,7 +4,7 @@
 //! every binary message is the channel (0 stdin, 1 stdout, 2 stderr, 3 error/exit status,
 //! 4 terminal resize, 255 close in v5).
 
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use super::Api;
 use crate::cri::v1;
 use futures_util::{SinkExt, StreamExt};

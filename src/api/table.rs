@@ -57,7 +57,6 @@ fn access_modes(v: &Value) -> String {
     v.as_array().into_iter().flatten().map(short).collect::<Vec<_>>().join(",")
 }
 
-type Col = (&'static str, &'static str, &'static str, i32);
 
 /// Columns of a custom kind: Name, then its printer columns (Age when it declares none).
 fn custom_columns(custom: &super::kinds::Custom) -> Vec<Value> {
@@ -88,33 +87,30 @@ fn custom_cells(custom: &super::kinds::Custom, o: &Value) -> Vec<Value> {
     cells
 }
 
-fn columns(kind: &Kind) -> Vec<Col> {
-    // (name, type, format, priority)
-    let name: Col = ("Name", "string", "name", 0);
-    let age: Col = ("Age", "string", "", 0);
-    match (kind.group, kind.plural) {
-        ("", "pods") => vec![name, ("Ready", "string", "", 0), ("Status", "string", "", 0), ("Restarts", "string", "", 0), age, ("IP", "string", "", 1), ("Node", "string", "", 1), ("Nominated Node", "string", "", 1), ("Readiness Gates", "string", "", 1)],
-        ("", "namespaces") => vec![name, ("Status", "string", "", 0), age],
-        ("", "configmaps") => vec![name, ("Data", "integer", "", 0), age],
-        ("", "secrets") => vec![name, ("Type", "string", "", 0), ("Data", "integer", "", 0), age],
-        ("", "serviceaccounts") => vec![name, ("Secrets", "integer", "", 0), age],
-        ("", "services") => vec![name, ("Type", "string", "", 0), ("Cluster-IP", "string", "", 0), ("External-IP", "string", "", 0), ("Port(s)", "string", "", 0), age, ("Selector", "string", "", 1)],
-        ("", "nodes") => vec![name, ("Status", "string", "", 0), ("Roles", "string", "", 0), age, ("Version", "string", "", 0), ("Internal-IP", "string", "", 1), ("External-IP", "string", "", 1), ("OS-Image", "string", "", 1), ("Kernel-Version", "string", "", 1), ("Container-Runtime", "string", "", 1)],
-        ("", "events") => vec![("Last Seen", "string", "", 0), ("Type", "string", "", 0), ("Reason", "string", "", 0), ("Object", "string", "", 0), ("Message", "string", "", 0)],
-        ("apps", "deployments") => vec![name, ("Ready", "string", "", 0), ("Up-to-date", "string", "", 0), ("Available", "string", "", 0), age, ("Containers", "string", "", 1), ("Images", "string", "", 1), ("Selector", "string", "", 1)],
-        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![name, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0), age],
-        ("apps", "statefulsets") => vec![name, ("Ready", "string", "", 0), age],
-        ("apps", "daemonsets") => vec![name, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0), ("Up-to-date", "integer", "", 0), ("Available", "integer", "", 0), ("Node Selector", "string", "", 0), age],
-        ("batch", "jobs") => vec![name, ("Status", "string", "", 0), ("Completions", "string", "", 0), ("Duration", "string", "", 0), age],
-        ("batch", "cronjobs") => vec![name, ("Schedule", "string", "", 0), ("Timezone", "string", "", 0), ("Suspend", "boolean", "", 0), ("Active", "integer", "", 0), ("Last Schedule", "string", "", 0), age],
-        ("", "persistentvolumeclaims") => vec![name, ("Status", "string", "", 0), ("Volume", "string", "", 0), ("Capacity", "string", "", 0), ("Access Modes", "string", "", 0), ("StorageClass", "string", "", 0), ("VolumeAttributesClass", "string", "", 0), age, ("VolumeMode", "string", "", 1)],
-        ("", "persistentvolumes") => vec![name, ("Capacity", "string", "", 0), ("Access Modes", "string", "", 0), ("Reclaim Policy", "string", "", 0), ("Status", "string", "", 0), ("Claim", "string", "", 0), ("StorageClass", "string", "", 0), ("VolumeAttributesClass", "string", "", 0), ("Reason", "string", "", 0), age, ("VolumeMode", "string", "", 1)],
-        ("storage.k8s.io", "storageclasses") => vec![name, ("Provisioner", "string", "", 0), ("ReclaimPolicy", "string", "", 0), ("VolumeBindingMode", "string", "", 0), ("AllowVolumeExpansion", "string", "", 0), age],
-        ("policy", "poddisruptionbudgets") => vec![name, ("Min Available", "string", "", 0), ("Max Unavailable", "string", "", 0), ("Allowed Disruptions", "integer", "", 0), age],
-        ("apps", "controllerrevisions") => vec![name, ("Controller", "string", "", 0), ("Revision", "integer", "", 0), age],
-        _ => vec![name, ("Created At", "date", "", 0)],
-    }
+/// One column of a Table: name, type, format, priority (1: only with `-o wide`).
+pub type Col = (&'static str, &'static str, &'static str, i32);
+
+/// The Table of a kind: its columns and how one object fills them, side by side so they
+/// cannot drift apart. A kind's row in the table of kinds points at its `Columns`.
+pub struct Columns {
+    pub defs: &'static [Col],
+    pub cells: fn(&Value) -> Vec<Value>,
 }
+
+const NAME: Col = ("Name", "string", "name", 0);
+const AGE: Col = ("Age", "string", "", 0);
+const fn col(name: &'static str) -> Col {
+    (name, "string", "", 0)
+}
+const fn int_col(name: &'static str) -> Col {
+    (name, "integer", "", 0)
+}
+const fn wide(name: &'static str) -> Col {
+    (name, "string", "", 1)
+}
+
+/// Kinds without their own columns: name and creation time.
+pub static DEFAULT: Columns = Columns { defs: &[NAME, ("Created At", "date", "", 0)], cells: |o| vec![o["metadata"]["name"].clone(), o["metadata"]["creationTimestamp"].clone()] };
 
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
@@ -126,6 +122,10 @@ fn s(v: &Value) -> String {
 
 fn or_none(v: String) -> Value {
     json!(if v.is_empty() { "<none>".to_string() } else { v })
+}
+
+fn name(o: &Value) -> Value {
+    o["metadata"]["name"].clone()
 }
 
 fn pod_status(o: &Value) -> String {
@@ -147,111 +147,200 @@ fn pod_status(o: &Value) -> String {
     s(&o["status"]["phase"])
 }
 
-fn cells(kind: &Kind, o: &Value) -> Vec<Value> {
-    let name = json!(o["metadata"]["name"]);
-    let spec = &o["spec"];
-    let st = &o["status"];
-    match (kind.group, kind.plural) {
-        ("", "pods") => {
-            let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
-            let total = spec["containers"].as_array().map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().map(|c| int(&c["restartCount"])).sum();
-            vec![name, json!(format!("{ready}/{total}")), json!(pod_status(o)), json!(restarts.to_string()), age(o), or_none(s(&st["podIP"])), or_none(s(&spec["nodeName"])), or_none(s(&st["nominatedNodeName"])), json!("<none>")]
-        }
-        ("", "namespaces") => vec![name, json!(s(&st["phase"])), age(o)],
-        ("", "configmaps") => {
-            let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
-            vec![name, json!(n), age(o)]
-        }
-        ("", "secrets") => vec![name, json!(s(&o["type"])), json!(o["data"].as_object().map_or(0, |m| m.len())), age(o)],
-        ("", "serviceaccounts") => vec![name, json!(o["secrets"].as_array().map_or(0, Vec::len)), age(o)],
-        ("", "services") => {
-            let ports: Vec<String> = spec["ports"].as_array().into_iter().flatten().map(|p| {
+pub static PODS: Columns = Columns {
+    defs: &[NAME, col("Ready"), col("Status"), col("Restarts"), AGE, wide("IP"), wide("Node"), wide("Nominated Node"), wide("Readiness Gates")],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
+        let total = spec["containers"].as_array().map_or(0, Vec::len);
+        let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+        let restarts: i64 = statuses.iter().map(|c| int(&c["restartCount"])).sum();
+        vec![name(o), json!(format!("{ready}/{total}")), json!(pod_status(o)), json!(restarts.to_string()), age(o), or_none(s(&st["podIP"])), or_none(s(&spec["nodeName"])), or_none(s(&st["nominatedNodeName"])), json!("<none>")]
+    },
+};
+
+pub static NAMESPACES: Columns = Columns { defs: &[NAME, col("Status"), AGE], cells: |o| vec![name(o), json!(s(&o["status"]["phase"])), age(o)] };
+
+pub static CONFIGMAPS: Columns = Columns {
+    defs: &[NAME, int_col("Data"), AGE],
+    cells: |o| {
+        let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
+        vec![name(o), json!(n), age(o)]
+    },
+};
+
+pub static SECRETS: Columns = Columns {
+    defs: &[NAME, col("Type"), int_col("Data"), AGE],
+    cells: |o| vec![name(o), json!(s(&o["type"])), json!(o["data"].as_object().map_or(0, |m| m.len())), age(o)],
+};
+
+pub static SERVICEACCOUNTS: Columns = Columns { defs: &[NAME, int_col("Secrets"), AGE], cells: |o| vec![name(o), json!(o["secrets"].as_array().map_or(0, Vec::len)), age(o)] };
+
+pub static SERVICES: Columns = Columns {
+    defs: &[NAME, col("Type"), col("Cluster-IP"), col("External-IP"), col("Port(s)"), AGE, wide("Selector")],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        let ports: Vec<String> = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
                 let np = p["nodePort"].as_i64().map(|n| format!(":{n}")).unwrap_or_default();
                 format!("{}{np}/{}", int(&p["port"]), p["protocol"].as_str().unwrap_or("TCP"))
-            }).collect();
-            let ext: Vec<String> = st["loadBalancer"]["ingress"].as_array().into_iter().flatten().filter_map(|i| i["ip"].as_str().map(String::from)).chain(spec["externalIPs"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from))).collect();
-            let ext = if !ext.is_empty() { ext.join(",") } else if spec["type"] == "LoadBalancer" { "<pending>".into() } else { "<none>".into() };
-            let sel: Vec<String> = spec["selector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-            vec![name, json!(s(&spec["type"])), or_none(s(&spec["clusterIP"])), json!(ext), or_none(ports.join(",")), age(o), or_none(sel.join(","))]
+            })
+            .collect();
+        let ext: Vec<String> = st["loadBalancer"]["ingress"].as_array().into_iter().flatten().filter_map(|i| i["ip"].as_str().map(String::from)).chain(spec["externalIPs"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from))).collect();
+        let ext = if !ext.is_empty() { ext.join(",") } else if spec["type"] == "LoadBalancer" { "<pending>".into() } else { "<none>".into() };
+        let sel: Vec<String> = spec["selector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+        vec![name(o), json!(s(&spec["type"])), or_none(s(&spec["clusterIP"])), json!(ext), or_none(ports.join(",")), age(o), or_none(sel.join(","))]
+    },
+};
+
+pub static NODES: Columns = Columns {
+    defs: &[NAME, col("Status"), col("Roles"), AGE, col("Version"), wide("Internal-IP"), wide("External-IP"), wide("OS-Image"), wide("Kernel-Version"), wide("Container-Runtime")],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        let ready = st["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
+        let mut status = match ready.map(|c| c["status"].as_str().unwrap_or("")) {
+            Some("True") => "Ready".to_string(),
+            Some(_) => "NotReady".to_string(),
+            None => "Unknown".to_string(),
+        };
+        if spec["unschedulable"] == true {
+            status.push_str(",SchedulingDisabled");
         }
-        ("", "nodes") => {
-            let ready = st["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
-            let mut status = match ready.map(|c| c["status"].as_str().unwrap_or("")) {
-                Some("True") => "Ready".to_string(),
-                Some(_) => "NotReady".to_string(),
-                None => "Unknown".to_string(),
-            };
-            if spec["unschedulable"] == true {
-                status.push_str(",SchedulingDisabled");
-            }
-            let roles: Vec<String> = o["metadata"]["labels"].as_object().into_iter().flatten().filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect();
-            let address = |ty: &str| or_none(st["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == ty).map(|a| s(&a["address"])).unwrap_or_default());
-            let info = &st["nodeInfo"];
-            vec![name, json!(status), or_none(roles.join(",")), age(o), json!(s(&info["kubeletVersion"])), address("InternalIP"), address("ExternalIP"), or_none(s(&info["osImage"])), or_none(s(&info["kernelVersion"])), or_none(s(&info["containerRuntimeVersion"]))]
+        let roles: Vec<String> = o["metadata"]["labels"].as_object().into_iter().flatten().filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect();
+        let address = |ty: &str| or_none(st["addresses"].as_array().into_iter().flatten().find(|a| a["type"] == ty).map(|a| s(&a["address"])).unwrap_or_default());
+        let info = &st["nodeInfo"];
+        vec![name(o), json!(status), or_none(roles.join(",")), age(o), json!(s(&info["kubeletVersion"])), address("InternalIP"), address("ExternalIP"), or_none(s(&info["osImage"])), or_none(s(&info["kernelVersion"])), or_none(s(&info["containerRuntimeVersion"]))]
+    },
+};
+
+/// Events as upstream prints them (always wide on the server; kubectl hides priority 1):
+/// last seen from `lastTimestamp` (or the series), first seen, and the repeat count.
+pub static EVENTS: Columns = Columns {
+    defs: &[col("Last Seen"), col("Type"), col("Reason"), col("Object"), wide("Subobject"), wide("Source"), col("Message"), wide("First Seen"), wide("Count"), ("Name", "string", "name", 1)],
+    cells: |o| {
+        let first = if o["firstTimestamp"].is_string() { since(&o["firstTimestamp"], "<unknown>") } else { since(&o["eventTime"], "<unknown>") };
+        let (last, count) = if o["series"].is_object() {
+            (since(&o["series"]["lastObservedTime"], "<unknown>"), int(&o["series"]["count"]))
+        } else {
+            let last = if o["lastTimestamp"].is_string() { since(&o["lastTimestamp"], "<unknown>") } else { first.clone() };
+            (last, int(&o["count"]).max(1))
+        };
+        let involved = &o["involvedObject"];
+        let kind = s(&involved["kind"]).to_lowercase();
+        let target = if s(&involved["name"]).is_empty() { kind } else { format!("{kind}/{}", s(&involved["name"])) };
+        let component = [s(&o["source"]["component"]), s(&o["reportingComponent"])].into_iter().find(|c| !c.is_empty()).unwrap_or_default();
+        let instance = [s(&o["source"]["host"]), s(&o["reportingInstance"])].into_iter().find(|c| !c.is_empty()).unwrap_or_default();
+        let source = if instance.is_empty() { component } else { format!("{component}, {instance}") };
+        vec![last, json!(s(&o["type"])), json!(s(&o["reason"])), json!(target), json!(s(&involved["fieldPath"])), json!(source), json!(s(&o["message"]).trim()), first, json!(count), name(o)]
+    },
+};
+
+pub static DEPLOYMENTS: Columns = Columns {
+    defs: &[NAME, col("Ready"), col("Up-to-date"), col("Available"), AGE, wide("Containers"), wide("Images"), wide("Selector")],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        let containers = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+        let cn: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
+        let im: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+        let sel = crate::vocab::selector::LabelSelector::from_object(&spec["selector"]).map(|l| l.to_string_form()).unwrap_or_default();
+        vec![name(o), json!(format!("{}/{}", int(&st["readyReplicas"]), int(&spec["replicas"]))), json!(int(&st["updatedReplicas"])), json!(int(&st["availableReplicas"])), age(o), json!(cn.join(",")), json!(im.join(",")), json!(sel)]
+    },
+};
+
+/// ReplicaSets and ReplicationControllers.
+pub static REPLICAS: Columns = Columns {
+    defs: &[NAME, int_col("Desired"), int_col("Current"), int_col("Ready"), AGE],
+    cells: |o| vec![name(o), json!(int(&o["spec"]["replicas"])), json!(int(&o["status"]["replicas"])), json!(int(&o["status"]["readyReplicas"])), age(o)],
+};
+
+pub static STATEFULSETS: Columns = Columns { defs: &[NAME, col("Ready"), AGE], cells: |o| vec![name(o), json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))), age(o)] };
+
+pub static DAEMONSETS: Columns = Columns {
+    defs: &[NAME, int_col("Desired"), int_col("Current"), int_col("Ready"), int_col("Up-to-date"), int_col("Available"), col("Node Selector"), AGE],
+    cells: |o| {
+        let st = &o["status"];
+        let ns: Vec<String> = o["spec"]["template"]["spec"]["nodeSelector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+        vec![name(o), json!(int(&st["desiredNumberScheduled"])), json!(int(&st["currentNumberScheduled"])), json!(int(&st["numberReady"])), json!(int(&st["updatedNumberScheduled"])), json!(int(&st["numberAvailable"])), or_none(ns.join(",")), age(o)]
+    },
+};
+
+pub static JOBS: Columns = Columns {
+    defs: &[NAME, col("Status"), col("Completions"), col("Duration"), AGE],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+        let has = |t: &str| conds.iter().any(|c| c["type"] == t && c["status"] == "True");
+        let status = if has("Complete") { "Complete" } else if has("Failed") { "Failed" } else if spec["suspend"] == true { "Suspended" } else { "Running" };
+        let completions = spec["completions"].as_i64().map(|c| format!("{}/{c}", int(&st["succeeded"]))).unwrap_or_else(|| format!("{}/1 of {}", int(&st["succeeded"]), int(&spec["parallelism"])));
+        let duration = match (time(&st["startTime"]), time(&st["completionTime"])) {
+            (Some(a), Some(b)) => json!(human_duration((b - a).num_seconds())),
+            (Some(a), None) => json!(human_duration((chrono::Utc::now() - a).num_seconds())),
+            _ => json!(""),
+        };
+        vec![name(o), json!(status), json!(completions), duration, age(o)]
+    },
+};
+
+pub static CRONJOBS: Columns = Columns {
+    defs: &[NAME, col("Schedule"), col("Timezone"), ("Suspend", "boolean", "", 0), int_col("Active"), col("Last Schedule"), AGE],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        vec![name(o), json!(s(&spec["schedule"])), or_none(s(&spec["timeZone"])), json!(spec["suspend"] == true), json!(st["active"].as_array().map_or(0, Vec::len)), since(&st["lastScheduleTime"], "<none>"), age(o)]
+    },
+};
+
+pub static PVCS: Columns = Columns {
+    defs: &[NAME, col("Status"), col("Volume"), col("Capacity"), col("Access Modes"), col("StorageClass"), col("VolumeAttributesClass"), AGE, wide("VolumeMode")],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        vec![name(o), json!(s(&st["phase"])), json!(s(&spec["volumeName"])), json!(s(&st["capacity"]["storage"])), json!(access_modes(&st["accessModes"])), or_none(s(&spec["storageClassName"])), or_none(s(&spec["volumeAttributesClassName"])), age(o), json!(s(&spec["volumeMode"]))]
+    },
+};
+
+pub static PVS: Columns = Columns {
+    defs: &[NAME, col("Capacity"), col("Access Modes"), col("Reclaim Policy"), col("Status"), col("Claim"), col("StorageClass"), col("VolumeAttributesClass"), col("Reason"), AGE, wide("VolumeMode")],
+    cells: |o| {
+        let (spec, st) = (&o["spec"], &o["status"]);
+        let claim = match (spec["claimRef"]["namespace"].as_str(), spec["claimRef"]["name"].as_str()) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            _ => String::new(),
+        };
+        vec![name(o), json!(s(&spec["capacity"]["storage"])), json!(access_modes(&spec["accessModes"])), json!(s(&spec["persistentVolumeReclaimPolicy"])), json!(s(&st["phase"])), json!(claim), json!(s(&spec["storageClassName"])), or_none(s(&spec["volumeAttributesClassName"])), json!(s(&st["reason"])), age(o), json!(s(&spec["volumeMode"]))]
+    },
+};
+
+pub static STORAGECLASSES: Columns = Columns {
+    defs: &[NAME, col("Provisioner"), col("ReclaimPolicy"), col("VolumeBindingMode"), col("AllowVolumeExpansion"), AGE],
+    cells: |o| {
+        let mut n = s(&o["metadata"]["name"]);
+        if o["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true" {
+            n.push_str(" (default)");
         }
-        ("", "events") => {
-            let obj = format!("{}/{}", s(&o["involvedObject"]["kind"]).to_lowercase(), s(&o["involvedObject"]["name"]));
-            vec![age(o), json!(s(&o["type"])), json!(s(&o["reason"])), json!(obj), json!(s(&o["message"]))]
-        }
-        ("apps", "deployments") => {
-            let containers = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
-            let cn: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
-            let im: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
-            let sel = super::selector::LabelSelector::from_object(&spec["selector"]).map(|l| l.to_string_form()).unwrap_or_default();
-            vec![name, json!(format!("{}/{}", int(&st["readyReplicas"]), int(&spec["replicas"]))), json!(int(&st["updatedReplicas"])), json!(int(&st["availableReplicas"])), age(o), json!(cn.join(",")), json!(im.join(",")), json!(sel)]
-        }
-        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![name, json!(int(&spec["replicas"])), json!(int(&st["replicas"])), json!(int(&st["readyReplicas"])), age(o)],
-        ("apps", "statefulsets") => vec![name, json!(format!("{}/{}", int(&st["readyReplicas"]), int(&spec["replicas"]))), age(o)],
-        ("apps", "daemonsets") => {
-            let ns: Vec<String> = spec["template"]["spec"]["nodeSelector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-            vec![name, json!(int(&st["desiredNumberScheduled"])), json!(int(&st["currentNumberScheduled"])), json!(int(&st["numberReady"])), json!(int(&st["updatedNumberScheduled"])), json!(int(&st["numberAvailable"])), or_none(ns.join(",")), age(o)]
-        }
-        ("batch", "jobs") => {
-            let conds = st["conditions"].as_array().cloned().unwrap_or_default();
-            let has = |t: &str| conds.iter().any(|c| c["type"] == t && c["status"] == "True");
-            let status = if has("Complete") { "Complete" } else if has("Failed") { "Failed" } else if spec["suspend"] == true { "Suspended" } else { "Running" };
-            let completions = spec["completions"].as_i64().map(|c| format!("{}/{c}", int(&st["succeeded"]))).unwrap_or_else(|| format!("{}/1 of {}", int(&st["succeeded"]), int(&spec["parallelism"])));
-            let duration = match (time(&st["startTime"]), time(&st["completionTime"])) {
-                (Some(a), Some(b)) => json!(human_duration((b - a).num_seconds())),
-                (Some(a), None) => json!(human_duration((chrono::Utc::now() - a).num_seconds())),
-                _ => json!(""),
-            };
-            vec![name, json!(status), json!(completions), duration, age(o)]
-        }
-        ("batch", "cronjobs") => vec![name, json!(s(&spec["schedule"])), or_none(s(&spec["timeZone"])), json!(spec["suspend"] == true), json!(st["active"].as_array().map_or(0, Vec::len)), since(&st["lastScheduleTime"], "<none>"), age(o)],
-        ("", "persistentvolumeclaims") => {
-            vec![name, json!(s(&st["phase"])), json!(s(&spec["volumeName"])), json!(s(&st["capacity"]["storage"])), json!(access_modes(&st["accessModes"])), or_none(s(&spec["storageClassName"])), or_none(s(&spec["volumeAttributesClassName"])), age(o), json!(s(&spec["volumeMode"]))]
-        }
-        ("", "persistentvolumes") => {
-            let claim = match (spec["claimRef"]["namespace"].as_str(), spec["claimRef"]["name"].as_str()) {
-                (Some(ns), Some(n)) => format!("{ns}/{n}"),
-                _ => String::new(),
-            };
-            vec![name, json!(s(&spec["capacity"]["storage"])), json!(access_modes(&spec["accessModes"])), json!(s(&spec["persistentVolumeReclaimPolicy"])), json!(s(&st["phase"])), json!(claim), json!(s(&spec["storageClassName"])), or_none(s(&spec["volumeAttributesClassName"])), json!(s(&st["reason"])), age(o), json!(s(&spec["volumeMode"]))]
-        }
-        ("storage.k8s.io", "storageclasses") => {
-            let mut n = s(&o["metadata"]["name"]);
-            if o["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true" {
-                n.push_str(" (default)");
-            }
-            let policy = o["reclaimPolicy"].as_str().unwrap_or("Delete");
-            let mode = o["volumeBindingMode"].as_str().unwrap_or("Immediate");
-            vec![json!(n), json!(s(&o["provisioner"])), json!(policy), json!(mode), json!((o["allowVolumeExpansion"] == true).to_string()), age(o)]
-        }
-        ("policy", "poddisruptionbudgets") => {
-            let show = |v: &Value| if v.is_null() { json!("N/A") } else { json!(v.to_string().trim_matches('"')) };
-            vec![name, show(&spec["minAvailable"]), show(&spec["maxUnavailable"]), json!(int(&st["disruptionsAllowed"])), age(o)]
-        }
-        ("apps", "controllerrevisions") => {
-            let owner = o["metadata"]["ownerReferences"].as_array().into_iter().flatten().find(|r| r["controller"] == true);
-            let controller = owner.map(|r| format!("{}.{}/{}", s(&r["kind"]).to_lowercase(), s(&r["apiVersion"]).split('/').next().unwrap_or(""), s(&r["name"]))).unwrap_or_default();
-            vec![name, or_none(controller), json!(int(&o["revision"])), age(o)]
-        }
-        _ => vec![name, o["metadata"]["creationTimestamp"].clone()],
-    }
-}
+        let policy = o["reclaimPolicy"].as_str().unwrap_or("Delete");
+        let mode = o["volumeBindingMode"].as_str().unwrap_or("Immediate");
+        vec![json!(n), json!(s(&o["provisioner"])), json!(policy), json!(mode), json!((o["allowVolumeExpansion"] == true).to_string()), age(o)]
+    },
+};
+
+pub static PDBS: Columns = Columns {
+    defs: &[NAME, col("Min Available"), col("Max Unavailable"), int_col("Allowed Disruptions"), AGE],
+    cells: |o| {
+        let show = |v: &Value| if v.is_null() { json!("N/A") } else { json!(v.to_string().trim_matches('"')) };
+        vec![name(o), show(&o["spec"]["minAvailable"]), show(&o["spec"]["maxUnavailable"]), json!(int(&o["status"]["disruptionsAllowed"])), age(o)]
+    },
+};
+
+pub static CONTROLLERREVISIONS: Columns = Columns {
+    defs: &[NAME, col("Controller"), int_col("Revision"), AGE],
+    cells: |o| {
+        let owner = o["metadata"]["ownerReferences"].as_array().into_iter().flatten().find(|r| r["controller"] == true);
+        let controller = owner.map(|r| format!("{}.{}/{}", s(&r["kind"]).to_lowercase(), s(&r["apiVersion"]).split('/').next().unwrap_or(""), s(&r["name"]))).unwrap_or_default();
+        vec![name(o), or_none(controller), json!(int(&o["revision"])), age(o)]
+    },
+};
 
 /// Metadata-only view of an object, as the default `includeObject=Metadata` returns it.
 fn partial(o: &Value) -> Value {
@@ -262,10 +351,7 @@ fn partial(o: &Value) -> Value {
 pub fn render(kind: &Kind, objects: &[Value], list_meta: Value, include: Option<&str>) -> Value {
     let cols: Vec<Value> = match &kind.custom {
         Some(c) => custom_columns(c),
-        None => columns(kind)
-            .into_iter()
-            .map(|(n, t, f, p)| json!({"name": n, "type": t, "format": f, "description": "", "priority": p}))
-            .collect(),
+        None => kind.columns.defs.iter().map(|(n, t, f, p)| json!({"name": n, "type": t, "format": f, "description": "", "priority": p})).collect(),
     };
     let rows: Vec<Value> = objects
         .iter()
@@ -277,7 +363,7 @@ pub fn render(kind: &Kind, objects: &[Value], list_meta: Value, include: Option<
             };
             let cells = match &kind.custom {
                 Some(c) => custom_cells(c, o),
-                None => cells(kind, o),
+                None => (kind.columns.cells)(o),
             };
             json!({"cells": cells, "object": object})
         })
@@ -297,5 +383,28 @@ mod tests {
         assert_eq!(human_duration(3600 * 5), "5h");
         assert_eq!(human_duration(3600 * 24 * 3 + 3600), "3d1h");
         assert_eq!(human_duration(3600 * 24 * 30), "30d");
+    }
+
+    #[test]
+    fn every_kind_has_as_many_cells_as_columns() {
+        let sample = json!({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {}, "status": {}});
+        for k in super::super::kinds::KINDS {
+            assert_eq!((k.columns.cells)(&sample).len(), k.columns.defs.len(), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn repeated_events_show_their_count_and_last_time() {
+        let ev = json!({"metadata": {"name": "p.1"}, "type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container c ",
+            "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{c}"}, "source": {"component": "kubelet", "host": "n1"},
+            "count": 7, "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": crate::vocab::object::now()});
+        let cells = (EVENTS.cells)(&ev);
+        assert_eq!(cells[3], "pod/p");
+        assert_eq!(cells[4], "spec.containers{c}");
+        assert_eq!(cells[5], "kubelet, n1");
+        assert_eq!(cells[6], "Back-off restarting failed container c");
+        assert_eq!(cells[8], 7);
+        assert!(cells[0].as_str().unwrap().ends_with('s'), "last seen is recent: {}", cells[0]);
+        assert!(cells[7].as_str().unwrap().ends_with('d') || cells[7].as_str().unwrap().contains('y'), "first seen long ago: {}", cells[7]);
     }
 }

@@ -7,9 +7,9 @@
 //! uids, before it expires, and for the API's audience.
 
 use super::negotiate::{decode_object, BodyType};
-use super::object as obj;
+use crate::vocab::object as vobj;
 use super::request::ResourceReq;
-use super::status::{ApiError, Cause};
+use crate::vocab::status::{ApiError, Cause};
 use super::{Api, Reply};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -181,7 +181,7 @@ impl Api {
             json!({
                 "kind": "TokenRequest",
                 "apiVersion": "authentication.k8s.io/v1",
-                "metadata": {"name": name, "namespace": ns, "creationTimestamp": obj::now()},
+                "metadata": {"name": name, "namespace": ns, "creationTimestamp": vobj::now()},
                 "spec": out_spec,
                 "status": {"token": token, "expirationTimestamp": expires},
             }),
@@ -205,7 +205,7 @@ impl Api {
         let still_there = |plural: &str, ns: Option<&str>, who: &Value| -> Option<()> {
             let name = who["name"].as_str()?;
             let live = self.core_object(plural, ns, name).ok()??;
-            (live["metadata"]["uid"] == who["uid"] && !obj::is_deleting(&live)).then_some(())
+            (live["metadata"]["uid"] == who["uid"] && !vobj::is_deleting(&live)).then_some(())
         };
         still_there("serviceaccounts", Some(ns), &private["serviceaccount"])?;
         for (key, plural) in [("pod", "pods"), ("secret", "secrets")] {
@@ -228,7 +228,7 @@ impl Api {
     pub(crate) fn admit_service_account(&self, pod: &mut Value) -> Result<(), ApiError> {
         let spec = &pod["spec"];
         let sa_name = spec["serviceAccountName"].as_str().or(spec["serviceAccount"].as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
-        let ns = obj::namespace(pod).unwrap_or("default").to_string();
+        let ns = vobj::namespace(pod).unwrap_or("default").to_string();
         let sa = self.core_object("serviceaccounts", Some(&ns), &sa_name)?;
         if let Some(sa) = &sa {
             let pod_has = pod["spec"]["imagePullSecrets"].as_array().is_some_and(|a| !a.is_empty());
@@ -250,7 +250,7 @@ impl Api {
         if spec["volumes"].as_array().is_some_and(|v| v.iter().any(|v| v["name"].as_str().is_some_and(|n| n.starts_with("kube-api-access-")))) {
             return Ok(());
         }
-        let volume = format!("kube-api-access-{}", obj::random_suffix(5));
+        let volume = format!("kube-api-access-{}", vobj::random_suffix(5));
         let spec = &mut pod["spec"];
         let mut any = false;
         for field in containers {

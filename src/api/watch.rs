@@ -2,11 +2,11 @@
 //! bookmarks and an `ERROR` event (410) when the requested revision is gone.
 
 use super::handlers::Selection;
+use crate::vocab::object as vobj;
 use super::kinds::Kind;
 use super::negotiate::Format;
-use super::object as obj;
 use super::request::{Query, ResourceReq};
-use super::status::ApiError;
+use crate::vocab::status::ApiError;
 use super::{table, Api};
 use crate::store::{EventType, StoreError, WatchStream};
 use bytes::Bytes;
@@ -66,7 +66,7 @@ impl Api {
         if let Some(name) = &rr.name {
             sel.fields.0.push(("metadata.name".into(), true, name.clone()));
         }
-        let rv = obj::parse_rv(q.get("resourceVersion"))?;
+        let rv = vobj::parse_rv(q.get("resourceVersion"))?;
         // Initial events: asked for explicitly, or the legacy behaviour of a watch without a
         // resourceVersion (or "0").
         let explicit_initial = match q.get("sendInitialEvents") {
@@ -76,7 +76,7 @@ impl Api {
         };
         let send_initial = explicit_initial || (q.get("sendInitialEvents").is_none() && rv.is_none_or(|r| r == 0));
         if explicit_initial && !q.flag("allowWatchBookmarks") {
-            return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", vec![super::status::Cause::forbidden(
+            return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", vec![crate::vocab::status::Cause::forbidden(
                 "allowWatchBookmarks",
                 "allowWatchBookmarks must be true when sendInitialEvents is set",
             )]));

@@ -3,7 +3,7 @@
 //! either way. Transports: in-process (the all-in-one server); HTTPS for joining nodes is
 //! the next one to add behind the same methods.
 
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::api::{Api, Body, Call};
 use bytes::Bytes;
 use serde_json::Value;
@@ -43,15 +43,9 @@ impl Client {
         if r.code >= 400 {
             return Err(ApiError {
                 code: r.code,
-                reason: match v["reason"].as_str() {
-                    Some("NotFound") => "NotFound",
-                    Some("Conflict") => "Conflict",
-                    Some("AlreadyExists") => "AlreadyExists",
-                    Some("Invalid") => "Invalid",
-                    _ => "Failure",
-                },
+                reason: v["reason"].as_str().unwrap_or("Unknown").to_string().into(),
                 message: v["message"].as_str().unwrap_or("").to_string(),
-                details: None,
+                details: v.get("details").cloned(),
             });
         }
         Ok(v)

@@ -120,11 +120,7 @@ fn ok(cmd: &str, args: &[&str]) -> bool {
 
 /// Host-side veth name for a container: stable, at most 15 characters.
 pub fn host_veth(container_id: &str) -> String {
-    let mut h: u32 = 0x811c9dc5;
-    for b in container_id.bytes() {
-        h = (h ^ b as u32).wrapping_mul(0x01000193);
-    }
-    format!("vethfk{h:08x}")
+    format!("vethfk{:08x}", crate::vocab::hash::fnv32(container_id.as_bytes()))
 }
 
 /// Creates the bridge with the gateway address, once.

@@ -2,9 +2,9 @@
 //! honouring `concurrencyPolicy`, `startingDeadlineSeconds`, `suspend` and the history limits.
 //! After downtime, only the most recent missed time runs, and only within the deadline.
 
-use super::cron::Schedule;
+use crate::vocab::cron::Schedule;
 use super::{controlled_by, event, watcher, Next};
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -21,14 +21,14 @@ pub fn start(client: Client, hub: &mut watcher::Hub) {
 #[derive(Clone)]
 enum Zone {
     Local,
-    Named(super::cron::Zone),
+    Named(crate::vocab::cron::Zone),
 }
 
 impl Zone {
     fn of(cj: &Value) -> Result<Zone, String> {
         match cj["spec"]["timeZone"].as_str() {
             None => Ok(Zone::Local),
-            Some(tz) => super::cron::Zone::load(tz).map(Zone::Named),
+            Some(tz) => crate::vocab::cron::Zone::load(tz).map(Zone::Named),
         }
     }
     fn wall(&self, t: DateTime<Utc>) -> NaiveDateTime {
@@ -195,7 +195,7 @@ mod tests {
     use super::*;
 
     fn utc() -> Zone {
-        Zone::Named(super::super::cron::Zone::load("Etc/UTC").expect("tzdata"))
+        Zone::Named(crate::vocab::cron::Zone::load("Etc/UTC").expect("tzdata"))
     }
 
     #[test]

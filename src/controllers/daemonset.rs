@@ -4,8 +4,9 @@
 //! kept as a ControllerRevision so `kubectl rollout history/undo` work.
 
 use super::queue::Queue;
-use super::{controlled_by, event, pod_available, pod_ready, pods_in, run_workers, stable_hash, watcher, Next};
-use crate::api::status::ApiError;
+use crate::vocab::hash::stable_hash;
+use super::{controlled_by, event, pod_available, pod_ready, pods_in, run_workers, watcher, Next};
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use crate::scheduler::fit;
 use serde_json::{json, Value};

@@ -3,8 +3,9 @@
 //! annotations so `kubectl rollout history/undo` work; pause, scale, progress deadline, and
 //! the status `kubectl rollout status` follows.
 
-use super::{controlled_by, controller_of, controller_ref, event, int_or_percent, selector_of, stable_hash, watcher, Next};
-use crate::api::status::ApiError;
+use super::{controlled_by, controller_of, controller_ref, event, int_or_percent, selector_of, watcher, Next};
+use crate::vocab::hash::stable_hash;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -207,7 +208,7 @@ fn earliest(a: Next, b: Duration) -> Next {
 
 fn touch(conditions: &mut [Value], ty: &str) {
     if let Some(c) = conditions.iter_mut().find(|c| c["type"] == ty) {
-        c["lastUpdateTime"] = json!(crate::api::object::now());
+        c["lastUpdateTime"] = json!(crate::vocab::object::now());
     }
 }
 
@@ -249,7 +250,7 @@ async fn create_new_rs(client: &Client, d: &Value, template: &Value, replicas: i
             }
             let url = format!("/apis/apps/v1/namespaces/{ns}/deployments/{dname}/status");
             client.merge_patch(&url, &json!({"status": {"collisionCount": collisions + 1}})).await?;
-            Err(ApiError { code: 409, reason: "Conflict", message: format!("replica set {name} exists with another template; hash collision counted"), details: None })
+            Err(ApiError { code: 409, reason: "Conflict".into(), message: format!("replica set {name} exists with another template; hash collision counted"), details: None })
         }
         Err(e) => Err(e),
     }

@@ -3,8 +3,8 @@
 
 use super::queue::Queue;
 use super::{controller_of, int_or_percent, pod_ready, pods_in, run_workers, set_condition, watcher, Next};
-use crate::api::selector::LabelSelector;
-use crate::api::status::ApiError;
+use crate::vocab::selector::LabelSelector;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};

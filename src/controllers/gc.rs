@@ -9,7 +9,7 @@
 use super::queue::Queue;
 use super::{run_workers, watcher, Next};
 use crate::api::kinds::{self, Kind};
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -101,7 +101,7 @@ fn observe(g: &Shared, q: &Queue, kind: &'static Kind, ty: &str, o: &Value) {
             _ => q.add(uid),
         }
     }
-    let finalizers = crate::api::object::finalizers(o);
+    let finalizers = crate::vocab::object::finalizers(o);
     if deleting && finalizers.iter().any(|f| f == ORPHAN || f == FOREGROUND) {
         q.add(uid);
     }
@@ -132,7 +132,7 @@ async fn reconcile(client: &Client, graph: &Shared, uid: &str) -> Result<Next, A
         Err(e) if e.code == 404 => return Ok(Next::Idle),
         Err(e) => return Err(e),
     };
-    let finalizers = crate::api::object::finalizers(&live);
+    let finalizers = crate::vocab::object::finalizers(&live);
     if live["metadata"]["deletionTimestamp"].is_string() {
         if finalizers.iter().any(|f| f == ORPHAN) {
             orphan_dependents(client, graph, uid).await?;
@@ -154,7 +154,7 @@ async fn reconcile(client: &Client, graph: &Shared, uid: &str) -> Result<Next, A
         let Some(kind) = kinds::find_kind(av, k) else { continue };
         match client.get(&kind.url(ns, Some(name))).await {
             Ok(o) if o["metadata"]["uid"] == r["uid"] => {
-                if o["metadata"]["deletionTimestamp"].is_string() && crate::api::object::finalizers(&o).iter().any(|f| f == FOREGROUND) {
+                if o["metadata"]["deletionTimestamp"].is_string() && crate::vocab::object::finalizers(&o).iter().any(|f| f == FOREGROUND) {
                     waiting_foreground = true;
                 }
             }
@@ -242,7 +242,7 @@ async fn foreground(client: &Client, graph: &Shared, uid: &str, path: &str, live
 }
 
 async fn remove_finalizer(client: &Client, path: &str, live: &Value, f: &str) -> Result<Next, ApiError> {
-    let keep: Vec<String> = crate::api::object::finalizers(live).into_iter().filter(|x| x != f).collect();
+    let keep: Vec<String> = crate::vocab::object::finalizers(live).into_iter().filter(|x| x != f).collect();
     let patch = json!({"metadata": {"finalizers": keep, "resourceVersion": live["metadata"]["resourceVersion"]}});
     match client.merge_patch(path, &patch).await {
         Ok(_) => Ok(Next::Idle),

@@ -2,7 +2,7 @@
 //! `kubectl rollout history/undo` read.
 
 use super::{controlled_by, controller_ref};
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 

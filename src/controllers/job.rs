@@ -4,7 +4,7 @@
 //! conditions as upstream.
 
 use super::{controlled_by, event, pod_active, pod_ready, pods_in, set_condition, watcher, Next};
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -144,7 +144,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
             event(client, COMPONENT, &job, "Normal", "Resumed", "Job resumed").await;
         }
         if start_time.is_null() {
-            start_time = json!(crate::api::object::now());
+            start_time = json!(crate::vocab::object::now());
         }
         let started = super::parse_time(&start_time).unwrap_or(now);
         if let Some(ads) = spec["activeDeadlineSeconds"].as_i64() {
@@ -172,7 +172,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
             delete_active = true;
             set_condition(&mut conditions, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods");
             set_condition(&mut conditions, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
-            completion_time = json!(crate::api::object::now());
+            completion_time = json!(crate::vocab::object::now());
             event(client, COMPONENT, &job, "Normal", "Completed", "Job completed").await;
             next = Next::After(Duration::ZERO);
         } else {

@@ -4,7 +4,6 @@
 //! against the current state read from the API, through the same [`Client`] as any other
 //! component.
 
-pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -21,8 +20,8 @@ pub mod statefulset;
 pub mod volume;
 pub mod watcher;
 
-use crate::api::selector::LabelSelector;
-use crate::api::status::ApiError;
+use crate::vocab::selector::LabelSelector;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -285,7 +284,7 @@ pub fn pod_from_template(owner: &Value, template: &Value, generate_name: &str) -
 pub async fn event(client: &Client, component: &str, obj: &Value, ty: &str, reason: &str, message: &str) {
     let ns = obj["metadata"]["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let now = crate::api::object::now();
+    let now = crate::vocab::object::now();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let ev = json!({
         "apiVersion": "v1", "kind": "Event",
@@ -307,7 +306,7 @@ pub async fn event(client: &Client, component: &str, obj: &Value, ty: &str, reas
 /// Sets condition `ty` in `conditions` (a status array), keeping lastTransitionTime when the
 /// status does not change. Returns whether anything changed.
 pub fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str, reason: &str, message: &str) -> bool {
-    let now = crate::api::object::now();
+    let now = crate::vocab::object::now();
     if let Some(c) = conditions.iter_mut().find(|c| c["type"] == ty) {
         if c["status"] == status && c["reason"] == reason && c["message"] == message {
             return false;
@@ -359,68 +358,9 @@ pub fn int_or_percent(v: &Value, total: i64, round_up: bool, default: i64) -> i6
     }
 }
 
-/// A stable short hash of `v` (keys sorted), spelled with the characters upstream uses for
-/// generated names (no vowels, no look-alikes).
-pub fn stable_hash(v: &Value) -> String {
-    fn canonical(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for k in keys {
-                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                    out.push(':');
-                    canonical(&m[k], out);
-                    out.push(',');
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for x in a {
-                    canonical(x, out);
-                    out.push(',');
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut s = String::new();
-    canonical(v, &mut s);
-    // FNV-1a, 32 bits.
-    let mut h: u32 = 0x811c9dc5;
-    for b in s.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x01000193);
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut out = String::new();
-    let mut n = h as u64;
-    loop {
-        out.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
-        n /= ALPHABET.len() as u64;
-        if n == 0 {
-            break;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_ignores_key_order_and_sees_values() {
-        let a = json!({"x": 1, "y": {"b": [1, 2], "a": "s"}});
-        let b = json!({"y": {"a": "s", "b": [1, 2]}, "x": 1});
-        let c = json!({"y": {"a": "t", "b": [1, 2]}, "x": 1});
-        assert_eq!(stable_hash(&a), stable_hash(&b));
-        assert_ne!(stable_hash(&a), stable_hash(&c));
-        assert!(stable_hash(&a).chars().all(|ch| "bcdfghjklmnpqrstvwxz2456789".contains(ch)));
-    }
 
     #[test]
     fn int_or_percent_rounds_as_upstream() {

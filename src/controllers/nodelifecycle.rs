@@ -9,7 +9,7 @@
 
 use super::queue::Queue;
 use super::{run_workers, watcher, Next};
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -51,7 +51,7 @@ async fn last_heard(client: &Client, node: &Value) -> Option<DateTime<Utc>> {
 
 /// The taint `key` (NoExecute) belongs on the node: add it (with its time) or keep it.
 fn with_taints(node: &Value, want: &[&str]) -> Vec<Value> {
-    let now = crate::api::object::now();
+    let now = crate::vocab::object::now();
     let managed = [UNREACHABLE, NOT_READY];
     let mut taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
     taints.retain(|t| !managed.contains(&t["key"].as_str().unwrap_or("")) || want.contains(&t["key"].as_str().unwrap_or("")));
@@ -93,7 +93,7 @@ async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Resul
                 c["status"] = json!("Unknown");
                 c["reason"] = json!("NodeStatusUnknown");
                 c["message"] = json!("Kubelet stopped posting node status.");
-                c["lastTransitionTime"] = json!(crate::api::object::now());
+                c["lastTransitionTime"] = json!(crate::vocab::object::now());
                 c
             })
             .collect();

@@ -4,8 +4,8 @@
 
 use super::queue::Queue;
 use super::{controlled_by, controller_of, event, pod_active, pod_available, pod_ready, pods_in, run_workers, watcher, Next};
-use crate::api::selector::LabelSelector;
-use crate::api::status::ApiError;
+use crate::vocab::selector::LabelSelector;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -36,7 +36,7 @@ pub fn start(client: Client, hub: &mut watcher::Hub, ca_pem: String) {
             if namespace["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(Next::Idle);
             }
-            let gone = |e: &crate::api::status::ApiError| e.code == 409 || e.code == 404 || e.code == 403;
+            let gone = |e: &crate::vocab::status::ApiError| e.code == 409 || e.code == 404 || e.code == 403;
             let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
             match client.create(&format!("/api/v1/namespaces/{ns}/serviceaccounts"), &sa).await {
                 Err(e) if !gone(&e) => return Err(e),

@@ -4,8 +4,9 @@
 //! RollingUpdate from the highest ordinal down to the partition, or OnDelete; templates
 //! kept as ControllerRevisions.
 
-use super::{controlled_by, controller_ref, event, history, pod_available, pod_ready, pods_in, stable_hash, watcher, Next};
-use crate::api::status::ApiError;
+use super::{controlled_by, controller_ref, event, history, pod_available, pod_ready, pods_in, watcher, Next};
+use crate::vocab::hash::stable_hash;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

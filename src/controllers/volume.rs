@@ -5,8 +5,8 @@
 
 use super::queue::Queue;
 use super::{run_workers, watcher, Next};
-use crate::api::quantity;
-use crate::api::status::ApiError;
+use crate::vocab::quantity;
+use crate::vocab::status::ApiError;
 use crate::client::Client;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -121,7 +121,7 @@ async fn find_static(client: &Client, pvc: &Value, class: &str) -> Result<Option
     let pvs = client.get("/api/v1/persistentvolumes").await?;
     let want = request_bytes(pvc);
     let modes: Vec<&Value> = pvc["spec"]["accessModes"].as_array().into_iter().flatten().collect();
-    let selector = crate::api::selector::LabelSelector::from_object(&pvc["spec"]["selector"]).ok();
+    let selector = crate::vocab::selector::LabelSelector::from_object(&pvc["spec"]["selector"]).ok();
     let mut fits: Vec<&Value> = pvs["items"]
         .as_array()
         .into_iter()

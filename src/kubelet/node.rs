@@ -1,8 +1,8 @@
 //! Node registration, status and the Lease heartbeat.
 
 use super::Kubelet;
-use crate::api::object::now;
-use crate::api::status::ApiError;
+use crate::vocab::object::now;
+use crate::vocab::status::ApiError;
 use serde_json::{json, Value};
 use std::time::Duration;
 

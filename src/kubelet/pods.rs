@@ -597,13 +597,13 @@ impl Kubelet {
         groups.extend(pod_sc["fsGroup"].as_i64());
         let limits = &c["resources"]["limits"];
         let requests = &c["resources"]["requests"];
-        let cpu_limit = crate::api::quantity::millis(&limits["cpu"]);
-        let cpu_request = crate::api::quantity::millis(&requests["cpu"]);
+        let cpu_limit = crate::vocab::quantity::millis(&limits["cpu"]);
+        let cpu_request = crate::vocab::quantity::millis(&requests["cpu"]);
         let resources = v1::LinuxContainerResources {
             cpu_period: if cpu_limit.is_some() { 100_000 } else { 0 },
             cpu_quota: cpu_limit.map_or(0, |m| m * 100),
             cpu_shares: cpu_request.or(cpu_limit).map_or(2, |m| (m * 1024 / 1000).max(2)),
-            memory_limit_in_bytes: crate::api::quantity::units(&limits["memory"]).unwrap_or(0),
+            memory_limit_in_bytes: crate::vocab::quantity::units(&limits["memory"]).unwrap_or(0),
             ..Default::default()
         };
         v1::ContainerConfig {

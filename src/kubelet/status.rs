@@ -3,7 +3,7 @@
 
 use super::pods::waiting;
 use super::{Kubelet, LABEL_CONTAINER};
-use crate::api::status::ApiError;
+use crate::vocab::status::ApiError;
 use crate::cri::v1;
 use serde_json::{json, Value};
 
@@ -59,7 +59,7 @@ pub(super) fn resource_field_ref(pod: &Value, container: &Value, r: &Value) -> O
     if section != "limits" && section != "requests" {
         return None;
     }
-    let amount = match crate::api::quantity::parse(&c["resources"][section][resource]) {
+    let amount = match crate::vocab::quantity::parse(&c["resources"][section][resource]) {
         Some(v) => v,
         None if section == "limits" => match resource {
             "cpu" => super::node::cpus() as f64,
@@ -68,7 +68,7 @@ pub(super) fn resource_field_ref(pod: &Value, container: &Value, r: &Value) -> O
         },
         None => 0.0,
     };
-    let divisor = crate::api::quantity::parse(&r["divisor"]).filter(|d| *d > 0.0).unwrap_or(1.0);
+    let divisor = crate::vocab::quantity::parse(&r["divisor"]).filter(|d| *d > 0.0).unwrap_or(1.0);
     Some((((amount / divisor) - 1e-9).ceil().max(0.0) as i64).to_string())
 }
 
@@ -78,7 +78,7 @@ fn condition(ty: &str, ok: bool, old: &Value) -> Value {
     let prev = old["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == ty));
     let since = match prev {
         Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
-        _ => json!(crate::api::object::now()),
+        _ => json!(crate::vocab::object::now()),
     };
     json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
 }
@@ -169,7 +169,7 @@ impl Kubelet {
             ],
             "hostIP": host_ip,
             "hostIPs": [{"ip": host_ip}],
-            "startTime": if old["startTime"].is_string() { old["startTime"].clone() } else { json!(crate::api::object::now()) },
+            "startTime": if old["startTime"].is_string() { old["startTime"].clone() } else { json!(crate::vocab::object::now()) },
             "qosClass": old["qosClass"],
             "containerStatuses": app.into_iter().map(|(s, ..)| s).collect::<Vec<_>>(),
         });

@@ -226,7 +226,7 @@ impl Kubelet {
                 std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
                 if e["medium"] == "Memory" && !is_mounted(&dir) {
                     let mut args = vec!["-t".to_string(), "tmpfs".into(), "tmpfs".into(), dir.to_string_lossy().into_owned()];
-                    if let Some(limit) = crate::api::quantity::units(&e["sizeLimit"]) {
+                    if let Some(limit) = crate::vocab::quantity::units(&e["sizeLimit"]) {
                         args.splice(2..2, ["-o".to_string(), format!("size={limit}")]);
                     }
                     let st = std::process::Command::new("mount").args(&args).status().map_err(|err| format!("mount tmpfs: {err}"))?;

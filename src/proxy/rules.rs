@@ -1,7 +1,7 @@
 //! The iptables rule set of the service proxy, computed from Services and EndpointSlices
 //! as one `iptables-restore` input (pure: no system calls here).
 
-use crate::controllers::stable_hash;
+use crate::vocab::hash::stable_hash;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;

@@ -3,7 +3,7 @@
 
 use super::cache::{Cache, NodeInfo, PodInfo};
 use super::fit;
-use crate::api::selector::LabelSelector;
+use crate::vocab::selector::LabelSelector;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 

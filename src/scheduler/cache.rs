@@ -2,7 +2,7 @@
 //! (bound or assumed) request. Pods and nodes are parsed once into plain structs so that a
 //! scheduling cycle over hundreds of nodes touches no JSON beyond the affinity terms.
 
-use crate::api::quantity;
+use crate::vocab::quantity;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 

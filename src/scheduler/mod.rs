@@ -221,7 +221,7 @@ async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, binders: &
             }
             tracing::debug!(pod = %key, %message, "unschedulable");
             let (ns, name) = crate::controllers::split_key(key);
-            let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": crate::api::object::now()});
+            let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": crate::vocab::object::now()});
             let mut conds: Vec<Value> = pod["status"]["conditions"].as_array().into_iter().flatten().filter(|c| c["type"] != "PodScheduled").cloned().collect();
             conds.push(cond);
             let patch = json!({"status": {"conditions": conds, "phase": "Pending"}});

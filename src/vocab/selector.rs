@@ -156,7 +156,7 @@ fn parse_term(term: &str) -> Result<Req, String> {
 }
 
 fn check_key(k: &str) -> Result<String, String> {
-    match super::validation::qualified_name_errors(k) {
+    match crate::vocab::validation::qualified_name_errors(k) {
         None => Ok(k.to_string()),
         Some(why) => Err(format!("invalid label key {k:?}: {why}")),
     }

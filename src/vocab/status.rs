@@ -1,6 +1,8 @@
-//! API errors and their `Status` bodies, as kube-apiserver writes them.
+//! API errors and their `Status` bodies, as kube-apiserver writes them. Shared by the API
+//! machinery (which answers with them) and every client (which receives them).
 
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 /// One field problem of an `Invalid` error.
 #[derive(Debug, Clone)]
@@ -52,7 +54,8 @@ impl Cause {
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub code: u16,
-    pub reason: &'static str,
+    /// Upstream's `StatusReason` (`NotFound`, `Conflict`, ...), kept as the server sent it.
+    pub reason: Cow<'static, str>,
     pub message: String,
     pub details: Option<Value>,
 }
@@ -84,12 +87,12 @@ fn details(name: &str, group: &str, resource: &str) -> Value {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError { code, reason: Cow::Borrowed(reason), message: message.into(), details: None }
     }
     pub fn not_found(group: &str, resource: &str, name: &str) -> ApiError {
         ApiError {
             code: 404,
-            reason: "NotFound",
+            reason: Cow::Borrowed("NotFound"),
             message: format!("{} {name:?} not found", qualified(resource, group)),
             details: Some(details(name, group, resource)),
         }
@@ -97,7 +100,7 @@ impl ApiError {
     pub fn already_exists(group: &str, resource: &str, name: &str) -> ApiError {
         ApiError {
             code: 409,
-            reason: "AlreadyExists",
+            reason: Cow::Borrowed("AlreadyExists"),
             message: format!("{} {name:?} already exists", qualified(resource, group)),
             details: Some(details(name, group, resource)),
         }
@@ -105,7 +108,7 @@ impl ApiError {
     pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
         ApiError {
             code: 409,
-            reason: "Conflict",
+            reason: Cow::Borrowed("Conflict"),
             message: format!(
                 "Operation cannot be fulfilled on {} {name:?}: {why}",
                 qualified(resource, group)
@@ -140,7 +143,7 @@ impl ApiError {
         }
         ApiError {
             code: 422,
-            reason: "Invalid",
+            reason: Cow::Borrowed("Invalid"),
             message: format!("{} {name:?} is invalid: {summary}", qualified(kind, group)),
             details: Some(d),
         }
@@ -190,7 +193,7 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
+            "reason": &*self.reason,
             "code": self.code,
         });
         if let Some(d) = &self.details {
@@ -207,20 +210,6 @@ pub fn success_status(details: Option<Value>) -> Value {
         s["details"] = d;
     }
     s
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> ApiError {
-        use crate::store::StoreError as E;
-        match e {
-            E::Expired { requested, oldest } => ApiError::gone_watch(requested, oldest),
-            E::TooNew { requested, current } => ApiError::timeout(format!(
-                "Too large resource version: {requested}, current: {current}"
-            ))
-            .with_retry(1),
-            other => ApiError::internal(other.to_string()),
-        }
-    }
 }
 
 impl ApiError {

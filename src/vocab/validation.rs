@@ -1,6 +1,6 @@
 //! Syntax checks shared by all kinds: names, labels, annotations, metadata.
 
-use super::status::Cause;
+use crate::vocab::status::Cause;
 use serde_json::Value;
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";

@@ -1,0 +1,12 @@
+//! The shared vocabulary: what the API machinery and every client (controllers, scheduler,
+//! kubelet, proxy, DNS) mean by a selector, a quantity, an API error, object metadata, a
+//! cron schedule and a resource. Pure code: no I/O, no state, no imports from above.
+
+pub mod cron;
+pub mod hash;
+pub mod object;
+pub mod quantity;
+pub mod resource;
+pub mod selector;
+pub mod status;
+pub mod validation;
