@@ -5,9 +5,9 @@
 //! second and p99 latency for a service name, against a bare UDP echo on the same loopback.
 
 use ferrokube::api::Api;
-use ferrokube::client::Client;
 use ferrokube::proxy::rules::{build, changes, Node};
 use ferrokube::store::Store;
+use ferrokube::vocab::resource::builtin::{NAMESPACES, SERVICES as SERVICES_RES};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
@@ -160,11 +160,11 @@ fn dns_bench() {
     rt.block_on(async {
         let api = Api::new(Store::open(&dir.path().join("db"), 10_000).unwrap(), "127.0.0.1:6443".into());
         api.bootstrap().await.unwrap();
-        let c = Client::in_process(api.clone(), "bench");
-        c.create("/api/v1/namespaces", &json!({"metadata": {"name": "bench"}})).await.unwrap();
+        let c = api.client("bench");
+        c.create(NAMESPACES.all(), &json!({"metadata": {"name": "bench"}})).await.unwrap();
         for i in 0..SERVICES {
             let s = json!({"metadata": {"name": format!("svc-{i}")}, "spec": {"ports": [{"port": 80}]}});
-            c.create("/api/v1/namespaces/bench/services", &s).await.unwrap();
+            c.create(SERVICES_RES.ns("bench"), &s).await.unwrap();
         }
         // The baseline: a bare UDP echo on the same loopback.
         let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -177,7 +177,8 @@ fn dns_bench() {
         });
         let port = UdpSocket::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
         let dns_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        tokio::spawn(ferrokube::dns::serve(c.clone(), dns_addr, Vec::new()));
+        let scope = ferrokube::runtime::Scope::new();
+        ferrokube::dns::serve(c.clone(), dns_addr, Vec::new(), &scope).await.unwrap();
         let names: Arc<Vec<String>> = Arc::new((0..SERVICES).map(|i| format!("svc-{i}.bench.svc.cluster.local")).collect());
         // Wait until the last service answers.
         let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -4,8 +4,9 @@
 //! ratio is what filtering and scoring cost on top of the writes every scheduler must make.
 
 use ferrokube::api::Api;
-use ferrokube::client::Client;
+use ferrokube::runtime::{Client, Scope};
 use ferrokube::store::Store;
+use ferrokube::vocab::resource::builtin::{NAMESPACES, NODES as NODE_RES, PODS as POD_RES};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ fn pod(name: &str) -> serde_json::Value {
 }
 
 async fn create_pods(c: &Client, ns: &str) {
-    c.create("/api/v1/namespaces", &json!({"metadata": {"name": ns}})).await.unwrap();
+    c.create(NAMESPACES.all(), &json!({"metadata": {"name": ns}})).await.unwrap();
     let per = PODS / CONCURRENCY;
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|t| {
@@ -27,7 +28,7 @@ async fn create_pods(c: &Client, ns: &str) {
             let ns = ns.to_string();
             tokio::spawn(async move {
                 for i in 0..per {
-                    c.create(&format!("/api/v1/namespaces/{ns}/pods"), &pod(&format!("p-{t}-{i}"))).await.unwrap();
+                    c.create(POD_RES.ns(&ns), &pod(&format!("p-{t}-{i}"))).await.unwrap();
                 }
             })
         })
@@ -39,7 +40,7 @@ async fn create_pods(c: &Client, ns: &str) {
 
 async fn unbound(c: &Client, ns: &str) -> usize {
     // One item is enough to know some are left, and keeps the poll cheap.
-    let l = c.get(&format!("/api/v1/namespaces/{ns}/pods?fieldSelector=spec.nodeName%3D&limit=1")).await.unwrap();
+    let l = c.get(POD_RES.ns(ns).fields("spec.nodeName=").param("limit", 1)).await.unwrap();
     l["items"].as_array().map_or(0, Vec::len)
 }
 
@@ -55,12 +56,12 @@ fn main() {
     rt.block_on(async {
         let api = Api::new(Store::open(&dir.path().join("db"), 50_000).unwrap(), "127.0.0.1:6443".into());
         api.bootstrap().await.unwrap();
-        let c = Client::in_process(api.clone(), "bench");
+        let c = api.client("bench");
         for i in 0..NODES {
             let name = format!("node-{i:03}");
-            c.create("/api/v1/nodes", &json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "zone": format!("z{}", i % 3)}}})).await.unwrap();
+            c.create(NODE_RES.all(), &json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "zone": format!("z{}", i % 3)}}})).await.unwrap();
             let status = json!({"status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"}, "conditions": [{"type": "Ready", "status": "True"}]}});
-            c.merge_patch(&format!("/api/v1/nodes/{name}/status"), &status).await.unwrap();
+            c.merge_patch(NODE_RES.name(&name).sub("status"), &status).await.unwrap();
         }
 
         // Baseline: bindings with no decision behind them.
@@ -77,7 +78,7 @@ fn main() {
                     for (i, name) in chunk.iter().enumerate() {
                         let node = format!("node-{:03}", (k * 7 + i) % NODES);
                         let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"kind": "Node", "name": node}});
-                        c.create(&format!("/api/v1/namespaces/base/pods/{name}/binding"), &b).await.unwrap();
+                        c.create(POD_RES.named("base", name).sub("binding"), &b).await.unwrap();
                     }
                 })
             })
@@ -90,14 +91,15 @@ fn main() {
         // The scheduler, on pods created while it is not yet running.
         create_pods(&c, "sched").await;
         let t0 = Instant::now();
-        ferrokube::scheduler::start(Client::in_process(api.clone(), "ferrokube-scheduler"));
+        let scope = Scope::new();
+        ferrokube::scheduler::start(api.client("ferrokube-scheduler"), &scope);
         wait_all_bound(&c, "sched").await;
         let sched = t0.elapsed();
 
         // Spread: how evenly the 10,000 pods landed.
-        let l = c.get("/api/v1/namespaces/sched/pods").await.unwrap();
+        let l = c.list(POD_RES.ns("sched")).await.unwrap();
         let mut per_node = std::collections::HashMap::new();
-        for p in l["items"].as_array().unwrap() {
+        for p in &l {
             *per_node.entry(p["spec"]["nodeName"].as_str().unwrap_or("").to_string()).or_insert(0usize) += 1;
         }
         let (min, max) = (per_node.values().min().copied().unwrap_or(0), per_node.values().max().copied().unwrap_or(0));

@@ -1,5 +1,6 @@
 //! ferrokube: a Kubernetes node in one binary.
 pub mod vocab;
+pub mod runtime;
 pub mod api;
 pub mod store;
 pub mod pki;
@@ -7,7 +8,6 @@ pub mod server;
 pub mod cri;
 pub mod node;
 pub mod cni;
-pub mod client;
 pub mod kubelet;
 pub mod scheduler;
 pub mod controllers;

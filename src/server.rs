@@ -3,7 +3,10 @@
 
 use crate::api::{http, Api};
 use crate::pki::{self, Pki};
+use crate::runtime::leader::Leadership;
+use crate::runtime::{Client, Scope};
 use crate::store::{Store, StoreError};
+use crate::vocab::resource::builtin::{ENDPOINTS, ENDPOINTSLICES, SERVICES};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -165,26 +168,44 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
-    let serve = tokio::spawn(http::serve(api.clone(), listener, tls, Some(token)));
-    crate::controllers::start(api.clone(), cfg.data_dir.join("storage"), pki.ca_pem.clone());
+    // One scope per layer, stopped in order at shutdown.
+    let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
+    serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
+    // The controller manager and the scheduler, each while it leads (with one embedded store
+    // there is one server, so always).
+    let leadership = Leadership::Always;
+    let (controllers_api, storage_dir, ca_pem) = (api.clone(), cfg.data_dir.join("storage"), pki.ca_pem.clone());
+    leadership.run("kube-controller-manager", &control, move |scope| {
+        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca_pem: ca_pem.clone() };
+        crate::controllers::start(&|agent| controllers_api.client(agent), scope, cfg);
+    });
+    let scheduler_api = api.clone();
+    leadership.run("kube-scheduler", &control, move |scope| {
+        crate::scheduler::start(scheduler_api.client(concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))), scope);
+    });
     // This host's address: the endpoint of the kubernetes and kube-dns Services.
     let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
-    publish_kubernetes_service(&cfg, api.clone(), first, node_ip.clone()).await;
-    crate::scheduler::start(crate::client::Client::in_process(api.clone(), concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))));
+    publish_kubernetes_service(&cfg, &api, first, node_ip.clone()).await;
 
-    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api, node_ip).await? };
+    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api.clone(), node_ip, &agent).await? };
     shutdown_signal().await;
+    // Stop accepting (open requests may finish), stop the controllers and the scheduler, stop
+    // the node's components (pods keep running), then let the store commit what is queued.
     tracing::info!("shutting down");
-    serve.abort();
+    serving.stop().await;
+    control.stop().await;
+    agent.stop().await;
     if let Some(containerd) = runtime {
         containerd.stop().await;
     }
+    api.store.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
 /// The node: containerd, the CNI configuration, the kubelet and the binder.
 /// Returns the private containerd it started (none with `--container-runtime-endpoint`).
-async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option<String>) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
+async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option<String>, scope: &Scope) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
     use crate::node::{containerd, host::Host};
     let fail = |e: String| StartError::Node(e);
     let external = cfg.container_runtime_endpoint.as_deref().map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
@@ -247,7 +268,7 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
     });
     tracing::info!(node = %node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node starting");
     let kubelet = crate::kubelet::Kubelet::new(
-        crate::client::Client::in_process(api.clone(), concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION"))),
+        api.client(concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION"))),
         cri,
         crate::kubelet::Config {
             node_name: node_name.clone(),
@@ -257,30 +278,28 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
             runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
             cluster_dns: Some(cfg.cluster_dns.to_string()),
         },
+        scope,
     );
-    tokio::spawn(kubelet.run());
-    let proxy = crate::client::Client::in_process(api.clone(), concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")));
-    crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() });
-    start_dns(cfg, api, node_ip).await;
+    scope.spawn(kubelet.run());
+    let proxy = api.client(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")));
+    crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() }, scope);
+    start_dns(cfg, &api, node_ip, scope).await;
     Ok(runtime)
 }
 
 /// The embedded cluster DNS, and the `kube-dns` Service (with its one endpoint, this node)
 /// through which pods reach it.
-async fn start_dns(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option<String>) {
-    let client = crate::client::Client::in_process(api, concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")));
+async fn start_dns(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Option<String>, scope: &Scope) {
+    let client = api.client(concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")));
     let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
     // Bound to the node address (the kube-dns endpoint), so replies leave from the address
     // the proxy translated the query to; a wildcard socket would answer from whichever
     // address routes back to the pod, which connection tracking does not match.
     let bind_ip: IpAddr = node_ip.as_deref().and_then(|ip| ip.parse().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let listen = SocketAddr::new(bind_ip, cfg.cluster_dns_port);
-    let dns_client = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::dns::serve(dns_client, listen, upstream).await {
-            tracing::error!(%listen, error = %e, "cluster DNS cannot listen; pods will not resolve cluster names (choose another --cluster-dns-port)");
-        }
-    });
+    if let Err(e) = crate::dns::serve(client.clone(), listen, upstream, scope).await {
+        tracing::error!(%listen, error = %e, "cluster DNS cannot listen; pods will not resolve cluster names (choose another --cluster-dns-port)");
+    }
     if node_ip.is_none() {
         tracing::warn!("no IPv4 address on this host: the kube-dns Service has no endpoint");
     }
@@ -308,7 +327,7 @@ struct Published {
 }
 
 impl Published {
-    async fn publish(&self, client: &crate::client::Client) {
+    async fn publish(&self, client: &Client) {
         let (ns, name) = (self.namespace, self.name);
         let (pname, port, protocol, target) = self.port;
         let svc = serde_json::json!({
@@ -316,7 +335,7 @@ impl Published {
             "metadata": {"name": name, "namespace": ns, "labels": self.labels},
             "spec": {"clusterIP": self.cluster_ip, "ports": [{"name": pname, "port": port, "protocol": protocol, "targetPort": target}]},
         });
-        match client.create(&format!("/api/v1/namespaces/{ns}/services"), &svc).await {
+        match client.create(SERVICES.ns(ns), &svc).await {
             Ok(_) | Err(crate::vocab::status::ApiError { code: 409, .. }) => {}
             Err(e) => tracing::warn!(service = name, error = %e, "Service not created"),
         }
@@ -334,16 +353,13 @@ impl Published {
             "metadata": {"name": name, "namespace": ns, "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": pname, "port": target, "protocol": protocol}]}],
         });
-        let writes = [
-            (format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"), slice_name.as_str(), slice, ["endpoints", "ports"]),
-            (format!("/api/v1/namespaces/{ns}/endpoints"), name, endpoints, ["subsets", "metadata"]),
-        ];
-        for (url, object, body, fields) in writes {
-            match client.create(&url, &body).await {
+        let writes = [(ENDPOINTSLICES, slice_name.as_str(), slice, ["endpoints", "ports"]), (ENDPOINTS, name, endpoints, ["subsets", "metadata"])];
+        for (res, object, body, fields) in writes {
+            match client.create(res.ns(ns), &body).await {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {
                     let patch: serde_json::Map<String, serde_json::Value> = fields.iter().map(|f| (f.to_string(), body[*f].clone())).collect();
-                    if let Err(e) = client.merge_patch(&format!("{url}/{object}"), &serde_json::Value::Object(patch)).await {
+                    if let Err(e) = client.merge_patch(res.named(ns, object), &serde_json::Value::Object(patch)).await {
                         tracing::warn!(service = name, error = %e, "endpoints not updated");
                     }
                 }
@@ -356,8 +372,8 @@ impl Published {
 /// The `kubernetes` Service (the first address of the service range, port 443) with this
 /// API server as its endpoint, at an address pods can reach: the node address when the
 /// server listens on all addresses, else the address it listens on (none for loopback).
-async fn publish_kubernetes_service(cfg: &ServerConfig, api: std::sync::Arc<Api>, first: std::net::Ipv4Addr, node_ip: Option<String>) {
-    let client = crate::client::Client::in_process(api, concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
+async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api>, first: std::net::Ipv4Addr, node_ip: Option<String>) {
+    let client = api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
     let endpoint = match cfg.bind_address {
         a if a.is_unspecified() => node_ip,
         IpAddr::V4(a) if !a.is_loopback() => Some(a.to_string()),

@@ -2,15 +2,29 @@
 //! store. No node agent here: the test plays the kubelet's part by writing pod status, so the
 //! controllers see pods become ready or finish exactly as they would on a node.
 
+mod common;
+
+use common::Raw;
 use ferrokube::api::Api;
-use ferrokube::client::Client;
+use ferrokube::runtime::client::EventKind;
+use ferrokube::runtime::Scope;
 use ferrokube::store::Store;
+use ferrokube::vocab::resource::builtin::PODS;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 struct T {
-    client: Client,
+    client: Raw,
+    scope: Scope,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for T {
+    fn drop(&mut self) {
+        // The controllers stop with the test (their tasks would outlive the runtime otherwise).
+        let s = self.scope.clone();
+        tokio::spawn(async move { s.stop().await });
+    }
 }
 
 impl T {
@@ -19,15 +33,17 @@ impl T {
         let dir = tempfile::tempdir().unwrap();
         let api = Api::new(Store::open(&dir.path().join("db"), 10_000).unwrap(), "127.0.0.1:6443".into());
         api.bootstrap().await.unwrap();
-        ferrokube::controllers::start(api.clone(), dir.path().join("storage"), "test CA".into());
-        ferrokube::scheduler::start(Client::in_process(api.clone(), "test-scheduler"));
-        let client = Client::in_process(api.clone(), "controllers-test");
+        let scope = Scope::new();
+        let cfg = ferrokube::controllers::Config { storage_dir: dir.path().join("storage"), ca_pem: "test CA".into() };
+        ferrokube::controllers::start(&|agent| api.client(agent), &scope, cfg);
+        ferrokube::scheduler::start(api.client("test-scheduler"), &scope);
+        let client = Raw(api.client("controllers-test"));
         // One synthetic node, ready, with room for plenty of pods.
         client.create("/api/v1/nodes", &json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}}})).await.unwrap();
         let now = ferrokube::vocab::object::now();
         let status = json!({"status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now}]}});
         client.merge_patch("/api/v1/nodes/n1/status", &status).await.unwrap();
-        T { client, _dir: dir }
+        T { client, scope, _dir: dir }
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -203,14 +219,13 @@ async fn statefulset_orders_pods_claims_and_updates() {
                  "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]},
     });
     let base = "/apis/apps/v1/namespaces/default/statefulsets";
-    let mut created = t.client.watch("/api/v1/namespaces/default/pods?labelSelector=app%3Dsts").await.unwrap();
+    let mut created = t.client.0.watch(PODS.ns("default").labels("app=sts")).await.unwrap();
     t.client.create(base, &sts).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await; t.kubelet_pass().await; eprintln!("STS {}\nPODS {}\nPVC {}\nEV {}", t.get(&format!("{base}/web")).await, json!(t.pods("").await), t.get("/api/v1/namespaces/default/persistentvolumeclaims").await, t.get("/api/v1/namespaces/default/events").await);
     t.until(30, "3 ready", || async { t.get(&format!("{base}/web")).await["status"]["readyReplicas"] == 3 }).await;
     let pods = t.pods("app%3Dsts").await;
     let mut added = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), created.recv()).await {
-        if ev.kind == "ADDED" {
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), created.next()).await {
+        if ev.kind == EventKind::Added {
             added.push(ev.object["metadata"]["name"].as_str().unwrap_or("").to_string());
         }
     }
@@ -230,7 +245,7 @@ async fn statefulset_orders_pods_claims_and_updates() {
         assert!(pv["spec"]["hostPath"]["path"].as_str().unwrap().contains("/storage/pvc-"));
     }
     // An update replaces pods from the highest ordinal down.
-    let mut events = t.client.watch("/api/v1/namespaces/default/pods?labelSelector=app%3Dsts").await.unwrap();
+    let mut events = t.client.0.watch(PODS.ns("default").labels("app=sts")).await.unwrap();
     t.client.merge_patch(&format!("{base}/web"), &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "img:2"}]}}}})).await.unwrap();
     t.until(40, "rolled", || async {
         let o = t.get(&format!("{base}/web")).await;
@@ -239,8 +254,8 @@ async fn statefulset_orders_pods_claims_and_updates() {
     })
     .await;
     let mut deleted = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
-        if ev.kind == "DELETED" {
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+        if ev.kind == EventKind::Deleted {
             deleted.push(ev.object["metadata"]["name"].as_str().unwrap_or("").to_string());
         }
     }

@@ -1,31 +1,19 @@
-//! The Kubernetes API: routing, content negotiation and the generic resource machinery over
-//! the table of kinds in [`kinds`].
+//! The Kubernetes API, in four parts: the HTTP [`front`] (TLS, authentication, paths,
+//! negotiation, discovery, OpenAPI), the generic resource [`machinery`] (verbs, watches,
+//! patches, apply, Tables) over the table of kinds, per-kind [`policy`] (the table itself and
+//! what differs by kind), and what it serves from a [`node`] (logs, exec, port-forward). This
+//! file routes a call to them and renders the reply.
 
-pub mod custom;
-pub mod discovery;
-pub mod eviction;
-pub mod fieldcheck;
-pub mod fieldset;
-pub mod handlers;
-pub mod http;
-pub mod kinds;
-pub mod logs;
-pub mod managed;
-pub mod negotiate;
-pub mod object;
-pub mod openapi;
-pub mod patch;
-pub mod portforward;
-pub mod protobuf;
-pub mod request;
-pub mod schema;
-pub mod services;
-pub mod strategies;
-pub mod streaming;
-pub mod table;
-pub mod tokens;
-mod namespaces;
-mod watch;
+pub mod front;
+pub mod machinery;
+pub mod node;
+pub mod policy;
+
+// Each piece by its short name within the API (`crate::api::kinds`, `crate::api::handlers`).
+pub use front::{discovery, http, negotiate, openapi, protobuf, request};
+pub use machinery::{fieldcheck, fieldset, handlers, managed, object, patch, schema, table};
+pub use node::{logs, portforward, streaming};
+pub use policy::{custom, eviction, kinds, services, strategies, tokens};
 
 use crate::store::Store;
 use bytes::Bytes;
@@ -146,7 +134,33 @@ impl Rendered {
     }
 }
 
+/// The in-process transport: components living in the server process call the API through
+/// the same entry point as HTTPS requests (authentication aside), so admission and
+/// validation are the same for every writer.
+pub struct Local(pub Arc<Api>);
+
+impl crate::runtime::client::Transport for Local {
+    fn send<'a>(&'a self, req: crate::runtime::client::Request<'a>) -> crate::runtime::client::BoxFuture<'a, Result<crate::runtime::client::Response, ApiError>> {
+        use crate::runtime::client::{Response, ResponseBody};
+        Box::pin(async move {
+            let query = (!req.query.is_empty()).then_some(req.query);
+            let call = Call { method: req.method, path: req.path, query, accept: None, content_type: req.content_type, user_agent: Some(req.user_agent), body: req.body };
+            let r = self.0.call(call).await;
+            let body = match r.body {
+                Body::Full(b) => ResponseBody::Full(b),
+                Body::Stream(rx) => ResponseBody::Stream(rx),
+            };
+            Ok(Response { code: r.code, body })
+        })
+    }
+}
+
 impl Api {
+    /// A client of this API in the same process, identified as `agent`.
+    pub fn client(self: &Arc<Self>, agent: &str) -> crate::runtime::Client {
+        crate::runtime::Client::new(Arc::new(Local(self.clone())), agent)
+    }
+
     pub fn new(store: Store, advertise: String) -> Arc<Api> {
         Api::with_node(store, advertise, None)
     }

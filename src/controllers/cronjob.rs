@@ -3,18 +3,20 @@
 //! After downtime, only the most recent missed time runs, and only within the deadline.
 
 use crate::vocab::cron::Schedule;
-use super::{controlled_by, event, watcher, Next};
+use super::{Ctl, Next, Setup};
+use crate::runtime::status::write_status;
+use crate::runtime::Client;
+use crate::vocab::object::{controlled_by, controller_ref, parse_time, split_key};
+use crate::vocab::resource::builtin::{CRONJOBS, JOBS};
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const COMPONENT: &str = "cronjob-controller";
 const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    super::start_owner_controller(client, hub, "cronjob", "/apis/batch/v1/cronjobs", "/apis/batch/v1/jobs", "CronJob", 1, |c, key| async move { reconcile(&c, &key).await });
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    super::start_owner_controller(ctl, s, "cronjob", CRONJOBS.all(), JOBS.all(), "CronJob", 1, |c, key| async move { reconcile(&c, &key).await });
 }
 
 /// The wall clock a schedule is read in: the host's local time unless `timeZone` names one.
@@ -77,20 +79,20 @@ fn job_finished(j: &Value) -> Option<&'static str> {
 }
 
 async fn delete_job(client: &Client, ns: &str, j: &Value) -> Result<(), ApiError> {
-    let url = format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or(""));
-    match client.delete(&url, &json!({"propagationPolicy": "Background"})).await {
+    match client.delete(JOBS.named(ns, j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await {
         Ok(_) | Err(ApiError { code: 404 | 409, .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}");
-    let Some(cj) = super::load_live(client, &url, "batch/v1", "CronJob").await? else { return Ok(Next::Idle) };
+async fn reconcile(ctl: &Ctl, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = CRONJOBS.named(ns, name);
+    let Some(cj) = super::load_live(client, target.clone(), "batch/v1", "CronJob").await? else { return Ok(Next::Idle) };
     let uid = cj["metadata"]["uid"].as_str().unwrap_or("").to_string();
-    let listed = client.get(&format!("/apis/batch/v1/namespaces/{ns}/jobs")).await?;
-    let mut jobs: Vec<Value> = listed["items"].as_array().into_iter().flatten().filter(|j| controlled_by(j, &uid) && j["metadata"]["deletionTimestamp"].is_null()).cloned().collect();
+    let listed = client.list(JOBS.ns(ns)).await?;
+    let mut jobs: Vec<Value> = listed.iter().filter(|j| controlled_by(j, &uid) && j["metadata"]["deletionTimestamp"].is_null()).cloned().collect();
     jobs.sort_by_key(|j| j["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
     let spec = &cj["spec"];
 
@@ -111,24 +113,24 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if spec["suspend"] != json!(true) {
         match (Schedule::parse(spec["schedule"].as_str().unwrap_or("")), Zone::of(&cj)) {
             (Err(e), _) | (_, Err(e)) => {
-                event(client, COMPONENT, &cj, "Warning", "UnparseableSchedule", &format!("unparseable schedule: {e}")).await;
+                ctl.events.about(&cj, "Warning", "UnparseableSchedule", format!("unparseable schedule: {e}"));
             }
             (Ok(sched), Ok(zone)) => {
-                let created = super::parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
-                let mut from = super::parse_time(&last_schedule).unwrap_or(created);
+                let created = parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
+                let mut from = parse_time(&last_schedule).unwrap_or(created);
                 let deadline = spec["startingDeadlineSeconds"].as_i64();
                 if let Some(d) = deadline {
                     from = from.max(now - chrono::Duration::seconds(d));
                 }
                 let (count, latest) = missed(&sched, &zone, from, now);
                 if count > 100 {
-                    event(client, COMPONENT, &cj, "Warning", "TooManyMissedTimes", &format!("too many missed start times: {count}. Set or decrease .spec.startingDeadlineSeconds or check clock skew")).await;
+                    ctl.events.about(&cj, "Warning", "TooManyMissedTimes", format!("too many missed start times: {count}. Set or decrease .spec.startingDeadlineSeconds or check clock skew"));
                 }
                 if let Some(at) = latest {
                     let too_late = deadline.is_some_and(|d| at + chrono::Duration::seconds(d) < now);
                     let policy = spec["concurrencyPolicy"].as_str().unwrap_or("Allow");
                     if too_late {
-                        event(client, COMPONENT, &cj, "Warning", "MissSchedule", &format!("Missed scheduled time to start a job: {}", at.to_rfc3339())).await;
+                        ctl.events.about(&cj, "Warning", "MissSchedule", format!("Missed scheduled time to start a job: {}", at.to_rfc3339()));
                     } else if policy == "Forbid" && !active.is_empty() {
                         // Skipped: the next schedule will try again.
                         tracing::debug!(cronjob = %key, "schedule skipped: a job is still active");
@@ -136,15 +138,15 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                         if policy == "Replace" {
                             for j in active.drain(..) {
                                 delete_job(client, ns, j).await?;
-                                event(client, COMPONENT, &cj, "Normal", "SuccessfulDelete", &format!("Deleted job {}", j["metadata"]["name"].as_str().unwrap_or(""))).await;
+                                ctl.events.about(&cj, "Normal", "SuccessfulDelete", format!("Deleted job {}", j["metadata"]["name"].as_str().unwrap_or("")));
                             }
                         }
                         let job = job_for(&cj, at);
-                        match client.create(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
-                            Ok(j) => event(client, COMPONENT, &cj, "Normal", "SuccessfulCreate", &format!("Created job {}", j["metadata"]["name"].as_str().unwrap_or(""))).await,
+                        match client.create(JOBS.ns(ns), &job).await {
+                            Ok(j) => ctl.events.about(&cj, "Normal", "SuccessfulCreate", format!("Created job {}", j["metadata"]["name"].as_str().unwrap_or(""))),
                             Err(e) if e.code == 409 => {}
                             Err(e) => {
-                                event(client, COMPONENT, &cj, "Warning", "FailedCreate", &format!("Error creating job: {}", e.message)).await;
+                                ctl.events.about(&cj, "Warning", "FailedCreate", format!("Error creating job: {}", e.message));
                                 return Err(e);
                             }
                         }
@@ -173,7 +175,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if let Some(t) = last_success {
         status.insert("lastSuccessfulTime".into(), json!(t));
     }
-    super::write_status(client, &url, &cj, Value::Object(status)).await?;
+    write_status(client, target, &cj, Value::Object(status)).await?;
     Ok(next)
 }
 
@@ -184,7 +186,7 @@ fn job_for(cj: &Value, at: DateTime<Utc>) -> Value {
     let mut meta = tmpl["metadata"].as_object().cloned().unwrap_or_default();
     meta.insert("name".into(), json!(format!("{name}-{}", at.timestamp() / 60)));
     meta.insert("namespace".into(), cj["metadata"]["namespace"].clone());
-    meta.insert("ownerReferences".into(), json!([super::controller_ref(cj)]));
+    meta.insert("ownerReferences".into(), json!([controller_ref(cj)]));
     let ann = meta.entry("annotations").or_insert_with(|| json!({}));
     ann[SCHEDULED] = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
     json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": tmpl["spec"]})

@@ -3,45 +3,46 @@
 //! nodes that no longer fit; RollingUpdate within maxUnavailable or OnDelete; each template
 //! kept as a ControllerRevision so `kubectl rollout history/undo` work.
 
-use super::queue::Queue;
+use super::{pod_available, pod_ready, pods_in, run_workers, Ctl, Next, Setup};
+use crate::runtime::queue::Queue;
+use crate::runtime::status::write_status;
 use crate::vocab::hash::stable_hash;
-use super::{controlled_by, event, pod_available, pod_ready, pods_in, run_workers, watcher, Next};
+use crate::vocab::object::{controlled_by, key_of, split_key};
+use crate::vocab::resource::builtin::{DAEMONSETS, NODES, PODS};
+use crate::vocab::scheduling as fit;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
-use crate::scheduler::fit;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const COMPONENT: &str = "daemonset-controller";
 const HASH: &str = "controller-revision-hash";
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    let queue = Queue::new(s.scope);
     let keys: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (q, k) = (queue.clone(), keys.clone());
-    hub.follow("/apis/apps/v1/daemonsets", move |ty, ds| {
-        let key = super::key_of(ds);
+    s.informers.on(&DAEMONSETS.all(), move |c| {
+        let key = key_of(c.object());
         let mut keys = k.lock().unwrap_or_else(|p| p.into_inner());
-        if ty == "DELETED" {
+        if c.is_delete() {
             keys.remove(&key);
         } else {
             keys.insert(key.clone());
         }
         q.add(key);
     });
-    hub.follow("/api/v1/pods", super::queue_owner(&queue, "DaemonSet"));
+    s.informers.on(&PODS.all(), super::queue_owner(&queue, "DaemonSet"));
     // Node changes (added, removed, labels, taints) concern every DaemonSet.
     let q = queue.clone();
-    hub.follow("/api/v1/nodes", move |_, _| {
+    s.informers.on(&NODES.all(), move |_| {
         for key in keys.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             q.add(key.clone());
         }
     });
-    run_workers("daemonset", queue, 1, move |key| {
-        let client = client.clone();
-        async move { reconcile(&client, &key).await }
+    run_workers(s.scope, "daemonset", queue, 1, move |key| {
+        let ctl = ctl.clone();
+        async move { reconcile(&ctl, &key).await }
     });
 }
 
@@ -79,22 +80,21 @@ fn pin_to(spec: &mut Value, node: &str) {
     spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = pin;
 }
 
-async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}");
-    let Some(ds) = super::load_live(client, &url, "apps/v1", "DaemonSet").await? else { return Ok(Next::Idle) };
+async fn reconcile(ctl: &Ctl, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = DAEMONSETS.named(ns, name);
+    let Some(ds) = super::load_live(client, target.clone(), "apps/v1", "DaemonSet").await? else { return Ok(Next::Idle) };
     let uid = ds["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let template = ds["spec"]["template"].clone();
     let hash = stable_hash(&template);
     super::history::ensure_revision(client, &ds, &format!("{name}-{hash}"), &[(HASH, hash.as_str())]).await?;
 
-    let nodes = client.get("/api/v1/nodes").await?;
+    let nodes = client.list(NODES.all()).await?;
     let mut tspec = template["spec"].clone();
     tspec["tolerations"] = json!(daemon_tolerations(&template["spec"]));
-    let eligible: Vec<String> = nodes["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let eligible: Vec<String> = nodes
+        .iter()
         .filter(|n| fit::node_matches(&tspec, n) && fit::untolerated_taint(&tspec, n, &["NoSchedule", "NoExecute"]).is_none())
         .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
         .collect();
@@ -147,7 +147,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     }
     for p in &to_delete {
         if super::delete_pod(client, p).await? {
-            event(client, COMPONENT, &ds, "Normal", "SuccessfulDelete", &format!("Deleted pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))).await;
+            ctl.events.about(&ds, "Normal", "SuccessfulDelete", format!("Deleted pod: {}", p["metadata"]["name"].as_str().unwrap_or("")));
         }
     }
     for node in &to_create {
@@ -156,10 +156,10 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         pod["metadata"]["labels"]["pod-template-generation"] = json!(ds["metadata"]["generation"].as_i64().unwrap_or(1).to_string());
         pod["spec"]["tolerations"] = tspec["tolerations"].clone();
         pin_to(&mut pod["spec"], node);
-        match client.create(&format!("/api/v1/namespaces/{ns}/pods"), &pod).await {
-            Ok(p) => event(client, COMPONENT, &ds, "Normal", "SuccessfulCreate", &format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))).await,
+        match client.create(PODS.ns(ns), &pod).await {
+            Ok(p) => ctl.events.about(&ds, "Normal", "SuccessfulCreate", format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))),
             Err(e) => {
-                event(client, COMPONENT, &ds, "Warning", "FailedCreate", &format!("Error creating: {}", e.message)).await;
+                ctl.events.about(&ds, "Warning", "FailedCreate", format!("Error creating: {}", e.message));
                 return Err(e);
             }
         }
@@ -195,7 +195,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if let Some(m) = status.as_object_mut() {
         m.retain(|k, v| *v != json!(0) || ["currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled", "numberReady"].contains(&k.as_str()));
     }
-    super::write_status(client, &url, &ds, status).await?;
+    write_status(client, target, &ds, status).await?;
     let busy = !to_create.is_empty() || !to_delete.is_empty();
     Ok(match (busy, recheck) {
         (true, _) => Next::After(Duration::from_secs(2)),

@@ -3,16 +3,18 @@
 //! annotations so `kubectl rollout history/undo` work; pause, scale, progress deadline, and
 //! the status `kubectl rollout status` follows.
 
-use super::{controlled_by, controller_of, controller_ref, event, int_or_percent, selector_of, watcher, Next};
+use super::{int_or_percent, selector_of, Ctl, Next, Setup};
+use crate::runtime::status::{set_condition, write_status};
+use crate::runtime::Client;
 use crate::vocab::hash::stable_hash;
+use crate::vocab::object::{controlled_by, controller_of, controller_ref, split_key};
+use crate::vocab::resource::builtin::{DEPLOYMENTS, REPLICASETS};
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";
-const COMPONENT: &str = "deployment-controller";
 /// Annotations of the Deployment that are not copied onto its ReplicaSets.
 const NOT_COPIED: &[&str] = &[
     "kubectl.kubernetes.io/last-applied-configuration",
@@ -22,12 +24,8 @@ const NOT_COPIED: &[&str] = &[
     "deployment.kubernetes.io/max-replicas",
 ];
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    super::start_owner_controller(client, hub, "deployment", "/apis/apps/v1/deployments", "/apis/apps/v1/replicasets", "Deployment", 2, |c, key| async move { reconcile(&c, &key).await });
-}
-
-fn rs_url(ns: &str, name: &str) -> String {
-    format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}")
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    super::start_owner_controller(ctl, s, "deployment", DEPLOYMENTS.all(), REPLICASETS.all(), "Deployment", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn revision(rs: &Value) -> i64 {
@@ -57,22 +55,23 @@ fn copied_annotations(d: &Value) -> serde_json::Map<String, Value> {
     a
 }
 
-async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}");
-    let Some(mut d) = super::load_live(client, &url, "apps/v1", "Deployment").await? else { return Ok(Next::Idle) };
+async fn reconcile(ctl: &Ctl, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = DEPLOYMENTS.named(ns, name);
+    let Some(mut d) = super::load_live(client, target.clone(), "apps/v1", "Deployment").await? else { return Ok(Next::Idle) };
     let Some(sel) = selector_of(&d) else { return Ok(Next::Idle) };
     let uid = d["metadata"]["uid"].as_str().unwrap_or("").to_string();
-    let listed = client.get(&format!("/apis/apps/v1/namespaces/{ns}/replicasets")).await?;
+    let listed = client.list(REPLICASETS.ns(ns)).await?;
     let mut owned = Vec::new();
-    for rs in listed["items"].as_array().into_iter().flatten() {
+    for rs in &listed {
         if controlled_by(rs, &uid) {
             owned.push(rs.clone());
         } else if controller_of(rs).is_none() && sel.matches(&rs["metadata"]["labels"]) && rs["metadata"]["deletionTimestamp"].is_null() {
             let mut refs = rs["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
             refs.push(controller_ref(&d));
-            let patch = super::owner_refs_patch(&rs, &refs);
-            owned.push(client.merge_patch(&rs_url(ns, rs["metadata"]["name"].as_str().unwrap_or("")), &patch).await?);
+            let patch = super::owner_refs_patch(rs, &refs);
+            owned.push(client.merge_patch(REPLICASETS.of(rs), &patch).await?);
         }
     }
     let template = d["spec"]["template"].clone();
@@ -97,7 +96,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         let rev = (max_old + 1).to_string();
         match &mut new_rs {
             None => {
-                let rs = create_new_rs(client, &d, &template, replicas, surge, &rev, &old).await?;
+                let rs = create_new_rs(ctl, &d, &template, replicas, surge, &rev, &old).await?;
                 created_new = true;
                 new_rs = Some(rs);
             }
@@ -109,14 +108,14 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                 ann.insert("deployment.kubernetes.io/desired-replicas".into(), json!(replicas.to_string()));
                 ann.insert("deployment.kubernetes.io/max-replicas".into(), json!((replicas + surge).to_string()));
                 let rname = rs["metadata"]["name"].as_str().unwrap_or("").to_string();
-                *rs = client.merge_patch(&rs_url(ns, &rname), &json!({"metadata": {"annotations": ann}})).await?;
+                *rs = client.merge_patch(REPLICASETS.named(ns, &rname), &json!({"metadata": {"annotations": ann}})).await?;
             }
             Some(_) => {}
         }
         let Some(new) = new_rs.as_mut() else { return Ok(Next::Idle) };
         if recreate {
             for rs in old.iter_mut().filter(|rs| spec_replicas(rs) > 0) {
-                scale(client, &d, rs, 0).await?;
+                scale(ctl, &d, rs, 0).await?;
             }
             // The new pods start only when every old pod is gone.
             let old_uids: Vec<&Value> = old.iter().map(|rs| &rs["metadata"]["uid"]).collect();
@@ -125,20 +124,20 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
             if old_pods > 0 {
                 next = Next::After(Duration::from_secs(1));
             } else if spec_replicas(new) != replicas {
-                scale(client, &d, new, replicas).await?;
+                scale(ctl, &d, new, replicas).await?;
             }
         } else {
-            roll(client, &d, new, &mut old, replicas, surge, unavailable).await?;
+            roll(ctl, &d, new, &mut old, replicas, surge, unavailable).await?;
         }
         cleanup_history(client, &d, &old).await?;
         let rev_now = revision(new).to_string();
         if d["metadata"]["annotations"][REVISION] != json!(rev_now) {
-            d = client.merge_patch(&url, &json!({"metadata": {"annotations": {REVISION: rev_now}}})).await?;
+            d = client.merge_patch(target.clone(), &json!({"metadata": {"annotations": {REVISION: rev_now}}})).await?;
         }
     } else if let Some(new) = new_rs.as_mut() {
         // Paused: scaling still applies, to the newest ReplicaSet when no rollout is underway.
         if old.iter().all(|rs| spec_replicas(rs) == 0) && spec_replicas(new) != replicas {
-            scale(client, &d, new, replicas).await?;
+            scale(ctl, &d, new, replicas).await?;
         }
     }
 
@@ -152,9 +151,9 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     let new_name = new_rs.as_ref().and_then(|rs| rs["metadata"]["name"].as_str()).unwrap_or("").to_string();
     let mut conditions: Vec<Value> = d["status"]["conditions"].as_array().cloned().unwrap_or_default();
     if available >= replicas - unavailable {
-        super::set_condition(&mut conditions, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.");
+        set_condition(&mut conditions, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.");
     } else {
-        super::set_condition(&mut conditions, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.");
+        set_condition(&mut conditions, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.");
     }
     let complete = updated == replicas && available == replicas && actual == replicas && new_rs.as_ref().is_some_and(|rs| spec_replicas(rs) == replicas && status_of(rs, "availableReplicas") == replicas);
     let prev = &d["status"];
@@ -162,11 +161,11 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         || ["replicas", "updatedReplicas", "availableReplicas", "readyReplicas"].iter().zip([actual, updated, available, sum("readyReplicas")]).any(|(f, v)| prev[f].as_i64().unwrap_or(0) != v);
     let deadline = d["spec"]["progressDeadlineSeconds"].as_i64().unwrap_or(600);
     if paused {
-        super::set_condition(&mut conditions, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused");
+        set_condition(&mut conditions, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused");
     } else if complete {
-        super::set_condition(&mut conditions, "Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{new_name}\" has successfully progressed."));
+        set_condition(&mut conditions, "Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{new_name}\" has successfully progressed."));
     } else if created_new {
-        super::set_condition(&mut conditions, "Progressing", "True", "NewReplicaSetCreated", &format!("Created new replica set \"{new_name}\""));
+        set_condition(&mut conditions, "Progressing", "True", "NewReplicaSetCreated", &format!("Created new replica set \"{new_name}\""));
         touch(&mut conditions, "Progressing");
     } else {
         let was_paused = conditions.iter().any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused");
@@ -175,11 +174,11 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         let already_failed = conditions.iter().any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded");
         if progressed || was_paused || last_update.is_none() {
             let (reason, msg) = if was_paused { ("DeploymentResumed", "Deployment is resumed".to_string()) } else { ("ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing.")) };
-            super::set_condition(&mut conditions, "Progressing", "True", reason, &msg);
+            set_condition(&mut conditions, "Progressing", "True", reason, &msg);
             touch(&mut conditions, "Progressing");
         } else if timed_out && !already_failed {
-            super::set_condition(&mut conditions, "Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{new_name}\" has timed out progressing."));
-            event(client, COMPONENT, &d, "Warning", "ProgressDeadlineExceeded", &format!("Deployment {name} has timed out progressing")).await;
+            set_condition(&mut conditions, "Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{new_name}\" has timed out progressing."));
+            ctl.events.about(&d, "Warning", "ProgressDeadlineExceeded", format!("Deployment {name} has timed out progressing"));
         }
         if !already_failed {
             next = earliest(next, Duration::from_secs(deadline.max(1) as u64 + 1));
@@ -195,7 +194,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if let Some(m) = want.as_object_mut() {
         m.retain(|_, v| !v.is_null());
     }
-    super::write_status(client, &url, &d, want).await?;
+    write_status(client, target, &d, want).await?;
     Ok(next)
 }
 
@@ -212,7 +211,7 @@ fn touch(conditions: &mut [Value], ty: &str) {
     }
 }
 
-async fn create_new_rs(client: &Client, d: &Value, template: &Value, replicas: i64, surge: i64, rev: &str, old: &[Value]) -> Result<Value, ApiError> {
+async fn create_new_rs(ctl: &Ctl, d: &Value, template: &Value, replicas: i64, surge: i64, rev: &str, old: &[Value]) -> Result<Value, ApiError> {
     let ns = d["metadata"]["namespace"].as_str().unwrap_or("");
     let dname = d["metadata"]["name"].as_str().unwrap_or("");
     let collisions = d["status"]["collisionCount"].as_i64().unwrap_or(0);
@@ -234,29 +233,29 @@ async fn create_new_rs(client: &Client, d: &Value, template: &Value, replicas: i
         "metadata": {"name": name, "namespace": ns, "labels": t["metadata"]["labels"], "annotations": ann, "ownerReferences": [controller_ref(d)]},
         "spec": {"replicas": start, "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0), "selector": selector, "template": t},
     });
-    match client.create(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &rs).await {
+    let client = &ctl.client;
+    match client.create(REPLICASETS.ns(ns), &rs).await {
         Ok(created) => {
             if start > 0 {
-                event(client, COMPONENT, d, "Normal", "ScalingReplicaSet", &format!("Scaled up replica set {name} from 0 to {start}")).await;
+                ctl.events.about(d, "Normal", "ScalingReplicaSet", format!("Scaled up replica set {name} from 0 to {start}"));
             }
             Ok(created)
         }
         Err(e) if e.code == 409 => {
             // A ReplicaSet of that name with another template: count a collision, which
             // changes the hash on the next pass.
-            let existing = client.get(&rs_url(ns, &name)).await?;
+            let existing = client.get(REPLICASETS.named(ns, &name)).await?;
             if controlled_by(&existing, d["metadata"]["uid"].as_str().unwrap_or("")) && template_without_hash(&existing) == *template {
                 return Ok(existing);
             }
-            let url = format!("/apis/apps/v1/namespaces/{ns}/deployments/{dname}/status");
-            client.merge_patch(&url, &json!({"status": {"collisionCount": collisions + 1}})).await?;
+            client.merge_patch(DEPLOYMENTS.named(ns, dname).sub("status"), &json!({"status": {"collisionCount": collisions + 1}})).await?;
             Err(ApiError { code: 409, reason: "Conflict".into(), message: format!("replica set {name} exists with another template; hash collision counted"), details: None })
         }
         Err(e) => Err(e),
     }
 }
 
-async fn scale(client: &Client, d: &Value, rs: &mut Value, to: i64) -> Result<(), ApiError> {
+async fn scale(ctl: &Ctl, d: &Value, rs: &mut Value, to: i64) -> Result<(), ApiError> {
     let from = spec_replicas(rs);
     if from == to {
         return Ok(());
@@ -264,23 +263,23 @@ async fn scale(client: &Client, d: &Value, rs: &mut Value, to: i64) -> Result<()
     let ns = rs["metadata"]["namespace"].as_str().unwrap_or("");
     let name = rs["metadata"]["name"].as_str().unwrap_or("").to_string();
     let patch = json!({"metadata": {"resourceVersion": rs["metadata"]["resourceVersion"]}, "spec": {"replicas": to}});
-    *rs = client.merge_patch(&rs_url(ns, &name), &patch).await?;
+    *rs = ctl.client.merge_patch(REPLICASETS.named(ns, &name), &patch).await?;
     let dir = if to > from { "up" } else { "down" };
-    event(client, COMPONENT, d, "Normal", "ScalingReplicaSet", &format!("Scaled {dir} replica set {name} from {from} to {to}")).await;
+    ctl.events.about(d, "Normal", "ScalingReplicaSet", format!("Scaled {dir} replica set {name} from {from} to {to}"));
     Ok(())
 }
 
 /// One step of a rolling update: grow the new ReplicaSet within maxSurge, shrink old ones
 /// within maxUnavailable (unhealthy replicas first).
-async fn roll(client: &Client, d: &Value, new: &mut Value, old: &mut [Value], replicas: i64, surge: i64, max_unavailable: i64) -> Result<(), ApiError> {
+async fn roll(ctl: &Ctl, d: &Value, new: &mut Value, old: &mut [Value], replicas: i64, surge: i64, max_unavailable: i64) -> Result<(), ApiError> {
     let total = |new: &Value, old: &[Value]| spec_replicas(new) + old.iter().map(spec_replicas).sum::<i64>();
     let new_size = spec_replicas(new);
     if new_size > replicas {
-        scale(client, d, new, replicas).await?;
+        scale(ctl, d, new, replicas).await?;
     } else if new_size < replicas {
         let allowed = replicas + surge - total(new, old);
         if allowed > 0 {
-            scale(client, d, new, (new_size + allowed).min(replicas)).await?;
+            scale(ctl, d, new, (new_size + allowed).min(replicas)).await?;
         }
     }
     let min_available = replicas - max_unavailable;
@@ -298,7 +297,7 @@ async fn roll(client: &Client, d: &Value, new: &mut Value, old: &mut [Value], re
         let n = unhealthy.min(budget);
         if n > 0 {
             let to = spec_replicas(rs) - n;
-            scale(client, d, rs, to).await?;
+            scale(ctl, d, rs, to).await?;
             budget -= n;
         }
     }
@@ -311,7 +310,7 @@ async fn roll(client: &Client, d: &Value, new: &mut Value, old: &mut [Value], re
         let n = spec_replicas(rs).min(left);
         if n > 0 {
             let to = spec_replicas(rs) - n;
-            scale(client, d, rs, to).await?;
+            scale(ctl, d, rs, to).await?;
             left -= n;
         }
     }
@@ -326,8 +325,7 @@ async fn cleanup_history(client: &Client, d: &Value, old: &[Value]) -> Result<()
         return Ok(());
     }
     for rs in &idle[..idle.len() - limit] {
-        let url = rs_url(rs["metadata"]["namespace"].as_str().unwrap_or(""), rs["metadata"]["name"].as_str().unwrap_or(""));
-        match client.delete(&url, &json!({"propagationPolicy": "Background"})).await {
+        match client.delete(REPLICASETS.of(rs), &json!({"propagationPolicy": "Background"})).await {
             Ok(_) | Err(ApiError { code: 404 | 409, .. }) => {}
             Err(e) => return Err(e),
         }

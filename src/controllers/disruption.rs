@@ -1,11 +1,14 @@
 //! PodDisruptionBudget status: how many matching pods are healthy, how many must stay, and
 //! so how many evictions the budget allows now (which `pods/eviction` spends).
 
-use super::queue::Queue;
-use super::{controller_of, int_or_percent, pod_ready, pods_in, run_workers, set_condition, watcher, Next};
+use super::{int_or_percent, pod_ready, pods_in, run_workers, Ctl, Next, Setup};
+use crate::runtime::queue::Queue;
+use crate::runtime::status::{set_condition, write_status};
+use crate::runtime::Client;
+use crate::vocab::object::{controller_of, key_of, split_key};
+use crate::vocab::resource::builtin::{DEPLOYMENTS, PODDISRUPTIONBUDGETS, PODS, REPLICASETS, REPLICATIONCONTROLLERS, STATEFULSETS};
 use crate::vocab::selector::LabelSelector;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,15 +17,16 @@ use std::time::Duration;
 /// How long an eviction counts against the budget while its pod has not started going.
 const DISRUPTION_TIMEOUT: i64 = 120;
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    let queue = Queue::new(s.scope);
     let by_ns: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
     let (q, m) = (queue.clone(), by_ns.clone());
-    hub.follow("/apis/policy/v1/poddisruptionbudgets", move |ty, b| {
-        let key = super::key_of(b);
+    s.informers.on(&PODDISRUPTIONBUDGETS.all(), move |c| {
+        let b = c.object();
+        let key = key_of(b);
         let ns = b["metadata"]["namespace"].as_str().unwrap_or("").to_string();
         let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-        if ty == "DELETED" {
+        if c.is_delete() {
             m.entry(ns).or_default().remove(&key);
         } else {
             m.entry(ns).or_default().insert(key.clone());
@@ -30,14 +34,14 @@ pub fn start(client: Client, hub: &mut watcher::Hub) {
         q.add(key);
     });
     let q = queue.clone();
-    hub.follow("/api/v1/pods", move |_, p| {
-        let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
+    s.informers.on(&PODS.all(), move |c| {
+        let ns = c.object()["metadata"]["namespace"].as_str().unwrap_or("");
         for key in by_ns.lock().unwrap_or_else(|p| p.into_inner()).get(ns).into_iter().flatten() {
             q.add(key.clone());
         }
     });
-    run_workers("disruption", queue, 1, move |key| {
-        let client = client.clone();
+    run_workers(s.scope, "disruption", queue, 1, move |key| {
+        let client = ctl.client.clone();
         async move { reconcile(&client, &key).await }
     });
 }
@@ -50,16 +54,16 @@ async fn expected_from_controllers(client: &Client, ns: &str, pods: &[&Value]) -
     for p in pods {
         let Some(r) = controller_of(p) else { return Ok(None) };
         let (kind, name) = (r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""));
-        let url = match kind {
-            "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
-            "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"),
-            "ReplicationController" => format!("/api/v1/namespaces/{ns}/replicationcontrollers/{name}"),
+        let res = match kind {
+            "ReplicaSet" => REPLICASETS,
+            "StatefulSet" => STATEFULSETS,
+            "ReplicationController" => REPLICATIONCONTROLLERS,
             _ => return Ok(None),
         };
-        let mut owner = client.get(&url).await?;
+        let mut owner = client.get(res.named(ns, name)).await?;
         if kind == "ReplicaSet" {
             if let Some(d) = controller_of(&owner).filter(|d| d["kind"] == "Deployment") {
-                owner = client.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{}", d["name"].as_str().unwrap_or(""))).await?;
+                owner = client.get(DEPLOYMENTS.named(ns, d["name"].as_str().unwrap_or(""))).await?;
             }
         }
         if seen.insert(owner["metadata"]["uid"].as_str().unwrap_or("").to_string()) {
@@ -70,9 +74,9 @@ async fn expected_from_controllers(client: &Client, ns: &str, pods: &[&Value]) -
 }
 
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}");
-    let pdb = match client.get(&url).await {
+    let (ns, name) = split_key(key);
+    let target = PODDISRUPTIONBUDGETS.named(ns, name);
+    let pdb = match client.get(target.clone()).await {
         Ok(o) => o,
         Err(e) if e.code == 404 => return Ok(Next::Idle),
         Err(e) => return Err(e),
@@ -129,6 +133,6 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if !disrupted.is_empty() {
         status["disruptedPods"] = json!(disrupted);
     }
-    super::write_status(client, &url, &pdb, status).await?;
+    write_status(client, target, &pdb, status).await?;
     Ok(if pdb["status"]["disruptedPods"].as_object().is_some_and(|m| !m.is_empty()) { Next::After(Duration::from_secs(DISRUPTION_TIMEOUT as u64)) } else { Next::Idle })
 }

@@ -3,11 +3,13 @@
 //! by name per pod, `publishNotReadyAddresses`, hostnames for pods under a headless
 //! service's subdomain. Services without a selector keep the endpoints their users write.
 
-use super::queue::Queue;
-use super::{pod_ready, pods_in, run_workers, watcher, Next};
+use super::{pod_ready, pods_in, run_workers, Ctl, Next, Setup};
+use crate::runtime::queue::Queue;
+use crate::runtime::Client;
+use crate::vocab::object::{controller_ref, key_of, split_key};
+use crate::vocab::resource::builtin::{ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES};
 use crate::vocab::selector::LabelSelector;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -17,24 +19,25 @@ const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Endpoints per slice, as upstream's default.
 const PER_SLICE: usize = 100;
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    let queue = Queue::new(s.scope);
     // Selectors by service key: a pod change concerns the services that select it.
     let selectors = super::Selectors::default();
     let (q, sels) = (queue.clone(), selectors.clone());
-    hub.follow("/api/v1/services", move |ty, svc| {
+    s.informers.on(&SERVICES.all(), move |c| {
+        let svc = c.object();
         let sel = svc["spec"]["selector"].is_object().then(|| LabelSelector::from_object(&json!({"matchLabels": svc["spec"]["selector"]})).ok()).flatten();
-        sels.observe(ty, svc, sel);
-        q.add(super::key_of(svc));
+        sels.observe(c, sel);
+        q.add(key_of(svc));
     });
     let q = queue.clone();
-    hub.follow("/api/v1/pods", move |_, pod| {
-        for key in selectors.selecting(pod) {
+    s.informers.on(&PODS.all(), move |c| {
+        for key in selectors.selecting(c.object()) {
             q.add(key);
         }
     });
-    run_workers("endpoints", queue, 2, move |key| {
-        let client = client.clone();
+    run_workers(s.scope, "endpoints", queue, 2, move |key| {
+        let client = ctl.client.clone();
         async move { reconcile(&client, &key).await }
     });
 }
@@ -62,12 +65,12 @@ struct Address {
 }
 
 async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let svc = match client.get(&format!("/api/v1/namespaces/{ns}/services/{name}")).await {
+    let (ns, name) = split_key(key);
+    let svc = match client.get(SERVICES.named(ns, name)).await {
         Ok(s) => s,
         Err(e) if e.code == 404 => {
             // Slices go with their service (owner reference); the Endpoints object by name.
-            let _ = client.delete(&format!("/api/v1/namespaces/{ns}/endpoints/{name}"), &json!({})).await;
+            let _ = client.delete(ENDPOINTS.named(ns, name), &json!({})).await;
             return Ok(Next::Idle);
         }
         Err(e) => return Err(e),
@@ -137,19 +140,18 @@ async fn write_endpoints(client: &Client, svc: &Value, groups: &BTreeMap<String,
         }
         subsets.push(subset);
     }
-    let url = format!("/api/v1/namespaces/{ns}/endpoints/{name}");
     let mut labels = svc["metadata"]["labels"].as_object().cloned().unwrap_or_default();
     labels.insert("endpoints.kubernetes.io/managed-by".into(), json!("endpoint-controller"));
     let want = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": labels}, "subsets": subsets});
-    match client.get(&url).await {
+    match client.get(ENDPOINTS.named(ns, name)).await {
         Ok(cur) => {
             if cur["subsets"].as_array().map_or(subsets.is_empty(), |s| *s == subsets) && cur["metadata"]["labels"] == want["metadata"]["labels"] {
                 return Ok(());
             }
             let patch = json!({"metadata": {"labels": want["metadata"]["labels"], "resourceVersion": cur["metadata"]["resourceVersion"]}, "subsets": subsets});
-            client.merge_patch(&url, &patch).await.map(|_| ())
+            client.merge_patch(ENDPOINTS.named(ns, name), &patch).await.map(|_| ())
         }
-        Err(e) if e.code == 404 => match client.create(&format!("/api/v1/namespaces/{ns}/endpoints"), &want).await {
+        Err(e) if e.code == 404 => match client.create(ENDPOINTS.ns(ns), &want).await {
             Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
             Err(e) => Err(e),
         },
@@ -162,9 +164,7 @@ async fn write_endpoints(client: &Client, svc: &Value, groups: &BTreeMap<String,
 async fn write_slices(client: &Client, svc: &Value, groups: &BTreeMap<String, (Vec<Value>, Vec<Address>)>) -> Result<(), ApiError> {
     let ns = svc["metadata"]["namespace"].as_str().unwrap_or("");
     let name = svc["metadata"]["name"].as_str().unwrap_or("");
-    let base = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
-    let existing = client.get(&format!("{base}?labelSelector={SERVICE_NAME}%3D{name},{MANAGED_BY}%3D{CONTROLLER}")).await?;
-    let mut existing: Vec<Value> = existing["items"].as_array().cloned().unwrap_or_default();
+    let mut existing = client.list(ENDPOINTSLICES.ns(ns).labels(&format!("{SERVICE_NAME}={name},{MANAGED_BY}={CONTROLLER}"))).await?;
     existing.sort_by_key(|s| s["metadata"]["name"].as_str().unwrap_or("").to_string());
     let mut wanted: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
     for (ports, addrs) in groups.values() {
@@ -203,22 +203,21 @@ async fn write_slices(client: &Client, svc: &Value, groups: &BTreeMap<String, (V
                 if cur["ports"] == json!(ports) && cur["endpoints"].as_array().map_or(endpoints.is_empty(), |e| e == endpoints) {
                     continue;
                 }
-                let url = format!("{base}/{}", cur["metadata"]["name"].as_str().unwrap_or(""));
                 let patch = json!({"metadata": {"resourceVersion": cur["metadata"]["resourceVersion"]}, "ports": ports, "endpoints": endpoints});
-                client.merge_patch(&url, &patch).await?;
+                client.merge_patch(ENDPOINTSLICES.of(cur), &patch).await?;
             }
             None => {
                 let slice = json!({
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                    "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": labels, "ownerReferences": [super::controller_ref(&svc_typed)]},
+                    "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": labels, "ownerReferences": [controller_ref(&svc_typed)]},
                     "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
                 });
-                client.create(&base, &slice).await?;
+                client.create(ENDPOINTSLICES.ns(ns), &slice).await?;
             }
         }
     }
     for extra in existing.iter().skip(wanted.len()) {
-        match client.delete(&format!("{base}/{}", extra["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await {
+        match client.delete(ENDPOINTSLICES.of(extra), &json!({})).await {
             Ok(_) | Err(ApiError { code: 404 | 409, .. }) => {}
             Err(e) => return Err(e),
         }

@@ -1,9 +1,10 @@
 //! ControllerRevisions: the template history of DaemonSets and StatefulSets, which
 //! `kubectl rollout history/undo` read.
 
-use super::{controlled_by, controller_ref};
+use crate::runtime::Client;
+use crate::vocab::object::{controlled_by, controller_ref};
+use crate::vocab::resource::builtin::CONTROLLERREVISIONS;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 
 /// Makes sure the ControllerRevision `rev_name` holds `owner`'s current template and has the
@@ -12,15 +13,14 @@ use serde_json::{json, Value};
 pub async fn ensure_revision(client: &Client, owner: &Value, rev_name: &str, labels: &[(&str, &str)]) -> Result<i64, ApiError> {
     let ns = owner["metadata"]["namespace"].as_str().unwrap_or("");
     let uid = owner["metadata"]["uid"].as_str().unwrap_or("");
-    let base = format!("/apis/apps/v1/namespaces/{ns}/controllerrevisions");
-    let list = client.get(&base).await?;
-    let mut owned: Vec<&Value> = list["items"].as_array().into_iter().flatten().filter(|r| controlled_by(r, uid)).collect();
+    let list = client.list(CONTROLLERREVISIONS.ns(ns)).await?;
+    let mut owned: Vec<&Value> = list.iter().filter(|r| controlled_by(r, uid)).collect();
     owned.sort_by_key(|r| r["revision"].as_i64().unwrap_or(0));
     let max = owned.last().map_or(0, |r| r["revision"].as_i64().unwrap_or(0));
     let template = &owner["spec"]["template"];
     let revision = match owned.iter().find(|r| r["metadata"]["name"] == rev_name) {
         Some(cur) if cur["revision"].as_i64().unwrap_or(0) < max => {
-            client.merge_patch(&format!("{base}/{rev_name}"), &json!({"revision": max + 1})).await?;
+            client.merge_patch(CONTROLLERREVISIONS.named(ns, rev_name), &json!({"revision": max + 1})).await?;
             max + 1
         }
         Some(cur) => cur["revision"].as_i64().unwrap_or(max),
@@ -35,7 +35,7 @@ pub async fn ensure_revision(client: &Client, owner: &Value, rev_name: &str, lab
                 "metadata": {"name": rev_name, "namespace": ns, "labels": l, "ownerReferences": [controller_ref(owner)]},
                 "data": data, "revision": max + 1,
             });
-            match client.create(&base, &rev).await {
+            match client.create(CONTROLLERREVISIONS.ns(ns), &rev).await {
                 Ok(_) | Err(ApiError { code: 409, .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -45,7 +45,7 @@ pub async fn ensure_revision(client: &Client, owner: &Value, rev_name: &str, lab
     let limit = owner["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
     let old: Vec<&&Value> = owned.iter().filter(|r| r["metadata"]["name"] != rev_name).collect();
     for r in old.iter().take(old.len().saturating_sub(limit)) {
-        match client.delete(&format!("{base}/{}", r["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await {
+        match client.delete(CONTROLLERREVISIONS.named(ns, r["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await {
             Ok(_) | Err(ApiError { code: 404 | 409, .. }) => {}
             Err(e) => return Err(e),
         }
@@ -55,7 +55,7 @@ pub async fn ensure_revision(client: &Client, owner: &Value, rev_name: &str, lab
 
 /// The pod template a revision holds.
 pub async fn template_of(client: &Client, ns: &str, rev_name: &str) -> Result<Option<Value>, ApiError> {
-    match client.get(&format!("/apis/apps/v1/namespaces/{ns}/controllerrevisions/{rev_name}")).await {
+    match client.get(CONTROLLERREVISIONS.named(ns, rev_name)).await {
         Ok(r) => {
             let mut t = r["data"]["spec"]["template"].clone();
             if let Some(m) = t.as_object_mut() {

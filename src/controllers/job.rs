@@ -3,19 +3,20 @@
 //! `activeDeadlineSeconds`, `suspend` and `ttlSecondsAfterFinished`; Complete/Failed
 //! conditions as upstream.
 
-use super::{controlled_by, event, pod_active, pod_ready, pods_in, set_condition, watcher, Next};
+use super::{pod_active, pod_ready, pods_in, Ctl, Next, Setup};
+use crate::runtime::status::{set_condition, write_status};
+use crate::vocab::object::{controlled_by, parse_time, split_key};
+use crate::vocab::resource::builtin::{JOBS, PODS};
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const COMPONENT: &str = "job-controller";
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    super::start_owner_controller(client, hub, "job", "/apis/batch/v1/jobs", "/api/v1/pods", "Job", 2, |c, key| async move { reconcile(&c, &key).await });
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    super::start_owner_controller(ctl, s, "job", JOBS.all(), PODS.all(), "Job", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn finished_condition(job: &Value) -> Option<&Value> {
@@ -75,19 +76,20 @@ fn pod_index(p: &Value) -> Option<i64> {
     p["metadata"]["annotations"][INDEX].as_str()?.parse().ok()
 }
 
-async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}");
-    let Some(job) = super::load_live(client, &url, "batch/v1", "Job").await? else { return Ok(Next::Idle) };
+async fn reconcile(ctl: &Ctl, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = JOBS.named(ns, name);
+    let Some(job) = super::load_live(client, target.clone(), "batch/v1", "Job").await? else { return Ok(Next::Idle) };
     let now = Utc::now();
     if let Some(done) = finished_condition(&job) {
         // Finished: only the TTL is left to honour.
         let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_i64() else { return Ok(Next::Idle) };
-        let at = super::parse_time(&job["status"]["completionTime"]).or_else(|| super::parse_time(&done["lastTransitionTime"])).unwrap_or(now) + chrono::Duration::seconds(ttl);
+        let at = parse_time(&job["status"]["completionTime"]).or_else(|| parse_time(&done["lastTransitionTime"])).unwrap_or(now) + chrono::Duration::seconds(ttl);
         if at > now {
             return Ok(Next::After((at - now).to_std().unwrap_or_default() + Duration::from_millis(100)));
         }
-        match client.delete(&url, &json!({"propagationPolicy": "Background", "preconditions": {"uid": job["metadata"]["uid"]}})).await {
+        match client.delete(target.clone(), &json!({"propagationPolicy": "Background", "preconditions": {"uid": job["metadata"]["uid"]}})).await {
             Ok(_) | Err(ApiError { code: 404 | 409, .. }) => return Ok(Next::Idle),
             Err(e) => return Err(e),
         }
@@ -135,18 +137,18 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     if suspended {
         delete_active = true;
         if set_condition(&mut conditions, "Suspended", "True", "JobSuspended", "Job suspended") {
-            event(client, COMPONENT, &job, "Normal", "Suspended", "Job suspended").await;
+            ctl.events.about(&job, "Normal", "Suspended", "Job suspended");
         }
         start_time = Value::Null;
     } else {
         if conditions.iter().any(|c| c["type"] == "Suspended" && c["status"] == "True") {
             set_condition(&mut conditions, "Suspended", "False", "JobResumed", "Job resumed");
-            event(client, COMPONENT, &job, "Normal", "Resumed", "Job resumed").await;
+            ctl.events.about(&job, "Normal", "Resumed", "Job resumed");
         }
         if start_time.is_null() {
             start_time = json!(crate::vocab::object::now());
         }
-        let started = super::parse_time(&start_time).unwrap_or(now);
+        let started = parse_time(&start_time).unwrap_or(now);
         if let Some(ads) = spec["activeDeadlineSeconds"].as_i64() {
             let deadline = started + chrono::Duration::seconds(ads);
             if now >= deadline {
@@ -166,14 +168,14 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
             delete_active = true;
             set_condition(&mut conditions, "FailureTarget", "True", reason, message);
             set_condition(&mut conditions, "Failed", "True", reason, message);
-            event(client, COMPONENT, &job, "Warning", reason, message).await;
+            ctl.events.about(&job, "Warning", reason, message);
             next = Next::After(Duration::ZERO);
         } else if complete {
             delete_active = true;
             set_condition(&mut conditions, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods");
             set_condition(&mut conditions, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
             completion_time = json!(crate::vocab::object::now());
-            event(client, COMPONENT, &job, "Normal", "Completed", "Job completed").await;
+            ctl.events.about(&job, "Normal", "Completed", "Job completed");
             next = Next::After(Duration::ZERO);
         } else {
             // How many more pods to run, and (Indexed) which indexes.
@@ -209,7 +211,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                 };
                 match wait {
                     Some(w) if w > Duration::ZERO => next = Next::After(w + Duration::from_millis(100)),
-                    _ => create_pods(client, &job, &missing).await?,
+                    _ => create_pods(ctl, &job, &missing).await?,
                 }
             }
         }
@@ -232,18 +234,17 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         // Counters are omitted when zero (except `ready`), as upstream serializes them.
         m.retain(|k, v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) && (k == "ready" || *v != json!(0)));
     }
-    super::write_status(client, &url, &job, status).await?;
+    write_status(client, target, &job, status).await?;
     Ok(next)
 }
 
 fn last_finish(p: &Value) -> Option<DateTime<Utc>> {
-    p["status"]["containerStatuses"].as_array()?.iter().filter_map(|c| super::parse_time(&c["state"]["terminated"]["finishedAt"])).max()
+    p["status"]["containerStatuses"].as_array()?.iter().filter_map(|c| parse_time(&c["state"]["terminated"]["finishedAt"])).max()
 }
 
-async fn create_pods(client: &Client, job: &Value, indexes: &[Option<i64>]) -> Result<(), ApiError> {
+async fn create_pods(ctl: &Ctl, job: &Value, indexes: &[Option<i64>]) -> Result<(), ApiError> {
     let ns = job["metadata"]["namespace"].as_str().unwrap_or("");
     let name = job["metadata"]["name"].as_str().unwrap_or("");
-    let path = format!("/api/v1/namespaces/{ns}/pods");
     for index in indexes {
         let mut pod = super::pod_from_template(job, &job["spec"]["template"], &format!("{name}-"));
         if let Some(i) = index {
@@ -261,11 +262,11 @@ async fn create_pods(client: &Client, job: &Value, indexes: &[Option<i64>]) -> R
                 c["env"] = json!(env);
             }
         }
-        let created = client.create(&path, &pod).await;
+        let created = ctl.client.create(PODS.ns(ns), &pod).await;
         match created {
-            Ok(p) => event(client, COMPONENT, job, "Normal", "SuccessfulCreate", &format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))).await,
+            Ok(p) => ctl.events.about(job, "Normal", "SuccessfulCreate", format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or(""))),
             Err(e) => {
-                event(client, COMPONENT, job, "Warning", "FailedCreate", &format!("Error creating: {}", e.message)).await;
+                ctl.events.about(job, "Warning", "FailedCreate", format!("Error creating: {}", e.message));
                 return Err(e);
             }
         }

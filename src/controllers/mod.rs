@@ -1,8 +1,9 @@
 //! The controllers: reconcile loops that drive the cluster toward what its objects declare.
-//! Each one follows the collections it cares about (through one shared [`watcher::Hub`]),
-//! turns what it sees into keys on its [`queue::Queue`], and reconciles one key at a time
-//! against the current state read from the API, through the same [`Client`] as any other
-//! component.
+//! Each one registers the collections it follows on the shared informers (one watch and one
+//! cache per collection for all of them), turns what it sees into keys on its own work
+//! queue, and reconciles one key at a time against the current state read from the API. Each
+//! runs under its own client identity and records events under its own component name, like
+//! the controllers of kube-controller-manager.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -13,16 +14,22 @@ pub mod gc;
 pub mod history;
 pub mod job;
 pub mod nodelifecycle;
-pub mod queue;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
-pub mod watcher;
 
+use crate::runtime::cache::Change;
+use crate::runtime::client::not_found_ok;
+use crate::runtime::events::Recorder;
+use crate::runtime::informer::Informers;
+use crate::runtime::queue::Queue;
+use crate::runtime::{Client, Scope};
+use crate::vocab::object::{controller_of, key_of, parse_time};
+use crate::vocab::resource::builtin::PODS;
+use crate::vocab::resource::Target;
 use crate::vocab::selector::LabelSelector;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
@@ -36,54 +43,83 @@ pub enum Next {
     After(Duration),
 }
 
-/// Starts every controller; each gets its own client (its name shows in managedFields).
-/// Provisioned volumes go under `storage_dir`; `ca_pem` is the cluster CA published to
-/// every namespace.
-pub fn start(api: Arc<crate::api::Api>, storage_dir: std::path::PathBuf, ca_pem: String) {
-    let client = |agent: &'static str| Client::in_process(api.clone(), agent);
-    gc::start(client("ferrokube-controller/garbage-collector"));
-    let mut hub = watcher::Hub::default();
-    serviceaccount::start(client("ferrokube-controller/serviceaccount"), &mut hub, ca_pem);
-    replicaset::start(client("ferrokube-controller/replicaset"), &mut hub);
-    deployment::start(client("ferrokube-controller/deployment"), &mut hub);
-    job::start(client("ferrokube-controller/job"), &mut hub);
-    cronjob::start(client("ferrokube-controller/cronjob"), &mut hub);
-    daemonset::start(client("ferrokube-controller/daemonset"), &mut hub);
-    statefulset::start(client("ferrokube-controller/statefulset"), &mut hub);
-    disruption::start(client("ferrokube-controller/disruption"), &mut hub);
-    endpoints::start(client("ferrokube-controller/endpoints"), &mut hub);
-    nodelifecycle::start(client("ferrokube-controller/node-lifecycle"), &mut hub);
-    volume::start(client("ferrokube-controller/persistentvolume"), &mut hub, volume::Storage { dir: storage_dir });
-    hub.run(client("ferrokube-controller"));
+/// What one controller acts with: its client (its name shows in managedFields) and its event
+/// recorder (its component name shows in events).
+#[derive(Clone)]
+pub struct Ctl {
+    pub client: Client,
+    pub events: Recorder,
+}
+
+/// What controllers are started with: the shared informers to register on and the scope
+/// their tasks run in.
+pub struct Setup<'a> {
+    pub informers: &'a mut Informers,
+    pub scope: &'a Scope,
+    clients: &'a dyn Fn(&str) -> Client,
+}
+
+impl Setup<'_> {
+    /// The client and recorder of controller `name` (events as `component`).
+    pub fn ctl(&self, name: &str, component: &str) -> Ctl {
+        let client = (self.clients)(&format!("ferrokube-controller/{name}"));
+        let events = Recorder::new(client.clone(), component, None, self.scope);
+        Ctl { client, events }
+    }
+}
+
+/// What the controllers need beside the API.
+pub struct Config {
+    /// Where the `local-path` provisioner puts volumes.
+    pub storage_dir: std::path::PathBuf,
+    /// The cluster CA, published to every namespace as `kube-root-ca.crt`.
+    pub ca_pem: String,
+}
+
+/// Starts every controller in `scope`; `clients(agent)` makes each one its own client.
+pub fn start(clients: &dyn Fn(&str) -> Client, scope: &Scope, cfg: Config) {
+    let mut informers = Informers::new();
+    let mut s = Setup { informers: &mut informers, scope, clients };
+    gc::start(s.ctl("garbage-collector", "garbage-collector"), &mut s);
+    serviceaccount::start(s.ctl("serviceaccount", "serviceaccount-controller"), &mut s, cfg.ca_pem);
+    replicaset::start(s.ctl("replicaset", "replicaset-controller"), &mut s);
+    deployment::start(s.ctl("deployment", "deployment-controller"), &mut s);
+    job::start(s.ctl("job", "job-controller"), &mut s);
+    cronjob::start(s.ctl("cronjob", "cronjob-controller"), &mut s);
+    daemonset::start(s.ctl("daemonset", "daemonset-controller"), &mut s);
+    statefulset::start(s.ctl("statefulset", "statefulset-controller"), &mut s);
+    disruption::start(s.ctl("disruption", "controllermanager"), &mut s);
+    endpoints::start(s.ctl("endpoints", "endpoint-controller"), &mut s);
+    nodelifecycle::start(s.ctl("node-lifecycle", "node-controller"), &mut s);
+    volume::start(s.ctl("persistentvolume", "persistentvolume-controller"), &mut s, volume::Storage { dir: cfg.storage_dir });
+    informers.run(&clients("ferrokube-controller"), scope);
 }
 
 /// The usual controller: keys from its own kind (`own`) and from the dependents it controls
 /// (`dependents` whose controller is a `kind`), worked by `workers` loops of `reconcile`.
 #[allow(clippy::too_many_arguments)]
-pub fn start_owner_controller<F, Fut>(client: Client, hub: &mut watcher::Hub, name: &'static str, own: &str, dependents: &str, kind: &'static str, workers: usize, reconcile: F)
+pub fn start_owner_controller<F, Fut>(ctl: Ctl, s: &mut Setup, name: &'static str, own: Target, dependents: Target, kind: &'static str, workers: usize, reconcile: F)
 where
-    F: Fn(Client, String) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Ctl, String) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Next, ApiError>> + Send,
 {
-    let queue = queue::Queue::new();
-    hub.follow(own, queue_self(&queue));
-    hub.follow(dependents, queue_owner(&queue, kind));
-    run_workers(name, queue, workers, move |key| reconcile(client.clone(), key));
+    let queue = Queue::new(s.scope);
+    s.informers.on(&own, queue_self(&queue));
+    s.informers.on(&dependents, queue_owner(&queue, kind));
+    run_workers(s.scope, name, queue, workers, move |key| reconcile(ctl.clone(), key));
 }
 
-/// Runs `workers` loops that take keys from `queue` and reconcile them.
-pub fn run_workers<F, Fut>(name: &'static str, queue: queue::Queue, workers: usize, reconcile: F)
+/// Runs `workers` loops in `scope` that take keys from `queue` and reconcile them.
+pub fn run_workers<F, Fut>(scope: &Scope, name: &'static str, queue: Queue, workers: usize, reconcile: F)
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Next, ApiError>> + Send,
 {
     for _ in 0..workers {
         let (q, reconcile) = (queue.clone(), reconcile.clone());
-        tokio::spawn(async move {
-            loop {
-                let key = q.next().await;
-                let r = reconcile(key.clone()).await;
-                match r {
+        scope.spawn(async move {
+            while let Some(key) = q.next().await {
+                match reconcile(key.clone()).await {
                     Ok(next) => {
                         q.done(&key, true);
                         if let Next::After(d) = next {
@@ -104,34 +140,10 @@ where
     }
 }
 
-/// An RFC 3339 timestamp field.
-pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&chrono::Utc))
-}
-
-/// `o` with apiVersion and kind set (objects in lists lack them; owner references and
-/// events need them).
-pub fn typed(o: &Value, api_version: &str, kind: &str) -> Value {
-    let mut o = o.clone();
-    o["apiVersion"] = json!(api_version);
-    o["kind"] = json!(kind);
-    o
-}
-
-/// A 404 means someone else removed it first: nothing to do.
-pub fn not_found_ok<T>(r: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.code == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Deletes this very pod (uid precondition); returns whether this call did. A pod already
 /// gone or replaced by a namesake is not an error.
 pub async fn delete_pod(client: &Client, p: &Value) -> Result<bool, ApiError> {
-    let url = format!("/api/v1/namespaces/{}/pods/{}", p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
-    match client.delete(&url, &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
+    match client.delete(PODS.of(p), &json!({"preconditions": {"uid": p["metadata"]["uid"]}})).await {
         Ok(_) => Ok(true),
         Err(ApiError { code: 404 | 409, .. }) => Ok(false),
         Err(e) => Err(e),
@@ -143,10 +155,11 @@ pub async fn delete_pod(client: &Client, p: &Value) -> Result<bool, ApiError> {
 pub struct Selectors(Arc<std::sync::Mutex<std::collections::HashMap<String, (String, LabelSelector)>>>);
 
 impl Selectors {
-    /// Records (or, with `None` or a deletion, forgets) the selector of `o`.
-    pub fn observe(&self, ty: &str, o: &Value, sel: Option<LabelSelector>) {
+    /// Records (or, with `None` or a deletion, forgets) the selector of the object changed.
+    pub fn observe(&self, c: &Change, sel: Option<LabelSelector>) {
+        let o = c.object();
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match sel.filter(|_| ty != "DELETED") {
+        match sel.filter(|_| !c.is_delete()) {
             Some(s) => m.insert(key_of(o), (o["metadata"]["namespace"].as_str().unwrap_or("").to_string(), s)),
             None => m.remove(&key_of(o)),
         };
@@ -161,15 +174,16 @@ impl Selectors {
 }
 
 /// A watch handler that queues each object's own key.
-pub fn queue_self(q: &queue::Queue) -> impl Fn(&str, &Value) + Send + Sync + 'static {
+pub fn queue_self(q: &Queue) -> impl Fn(&Change) + Send + Sync + 'static {
     let q = q.clone();
-    move |_, o| q.add(key_of(o))
+    move |c| q.add(key_of(c.object()))
 }
 
 /// A watch handler that queues the key of each object's controller, when that is a `kind`.
-pub fn queue_owner(q: &queue::Queue, kind: &'static str) -> impl Fn(&str, &Value) + Send + Sync + 'static {
+pub fn queue_owner(q: &Queue, kind: &'static str) -> impl Fn(&Change) + Send + Sync + 'static {
     let q = q.clone();
-    move |_, o| {
+    move |c| {
+        let o = c.object();
         if let Some(r) = controller_of(o).filter(|r| r["kind"] == kind) {
             q.add(format!("{}/{}", o["metadata"]["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")));
         }
@@ -178,44 +192,12 @@ pub fn queue_owner(q: &queue::Queue, kind: &'static str) -> impl Fn(&str, &Value
 
 /// The object a reconcile is about, with apiVersion and kind set (for owner references and
 /// events); `None` when it is gone or being deleted (its dependents are the collector's).
-pub async fn load_live(client: &Client, url: &str, api_version: &str, kind: &str) -> Result<Option<Value>, ApiError> {
-    let Some(o) = not_found_ok(client.get(url).await)? else { return Ok(None) };
+pub async fn load_live(client: &Client, target: Target, api_version: &str, kind: &str) -> Result<Option<Value>, ApiError> {
+    let Some(o) = not_found_ok(client.get(target).await)? else { return Ok(None) };
     if o["metadata"]["deletionTimestamp"].is_string() {
         return Ok(None);
     }
-    Ok(Some(typed(&o, api_version, kind)))
-}
-
-/// `namespace/name` (or `name` for cluster-scoped objects).
-pub fn key_of(o: &Value) -> String {
-    let name = o["metadata"]["name"].as_str().unwrap_or("");
-    match o["metadata"]["namespace"].as_str() {
-        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
-        _ => name.to_string(),
-    }
-}
-
-/// Splits a key into namespace and name.
-pub fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("", key))
-}
-
-/// The owner reference with `controller: true`, if any.
-pub fn controller_of(o: &Value) -> Option<&Value> {
-    o["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == json!(true))
-}
-
-/// Whether `o` is controlled by the object with `uid`.
-pub fn controlled_by(o: &Value, uid: &str) -> bool {
-    controller_of(o).is_some_and(|r| r["uid"] == uid)
-}
-
-/// An owner reference to `owner` that marks it as the controller.
-pub fn controller_ref(owner: &Value) -> Value {
-    json!({
-        "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
-    })
+    Ok(Some(crate::vocab::object::typed(&o, api_version, kind)))
 }
 
 /// A merge patch that sets the owner references of `obj` to `refs` (removing the field when
@@ -265,8 +247,7 @@ pub fn pod_available(p: &Value, min_ready: i64) -> (bool, Option<Duration>) {
 
 /// The pods of `namespace` (all of them; callers filter by selector and owner).
 pub async fn pods_in(client: &Client, namespace: &str) -> Result<Vec<Value>, ApiError> {
-    let list = client.get(&format!("/api/v1/namespaces/{namespace}/pods")).await?;
-    Ok(list["items"].as_array().cloned().unwrap_or_default())
+    client.list(PODS.ns(namespace)).await
 }
 
 /// A pod for `owner` from its `template`, named `generate_name` + random suffix unless `name`.
@@ -275,74 +256,8 @@ pub fn pod_from_template(owner: &Value, template: &Value, generate_name: &str) -
     meta.remove("name");
     meta.insert("generateName".into(), json!(generate_name));
     meta.insert("namespace".into(), owner["metadata"]["namespace"].clone());
-    meta.insert("ownerReferences".into(), json!([controller_ref(owner)]));
+    meta.insert("ownerReferences".into(), json!([crate::vocab::object::controller_ref(owner)]));
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]})
-}
-
-/// Records an Event about `obj` (type Normal or Warning), as upstream components do; failures
-/// to record are only logged.
-pub async fn event(client: &Client, component: &str, obj: &Value, ty: &str, reason: &str, message: &str) {
-    let ns = obj["metadata"]["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
-    let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let now = crate::vocab::object::now();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{name}.{nanos:x}"), "namespace": ns},
-        "involvedObject": {
-            "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": name,
-            "namespace": obj["metadata"]["namespace"], "uid": obj["metadata"]["uid"],
-            "resourceVersion": obj["metadata"]["resourceVersion"],
-        },
-        "reason": reason, "message": message, "type": ty, "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-        "source": {"component": component}, "reportingComponent": component,
-    });
-    if let Err(e) = client.create(&format!("/api/v1/namespaces/{ns}/events"), &ev).await {
-        tracing::debug!(error = %e, reason, "event not recorded");
-    }
-}
-
-/// Sets condition `ty` in `conditions` (a status array), keeping lastTransitionTime when the
-/// status does not change. Returns whether anything changed.
-pub fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str, reason: &str, message: &str) -> bool {
-    let now = crate::vocab::object::now();
-    if let Some(c) = conditions.iter_mut().find(|c| c["type"] == ty) {
-        if c["status"] == status && c["reason"] == reason && c["message"] == message {
-            return false;
-        }
-        if c["status"] != status {
-            c["lastTransitionTime"] = json!(now);
-        }
-        c["status"] = json!(status);
-        c["reason"] = json!(reason);
-        c["message"] = json!(message);
-        c["lastUpdateTime"] = json!(now);
-        return true;
-    }
-    conditions.push(json!({"type": ty, "status": status, "lastUpdateTime": now, "lastTransitionTime": now, "reason": reason, "message": message}));
-    true
-}
-
-/// Makes `want` the status of `obj` (at `url`) if it differs from the current one: fields
-/// gone from `want` are removed. Someone else having deleted the object is not an error.
-pub async fn write_status(client: &Client, url: &str, obj: &Value, want: Value) -> Result<(), ApiError> {
-    let prev = &obj["status"];
-    if *prev == want {
-        return Ok(());
-    }
-    let mut patch = want;
-    if let (Some(p), Some(prev)) = (patch.as_object_mut(), prev.as_object()) {
-        for k in prev.keys() {
-            if !p.contains_key(k) {
-                p.insert(k.clone(), Value::Null);
-            }
-        }
-    }
-    match client.merge_patch(&format!("{url}/status"), &json!({"status": patch})).await {
-        Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Resolves an int-or-percent (`maxSurge`, `maxUnavailable`) against `total`.

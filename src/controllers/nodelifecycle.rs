@@ -7,10 +7,13 @@
 //! for one grace period (a restart of ferrokube is not an outage), and when every node is
 //! unhealthy (a full disruption, likely this host's own trouble) nothing is evicted.
 
-use super::queue::Queue;
-use super::{run_workers, watcher, Next};
+use super::{run_workers, Ctl, Next, Setup};
+use crate::runtime::queue::Queue;
+use crate::runtime::status::set_condition;
+use crate::runtime::Client;
+use crate::vocab::object::{parse_time, typed};
+use crate::vocab::resource::builtin::{LEASES, NODES, PODS};
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -18,21 +21,22 @@ use std::time::Duration;
 /// Silence after which a node is Unknown (upstream's node-monitor-grace-period).
 pub const GRACE: i64 = 40;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// The namespace of the kubelets' heartbeat Leases.
+const NODE_LEASES: &str = "kube-node-lease";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
-const COMPONENT: &str = "node-controller";
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    let queue = Queue::new();
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    let queue = Queue::new(s.scope);
     let started = Utc::now();
     let q = queue.clone();
-    hub.follow("/api/v1/nodes", move |_, n| q.add(n["metadata"]["name"].as_str().unwrap_or("")));
+    s.informers.on(&NODES.all(), move |c| q.add(c.object()["metadata"]["name"].as_str().unwrap_or("")));
     let q = queue.clone();
-    hub.follow("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", move |_, l| {
-        q.add(l["metadata"]["name"].as_str().unwrap_or(""));
+    s.informers.on(&LEASES.ns(NODE_LEASES), move |c| {
+        q.add(c.object()["metadata"]["name"].as_str().unwrap_or(""));
     });
-    run_workers("node-lifecycle", queue, 1, move |name| {
-        let client = client.clone();
-        async move { reconcile(&client, &name, started).await }
+    run_workers(s.scope, "node-lifecycle", queue, 1, move |name| {
+        let ctl = ctl.clone();
+        async move { reconcile(&ctl, &name, started).await }
     });
 }
 
@@ -43,9 +47,9 @@ fn ready_condition(node: &Value) -> Option<&Value> {
 /// When the node's kubelet was last heard from (Lease renewal or status heartbeat).
 async fn last_heard(client: &Client, node: &Value) -> Option<DateTime<Utc>> {
     let name = node["metadata"]["name"].as_str().unwrap_or("");
-    let lease = client.get(&format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")).await.ok();
-    let renew = lease.as_ref().and_then(|l| super::parse_time(&l["spec"]["renewTime"]));
-    let beat = ready_condition(node).and_then(|c| super::parse_time(&c["lastHeartbeatTime"]));
+    let lease = client.get(LEASES.named(NODE_LEASES, name)).await.ok();
+    let renew = lease.as_ref().and_then(|l| parse_time(&l["spec"]["renewTime"]));
+    let beat = ready_condition(node).and_then(|c| parse_time(&c["lastHeartbeatTime"]));
     renew.max(beat)
 }
 
@@ -69,9 +73,9 @@ fn with_taints(node: &Value, want: &[&str]) -> Vec<Value> {
     taints
 }
 
-async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Result<Next, ApiError> {
-    let url = format!("/api/v1/nodes/{name}");
-    let node = match client.get(&url).await {
+async fn reconcile(ctl: &Ctl, name: &str, started: DateTime<Utc>) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let node = match client.get(NODES.name(name)).await {
         Ok(n) => n,
         Err(e) if e.code == 404 => return Ok(Next::Idle),
         Err(e) => return Err(e),
@@ -97,8 +101,8 @@ async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Resul
                 c
             })
             .collect();
-        client.merge_patch(&format!("{url}/status"), &json!({"status": {"conditions": conditions}})).await?;
-        super::event(client, COMPONENT, &super::typed(&node, "v1", "Node"), "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady")).await;
+        client.merge_patch(NODES.name(name).sub("status"), &json!({"status": {"conditions": conditions}})).await?;
+        ctl.events.about(&typed(&node, "v1", "Node"), "Normal", "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
         mark_pods_not_ready(client, name).await?;
     }
     let want: Vec<&str> = if unreachable {
@@ -115,10 +119,10 @@ async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Resul
     let taints = with_taints(&node, &want);
     if json!(taints) != node["spec"]["taints"] && !(taints.is_empty() && node["spec"]["taints"].is_null()) {
         let v = if taints.is_empty() { Value::Null } else { json!(taints) };
-        client.merge_patch(&url, &json!({"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}, "spec": {"taints": v}})).await?;
+        client.merge_patch(NODES.name(name), &json!({"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}, "spec": {"taints": v}})).await?;
     }
     if !want.is_empty() {
-        if let Some(d) = evict(client, name, &taints).await? {
+        if let Some(d) = evict(ctl, name, &taints).await? {
             next = Next::After(d);
         }
     }
@@ -126,8 +130,7 @@ async fn reconcile(client: &Client, name: &str, started: DateTime<Utc>) -> Resul
 }
 
 async fn all_nodes_unhealthy(client: &Client, started: DateTime<Utc>) -> Result<bool, ApiError> {
-    let nodes = client.get("/api/v1/nodes").await?;
-    for n in nodes["items"].as_array().into_iter().flatten() {
+    for n in &client.list(NODES.all()).await? {
         let fresh = last_heard(client, n).await.unwrap_or(started).max(started);
         let ready = ready_condition(n).is_some_and(|c| c["status"] == "True");
         if ready && (Utc::now() - fresh).num_seconds() <= GRACE {
@@ -138,21 +141,19 @@ async fn all_nodes_unhealthy(client: &Client, started: DateTime<Utc>) -> Result<
 }
 
 async fn pods_on(client: &Client, node: &str) -> Result<Vec<Value>, ApiError> {
-    let l = client.get(&format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}")).await?;
-    Ok(l["items"].as_array().cloned().unwrap_or_default())
+    client.list(PODS.all().fields(&format!("spec.nodeName={node}"))).await
 }
 
 async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), ApiError> {
     for p in pods_on(client, node).await? {
         let mut conds: Vec<Value> = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        if super::set_condition(&mut conds, "Ready", "False", "NodeNotReady", "") {
+        if set_condition(&mut conds, "Ready", "False", "NodeNotReady", "") {
             for c in conds.iter_mut() {
                 if let Some(m) = c.as_object_mut() {
                     m.remove("lastUpdateTime");
                 }
             }
-            let url = format!("/api/v1/namespaces/{}/pods/{}/status", p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
-            let _ = client.merge_patch(&url, &json!({"status": {"conditions": conds}})).await;
+            let _ = client.merge_patch(PODS.of(&p).sub("status"), &json!({"status": {"conditions": conds}})).await;
         }
     }
     Ok(())
@@ -160,7 +161,8 @@ async fn mark_pods_not_ready(client: &Client, node: &str) -> Result<(), ApiError
 
 /// Evicts pods that do not tolerate the NoExecute taints (or no longer do); returns when
 /// the next toleration runs out.
-async fn evict(client: &Client, node: &str, taints: &[Value]) -> Result<Option<Duration>, ApiError> {
+async fn evict(ctl: &Ctl, node: &str, taints: &[Value]) -> Result<Option<Duration>, ApiError> {
+    let client = &ctl.client;
     let now = Utc::now();
     let mut soonest: Option<Duration> = None;
     for p in pods_on(client, node).await? {
@@ -171,8 +173,8 @@ async fn evict(client: &Client, node: &str, taints: &[Value]) -> Result<Option<D
         // The time this pod may stay: the shortest over the NoExecute taints.
         let mut stay: Option<i64> = Some(i64::MAX);
         for t in taints.iter().filter(|t| t["effect"] == "NoExecute") {
-            let added = super::parse_time(&t["timeAdded"]).unwrap_or(now);
-            let tol = tolerations.iter().find(|tol| crate::scheduler::fit::tolerates(tol, t));
+            let added = parse_time(&t["timeAdded"]).unwrap_or(now);
+            let tol = tolerations.iter().find(|tol| crate::vocab::scheduling::tolerates(tol, t));
             let left = match tol {
                 None => None,
                 Some(tol) => match tol["tolerationSeconds"].as_i64() {
@@ -195,7 +197,7 @@ async fn evict(client: &Client, node: &str, taints: &[Value]) -> Result<Option<D
             _ => {
                 if super::delete_pod(client, &p).await? {
                     let (ns, pname) = (p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
-                    super::event(client, "taint-eviction-controller", &super::typed(&p, "v1", "Pod"), "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {ns}/{pname}")).await;
+                    ctl.events.about(&typed(&p, "v1", "Pod"), "Normal", "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{pname}"));
                 }
             }
         }

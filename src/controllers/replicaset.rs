@@ -2,40 +2,31 @@
 //! selector, adopting matching orphans and releasing pods that stop matching; report
 //! replicas, fullyLabeled, ready and available counts in the status.
 
-use super::queue::Queue;
-use super::{controlled_by, controller_of, event, pod_active, pod_available, pod_ready, pods_in, run_workers, watcher, Next};
+use super::{pod_active, pod_available, pod_ready, pods_in, run_workers, Ctl, Next, Setup};
+use crate::runtime::client::not_found_ok;
+use crate::runtime::queue::Queue;
+use crate::vocab::object::{controlled_by, controller_of, controller_ref, key_of, split_key, typed};
+use crate::vocab::resource::builtin::{PODS, REPLICASETS, REPLICATIONCONTROLLERS};
+use crate::vocab::resource::Resource;
 use crate::vocab::selector::LabelSelector;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// The two kinds this controller serves.
 #[derive(Clone, Copy)]
 struct Flavor {
-    kind: &'static str,
-    collection: &'static str,
-    url: fn(&str, &str) -> String,
+    res: Resource,
     /// RCs carry a plain label map as selector.
     map_selector: bool,
 }
 
-const REPLICASET: Flavor = Flavor {
-    kind: "ReplicaSet",
-    collection: "/apis/apps/v1/replicasets",
-    url: |ns, n| format!("/apis/apps/v1/namespaces/{ns}/replicasets/{n}"),
-    map_selector: false,
-};
-const RC: Flavor = Flavor {
-    kind: "ReplicationController",
-    collection: "/api/v1/replicationcontrollers",
-    url: |ns, n| format!("/api/v1/namespaces/{ns}/replicationcontrollers/{n}"),
-    map_selector: true,
-};
+const REPLICASET: Flavor = Flavor { res: REPLICASETS, map_selector: false };
+const RC: Flavor = Flavor { res: REPLICATIONCONTROLLERS, map_selector: true };
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
+pub fn start(ctl: Ctl, s: &mut Setup) {
     for flavor in [REPLICASET, RC] {
-        run(client.clone(), hub, flavor);
+        run(ctl.clone(), s, flavor);
     }
 }
 
@@ -48,20 +39,21 @@ fn selector(f: Flavor, o: &Value) -> Option<LabelSelector> {
     (!s.is_empty()).then_some(s)
 }
 
-fn run(client: Client, hub: &mut watcher::Hub, f: Flavor) {
-    let queue = Queue::new();
+fn run(ctl: Ctl, s: &mut Setup, f: Flavor) {
+    let queue = Queue::new(s.scope);
     // Selectors by key, to find the owners a matching orphan pod may be adopted by.
     let selectors = super::Selectors::default();
     let (q, sels) = (queue.clone(), selectors.clone());
-    hub.follow(f.collection, move |ty, o| {
-        sels.observe(ty, o, selector(f, o));
-        q.add(super::key_of(o));
+    s.informers.on(&f.res.all(), move |c| {
+        sels.observe(c, selector(f, c.object()));
+        q.add(key_of(c.object()));
     });
     let (q, sels) = (queue.clone(), selectors);
-    hub.follow("/api/v1/pods", move |_, pod| {
+    s.informers.on(&PODS.all(), move |c| {
+        let pod = c.object();
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
         match controller_of(pod) {
-            Some(r) if r["kind"] == f.kind => q.add(format!("{ns}/{}", r["name"].as_str().unwrap_or(""))),
+            Some(r) if r["kind"] == f.res.kind => q.add(format!("{ns}/{}", r["name"].as_str().unwrap_or(""))),
             Some(_) => {}
             None if pod_active(pod) => {
                 for key in sels.selecting(pod) {
@@ -71,9 +63,9 @@ fn run(client: Client, hub: &mut watcher::Hub, f: Flavor) {
             None => {}
         }
     });
-    run_workers(f.kind, queue, 2, move |key| {
-        let client = client.clone();
-        async move { reconcile(&client, f, &key).await }
+    run_workers(s.scope, f.res.kind, queue, 2, move |key| {
+        let ctl = ctl.clone();
+        async move { reconcile(&ctl, f, &key).await }
     });
 }
 
@@ -92,10 +84,11 @@ fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>, i64, std:
     (assigned, phase, ready, std::cmp::Reverse(ready_since), -restarts, std::cmp::Reverse(created))
 }
 
-async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = (f.url)(ns, name);
-    let rs = match client.get(&url).await {
+async fn reconcile(ctl: &Ctl, f: Flavor, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = f.res.named(ns, name);
+    let rs = match client.get(target.clone()).await {
         Ok(o) => o,
         Err(e) if e.code == 404 => return Ok(Next::Idle),
         Err(e) => return Err(e),
@@ -106,7 +99,6 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
     let mut owned = Vec::new();
     for pod in pods_in(client, ns).await? {
         let matches = sel.matches(&pod["metadata"]["labels"]);
-        let pod_url = format!("/api/v1/namespaces/{ns}/pods/{}", pod["metadata"]["name"].as_str().unwrap_or(""));
         if controlled_by(&pod, &uid) {
             if matches {
                 owned.push(pod);
@@ -114,14 +106,14 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
                 // Release a pod whose labels no longer match.
                 let refs: Vec<Value> = pod["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
                 let patch = super::owner_refs_patch(&pod, &refs);
-                super::not_found_ok(client.merge_patch(&pod_url, &patch).await)?;
+                not_found_ok(client.merge_patch(PODS.of(&pod), &patch).await)?;
             }
         } else if matches && controller_of(&pod).is_none() && pod_active(&pod) && !deleting {
             // Adopt a matching orphan.
             let mut refs = pod["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
-            refs.push(super::controller_ref(&with_type(&rs, f)));
+            refs.push(controller_ref(&with_type(&rs, f)));
             let patch = super::owner_refs_patch(&pod, &refs);
-            if super::not_found_ok(client.merge_patch(&pod_url, &patch).await)?.is_some() {
+            if not_found_ok(client.merge_patch(PODS.of(&pod), &patch).await)?.is_some() {
                 owned.push(pod);
             }
         }
@@ -130,7 +122,7 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     if !deleting {
         if active.len() < want {
-            let created = create_pods(client, f, &rs, want - active.len()).await;
+            let created = create_pods(ctl, f, &rs, want - active.len()).await;
             active.extend(created?);
         } else if active.len() > want {
             active.sort_by_key(deletion_rank);
@@ -138,7 +130,7 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
             for pod in excess {
                 let pname = pod["metadata"]["name"].as_str().unwrap_or("");
                 if super::delete_pod(client, &pod).await? {
-                    event(client, "replicaset-controller", &with_type(&rs, f), "Normal", "SuccessfulDelete", &format!("Deleted pod: {pname}")).await;
+                    ctl.events.about(&with_type(&rs, f), "Normal", "SuccessfulDelete", format!("Deleted pod: {pname}"));
                 }
             }
         }
@@ -166,14 +158,14 @@ async fn reconcile(client: &Client, f: Flavor, key: &str) -> Result<Next, ApiErr
         .iter()
         .any(|k| cur[k].as_i64().unwrap_or(0) != status[k].as_i64().unwrap_or(0));
     if changed {
-        super::not_found_ok(client.merge_patch(&format!("{url}/status"), &json!({"status": status})).await)?;
+        not_found_ok(client.merge_patch(target.sub("status"), &json!({"status": status})).await)?;
     }
     Ok(recheck.map_or(Next::Idle, Next::After))
 }
 
 /// `rs` with apiVersion/kind set (objects in lists may lack them).
 fn with_type(o: &Value, f: Flavor) -> Value {
-    super::typed(o, if f.map_selector { "v1" } else { "apps/v1" }, f.kind)
+    typed(o, &f.res.api_version(), f.res.kind)
 }
 
 fn labels_contain(labels: &Value, want: &Value) -> bool {
@@ -181,30 +173,29 @@ fn labels_contain(labels: &Value, want: &Value) -> bool {
 }
 
 /// Creates `n` pods in batches that double while they succeed (upstream's slow start).
-async fn create_pods(client: &Client, f: Flavor, rs: &Value, n: usize) -> Result<Vec<Value>, ApiError> {
+async fn create_pods(ctl: &Ctl, f: Flavor, rs: &Value, n: usize) -> Result<Vec<Value>, ApiError> {
     let owner = with_type(rs, f);
     let name = rs["metadata"]["name"].as_str().unwrap_or("");
     let ns = rs["metadata"]["namespace"].as_str().unwrap_or("");
     let pod = super::pod_from_template(&owner, &rs["spec"]["template"], &format!("{name}-"));
-    let path = format!("/api/v1/namespaces/{ns}/pods");
     let mut created = Vec::new();
     let mut batch = 1;
     while created.len() < n {
         let k = batch.min(n - created.len());
-        let results = futures_util::future::join_all((0..k).map(|_| client.create(&path, &pod))).await;
+        let results = futures_util::future::join_all((0..k).map(|_| ctl.client.create(PODS.ns(ns), &pod))).await;
         let mut failed = None;
         for r in results {
             match r {
                 Ok(p) => {
                     let pname = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-                    event(client, "replicaset-controller", &owner, "Normal", "SuccessfulCreate", &format!("Created pod: {pname}")).await;
+                    ctl.events.about(&owner, "Normal", "SuccessfulCreate", format!("Created pod: {pname}"));
                     created.push(p);
                 }
                 Err(e) => failed = Some(e),
             }
         }
         if let Some(e) = failed {
-            event(client, "replicaset-controller", &owner, "Warning", "FailedCreate", &format!("Error creating: {}", e.message)).await;
+            ctl.events.about(&owner, "Warning", "FailedCreate", format!("Error creating: {}", e.message));
             return Err(e);
         }
         batch *= 2;

@@ -4,19 +4,21 @@
 //! RollingUpdate from the highest ordinal down to the partition, or OnDelete; templates
 //! kept as ControllerRevisions.
 
-use super::{controlled_by, controller_ref, event, history, pod_available, pod_ready, pods_in, watcher, Next};
+use super::{history, pod_available, pod_ready, pods_in, Ctl, Next, Setup};
+use crate::runtime::status::write_status;
+use crate::runtime::Client;
 use crate::vocab::hash::stable_hash;
+use crate::vocab::object::{controlled_by, controller_ref, split_key};
+use crate::vocab::resource::builtin::{PERSISTENTVOLUMECLAIMS, PODS, STATEFULSETS};
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const COMPONENT: &str = "statefulset-controller";
 const REVISION: &str = "controller-revision-hash";
 
-pub fn start(client: Client, hub: &mut watcher::Hub) {
-    super::start_owner_controller(client, hub, "statefulset", "/apis/apps/v1/statefulsets", "/api/v1/pods", "StatefulSet", 2, |c, key| async move { reconcile(&c, &key).await });
+pub fn start(ctl: Ctl, s: &mut Setup) {
+    super::start_owner_controller(ctl, s, "statefulset", STATEFULSETS.all(), PODS.all(), "StatefulSet", 2, |c, key| async move { reconcile(&c, &key).await });
 }
 
 fn ordinal(sts_name: &str, pod: &Value) -> Option<i64> {
@@ -27,14 +29,14 @@ fn running_and_ready(p: &Value) -> bool {
     p["status"]["phase"] == "Running" && pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null()
 }
 
-async fn ensure_claims(client: &Client, sts: &Value, i: i64) -> Result<(), ApiError> {
+async fn ensure_claims(ctl: &Ctl, sts: &Value, i: i64) -> Result<(), ApiError> {
+    let client = &ctl.client;
     let ns = sts["metadata"]["namespace"].as_str().unwrap_or("");
     let name = sts["metadata"]["name"].as_str().unwrap_or("");
     let delete_with_set = sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete";
     for t in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
         let claim = format!("{}-{name}-{i}", t["metadata"]["name"].as_str().unwrap_or(""));
-        let url = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims");
-        match client.get(&format!("{url}/{claim}")).await {
+        match client.get(PERSISTENTVOLUMECLAIMS.named(ns, &claim)).await {
             Ok(_) => continue,
             Err(e) if e.code != 404 => return Err(e),
             Err(_) => {}
@@ -51,8 +53,8 @@ async fn ensure_claims(client: &Client, sts: &Value, i: i64) -> Result<(), ApiEr
             meta["ownerReferences"] = json!([controller_ref(sts)]);
         }
         let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": t["spec"]});
-        match client.create(&url, &pvc).await {
-            Ok(_) => event(client, COMPONENT, sts, "Normal", "SuccessfulCreate", &format!("create Claim {claim} Pod {name}-{i} in StatefulSet {name} success")).await,
+        match client.create(PERSISTENTVOLUMECLAIMS.ns(ns), &pvc).await {
+            Ok(_) => ctl.events.about(sts, "Normal", "SuccessfulCreate", format!("create Claim {claim} Pod {name}-{i} in StatefulSet {name} success")),
             Err(e) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
@@ -87,10 +89,11 @@ fn pod_for(sts: &Value, template: &Value, revision: &str, i: i64) -> Value {
     pod
 }
 
-async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}");
-    let Some(sts) = super::load_live(client, &url, "apps/v1", "StatefulSet").await? else { return Ok(Next::Idle) };
+async fn reconcile(ctl: &Ctl, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = STATEFULSETS.named(ns, name);
+    let Some(sts) = super::load_live(client, target.clone(), "apps/v1", "StatefulSet").await? else { return Ok(Next::Idle) };
     let uid = sts["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let update_rev = format!("{name}-{}", stable_hash(&sts["spec"]["template"]));
     history::ensure_revision(client, &sts, &update_rev, &[]).await?;
@@ -109,16 +112,16 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
     for i in 0..replicas {
         match pods.get(&i) {
             None => {
-                ensure_claims(client, &sts, i).await?;
+                ensure_claims(ctl, &sts, i).await?;
                 let (template, rev) = match (&current_template, i < partition) {
                     (Some(t), true) => (t, current_rev.as_str()),
                     _ => (&sts["spec"]["template"], update_rev.as_str()),
                 };
-                match client.create(&format!("/api/v1/namespaces/{ns}/pods"), &pod_for(&sts, template, rev, i)).await {
-                    Ok(_) => event(client, COMPONENT, &sts, "Normal", "SuccessfulCreate", &format!("create Pod {name}-{i} in StatefulSet {name} successful")).await,
+                match client.create(PODS.ns(ns), &pod_for(&sts, template, rev, i)).await {
+                    Ok(_) => ctl.events.about(&sts, "Normal", "SuccessfulCreate", format!("create Pod {name}-{i} in StatefulSet {name} successful")),
                     Err(e) if e.code == 409 => {}
                     Err(e) => {
-                        event(client, COMPONENT, &sts, "Warning", "FailedCreate", &format!("create Pod {name}-{i} in StatefulSet {name} failed error: {}", e.message)).await;
+                        ctl.events.about(&sts, "Warning", "FailedCreate", format!("create Pod {name}-{i} in StatefulSet {name} failed error: {}", e.message));
                         return Err(e);
                     }
                 }
@@ -128,7 +131,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
                 }
             }
             Some(p) if p["status"]["phase"] == "Failed" && p["metadata"]["deletionTimestamp"].is_null() => {
-                delete_pod(client, &sts, p).await?;
+                delete_pod(ctl, &sts, p).await?;
                 busy = true;
                 if ordered {
                     break;
@@ -148,7 +151,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
             if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete" {
                 release_claims_with(client, &sts, p).await?;
             }
-            delete_pod(client, &sts, p).await?;
+            delete_pod(ctl, &sts, p).await?;
             busy = true;
             if ordered {
                 break;
@@ -164,7 +167,7 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         let all_ready = (0..replicas).all(|i| pods.get(&i).is_some_and(running_and_ready));
         if all_ready {
             if let Some((_, p)) = pods.range(partition..replicas).rev().find(|(_, p)| revision_of(p) != update_rev) {
-                delete_pod(client, &sts, p).await?;
+                delete_pod(ctl, &sts, p).await?;
                 busy = true;
             }
         } else {
@@ -186,14 +189,14 @@ async fn reconcile(client: &Client, key: &str) -> Result<Next, ApiError> {
         "currentReplicas": current, "updatedReplicas": updated, "availableReplicas": available,
         "currentRevision": current_rev, "updateRevision": update_rev, "collisionCount": 0,
     });
-    super::write_status(client, &url, &sts, status).await?;
+    write_status(client, target, &sts, status).await?;
     Ok(if busy { Next::After(Duration::from_secs(2)) } else { Next::Idle })
 }
 
-async fn delete_pod(client: &Client, sts: &Value, p: &Value) -> Result<(), ApiError> {
-    if super::delete_pod(client, p).await? {
+async fn delete_pod(ctl: &Ctl, sts: &Value, p: &Value) -> Result<(), ApiError> {
+    if super::delete_pod(&ctl.client, p).await? {
         let (pname, sname) = (p["metadata"]["name"].as_str().unwrap_or(""), sts["metadata"]["name"].as_str().unwrap_or(""));
-        event(client, COMPONENT, sts, "Normal", "SuccessfulDelete", &format!("delete Pod {pname} in StatefulSet {sname} successful")).await;
+        ctl.events.about(sts, "Normal", "SuccessfulDelete", format!("delete Pod {pname} in StatefulSet {sname} successful"));
     }
     Ok(())
 }
@@ -208,7 +211,7 @@ async fn release_claims_with(client: &Client, sts: &Value, pod: &Value) -> Resul
     let owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": pname, "uid": pod["metadata"]["uid"]}]);
     for t in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
         let claim = format!("{}-{sname}-{i}", t["metadata"]["name"].as_str().unwrap_or(""));
-        match client.merge_patch(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"), &json!({"metadata": {"ownerReferences": owner}})).await {
+        match client.merge_patch(PERSISTENTVOLUMECLAIMS.named(ns, &claim), &json!({"metadata": {"ownerReferences": owner}})).await {
             Ok(_) | Err(ApiError { code: 404, .. }) => {}
             Err(e) => return Err(e),
         }

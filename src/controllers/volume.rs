@@ -3,19 +3,21 @@
 //! provisioned or pre-made volumes, retroactive default class assignment, and reclaim
 //! (`Delete` removes the volume and its directory, `Retain` leaves it Released).
 
-use super::queue::Queue;
-use super::{run_workers, watcher, Next};
+use super::{run_workers, Ctl, Next, Setup};
+use crate::runtime::client::not_found_ok;
+use crate::runtime::queue::Queue;
+use crate::runtime::Client;
+use crate::vocab::object::{key_of, split_key, typed};
 use crate::vocab::quantity;
+use crate::vocab::resource::builtin::{PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, STORAGECLASSES};
+pub use crate::vocab::scheduling::SELECTED_NODE;
 use crate::vocab::status::ApiError;
-use crate::client::Client;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
 pub const PROVISIONER: &str = "ferrokube.io/local-path";
 pub const DEFAULT_CLASS: &str = "local-path";
-pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 const DEFAULT_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
-const COMPONENT: &str = "persistentvolume-controller";
 
 /// Where provisioned directories go (`<data-dir>/storage`).
 #[derive(Clone)]
@@ -23,42 +25,44 @@ pub struct Storage {
     pub dir: PathBuf,
 }
 
-pub fn start(client: Client, hub: &mut watcher::Hub, storage: Storage) {
-    let queue = Queue::new();
-    let c = client.clone();
-    tokio::spawn(async move {
+pub fn start(ctl: Ctl, s: &mut Setup, storage: Storage) {
+    let queue = Queue::new(s.scope);
+    let c = ctl.client.clone();
+    s.scope.spawn(async move {
         let class = json!({
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": {"name": DEFAULT_CLASS, "annotations": {DEFAULT_ANNOTATION: "true"}},
             "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer",
         });
-        match c.create("/apis/storage.k8s.io/v1/storageclasses", &class).await {
+        match c.create(STORAGECLASSES.all(), &class).await {
             Ok(_) | Err(ApiError { code: 409, .. }) => {}
             Err(e) => tracing::warn!(error = %e, "default StorageClass not created"),
         }
     });
     let q = queue.clone();
-    hub.follow("/api/v1/persistentvolumeclaims", move |ty, pvc| {
-        q.add(format!("pvc/{}", super::key_of(pvc)));
+    s.informers.on(&PERSISTENTVOLUMECLAIMS.all(), move |c| {
+        let pvc = c.object();
+        q.add(format!("pvc/{}", key_of(pvc)));
         // A deleted claim releases its volume.
-        if let Some(pv) = pvc["spec"]["volumeName"].as_str().filter(|_| ty == "DELETED") {
+        if let Some(pv) = pvc["spec"]["volumeName"].as_str().filter(|_| c.is_delete()) {
             q.add(format!("pv/{pv}"));
         }
     });
     let q = queue.clone();
-    hub.follow("/api/v1/persistentvolumes", move |_, pv| {
+    s.informers.on(&PERSISTENTVOLUMES.all(), move |c| {
+        let pv = c.object();
         q.add(format!("pv/{}", pv["metadata"]["name"].as_str().unwrap_or("")));
         let r = &pv["spec"]["claimRef"];
         if let (Some(ns), Some(n)) = (r["namespace"].as_str(), r["name"].as_str()) {
             q.add(format!("pvc/{ns}/{n}"));
         }
     });
-    run_workers("persistentvolume", queue, 1, move |key| {
-        let (client, storage) = (client.clone(), storage.clone());
+    run_workers(s.scope, "persistentvolume", queue, 1, move |key| {
+        let (ctl, storage) = (ctl.clone(), storage.clone());
         async move {
             match key.split_once('/') {
-                Some(("pvc", k)) => claim(&client, &storage, k).await,
-                Some(("pv", name)) => volume(&client, &storage, name).await,
+                Some(("pvc", k)) => claim(&ctl, &storage, k).await,
+                Some(("pv", name)) => volume(&ctl.client, &storage, name).await,
                 _ => Ok(Next::Idle),
             }
         }
@@ -66,50 +70,48 @@ pub fn start(client: Client, hub: &mut watcher::Hub, storage: Storage) {
 }
 
 async fn default_class(client: &Client) -> Result<Option<String>, ApiError> {
-    let classes = client.get("/apis/storage.k8s.io/v1/storageclasses").await?;
-    Ok(classes["items"].as_array().into_iter().flatten().find(|c| c["metadata"]["annotations"][DEFAULT_ANNOTATION] == "true").and_then(|c| c["metadata"]["name"].as_str()).map(String::from))
+    let classes = client.list(STORAGECLASSES.all()).await?;
+    Ok(classes.iter().find(|c| c["metadata"]["annotations"][DEFAULT_ANNOTATION] == "true").and_then(|c| c["metadata"]["name"].as_str()).map(String::from))
 }
 
 fn request_bytes(pvc: &Value) -> i64 {
     quantity::units(&pvc["spec"]["resources"]["requests"]["storage"]).unwrap_or(0)
 }
 
-async fn claim(client: &Client, storage: &Storage, key: &str) -> Result<Next, ApiError> {
-    let (ns, name) = super::split_key(key);
-    let url = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}");
-    let Some(pvc) = super::not_found_ok(client.get(&url).await)? else { return Ok(Next::Idle) };
-    let pvc = super::typed(&pvc, "v1", "PersistentVolumeClaim");
+async fn claim(ctl: &Ctl, storage: &Storage, key: &str) -> Result<Next, ApiError> {
+    let client = &ctl.client;
+    let (ns, name) = split_key(key);
+    let target = PERSISTENTVOLUMECLAIMS.named(ns, name);
+    let Some(pvc) = not_found_ok(client.get(target.clone()).await)? else { return Ok(Next::Idle) };
+    let pvc = typed(&pvc, "v1", "PersistentVolumeClaim");
     if pvc["metadata"]["deletionTimestamp"].is_string() || pvc["status"]["phase"] == "Bound" {
         return Ok(Next::Idle);
     }
     // A claim without a class gets the default one (upstream's retroactive assignment).
     if pvc["spec"].get("storageClassName").is_none_or(Value::is_null) && pvc["spec"]["volumeName"].is_null() {
         if let Some(class) = default_class(client).await? {
-            client.merge_patch(&url, &json!({"spec": {"storageClassName": class}})).await?;
+            client.merge_patch(target, &json!({"spec": {"storageClassName": class}})).await?;
         }
         return Ok(Next::Idle);
     }
     let class_name = pvc["spec"]["storageClassName"].as_str().unwrap_or("").to_string();
     let pv = match pvc["spec"]["volumeName"].as_str().filter(|v| !v.is_empty()) {
-        Some(v) => super::not_found_ok(client.get(&format!("/api/v1/persistentvolumes/{v}")).await)?,
+        Some(v) => not_found_ok(client.get(PERSISTENTVOLUMES.name(v)).await)?,
         None => find_static(client, &pvc, &class_name).await?,
     };
     let pv = match pv {
         Some(pv) => pv,
         None if class_name.is_empty() => return Ok(Next::Idle),
         None => {
-            let class = super::not_found_ok(client.get(&format!("/apis/storage.k8s.io/v1/storageclasses/{class_name}")).await)?;
+            let class = not_found_ok(client.get(STORAGECLASSES.name(&class_name)).await)?;
             let Some(class) = class.filter(|c| c["provisioner"] == PROVISIONER) else { return Ok(Next::Idle) };
             let node = pvc["metadata"]["annotations"][SELECTED_NODE].as_str();
             if class["volumeBindingMode"] == "WaitForFirstConsumer" && node.is_none() {
-                let waiting = "waiting for first consumer to be created before binding";
-                let already = client.get(&format!("/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.uid%3D{}", pvc["metadata"]["uid"].as_str().unwrap_or(""))).await;
-                if already.is_ok_and(|l| l["items"].as_array().is_none_or(|a| a.is_empty())) {
-                    super::event(client, COMPONENT, &pvc, "Normal", "WaitForFirstConsumer", waiting).await;
-                }
+                // Repeats only raise the count of the one event (the recorder aggregates).
+                ctl.events.about(&pvc, "Normal", "WaitForFirstConsumer", "waiting for first consumer to be created before binding");
                 return Ok(Next::Idle);
             }
-            provision(client, storage, &pvc, &class, node).await?
+            provision(ctl, storage, &pvc, &class, node).await?
         }
     };
     bind(client, &pvc, &pv).await?;
@@ -118,14 +120,12 @@ async fn claim(client: &Client, storage: &Storage, key: &str) -> Result<Next, Ap
 
 /// The smallest available pre-made volume that satisfies the claim.
 async fn find_static(client: &Client, pvc: &Value, class: &str) -> Result<Option<Value>, ApiError> {
-    let pvs = client.get("/api/v1/persistentvolumes").await?;
+    let pvs = client.list(PERSISTENTVOLUMES.all()).await?;
     let want = request_bytes(pvc);
     let modes: Vec<&Value> = pvc["spec"]["accessModes"].as_array().into_iter().flatten().collect();
     let selector = crate::vocab::selector::LabelSelector::from_object(&pvc["spec"]["selector"]).ok();
-    let mut fits: Vec<&Value> = pvs["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut fits: Vec<&Value> = pvs
+        .iter()
         .filter(|pv| {
             let r = &pv["spec"]["claimRef"];
             let free = r.is_null() || (r["namespace"] == pvc["metadata"]["namespace"] && r["name"] == pvc["metadata"]["name"] && (r["uid"].is_null() || r["uid"] == pvc["metadata"]["uid"]));
@@ -141,7 +141,7 @@ async fn find_static(client: &Client, pvc: &Value, class: &str) -> Result<Option
     Ok(fits.first().map(|v| (*v).clone()))
 }
 
-async fn provision(client: &Client, storage: &Storage, pvc: &Value, class: &Value, node: Option<&str>) -> Result<Value, ApiError> {
+async fn provision(ctl: &Ctl, storage: &Storage, pvc: &Value, class: &Value, node: Option<&str>) -> Result<Value, ApiError> {
     let (ns, name) = (pvc["metadata"]["namespace"].as_str().unwrap_or(""), pvc["metadata"]["name"].as_str().unwrap_or(""));
     let pv_name = format!("pvc-{}", pvc["metadata"]["uid"].as_str().unwrap_or(""));
     let path = storage.dir.join(format!("{pv_name}_{ns}_{name}"));
@@ -160,12 +160,12 @@ async fn provision(client: &Client, storage: &Storage, pvc: &Value, class: &Valu
     if let Some(node) = node {
         pv["spec"]["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}});
     }
-    match client.create("/api/v1/persistentvolumes", &pv).await {
+    match ctl.client.create(PERSISTENTVOLUMES.all(), &pv).await {
         Ok(created) => {
-            super::event(client, COMPONENT, pvc, "Normal", "ProvisioningSucceeded", &format!("Successfully provisioned volume {pv_name}")).await;
+            ctl.events.about(pvc, "Normal", "ProvisioningSucceeded", format!("Successfully provisioned volume {pv_name}"));
             Ok(created)
         }
-        Err(e) if e.code == 409 => client.get(&format!("/api/v1/persistentvolumes/{pv_name}")).await,
+        Err(e) if e.code == 409 => ctl.client.get(PERSISTENTVOLUMES.name(&pv_name)).await,
         Err(e) => Err(e),
     }
 }
@@ -174,40 +174,38 @@ async fn provision(client: &Client, storage: &Storage, pvc: &Value, class: &Valu
 async fn bind(client: &Client, pvc: &Value, pv: &Value) -> Result<(), ApiError> {
     let (ns, name) = (pvc["metadata"]["namespace"].as_str().unwrap_or(""), pvc["metadata"]["name"].as_str().unwrap_or(""));
     let pv_name = pv["metadata"]["name"].as_str().unwrap_or("");
-    let pv_url = format!("/api/v1/persistentvolumes/{pv_name}");
     if pv["spec"]["claimRef"]["uid"] != pvc["metadata"]["uid"] {
         let r = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": pvc["metadata"]["uid"], "resourceVersion": pvc["metadata"]["resourceVersion"]});
-        client.merge_patch(&pv_url, &json!({"metadata": {"resourceVersion": pv["metadata"]["resourceVersion"]}, "spec": {"claimRef": r}})).await?;
+        client.merge_patch(PERSISTENTVOLUMES.name(pv_name), &json!({"metadata": {"resourceVersion": pv["metadata"]["resourceVersion"]}, "spec": {"claimRef": r}})).await?;
     }
     if pv["status"]["phase"] != "Bound" {
-        client.merge_patch(&format!("{pv_url}/status"), &json!({"status": {"phase": "Bound"}})).await?;
+        client.merge_patch(PERSISTENTVOLUMES.name(pv_name).sub("status"), &json!({"status": {"phase": "Bound"}})).await?;
     }
-    let url = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}");
+    let claim = PERSISTENTVOLUMECLAIMS.named(ns, name);
     if pvc["spec"]["volumeName"] != pv_name {
         let patch = json!({"metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes"}}, "spec": {"volumeName": pv_name}});
-        client.merge_patch(&url, &patch).await?;
+        client.merge_patch(claim.clone(), &patch).await?;
     }
     let status = json!({"status": {"phase": "Bound", "accessModes": pv["spec"]["accessModes"], "capacity": pv["spec"]["capacity"]}});
-    client.merge_patch(&format!("{url}/status"), &status).await?;
+    client.merge_patch(claim.sub("status"), &status).await?;
     Ok(())
 }
 
 /// A volume whose claim is gone is released, then deleted (with its directory) or kept.
 async fn volume(client: &Client, storage: &Storage, name: &str) -> Result<Next, ApiError> {
-    let url = format!("/api/v1/persistentvolumes/{name}");
-    let Some(pv) = super::not_found_ok(client.get(&url).await)? else { return Ok(Next::Idle) };
+    let target = PERSISTENTVOLUMES.name(name);
+    let Some(pv) = not_found_ok(client.get(target.clone()).await)? else { return Ok(Next::Idle) };
     let r = &pv["spec"]["claimRef"];
     if r.is_null() {
         if pv["status"]["phase"] != "Available" {
-            client.merge_patch(&format!("{url}/status"), &json!({"status": {"phase": "Available"}})).await?;
+            client.merge_patch(target.sub("status"), &json!({"status": {"phase": "Available"}})).await?;
         }
         return Ok(Next::Idle);
     }
     if r["uid"].is_null() {
         return Ok(Next::Idle); // pre-bound to a claim that does not exist yet
     }
-    let claim_url = format!("/api/v1/namespaces/{}/persistentvolumeclaims/{}", r["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""));
-    let claim = super::not_found_ok(client.get(&claim_url).await)?;
+    let claim = not_found_ok(client.get(PERSISTENTVOLUMECLAIMS.named(r["namespace"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).await)?;
     if claim.is_some_and(|c| c["metadata"]["uid"] == r["uid"]) {
         return Ok(Next::Idle);
     }
@@ -223,12 +221,12 @@ async fn volume(client: &Client, storage: &Storage, name: &str) -> Result<Next, 
                 }
             }
         }
-        match client.delete(&url, &json!({})).await {
+        match client.delete(target, &json!({})).await {
             Ok(_) | Err(ApiError { code: 404 | 409, .. }) => {}
             Err(e) => return Err(e),
         }
     } else if pv["status"]["phase"] != "Released" {
-        client.merge_patch(&format!("{url}/status"), &json!({"status": {"phase": "Released"}})).await?;
+        client.merge_patch(target.sub("status"), &json!({"status": {"phase": "Released"}})).await?;
     }
     Ok(Next::Idle)
 }

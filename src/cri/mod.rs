@@ -6,6 +6,15 @@ pub mod v1 {
     tonic::include_proto!("runtime.v1");
 }
 
+/// Labels the kubelet puts on sandboxes and containers (upstream's names), by which the
+/// runtime's objects are found again for a pod.
+pub mod labels {
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+}
+
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

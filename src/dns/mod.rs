@@ -3,26 +3,28 @@
 //! resolvers. Pods reach it through the `kube-dns` Service (its ClusterIP is their
 //! nameserver); the proxy carries that address to this server's port on the node.
 
-use crate::client::Client;
-use crate::controllers::watcher;
+use crate::runtime::cache::{by_service, Cache};
+use crate::runtime::informer::Informers;
+use crate::runtime::{Client, Scope};
+use crate::vocab::resource::builtin::{ENDPOINTSLICES, SERVICES};
 use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
 /// The cluster domain.
-pub const DOMAIN: &str = "cluster.local";
+pub const DOMAIN: &str = crate::vocab::CLUSTER_DOMAIN;
 const TTL: u32 = 5;
 
-/// What the server knows: services and their slices, by `namespace/name`.
+/// What the server knows: services by `namespace/name`, and their slices (indexed by
+/// service).
 pub struct Records<'a> {
-    services: &'a BTreeMap<String, Value>,
-    slices: &'a BTreeMap<String, Value>,
+    services: &'a Cache,
+    slices: &'a Cache,
 }
 
 /// The answer to a name in the cluster domain.
@@ -36,14 +38,14 @@ pub enum Answer {
 }
 
 impl Records<'_> {
-    fn service(&self, ns: &str, name: &str) -> Option<&Value> {
+    fn service(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
         self.services.get(&format!("{ns}/{name}"))
     }
 
     /// Ready endpoints of a service: (ip, hostname).
     fn endpoints(&self, ns: &str, svc: &str) -> Vec<(Ipv4Addr, Option<String>)> {
         let mut out = Vec::new();
-        for s in self.slices.values().filter(|s| s["metadata"]["namespace"] == ns && s["metadata"]["labels"]["kubernetes.io/service-name"] == svc) {
+        for s in self.slices.by(SLICES_BY_SERVICE, &format!("{ns}/{svc}")) {
             for e in s["endpoints"].as_array().into_iter().flatten() {
                 let ready = e["conditions"]["ready"] != Value::Bool(false);
                 let published = self.service(ns, svc).is_some_and(|v| v["spec"]["publishNotReadyAddresses"] == Value::Bool(true));
@@ -177,13 +179,32 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
-/// Serves DNS on UDP `listen` until the process ends.
-pub async fn serve(client: Client, listen: SocketAddr, upstream: Vec<SocketAddr>) -> std::io::Result<()> {
-    let services = watcher::mirror(client.clone(), "/api/v1/services", |_, _| {});
-    let slices = watcher::mirror(client, "/apis/discovery.k8s.io/v1/endpointslices", |_, _| {});
+/// The index of slices by their service.
+const SLICES_BY_SERVICE: &str = "service";
+
+/// A running DNS server: the caches it answers from.
+#[derive(Clone)]
+pub struct Handle {
+    pub services: Cache,
+    pub slices: Cache,
+}
+
+/// Serves DNS on UDP `listen` in `scope` (an error if it cannot listen).
+pub async fn serve(client: Client, listen: SocketAddr, upstream: Vec<SocketAddr>, scope: &Scope) -> std::io::Result<Handle> {
     let sock = Arc::new(UdpSocket::bind(listen).await?);
+    let mut informers = Informers::new();
+    let services = informers.cache(&SERVICES.all());
+    let slices = informers.indexed(&ENDPOINTSLICES.all(), SLICES_BY_SERVICE, by_service);
+    informers.run(&client, scope);
     let upstream = Arc::new(upstream);
     tracing::info!(%listen, upstreams = ?upstream, "cluster DNS serving");
+    let handle = Handle { services: services.clone(), slices: slices.clone() };
+    let s = scope.clone();
+    scope.spawn(async move { answer_loop(sock, services, slices, upstream, s).await });
+    Ok(handle)
+}
+
+async fn answer_loop(sock: Arc<UdpSocket>, services: Cache, slices: Cache, upstream: Arc<Vec<SocketAddr>>, scope: Scope) {
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -196,15 +217,13 @@ pub async fn serve(client: Client, listen: SocketAddr, upstream: Vec<SocketAddr>
         let packet = buf[..n].to_vec();
         let answer = match Message::from_vec(&packet) {
             Ok(req) => {
-                let (svcs, sls) = (services.read().unwrap_or_else(|p| p.into_inner()), slices.read().unwrap_or_else(|p| p.into_inner()));
-                let local = respond(&req, &Records { services: &svcs, slices: &sls });
-                drop((svcs, sls));
+                let local = respond(&req, &Records { services: &services, slices: &slices });
                 match local {
                     Some(resp) => resp.to_vec().ok(),
                     None => {
                         // Not ours: the host's resolvers answer, off the receive loop.
                         let (sock, upstream) = (sock.clone(), upstream.clone());
-                        tokio::spawn(async move {
+                        scope.spawn(async move {
                             if let Some(reply) = forward(&packet, &upstream).await {
                                 let _ = sock.send_to(&reply, peer).await;
                             }
@@ -226,13 +245,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn maps() -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
-        let mut services = BTreeMap::new();
-        let mut slices = BTreeMap::new();
-        services.insert("default/web".into(), json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}));
-        services.insert("default/db".into(), json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}));
-        slices.insert("default/db-x".into(), json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
-            "endpoints": [{"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}}, {"addresses": ["10.42.0.8"], "hostname": "db-1", "conditions": {"ready": false}}]}));
+    fn maps() -> (Cache, Cache) {
+        use crate::runtime::watcher::Event;
+        let services = Cache::new();
+        let slices = Cache::new().with_index(SLICES_BY_SERVICE, by_service);
+        services.apply(Event::Apply(json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})));
+        services.apply(Event::Apply(json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}})));
+        slices.apply(Event::Apply(json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+            "endpoints": [{"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}}, {"addresses": ["10.42.0.8"], "hostname": "db-1", "conditions": {"ready": false}}]})));
         (services, slices)
     }
 

@@ -6,16 +6,7 @@ use super::Kubelet;
 use crate::cri::v1;
 use base64::Engine;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
-/// Failed pulls per (pod uid, container): when the last one failed and how many in a row.
-type Failures = HashMap<(String, String), (i64, u32)>;
-
-fn failures() -> &'static Mutex<Failures> {
-    static F: OnceLock<Mutex<Failures>> = OnceLock::new();
-    F.get_or_init(Default::default)
-}
+use crate::vocab::resource::builtin::SECRETS;
 
 /// Seconds before a pull is tried again after `count` failures in a row (10 s doubling, at
 /// most 5 minutes, as upstream).
@@ -23,12 +14,12 @@ fn pull_backoff(count: u32) -> i64 {
     (10i64 << count.saturating_sub(1).min(5)).min(300)
 }
 
-/// Forgets the failed pulls of a pod that is gone.
-pub(super) fn forget(uid: &str) {
-    failures().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _), _| u != uid);
-}
-
 impl Kubelet {
+    /// Forgets the failed pulls of a pod that is gone.
+    pub(super) fn forget_pulls(&self, uid: &str) {
+        self.state.pull_failures.lock().retain(|(u, _), _| u != uid);
+    }
+
     /// Makes the image of container `c` present as its policy asks; the waiting reason and
     /// message if it cannot. Failed pulls back off (ImagePullBackOff in between).
     pub(super) async fn ensure_image(&self, pod: &Value, c: &Value) -> Result<(), (&'static str, String)> {
@@ -40,23 +31,23 @@ impl Kubelet {
         match (policy, present) {
             ("Never", false) => {
                 let msg = format!("Container image {image:?} is not present with pull policy of Never");
-                self.event(pod, "Warning", "ErrImageNeverPull", msg.clone());
+                self.event(pod, c["name"].as_str(), "Warning", "ErrImageNeverPull", msg.clone());
                 return Err(("ErrImageNeverPull", msg));
             }
             ("Never", true) | ("IfNotPresent", true) => {
-                self.event(pod, "Normal", "Pulled", format!("Container image {image:?} already present on machine"));
+                self.event(pod, c["name"].as_str(), "Normal", "Pulled", format!("Container image {image:?} already present on machine"));
                 return Ok(());
             }
             _ => {}
         }
         let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
         let now = chrono::Utc::now().timestamp();
-        if let Some((when, count)) = failures().lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied() {
+        if let Some((when, count)) = self.state.pull_failures.lock().get(&key).copied() {
             if now - when < pull_backoff(count) && !present {
                 return Err(("ImagePullBackOff", format!("Back-off pulling image {image:?}")));
             }
         }
-        self.event(pod, "Normal", "Pulling", format!("Pulling image {image:?}"));
+        self.event(pod, c["name"].as_str(), "Normal", "Pulling", format!("Pulling image {image:?}"));
         let started = std::time::Instant::now();
         // Anonymous last, after every matching credential.
         let mut attempts: Vec<Option<v1::AuthConfig>> = self.pull_credentials(pod, image).await.into_iter().map(Some).collect();
@@ -65,8 +56,8 @@ impl Kubelet {
         for auth in attempts {
             match cri.images.pull_image(v1::PullImageRequest { image: Some(spec.clone()), auth, sandbox_config: None }).await {
                 Ok(_) => {
-                    failures().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                    self.event(pod, "Normal", "Pulled", format!("Successfully pulled image {image:?} in {}ms", started.elapsed().as_millis()));
+                    self.state.pull_failures.lock().remove(&key);
+                    self.event(pod, c["name"].as_str(), "Normal", "Pulled", format!("Successfully pulled image {image:?} in {}ms", started.elapsed().as_millis()));
                     return Ok(());
                 }
                 Err(e) => last = e.message().to_string(),
@@ -77,11 +68,11 @@ impl Kubelet {
             return Ok(());
         }
         {
-            let mut f = failures().lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = self.state.pull_failures.lock();
             let entry = f.entry(key).or_insert((now, 0));
             *entry = (now, entry.1 + 1);
         }
-        self.event(pod, "Warning", "Failed", format!("Failed to pull image {image:?}: {last}"));
+        self.event(pod, c["name"].as_str(), "Warning", "Failed", format!("Failed to pull image {image:?}: {last}"));
         Err(("ErrImagePull", format!("failed to pull image {image:?}: {last}")))
     }
 
@@ -91,7 +82,7 @@ impl Kubelet {
         let mut secrets = Vec::new();
         for r in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
             let Some(name) = r["name"].as_str().filter(|n| !n.is_empty()) else { continue };
-            match self.client.get(&format!("/api/v1/namespaces/{ns}/secrets/{name}")).await {
+            match self.client.get(SECRETS.named(ns, name)).await {
                 Ok(s) => secrets.push(s),
                 Err(e) => tracing::info!(secret = name, error = %e.message, "image pull secret unavailable; pulling without it"),
             }

@@ -10,9 +10,12 @@ mod probes;
 mod status;
 mod volumes;
 
-use crate::client::Client;
 use crate::cri::Cri;
-use std::sync::Arc;
+use crate::runtime::cache::Cache;
+use crate::runtime::events::{Involved, Recorder};
+use crate::runtime::{Client, Scope};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// Settings of the node agent.
@@ -32,43 +35,74 @@ pub struct Kubelet {
     pub(crate) client: Client,
     pub(crate) cri: Cri,
     pub(crate) cfg: Config,
-    /// Events about pods, written in order by one background task.
-    events: tokio::sync::mpsc::UnboundedSender<PodEvent>,
+    /// Events about pods, written in order (and aggregated) by the recorder's task.
+    events: Recorder,
+    /// What the kubelet remembers between syncs.
+    pub(crate) state: State,
+    /// The pods bound to this node, from their watch (set once the pod loop runs).
+    pods: OnceLock<Cache>,
+    scope: Scope,
 }
 
-/// An event the kubelet reports about a pod: the pod's reference, type, reason, message.
-type PodEvent = (serde_json::Value, &'static str, &'static str, String);
+/// A mutex that shrugs off poisoning (a panicked sync must not stop the node).
+#[derive(Default)]
+pub(crate) struct Guarded<T>(Mutex<T>);
 
-/// Labels the kubelet puts on sandboxes and containers.
-pub(crate) const LABEL_UID: &str = "io.kubernetes.pod.uid";
-pub(crate) const LABEL_NAME: &str = "io.kubernetes.pod.name";
-pub(crate) const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-pub(crate) const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+impl<T> Guarded<T> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Container waiting reasons and pull failures are kept per (pod uid, container name).
+type PerContainer<T> = Guarded<HashMap<(String, String), T>>;
+
+/// A projected token's identity: pod uid, path in the volume, audience.
+type TokenKey = (String, String, String);
+
+/// The kubelet's memory between syncs (everything else is read back from the runtime).
+#[derive(Default)]
+pub(crate) struct State {
+    /// Pods (by uid) and orphaned sandboxes (`orphan/<uid>`) being worked on.
+    pub(crate) in_flight: Guarded<HashSet<String>>,
+    /// Sandbox start failures per pod uid: when the last one happened and how many in a row.
+    pub(crate) sandbox_failures: Guarded<HashMap<String, (i64, u32)>>,
+    /// Why a container is waiting (image pulls, back-off), by (pod uid, container).
+    pub(crate) waiting: PerContainer<(String, String)>,
+    /// Failed pulls per (pod uid, container): when the last one failed and how many in a row.
+    pub(crate) pull_failures: PerContainer<(i64, u32)>,
+    /// Probe state per container instance (runtime id).
+    pub(crate) probes: Guarded<HashMap<String, probes::State>>,
+    /// Issued service-account tokens: (pod uid, volume path, audience) -> (token, renew after).
+    pub(crate) tokens: Guarded<HashMap<TokenKey, (String, i64)>>,
+}
+
+pub(crate) use crate::cri::labels::{CONTAINER_NAME as LABEL_CONTAINER, POD_NAME as LABEL_NAME, POD_NAMESPACE as LABEL_NAMESPACE, POD_UID as LABEL_UID};
 
 impl Kubelet {
-    /// The agent; call within a Tokio runtime (its event writer starts here).
-    pub fn new(client: Client, cri: Cri, cfg: Config) -> Arc<Kubelet> {
-        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel::<PodEvent>();
-        let writer = client.clone();
-        tokio::spawn(async move {
-            while let Some((pod, ty, reason, message)) = rx.recv().await {
-                crate::controllers::event(&writer, "kubelet", &pod, ty, reason, &message).await;
-            }
-        });
-        Arc::new(Kubelet { client, cri, cfg, events })
+    /// The agent, whose tasks (event writer, heartbeat, pod workers) run in `scope`.
+    pub fn new(client: Client, cri: Cri, cfg: Config, scope: &Scope) -> Arc<Kubelet> {
+        let events = Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name), scope);
+        Arc::new(Kubelet { client, cri, cfg, events, state: State::default(), pods: OnceLock::new(), scope: scope.clone() })
     }
 
-    /// Reports an event about `pod` (what `kubectl describe pod` lists) without waiting for
-    /// it to be written: the pod's work never waits on its events.
-    pub(crate) fn event(&self, pod: &serde_json::Value, ty: &'static str, reason: &'static str, message: String) {
-        let m = &pod["metadata"];
-        let reference = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"],
-        }});
-        let _ = self.events.send((reference, ty, reason, message));
+    /// Reports an event about `pod`, or about its container `container` (what `kubectl
+    /// describe pod` lists), without waiting for it to be written.
+    pub(crate) fn event(&self, pod: &serde_json::Value, container: Option<&str>, ty: &'static str, reason: &'static str, message: String) {
+        let mut reference = Involved::of(&crate::vocab::object::typed(pod, "v1", "Pod"));
+        if let Some(c) = container {
+            let init = pod["spec"]["initContainers"].as_array().into_iter().flatten().any(|i| i["name"] == c);
+            reference = reference.at(format!("spec.{}{{{c}}}", if init { "initContainers" } else { "containers" }));
+        }
+        self.events.event(reference, ty, reason, message);
     }
 
-    /// Registers the node and runs the heartbeat and the pod loop until the process ends.
+    /// The pods bound to this node as the kubelet sees them (empty before it runs).
+    pub fn pods(&self) -> Vec<Arc<serde_json::Value>> {
+        self.pods.get().map(Cache::list).unwrap_or_default()
+    }
+
+    /// Registers the node, then runs the heartbeat and the pod loop until its scope stops.
     pub async fn run(self: Arc<Self>) {
         loop {
             match self.register().await {
@@ -81,7 +115,7 @@ impl Kubelet {
         }
         tracing::info!(node = %self.cfg.node_name, "node registered");
         let hb = self.clone();
-        tokio::spawn(async move { hb.heartbeat().await });
+        self.scope.spawn(async move { hb.heartbeat().await });
         self.pod_loop().await;
     }
 }

@@ -2,11 +2,14 @@
 
 use super::Kubelet;
 use crate::vocab::object::now;
+use crate::vocab::resource::builtin::{LEASES, NODES};
 use crate::vocab::status::ApiError;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const LEASE_SECONDS: i64 = 40;
+/// The namespace of the nodes' heartbeat Leases.
+const NODE_LEASES: &str = "kube-node-lease";
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The host's CPUs, what the node reports as its CPU capacity.
@@ -89,7 +92,6 @@ impl Kubelet {
     /// Creates the Node (or takes over the existing one) and writes its status.
     pub(super) async fn register(&self) -> Result<(), ApiError> {
         let name = &self.cfg.node_name;
-        let path = format!("/api/v1/nodes/{name}");
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -101,10 +103,10 @@ impl Kubelet {
             }},
             "spec": {"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]},
         });
-        match self.client.create("/api/v1/nodes", &node).await {
+        match self.client.create(NODES.all(), &node).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {
-                self.client.merge_patch(&path, &json!({"metadata": {"labels": node["metadata"]["labels"]}, "spec": node["spec"]})).await?;
+                self.client.merge_patch(NODES.name(name), &json!({"metadata": {"labels": node["metadata"]["labels"]}, "spec": node["spec"]})).await?;
             }
             Err(e) => return Err(e),
         }
@@ -112,23 +114,21 @@ impl Kubelet {
     }
 
     async fn post_status(&self) -> Result<(), ApiError> {
-        let path = format!("/api/v1/nodes/{}/status", self.cfg.node_name);
-        self.client.merge_patch(&path, &json!({"status": self.node_status()})).await.map(|_| ())
+        self.client.merge_patch(NODES.name(&self.cfg.node_name).sub("status"), &json!({"status": self.node_status()})).await.map(|_| ())
     }
 
     async fn renew_lease(&self) -> Result<(), ApiError> {
         let name = &self.cfg.node_name;
-        let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}");
         let t = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        match self.client.merge_patch(&path, &json!({"spec": {"renewTime": t}})).await {
+        match self.client.merge_patch(LEASES.named(NODE_LEASES, name), &json!({"spec": {"renewTime": t}})).await {
             Ok(_) => Ok(()),
             Err(e) if e.code == 404 => {
                 let lease = json!({
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name, "namespace": "kube-node-lease"},
+                    "metadata": {"name": name, "namespace": NODE_LEASES},
                     "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": t},
                 });
-                self.client.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await.map(|_| ())
+                self.client.create(LEASES.ns(NODE_LEASES), &lease).await.map(|_| ())
             }
             Err(e) => Err(e),
         }

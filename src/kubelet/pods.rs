@@ -4,9 +4,11 @@
 use super::status::{self, Observed};
 use super::{Kubelet, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
 use crate::cri::v1;
+use crate::vocab::resource::builtin::{CONFIGMAPS, PODS, SECRETS, SERVICES};
+use crate::vocab::resource::Resource;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -18,21 +20,20 @@ const RESYNC: Duration = Duration::from_secs(2);
 /// The longest a postStart hook may take (upstream has no bound but the hook's own).
 const POST_START_LIMIT: u64 = 300;
 
-fn in_flight() -> &'static Mutex<HashSet<String>> {
-    static S: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    S.get_or_init(|| Mutex::new(HashSet::new()))
+/// A pod as the kubelet names it in messages: `name_namespace(uid)`.
+fn pod_ref(pod: &Value) -> String {
+    let m = &pod["metadata"];
+    format!("{}_{}({})", m["name"].as_str().unwrap_or(""), m["namespace"].as_str().unwrap_or(""), m["uid"].as_str().unwrap_or(""))
 }
 
-/// Sandbox start failures per pod uid: when the last one happened and how many in a row.
-fn sandbox_failures() -> &'static Mutex<HashMap<String, (i64, u32)>> {
-    static F: OnceLock<Mutex<HashMap<String, (i64, u32)>>> = OnceLock::new();
-    F.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// Why a container is waiting (image pulls, back-off), kept between syncs for status.
-pub(super) fn waiting() -> &'static Mutex<HashMap<(String, String), (String, String)>> {
-    static W: OnceLock<Mutex<HashMap<(String, String), (String, String)>>> = OnceLock::new();
-    W.get_or_init(|| Mutex::new(HashMap::new()))
+/// Seconds as Go prints a duration (`10s`, `1m20s`, `5m0s`), as upstream's messages show it.
+fn go_duration(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
 }
 
 fn labels_of(pod: &Value) -> HashMap<String, String> {
@@ -54,7 +55,7 @@ pub(super) fn pod_dns(spec: &Value, namespace: &str, cluster_dns: Option<&str>) 
     let mut dns = match (policy, cluster_dns) {
         ("None", _) => v1::DnsConfig::default(),
         ("ClusterFirstWithHostNet", Some(ip)) | ("ClusterFirst", Some(ip)) if policy != "ClusterFirst" || !host_network => {
-            let domain = crate::dns::DOMAIN;
+            let domain = crate::vocab::CLUSTER_DOMAIN;
             let mut searches = vec![format!("{namespace}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()];
             searches.extend(host.searches.iter().filter(|s| !searches.contains(s)).cloned().collect::<Vec<_>>());
             v1::DnsConfig { servers: vec![ip.to_string()], searches, options: vec!["ndots:5".into()] }
@@ -94,18 +95,12 @@ fn host_dns() -> v1::DnsConfig {
 impl Kubelet {
     pub(super) async fn pod_loop(self: Arc<Self>) {
         let (poke, mut poked) = mpsc::channel::<()>(1);
-        let me = self.clone();
-        tokio::spawn(async move {
-            let path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", me.cfg.node_name);
-            loop {
-                if let Ok(mut events) = me.client.watch(&path).await {
-                    while events.recv().await.is_some() {
-                        let _ = poke.try_send(());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        let mine = PODS.all().fields(&format!("spec.nodeName={}", self.cfg.node_name));
+        let cache = crate::runtime::informer::follow(&self.client, mine, &self.scope, move |_| {
+            let _ = poke.try_send(());
         });
+        let _ = self.pods.set(cache.clone());
+        cache.synced().await;
         loop {
             if let Err(e) = self.clone().sync_all().await {
                 tracing::warn!(error = %e, "pod sync");
@@ -118,40 +113,39 @@ impl Kubelet {
     }
 
     async fn sync_all(self: Arc<Self>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let list = self.client.get(&format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", self.cfg.node_name)).await?;
-        let pods: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+        let pods: Vec<Value> = self.pods().iter().map(|p| p.as_ref().clone()).collect();
         let mut cri = self.cri.clone();
         let sandboxes = cri.runtime.list_pod_sandbox(v1::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
         let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: None }).await?.into_inner().containers;
-        super::probes::forget(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+        self.forget_probes(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
         let uids: HashSet<String> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(String::from)).collect();
         // Sandboxes whose pod is gone (deleted while we were down, or force-deleted).
         for sb in sandboxes.iter().filter(|s| s.labels.get(LABEL_UID).is_some_and(|u| !uids.contains(u))) {
             let uid = sb.labels.get(LABEL_UID).cloned().unwrap_or_default();
             let key = format!("orphan/{uid}");
-            if in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+            if self.state.in_flight.lock().insert(key.clone()) {
                 let me = self.clone();
                 let id = sb.id.clone();
                 let ctrs: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == id).map(|c| c.id.clone()).collect();
-                tokio::spawn(async move {
+                self.scope.spawn(async move {
                     me.teardown(&id, &ctrs, 0, &uid).await;
-                    in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    me.state.in_flight.lock().remove(&key);
                 });
             }
         }
         for pod in pods {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            if !in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone()) {
+            if !self.state.in_flight.lock().insert(uid.clone()) {
                 continue;
             }
             let sbs: Vec<v1::PodSandbox> = sandboxes.iter().filter(|s| s.labels.get(LABEL_UID) == Some(&uid)).cloned().collect();
             let ctrs: Vec<v1::Container> = containers.iter().filter(|c| c.labels.get(LABEL_UID) == Some(&uid)).cloned().collect();
             let me = self.clone();
-            tokio::spawn(async move {
+            self.scope.spawn(async move {
                 if let Err(e) = me.sync_pod(&pod, sbs, ctrs).await {
                     tracing::warn!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), error = %e, "pod sync failed");
                 }
-                in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+                me.state.in_flight.lock().remove(&uid);
             });
         }
         Ok(())
@@ -169,7 +163,7 @@ impl Kubelet {
         let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
         let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
         remove_pod_cgroups(uid);
-        super::volumes::cleanup(&self.cfg.data_dir, uid);
+        self.cleanup_volumes(uid);
     }
 
     async fn sync_pod(&self, pod: &Value, sandboxes: Vec<v1::PodSandbox>, containers: Vec<v1::Container>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -187,7 +181,7 @@ impl Kubelet {
                 .filter_map(|c| Some((c.metadata.as_ref()?.name.clone(), c.id.clone())))
                 .collect();
             for (name, _) in &running {
-                self.event(pod, "Normal", "Killing", format!("Stopping container {name}"));
+                self.event(pod, Some(name), "Normal", "Killing", format!("Stopping container {name}"));
             }
             if grace > 0 && !running.is_empty() {
                 let spent = self.run_pre_stop(pod, &running, grace).await;
@@ -201,11 +195,11 @@ impl Kubelet {
             for c in ids {
                 let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c }).await;
             }
-            waiting().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _), _| u != uid);
-            super::images::forget(uid);
-            super::volumes::cleanup(&self.cfg.data_dir, uid);
+            self.state.waiting.lock().retain(|(u, _), _| u != uid);
+            self.forget_pulls(uid);
+            self.cleanup_volumes(uid);
             let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
-            match self.client.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &opts).await {
+            match self.client.delete(PODS.named(ns, name), &opts).await {
                 Ok(_) => {}
                 Err(e) if e.code == 404 || e.code == 409 => {}
                 Err(e) => return Err(e.into()),
@@ -229,7 +223,7 @@ impl Kubelet {
             None => {
                 // After a failure, wait (doubling, at most 5 minutes) before trying again.
                 let now = chrono::Utc::now().timestamp();
-                let last_failure = sandbox_failures().lock().unwrap_or_else(|e| e.into_inner()).get(uid).copied();
+                let last_failure = self.state.sandbox_failures.lock().get(uid).copied();
                 if let Some((when, count)) = last_failure {
                     if now - when < (1i64 << count.min(8)).min(MAX_BACKOFF) {
                         return Ok(());
@@ -242,12 +236,12 @@ impl Kubelet {
                 let resp = cri.runtime.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() }).await;
                 match resp {
                     Ok(r) => {
-                        sandbox_failures().lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+                        self.state.sandbox_failures.lock().remove(uid);
                         r.into_inner().pod_sandbox_id
                     }
                     Err(e) => {
                         {
-                            let mut f = sandbox_failures().lock().unwrap_or_else(|e| e.into_inner());
+                            let mut f = self.state.sandbox_failures.lock();
                             let entry = f.entry(uid.to_string()).or_insert((now, 0));
                             *entry = (now, entry.1 + 1);
                         }
@@ -281,7 +275,7 @@ impl Kubelet {
             Err(msg) => {
                 // As upstream: the pod waits in ContainerCreating until its volumes can be set up.
                 {
-                    let mut w = waiting().lock().unwrap_or_else(|e| e.into_inner());
+                    let mut w = self.state.waiting.lock();
                     for c in pod["spec"]["containers"].as_array().into_iter().flatten().chain(pod["spec"]["initContainers"].as_array().into_iter().flatten()) {
                         w.insert((uid.to_string(), c["name"].as_str().unwrap_or("").to_string()), ("ContainerCreating".into(), format!("MountVolume.SetUp failed: {msg}")));
                     }
@@ -354,8 +348,12 @@ impl Kubelet {
         let finished = st.finished_at / 1_000_000_000;
         let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
         if now - finished < backoff {
-            let msg = format!("back-off {backoff}s restarting failed container={} pod={}_{}", key.1, pod["metadata"]["name"].as_str().unwrap_or(""), pod["metadata"]["namespace"].as_str().unwrap_or(""));
-            waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key, ("CrashLoopBackOff".into(), msg));
+            // As upstream: the container waits in CrashLoopBackOff, and every sync that finds
+            // it waiting reports BackOff (the recorder folds repeats into one event's count).
+            let who = pod_ref(pod);
+            let msg = format!("back-off {} restarting failed container={} pod={who}", go_duration(backoff), key.1);
+            self.event(pod, Some(&key.1), "Warning", "BackOff", format!("Back-off restarting failed container {} in pod {who}", key.1));
+            self.state.waiting.lock().insert(key, ("CrashLoopBackOff".into(), msg));
             return;
         }
         // Keep the instance that just exited (it is the container's lastState, and
@@ -378,7 +376,7 @@ impl Kubelet {
     async fn start_container(&self, pod: &Value, c: &Value, attempt: u32, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, volumes: &HashMap<String, std::path::PathBuf>) {
         let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
         let set_waiting = |reason: &str, msg: String| {
-            waiting().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (reason.to_string(), msg));
+            self.state.waiting.lock().insert(key.clone(), (reason.to_string(), msg));
         };
         if let Err((reason, msg)) = self.ensure_image(pod, c).await {
             set_waiting(reason, msg);
@@ -436,25 +434,25 @@ impl Kubelet {
         let id = match created {
             Ok(r) => r.into_inner().container_id,
             Err(e) => {
-                self.event(pod, "Warning", "Failed", format!("Error: {}", e.message()));
+                self.event(pod, Some(&key.1), "Warning", "Failed", format!("Error: {}", e.message()));
                 set_waiting("CreateContainerError", e.message().to_string());
                 return;
             }
         };
-        self.event(pod, "Normal", "Created", format!("Created container: {}", key.1));
+        self.event(pod, Some(&key.1), "Normal", "Created", format!("Created container: {}", key.1));
         if let Err(e) = cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
-            self.event(pod, "Warning", "Failed", format!("Error: {}", e.message()));
+            self.event(pod, Some(&key.1), "Warning", "Failed", format!("Error: {}", e.message()));
             set_waiting("RunContainerError", e.message().to_string());
             return;
         }
-        self.event(pod, "Normal", "Started", format!("Started container {}", key.1));
-        waiting().lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.event(pod, Some(&key.1), "Normal", "Started", format!("Started container {}", key.1));
+        self.state.waiting.lock().remove(&key);
         // A postStart hook runs right after the start; the container counts as started only
         // once it returns, and a failed hook kills the container (restartPolicy decides next).
         let hook = &c["lifecycle"]["postStart"];
         if hook.is_object() && !self.run_hook(c, &id, hook, pod_ip, POST_START_LIMIT).await {
             tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %key.1, "postStart hook failed; killing the container");
-            self.event(pod, "Warning", "FailedPostStartHook", format!("PostStartHook failed for container {}", key.1));
+            self.event(pod, Some(&key.1), "Warning", "FailedPostStartHook", format!("PostStartHook failed for container {}", key.1));
             let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: id, timeout: 0 }).await;
         }
     }
@@ -465,12 +463,12 @@ impl Kubelet {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let mut services: Vec<Value> = Vec::new();
         if pod["spec"]["enableServiceLinks"] != false {
-            if let Ok(list) = self.client.get(&format!("/api/v1/namespaces/{ns}/services")).await {
-                services.extend(list["items"].as_array().cloned().unwrap_or_default());
+            if let Ok(list) = self.client.list(SERVICES.ns(ns)).await {
+                services.extend(list);
             }
         }
         if ns != "default" || pod["spec"]["enableServiceLinks"] == false {
-            if let Ok(k) = self.client.get("/api/v1/namespaces/default/services/kubernetes").await {
+            if let Ok(k) = self.client.get(SERVICES.named("default", "kubernetes")).await {
                 services.push(k);
             }
         }
@@ -481,8 +479,8 @@ impl Kubelet {
     async fn env_from_sources(&self, pod: &Value, c: &Value) -> Result<Vec<v1::KeyValue>, String> {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
         let mut out = Vec::new();
-        let fetch = |kind: &'static str, name: String| async move {
-            match self.client.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")).await {
+        let fetch = |res: Resource, name: String| async move {
+            match self.client.get(res.named(ns, &name)).await {
                 Ok(v) => Ok(Some(v)),
                 Err(e) if e.code == 404 => Ok(None),
                 Err(e) => Err(e.message),
@@ -498,7 +496,7 @@ impl Kubelet {
         };
         for src in c["envFrom"].as_array().into_iter().flatten() {
             let prefix = src["prefix"].as_str().unwrap_or("");
-            for (field, kind, secret) in [("configMapRef", "configmaps", false), ("secretRef", "secrets", true)] {
+            for (field, kind, secret) in [("configMapRef", CONFIGMAPS, false), ("secretRef", SECRETS, true)] {
                 let Some(r) = src.get(field) else { continue };
                 let name = r["name"].as_str().unwrap_or("").to_string();
                 match fetch(kind, name.clone()).await? {
@@ -515,7 +513,7 @@ impl Kubelet {
             }
         }
         for e in c["env"].as_array().into_iter().flatten() {
-            for (field, kind, secret) in [("configMapKeyRef", "configmaps", false), ("secretKeyRef", "secrets", true)] {
+            for (field, kind, secret) in [("configMapKeyRef", CONFIGMAPS, false), ("secretKeyRef", SECRETS, true)] {
                 let Some(r) = e["valueFrom"].get(field) else { continue };
                 let (name, key) = (r["name"].as_str().unwrap_or("").to_string(), r["key"].as_str().unwrap_or(""));
                 let value = fetch(kind, name.clone()).await?.and_then(|obj| value_of(&obj, key, secret));

@@ -7,12 +7,12 @@ use super::{Kubelet, LABEL_CONTAINER};
 use crate::cri::v1;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The probe state of one container instance.
 #[derive(Default, Clone)]
-struct State {
+pub(crate) struct State {
     started: bool,
     ready: bool,
     live_failures: u32,
@@ -22,11 +22,6 @@ struct State {
     next: HashMap<&'static str, Instant>,
 }
 
-/// Probe state per container instance (runtime id).
-fn states() -> &'static Mutex<HashMap<String, State>> {
-    static S: OnceLock<Mutex<HashMap<String, State>>> = OnceLock::new();
-    S.get_or_init(|| Mutex::new(HashMap::new()))
-}
 
 fn secs(p: &Value, k: &str, default: u64) -> u64 {
     p[k].as_u64().unwrap_or(default)
@@ -122,7 +117,7 @@ impl Kubelet {
                 continue;
             }
             let started_at = Instant::now() - Duration::from_secs((chrono::Utc::now().timestamp() - st.started_at / 1_000_000_000).max(0) as u64);
-            let mut state = states().lock().unwrap_or_else(|e| e.into_inner()).get(&st.id).cloned().unwrap_or_default();
+            let mut state = self.state.probes.lock().get(&st.id).cloned().unwrap_or_default();
             let mut kill = false;
             for (kind, default_success) in [("startupProbe", true), ("livenessProbe", true), ("readinessProbe", true)] {
                 let Some(probe) = c.get(kind).filter(|p| p.is_object()) else {
@@ -185,18 +180,20 @@ impl Kubelet {
                 let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
                 let mut cri = self.cri.clone();
                 let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: st.id.clone(), timeout: grace }).await;
-                states().lock().unwrap_or_else(|e| e.into_inner()).remove(&st.id);
+                self.state.probes.lock().remove(&st.id);
                 ready.insert(name.to_string(), false);
                 continue;
             }
             ready.insert(name.to_string(), state.ready);
-            states().lock().unwrap_or_else(|e| e.into_inner()).insert(st.id.clone(), state);
+            self.state.probes.lock().insert(st.id.clone(), state);
         }
         ready
     }
 }
 
-/// Forgets the probe state of containers that no longer exist.
-pub(super) fn forget(live_ids: &[String]) {
-    states().lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| live_ids.contains(id));
+impl Kubelet {
+    /// Forgets the probe state of containers that no longer exist.
+    pub(super) fn forget_probes(&self, live_ids: &[String]) {
+        self.state.probes.lock().retain(|id, _| live_ids.contains(id));
+    }
 }

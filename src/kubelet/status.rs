@@ -1,7 +1,6 @@
 //! Pod status from what the runtime reports: phase, conditions, addresses and container
 //! states (with restart counts, exit codes and the waiting reasons kubectl shows).
 
-use super::pods::waiting;
 use super::{Kubelet, LABEL_CONTAINER};
 use crate::vocab::status::ApiError;
 use crate::cri::v1;
@@ -88,7 +87,7 @@ impl Kubelet {
     pub(super) async fn write_status(&self, pod: &Value, o: Observed) -> Result<(), ApiError> {
         let old = &pod["status"];
         let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
-        let waits = waiting().lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let waits = self.state.waiting.lock().clone();
         let container_status = |c: &Value, init: bool| -> (Value, bool, bool, Option<i32>) {
             let name = c["name"].as_str().unwrap_or("");
             let mut mine: Vec<&v1::ContainerStatus> = o.statuses.iter().filter(|s| s.labels.get(LABEL_CONTAINER).map(String::as_str) == Some(name)).collect();
@@ -187,7 +186,6 @@ impl Kubelet {
         if &status == old {
             return Ok(());
         }
-        let path = format!("/api/v1/namespaces/{}/pods/{}/status", pod["metadata"]["namespace"].as_str().unwrap_or(""), pod["metadata"]["name"].as_str().unwrap_or(""));
         // A merge patch of the whole status: lists are replaced, stale fields are nulled.
         let mut patch = status.clone();
         if let (Some(p), Some(o)) = (patch.as_object_mut(), old.as_object()) {
@@ -195,7 +193,7 @@ impl Kubelet {
                 p.entry(k.clone()).or_insert(Value::Null);
             }
         }
-        match self.client.merge_patch(&path, &json!({"status": patch})).await {
+        match self.client.merge_patch(crate::vocab::resource::builtin::PODS.of(pod).sub("status"), &json!({"status": patch})).await {
             Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }

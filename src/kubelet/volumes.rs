@@ -3,6 +3,8 @@
 //! their sources), and is removed with the pod.
 
 use super::Kubelet;
+use crate::vocab::resource::builtin::{CONFIGMAPS, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, SECRETS, SERVICEACCOUNTS};
+use crate::vocab::resource::Resource;
 use base64::Engine;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -87,13 +89,8 @@ fn is_mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p)))
 }
 
-/// Issued service-account tokens: (pod uid, volume path, audience) -> (token, renew after).
-type TokenCache = HashMap<(String, String, String), (String, i64)>;
-
-fn tokens() -> &'static std::sync::Mutex<TokenCache> {
-    static T: std::sync::OnceLock<std::sync::Mutex<TokenCache>> = std::sync::OnceLock::new();
-    T.get_or_init(Default::default)
-}
+/// Lifetime of a projected token whose source names none (the API defaults it to an hour).
+const TOKEN_SECONDS: i64 = 3600;
 
 impl Kubelet {
     /// The file of a projected `serviceAccountToken` source: a token bound to the pod, asked
@@ -105,29 +102,29 @@ impl Kubelet {
         let audience = src["audience"].as_str().unwrap_or("").to_string();
         let key = (uid.to_string(), path.clone(), audience.clone());
         let now = chrono::Utc::now().timestamp();
-        if let Some((token, renew)) = tokens().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some((token, renew)) = self.state.tokens.lock().get(&key) {
             if now < *renew {
                 return Ok((path, token.clone().into_bytes(), mode));
             }
         }
         let sa = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
-        let expiration = src["expirationSeconds"].as_i64().unwrap_or(crate::api::tokens::DEFAULT_EXPIRATION);
+        let expiration = src["expirationSeconds"].as_i64().unwrap_or(TOKEN_SECONDS);
         let mut spec = serde_json::json!({"expirationSeconds": expiration, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}});
         if !audience.is_empty() {
             spec["audiences"] = serde_json::json!([audience]);
         }
         let req = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
-        let resp = self.client.create(&format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"), &req).await;
+        let resp = self.client.create(SERVICEACCOUNTS.named(ns, sa).sub("token"), &req).await;
         let resp = resp.map_err(|e| format!("service account {ns}/{sa} token: {}", e.message))?;
         let token = resp["status"]["token"].as_str().ok_or("the token request returned no token")?.to_string();
         let granted = resp["spec"]["expirationSeconds"].as_i64().unwrap_or(expiration);
         let renew = now + (granted * 4 / 5).min(24 * 3600);
-        tokens().lock().unwrap_or_else(|e| e.into_inner()).insert(key, (token.clone(), renew));
+        self.state.tokens.lock().insert(key, (token.clone(), renew));
         Ok((path, token.into_bytes(), mode))
     }
 
-    async fn source(&self, ns: &str, kind: &str, name: &str) -> Result<Option<Value>, String> {
-        match self.client.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")).await {
+    async fn source(&self, ns: &str, res: Resource, name: &str) -> Result<Option<Value>, String> {
+        match self.client.get(res.named(ns, name)).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.code == 404 => Ok(None),
             Err(e) => Err(e.message),
@@ -161,7 +158,7 @@ impl Kubelet {
                 })
                 .collect();
         }
-        let (resource, secret) = if kind == "secret" { ("secrets", true) } else { ("configmaps", false) };
+        let (resource, secret) = if kind == "secret" { (SECRETS, true) } else { (CONFIGMAPS, false) };
         let name = src["name"].as_str().or(src["secretName"].as_str()).unwrap_or("");
         let optional = src["optional"] == true;
         match self.source(ns, resource, name).await? {
@@ -174,9 +171,9 @@ impl Kubelet {
     /// The directory behind a bound claim (a hostPath or local PersistentVolume), created
     /// if the provisioner asked for that. Unbound claims wait: the pod is retried.
     async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
-        let pvc = self.source(ns, "persistentvolumeclaims", claim).await?.ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
+        let pvc = self.source(ns, PERSISTENTVOLUMECLAIMS, claim).await?.ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
         let pv_name = pvc["spec"]["volumeName"].as_str().filter(|_| pvc["status"]["phase"] == "Bound").ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound yet"))?;
-        let pv = self.client.get(&format!("/api/v1/persistentvolumes/{pv_name}")).await.map_err(|e| format!("persistentvolume {pv_name:?}: {}", e.message))?;
+        let pv = self.client.get(PERSISTENTVOLUMES.name(pv_name)).await.map_err(|e| format!("persistentvolume {pv_name:?}: {}", e.message))?;
         let spec = &pv["spec"];
         let (path, create) = match (spec["hostPath"]["path"].as_str(), spec["local"]["path"].as_str()) {
             (Some(p), _) => (PathBuf::from(p), spec["hostPath"]["type"] == "DirectoryOrCreate"),
@@ -266,9 +263,15 @@ impl Kubelet {
     }
 }
 
-/// Removes a pod's volume directories (unmounting memory-backed ones first).
-pub(super) fn cleanup(data_dir: &Path, uid: &str) {
-    tokens().lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _, _), _| u != uid);
+impl Kubelet {
+    /// Removes a pod's volume directories (unmounting memory-backed ones first).
+    pub(super) fn cleanup_volumes(&self, uid: &str) {
+        self.state.tokens.lock().retain(|(u, _, _), _| u != uid);
+        remove_pod_dir(&self.cfg.data_dir, uid);
+    }
+}
+
+fn remove_pod_dir(data_dir: &Path, uid: &str) {
     let dir = pod_dir(data_dir, uid);
     if let Ok(entries) = std::fs::read_dir(dir.join("volumes")) {
         for e in entries.flatten() {

@@ -6,8 +6,10 @@
 
 pub mod rules;
 
-use crate::client::Client;
-use crate::controllers::watcher;
+use crate::runtime::cache::Cache;
+use crate::runtime::informer::Informers;
+use crate::runtime::{Client, Scope};
+use crate::vocab::resource::builtin::{ENDPOINTSLICES, SERVICES};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -78,19 +80,36 @@ fn install_hooks() -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the proxy until the process ends.
-pub fn start(client: Client, cfg: Config) {
+/// A running proxy: the caches its rules are computed from.
+#[derive(Clone)]
+pub struct Handle {
+    pub services: Cache,
+    pub slices: Cache,
+}
+
+/// Runs the proxy in `scope`. Rules are first written once both collections are listed, so a
+/// start never writes a partial set.
+pub fn start(client: Client, cfg: Config, scope: &Scope) -> Handle {
     let dirty = Arc::new(Notify::new());
-    let (d, c, node_ip) = (dirty.clone(), client.clone(), cfg.node_ip.clone());
-    let services = watcher::mirror(client.clone(), "/api/v1/services", move |ty, svc| {
-        if ty != "DELETED" {
-            announce_load_balancer(&c, svc, node_ip.as_deref());
+    let mut informers = Informers::new();
+    let (services, slices) = (informers.cache(&SERVICES.all()), informers.cache(&ENDPOINTSLICES.all()));
+    let (d, c, node_ip, s) = (dirty.clone(), client.clone(), cfg.node_ip.clone(), scope.clone());
+    informers.on(&SERVICES.all(), move |change| {
+        if !change.is_delete() {
+            announce_load_balancer(&c, &s, change.object(), node_ip.as_deref());
         }
         d.notify_one();
     });
     let d = dirty.clone();
-    let slices = watcher::mirror(client, "/apis/discovery.k8s.io/v1/endpointslices", move |_, _| d.notify_one());
-    tokio::spawn(async move {
+    informers.on(&ENDPOINTSLICES.all(), move |_| d.notify_one());
+    informers.run(&client, scope);
+    let handle = Handle { services: services.clone(), slices: slices.clone() };
+    let s = scope.clone();
+    // The first write happens once both lists are in, whether or not anything changed.
+    dirty.notify_one();
+    scope.spawn(async move {
+        services.synced().await;
+        slices.synced().await;
         let mut applied: Option<String> = None;
         let mut chains: BTreeSet<String> = existing_chains("nat");
         let mut hooked = false;
@@ -99,8 +118,8 @@ pub fn start(client: Client, cfg: Config) {
             // Let a burst of changes settle into one write.
             tokio::time::sleep(Duration::from_millis(30)).await;
             let set = {
-                let (svcs, sls) = (services.read().unwrap_or_else(|p| p.into_inner()), slices.read().unwrap_or_else(|p| p.into_inner()));
-                let (svcs, sls): (Vec<&Value>, Vec<&Value>) = (svcs.values().collect(), sls.values().collect());
+                let (svcs, sls) = (services.list(), slices.list());
+                let (svcs, sls): (Vec<&Value>, Vec<&Value>) = (svcs.iter().map(|v| v.as_ref()).collect(), sls.iter().map(|v| v.as_ref()).collect());
                 rules::build(&svcs, &sls, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr }, &chains)
             };
             // After the first full write, only the chains that changed are written.
@@ -131,7 +150,7 @@ pub fn start(client: Client, cfg: Config) {
                     tracing::warn!(error = %e, "service rules not written; retrying with the full set");
                     applied = None;
                     let d = dirty.clone();
-                    tokio::spawn(async move {
+                    s.spawn(async move {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         d.notify_one();
                     });
@@ -139,19 +158,20 @@ pub fn start(client: Client, cfg: Config) {
             }
         }
     });
+    handle
 }
 
 /// A LoadBalancer service without an ingress gets the node's address (the ServiceLB role).
-fn announce_load_balancer(client: &Client, svc: &Value, node_ip: Option<&str>) {
+fn announce_load_balancer(client: &Client, scope: &Scope, svc: &Value, node_ip: Option<&str>) {
     let Some(ip) = node_ip else { return };
     if svc["spec"]["type"] != "LoadBalancer" || svc["status"]["loadBalancer"]["ingress"].as_array().is_some_and(|a| !a.is_empty()) {
         return;
     }
-    let url = format!("/api/v1/namespaces/{}/services/{}/status", svc["metadata"]["namespace"].as_str().unwrap_or(""), svc["metadata"]["name"].as_str().unwrap_or(""));
+    let target = SERVICES.of(svc).sub("status");
     let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}});
     let client = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = client.merge_patch(&url, &patch).await {
+    scope.spawn(async move {
+        if let Err(e) = client.merge_patch(target, &patch).await {
             tracing::debug!(error = %e, "load balancer ingress not written");
         }
     });

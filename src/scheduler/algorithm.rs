@@ -2,7 +2,7 @@
 //! Pure: reads a [`Cache`] and a [`PodInfo`], decides, changes nothing.
 
 use super::cache::{Cache, NodeInfo, PodInfo};
-use super::fit;
+use crate::vocab::scheduling;
 use crate::vocab::selector::LabelSelector;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -133,7 +133,7 @@ fn prepare<'a>(cache: &Cache, pod: &'a PodInfo) -> Prepared<'a> {
         let Ok(sel) = LabelSelector::from_object(&c["labelSelector"]) else { continue };
         let key = c["topologyKey"].as_str().unwrap_or("").to_string();
         let mut counts: HashMap<String, i64> = HashMap::new();
-        for n in cache.nodes.values().filter(|n| fit::node_matches(&pod.spec, &n.node)) {
+        for n in cache.nodes.values().filter(|n| scheduling::node_matches(&pod.spec, &n.node)) {
             let Some(v) = n.label(&key) else { continue };
             let c = n.pods.values().filter(|p| p.namespace == pod.namespace && sel.matches(&p.labels)).count() as i64;
             *counts.entry(v.to_string()).or_default() += c;
@@ -157,24 +157,24 @@ fn filter(p: &Prepared, n: &NodeInfo) -> Option<String> {
     let spec = &pod.spec;
     if n.node["spec"]["unschedulable"] == Value::Bool(true) {
         let taint = serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
-        let tolerated = spec["tolerations"].as_array().into_iter().flatten().any(|t| fit::tolerates(t, &taint));
+        let tolerated = spec["tolerations"].as_array().into_iter().flatten().any(|t| scheduling::tolerates(t, &taint));
         if !tolerated {
             return Some("node(s) were unschedulable".into());
         }
     }
-    if let Some(t) = fit::untolerated_taint(spec, &n.node, &["NoSchedule", "NoExecute"]) {
+    if let Some(t) = scheduling::untolerated_taint(spec, &n.node, &["NoSchedule", "NoExecute"]) {
         return Some(format!("node(s) had untolerated taint {{{}: {}}}", t["key"].as_str().unwrap_or(""), t["value"].as_str().unwrap_or("")));
     }
     if !n.ready {
         let taint = serde_json::json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"});
-        if !spec["tolerations"].as_array().into_iter().flatten().any(|t| fit::tolerates(t, &taint)) {
+        if !spec["tolerations"].as_array().into_iter().flatten().any(|t| scheduling::tolerates(t, &taint)) {
             return Some("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into());
         }
     }
-    if !fit::node_matches(spec, &n.node) {
+    if !scheduling::node_matches(spec, &n.node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
-    if pod.volume_terms.iter().any(|terms| !terms.as_array().into_iter().flatten().any(|t| fit::term_matches(t, &n.node))) {
+    if pod.volume_terms.iter().any(|terms| !terms.as_array().into_iter().flatten().any(|t| scheduling::term_matches(t, &n.node))) {
         return Some("node(s) had volume node affinity conflict".into());
     }
     if n.pods.len() as i64 + 1 > n.max_pods {
@@ -262,9 +262,9 @@ fn score(p: &Prepared, nodes: &[&NodeInfo]) -> Vec<i64> {
         let (cf, mf) = (frac(n.allocatable.cpu, n.requested.cpu, cpu), frac(n.allocatable.memory, n.requested.memory, mem));
         least.push((((1.0 - cf) + (1.0 - mf)) * 50.0) as i64);
         balanced.push(((1.0 - (cf - mf).abs()) * 100.0) as i64);
-        node_aff.push(preferred_nodes.into_iter().flatten().filter(|t| fit::term_matches(&t["preference"], &n.node)).map(|t| t["weight"].as_i64().unwrap_or(0)).sum::<i64>());
+        node_aff.push(preferred_nodes.into_iter().flatten().filter(|t| scheduling::term_matches(&t["preference"], &n.node)).map(|t| t["weight"].as_i64().unwrap_or(0)).sum::<i64>());
         taints.push(
-            n.node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| t["effect"] == "PreferNoSchedule" && !tolerations.iter().any(|tol| fit::tolerates(tol, t))).count() as i64,
+            n.node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| t["effect"] == "PreferNoSchedule" && !tolerations.iter().any(|tol| scheduling::tolerates(tol, t))).count() as i64,
         );
         let in_domain = |t: &Term, d: &HashSet<String>| n.label(&t.topology_key).is_some_and(|v| d.contains(v));
         let plus: i64 = p.preferred_affinity.iter().filter(|(t, d)| in_domain(t, d)).map(|(t, _)| t.weight).sum();

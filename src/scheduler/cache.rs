@@ -103,7 +103,7 @@ impl PodInfo {
                 Some((p["protocol"].as_str().unwrap_or("TCP").to_string(), p["hostIP"].as_str().unwrap_or("0.0.0.0").to_string(), hp))
             })
             .collect();
-        let owner = crate::controllers::controller_of(pod).and_then(|r| r["uid"].as_str()).map(String::from);
+        let owner = crate::vocab::object::controller_of(pod).and_then(|r| r["uid"].as_str()).map(String::from);
         PodInfo {
             namespace: pod["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
             name: pod["metadata"]["name"].as_str().unwrap_or("").to_string(),

@@ -5,11 +5,14 @@
 
 pub mod algorithm;
 pub mod cache;
-pub mod fit;
 
-use crate::client::Client;
-use crate::controllers::queue::Queue;
-use crate::controllers::watcher;
+use crate::runtime::events::Recorder;
+use crate::runtime::informer::Informers;
+use crate::runtime::queue::{backoff, Queue};
+use crate::runtime::{Client, Scope};
+use crate::vocab::object::{key_of, split_key, typed};
+use crate::vocab::resource::builtin::{NODES, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, PODS, STORAGECLASSES};
+use crate::vocab::scheduling::SELECTED_NODE;
 use cache::{Cache, PodInfo};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -51,14 +54,32 @@ fn retry_unschedulable(state: &mut State, queue: &Queue) {
     }
 }
 
-/// Runs the scheduler until the process ends.
-pub fn start(client: Client) {
-    let queue = Queue::new();
+/// A running scheduler, as a test sees it.
+#[derive(Clone)]
+pub struct Handle {
+    state: Shared,
+}
+
+impl Handle {
+    /// Names of the nodes the scheduler knows, in order.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut n: Vec<String> = lock(&self.state).cache.nodes.keys().cloned().collect();
+        n.sort();
+        n
+    }
+}
+
+/// Runs the scheduler in `scope`.
+pub fn start(client: Client, scope: &Scope) -> Handle {
+    let queue = Queue::new(scope);
+    let events = Recorder::new(client.clone(), NAME, None, scope);
     let state: Shared = Arc::default();
+    let mut informers = Informers::new();
     let (q, s) = (queue.clone(), state.clone());
-    watcher::follow(client.clone(), "/api/v1/nodes".into(), move |ty, node| {
+    informers.on(&NODES.all(), move |c| {
+        let node = c.object();
         let mut st = lock(&s);
-        let changed = if ty == "DELETED" {
+        let changed = if c.is_delete() {
             st.cache.remove_node(node["metadata"]["name"].as_str().unwrap_or(""));
             false
         } else {
@@ -69,11 +90,12 @@ pub fn start(client: Client) {
         }
     });
     let (q, s) = (queue.clone(), state.clone());
-    watcher::follow(client.clone(), "/api/v1/pods".into(), move |ty, pod| {
-        let key = crate::controllers::key_of(pod);
+    informers.on(&PODS.all(), move |c| {
+        let pod = c.object();
+        let key = key_of(pod);
         let mut st = lock(&s);
         let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
-        if ty == "DELETED" || finished {
+        if c.is_delete() || finished {
             st.pending.remove(&key);
             st.unschedulable.remove(&key);
             if st.cache.remove_pod(&key) {
@@ -101,16 +123,28 @@ pub fn start(client: Client) {
     });
     // Claims being created or bound may unblock pods that wait for them.
     let (q, s) = (queue.clone(), state.clone());
-    watcher::follow(client.clone(), "/api/v1/persistentvolumeclaims".into(), move |_, _| retry_unschedulable(&mut lock(&s), &q));
-    let worker_client = client.clone();
+    informers.on(&PERSISTENTVOLUMECLAIMS.all(), move |_| retry_unschedulable(&mut lock(&s), &q));
+    informers.run(&client, scope);
     let binders = Arc::new(tokio::sync::Semaphore::new(BINDERS));
-    tokio::spawn(async move {
-        loop {
-            let key = queue.next().await;
-            schedule_one(&worker_client, &state, &queue, &binders, &key).await;
-            queue.done(&key, true);
+    let ctx = Ctx { client, events, state: state.clone(), queue, binders, scope: scope.clone() };
+    scope.spawn(async move {
+        while let Some(key) = ctx.queue.next().await {
+            schedule_one(&ctx, &key).await;
+            ctx.queue.done(&key, true);
         }
     });
+    Handle { state }
+}
+
+/// What the scheduling loop works with.
+#[derive(Clone)]
+struct Ctx {
+    client: Client,
+    events: Recorder,
+    state: Shared,
+    queue: Queue,
+    binders: Arc<tokio::sync::Semaphore>,
+    scope: Scope,
 }
 
 /// What the pod's claims ask of a node, read from the API: the node terms of the volumes
@@ -121,13 +155,13 @@ async fn volume_needs(client: &Client, pod: &Value) -> Result<(Vec<Value>, Vec<S
     let (mut terms, mut waiting) = (Vec::new(), Vec::new());
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else { continue };
-        let pvc = match client.get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")).await {
+        let pvc = match client.get(PERSISTENTVOLUMECLAIMS.named(ns, claim)).await {
             Ok(p) => p,
             Err(e) if e.code == 404 => return Err(format!("persistentvolumeclaim \"{claim}\" not found")),
             Err(e) => return Err(e.message),
         };
         if let Some(pv) = pvc["spec"]["volumeName"].as_str().filter(|v| !v.is_empty()) {
-            let pv = client.get(&format!("/api/v1/persistentvolumes/{pv}")).await.map_err(|e| e.message)?;
+            let pv = client.get(PERSISTENTVOLUMES.name(pv)).await.map_err(|e| e.message)?;
             let t = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"];
             if t.is_array() {
                 terms.push(t.clone());
@@ -136,7 +170,7 @@ async fn volume_needs(client: &Client, pod: &Value) -> Result<(Vec<Value>, Vec<S
         }
         let class = pvc["spec"]["storageClassName"].as_str().filter(|c| !c.is_empty());
         let wffc = match class {
-            Some(c) => client.get(&format!("/apis/storage.k8s.io/v1/storageclasses/{c}")).await.is_ok_and(|sc| sc["volumeBindingMode"] == "WaitForFirstConsumer"),
+            Some(c) => client.get(STORAGECLASSES.name(c)).await.is_ok_and(|sc| sc["volumeBindingMode"] == "WaitForFirstConsumer"),
             None => false,
         };
         if !wffc {
@@ -147,7 +181,8 @@ async fn volume_needs(client: &Client, pod: &Value) -> Result<(Vec<Value>, Vec<S
     Ok((terms, waiting))
 }
 
-async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, binders: &Arc<tokio::sync::Semaphore>, key: &str) {
+async fn schedule_one(ctx: &Ctx, key: &str) {
+    let (client, state) = (&ctx.client, &ctx.state);
     let Some(pod) = lock(state).pending.get(key).cloned() else { return };
     let volumes = volume_needs(client, &pod).await;
     let decision = {
@@ -179,36 +214,38 @@ async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, binders: &
     match decision {
         Ok((pod, node)) => {
             // Bind without holding up the next decision.
-            let (client, state, queue, key) = (client.clone(), state.clone(), queue.clone(), key.to_string());
+            let (ctx, key) = (ctx.clone(), key.to_string());
             let waiting = volumes.map(|(_, w)| w).unwrap_or_default();
-            let Ok(permit) = binders.clone().acquire_owned().await else { return };
-            tokio::spawn(async move {
+            let Ok(permit) = ctx.binders.clone().acquire_owned().await else { return };
+            let scope = ctx.scope.clone();
+            scope.spawn(async move {
                 let _permit = permit;
-                let (ns, name) = crate::controllers::split_key(&key);
+                let (client, state, queue) = (&ctx.client, &ctx.state, &ctx.queue);
+                let (ns, name) = split_key(&key);
                 // Claims waiting for their first consumer learn where it goes.
                 for claim in waiting {
-                    let patch = json!({"metadata": {"annotations": {crate::controllers::volume::SELECTED_NODE: node}}});
-                    if let Err(e) = client.merge_patch(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"), &patch).await {
+                    let patch = json!({"metadata": {"annotations": {SELECTED_NODE: node}}});
+                    if let Err(e) = client.merge_patch(PERSISTENTVOLUMECLAIMS.named(ns, &claim), &patch).await {
                         tracing::warn!(pod = %key, %claim, error = %e, "claim not annotated with the selected node");
                     }
                 }
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                match client.create(&format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), &binding).await {
+                match client.create(PODS.named(ns, name).sub("binding"), &binding).await {
                     Ok(_) => {
                         tracing::debug!(pod = %key, %node, "bound");
-                        crate::controllers::event(&client, NAME, &with_type(&pod), "Normal", "Scheduled", &format!("Successfully assigned {key} to {node}")).await;
+                        ctx.events.about(&with_type(&pod), "Normal", "Scheduled", format!("Successfully assigned {key} to {node}"));
                     }
                     Err(e) if e.code == 404 || e.code == 409 => {
                         // Gone, or bound by someone else: the watch brings the truth.
-                        lock(&state).cache.remove_pod(&key);
+                        lock(state).cache.remove_pod(&key);
                     }
                     Err(e) => {
                         tracing::warn!(pod = %key, error = %e, "binding failed; retrying");
-                        let mut st = lock(&state);
+                        let mut st = lock(state);
                         st.cache.remove_pod(&key);
                         st.pending.insert(key.clone(), pod);
                         drop(st);
-                        queue.add_after(key, crate::controllers::queue::backoff(4));
+                        queue.add_after(key, backoff(4));
                     }
                 }
             });
@@ -220,19 +257,19 @@ async fn schedule_one(client: &Client, state: &Shared, queue: &Queue, binders: &
                 return;
             }
             tracing::debug!(pod = %key, %message, "unschedulable");
-            let (ns, name) = crate::controllers::split_key(key);
+            let (ns, name) = split_key(key);
             let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": crate::vocab::object::now()});
             let mut conds: Vec<Value> = pod["status"]["conditions"].as_array().into_iter().flatten().filter(|c| c["type"] != "PodScheduled").cloned().collect();
             conds.push(cond);
             let patch = json!({"status": {"conditions": conds, "phase": "Pending"}});
-            if let Err(e) = client.merge_patch(&format!("/api/v1/namespaces/{ns}/pods/{name}/status"), &patch).await {
+            if let Err(e) = client.merge_patch(PODS.named(ns, name).sub("status"), &patch).await {
                 tracing::debug!(pod = %key, error = %e, "PodScheduled condition not written");
             }
-            crate::controllers::event(client, NAME, &with_type(&pod), "Warning", "FailedScheduling", &message).await;
+            ctx.events.about(&with_type(&pod), "Warning", "FailedScheduling", message);
         }
     }
 }
 
 fn with_type(pod: &Value) -> Value {
-    crate::controllers::typed(pod, "v1", "Pod")
+    typed(pod, "v1", "Pod")
 }

@@ -154,6 +154,8 @@ struct Inner {
     db: Arc<Database>,
     ops: std::sync::mpsc::SyncSender<writer::Request>,
     events: broadcast::Sender<Arc<Event>>,
+    /// Set by [`Store::shutdown`]: writes are refused from then on.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -176,7 +178,7 @@ impl Store {
         let revision = init_meta(&db)?;
         let (events, _) = broadcast::channel(8192);
         let ops = writer::spawn(db.clone(), events.clone(), revision, history.max(1))?;
-        Ok(Store { inner: Arc::new(Inner { db, ops, events }) })
+        Ok(Store { inner: Arc::new(Inner { db, ops, events, closed: Default::default() }) })
     }
 
     /// The newest committed revision.
@@ -205,11 +207,24 @@ impl Store {
 
     /// Submits writes and waits until they are durable. Each op gets its own result.
     pub async fn write(&self, op: Op) -> Result<Event, StoreError> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
         let (tx, rx) = oneshot::channel();
         // Serialization happens here, on the caller's thread, not on the writer.
         let op = writer::Staged::from(op);
-        self.inner.ops.send(writer::Request { op, reply: tx }).map_err(|_| StoreError::Closed)?;
+        self.inner.ops.send(writer::Request::Write { op, reply: tx }).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Refuses further writes and waits until every write already queued is committed (and
+    /// so durable): the last step of an orderly shutdown.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ops.send(writer::Request::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Lists entries under `prefix` with keys after `after`, keeping those `filter` accepts,

@@ -25,9 +25,12 @@ pub enum Op {
     Delete { key: String, expect: Option<u64> },
 }
 
-pub(crate) struct Request {
-    pub op: Staged,
-    pub reply: oneshot::Sender<Result<Event, StoreError>>,
+/// What the writer thread is asked to do.
+pub(crate) enum Request {
+    /// One write; the reply comes once it is durable.
+    Write { op: Staged, reply: oneshot::Sender<Result<Event, StoreError>> },
+    /// Answered once every write queued before it has been committed.
+    Flush(oneshot::Sender<()>),
 }
 
 /// A write whose object was already serialized by the caller, off the writer thread.
@@ -111,15 +114,29 @@ fn run(
     mut revision: u64,
     history: u64,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+    let mut next = rx.recv().ok();
+    while let Some(first) = next.take() {
+        let mut batch = Vec::new();
+        let mut flushes = Vec::new();
+        let mut item = Some(first);
+        // Gather what is queued; a flush closes the batch (it waits for what came before it).
+        while let Some(r) = item.take() {
+            match r {
+                Request::Write { op, reply } => batch.push((op, reply)),
+                Request::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_BATCH && flushes.is_empty() {
+                item = rx.try_recv().ok();
             }
         }
-        let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+        if batch.is_empty() {
+            for f in flushes {
+                let _ = f.send(());
+            }
+            next = rx.recv().ok();
+            continue;
+        }
+        let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().unzip();
         match commit(&db, revision, history, ops) {
             Ok((new_rev, results)) => {
                 revision = new_rev;
@@ -138,6 +155,10 @@ fn run(
                 }
             }
         }
+        for f in flushes {
+            let _ = f.send(());
+        }
+        next = rx.recv().ok();
     }
 }
 

@@ -2,11 +2,15 @@
 //! kubelet, proxy, DNS) mean by a selector, a quantity, an API error, object metadata, a
 //! cron schedule and a resource. Pure code: no I/O, no state, no imports from above.
 
+/// The cluster's DNS domain: `<service>.<namespace>.svc.cluster.local`.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
 pub mod cron;
 pub mod hash;
 pub mod object;
 pub mod quantity;
 pub mod resource;
+pub mod scheduling;
 pub mod selector;
 pub mod status;
 pub mod validation;

@@ -1,6 +1,7 @@
 //! Resource identities: which group, version, kind and plural a resource has, and whether it
 //! lives in namespaces. The API machinery serves these (each row of its kinds table names
-//! one) and clients build their request paths from them, so no component spells a URL.
+//! one) and clients build their request paths from them ([`Target`]), so no component
+//! spells a URL.
 
 /// A served resource, as discovery names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,18 +35,183 @@ impl Resource {
 
     /// URL of the collection (in `namespace`, for namespaced kinds) or of one object.
     pub fn url(&self, namespace: Option<&str>, name: Option<&str>) -> String {
-        let mut u = if self.group.is_empty() { format!("/api/{}", self.version) } else { format!("/apis/{}/{}", self.group, self.version) };
-        if let (true, Some(ns)) = (self.namespaced, namespace) {
+        Target::new(self, namespace, name).path()
+    }
+}
+
+/// The discovery document of a group version (`v1` → `/api/v1`, `apps/v1` → `/apis/apps/v1`).
+pub fn discovery_path(api_version: &str) -> String {
+    if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    }
+}
+
+impl Resource {
+    /// The collection across every namespace (or the cluster-scoped collection).
+    pub fn all(&self) -> Target {
+        Target::new(self, None, None)
+    }
+    /// The collection in namespace `ns` (cluster-scoped resources ignore it).
+    pub fn ns(&self, ns: &str) -> Target {
+        Target::new(self, Some(ns), None)
+    }
+    /// One object (`ns` is ignored for cluster-scoped resources).
+    pub fn named(&self, ns: &str, name: &str) -> Target {
+        Target::new(self, Some(ns), Some(name))
+    }
+    /// One cluster-scoped object.
+    pub fn name(&self, name: &str) -> Target {
+        Target::new(self, None, Some(name))
+    }
+    /// The object `o` itself (from its metadata).
+    pub fn of(&self, o: &serde_json::Value) -> Target {
+        self.named(o["metadata"]["namespace"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or(""))
+    }
+}
+
+/// Characters escaped in query values (selectors carry `=`, `,`, `!`, spaces, parentheses).
+const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Where a request goes: a collection or an object of a resource, optionally a subresource,
+/// with query parameters. Built from a [`Resource`] (or, for kinds found at run time through
+/// discovery, from their group, version and plural); the client turns it into a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    group: Cow<'static, str>,
+    version: Cow<'static, str>,
+    plural: Cow<'static, str>,
+    namespaced: bool,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    query: Vec<(String, String)>,
+}
+
+use std::borrow::Cow;
+
+impl Target {
+    fn new(r: &Resource, namespace: Option<&str>, name: Option<&str>) -> Target {
+        Target {
+            group: Cow::Borrowed(r.group),
+            version: Cow::Borrowed(r.version),
+            plural: Cow::Borrowed(r.plural),
+            namespaced: r.namespaced,
+            namespace: namespace.filter(|n| r.namespaced && !n.is_empty()).map(String::from),
+            name: name.map(String::from),
+            sub: None,
+            query: Vec::new(),
+        }
+    }
+
+    /// A resource known only at run time (discovery): `api_version` is `v1` or `group/version`.
+    pub fn dynamic(api_version: &str, plural: &str, namespaced: bool) -> Target {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        Target {
+            group: Cow::Owned(group.to_string()),
+            version: Cow::Owned(version.to_string()),
+            plural: Cow::Owned(plural.to_string()),
+            namespaced,
+            namespace: None,
+            name: None,
+            sub: None,
+            query: Vec::new(),
+        }
+    }
+
+    /// The same resource in namespace `ns` / as object `name`.
+    pub fn in_namespace(mut self, ns: Option<&str>) -> Target {
+        self.namespace = ns.filter(|n| self.namespaced && !n.is_empty()).map(String::from);
+        self
+    }
+    pub fn with_name(mut self, name: &str) -> Target {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// A subresource of the object (`status`, `binding`, `eviction`, `token`, ...).
+    #[allow(clippy::should_implement_trait)] // the API's own word; no arithmetic meant
+    pub fn sub(mut self, sub: &str) -> Target {
+        self.sub = Some(sub.to_string());
+        self
+    }
+    /// A query parameter.
+    pub fn param(mut self, key: &str, value: impl ToString) -> Target {
+        self.query.retain(|(k, _)| k != key);
+        self.query.push((key.to_string(), value.to_string()));
+        self
+    }
+    /// A label selector (`app=web,tier!=db`).
+    pub fn labels(self, selector: &str) -> Target {
+        self.param("labelSelector", selector)
+    }
+    /// A field selector (`spec.nodeName=n1`).
+    pub fn fields(self, selector: &str) -> Target {
+        self.param("fieldSelector", selector)
+    }
+    pub fn get_param(&self, key: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+    pub fn name_of(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    pub fn namespace_of(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// `v1` or `group/version`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The URL path.
+    pub fn path(&self) -> String {
+        let mut u = discovery_path(&self.api_version());
+        if let Some(ns) = &self.namespace {
             u.push_str("/namespaces/");
             u.push_str(ns);
         }
         u.push('/');
-        u.push_str(self.plural);
-        if let Some(n) = name {
+        u.push_str(&self.plural);
+        if let Some(n) = &self.name {
             u.push('/');
             u.push_str(n);
+            if let Some(s) = &self.sub {
+                u.push('/');
+                u.push_str(s);
+            }
         }
         u
+    }
+
+    /// The query string (without `?`), values escaped.
+    pub fn query(&self) -> String {
+        let mut q = String::new();
+        for (k, v) in &self.query {
+            if !q.is_empty() {
+                q.push('&');
+            }
+            q.push_str(k);
+            q.push('=');
+            q.push_str(&percent_encoding::utf8_percent_encode(v, QUERY).to_string());
+        }
+        q
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.query();
+        if q.is_empty() {
+            write!(f, "{}", self.path())
+        } else {
+            write!(f, "{}?{q}", self.path())
+        }
     }
 }
 
@@ -148,5 +314,19 @@ mod tests {
         assert_eq!(NODES.url(Some("ignored"), Some("n1")), "/api/v1/nodes/n1");
         assert_eq!(DEPLOYMENTS.url(Some("d"), None), "/apis/apps/v1/namespaces/d/deployments");
         assert_eq!(DEPLOYMENTS.api_version(), "apps/v1");
+    }
+
+    #[test]
+    fn targets_build_paths_and_escaped_queries() {
+        assert_eq!(PODS.named("ns", "p").sub("status").to_string(), "/api/v1/namespaces/ns/pods/p/status");
+        assert_eq!(NODES.named("ns", "n1").path(), "/api/v1/nodes/n1");
+        assert_eq!(PODS.all().fields("spec.nodeName=n1").to_string(), "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1");
+        assert_eq!(PODS.ns("a").labels("app in (x,y)").param("limit", 5).to_string(), "/api/v1/namespaces/a/pods?labelSelector=app%20in%20%28x%2Cy%29&limit=5");
+        assert_eq!(PODS.ns("a").param("limit", 5).param("limit", 6).query(), "limit=6");
+        let d = super::Target::dynamic("example.com/v1", "widgets", true).in_namespace(Some("ns")).with_name("w");
+        assert_eq!(d.path(), "/apis/example.com/v1/namespaces/ns/widgets/w");
+        assert_eq!(super::Target::dynamic("v1", "nodes", false).in_namespace(Some("x")).path(), "/api/v1/nodes");
+        let pod = serde_json::json!({"metadata": {"name": "p", "namespace": "n"}});
+        assert_eq!(PODS.of(&pod).path(), "/api/v1/namespaces/n/pods/p");
     }
 }

@@ -1,0 +1,219 @@
+//! HTTPS serving: rustls (ring) with ALPN h2/http1.1, client-certificate or bearer-token
+//! authentication, body limits, and streaming of watch responses.
+
+use crate::vocab::status::ApiError;
+use crate::api::{Api, Body, Call, Rendered, MAX_BODY};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+type RespBody = BoxBody<Bytes, Infallible>;
+
+/// Who is calling, as established by the TLS handshake or a token.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// Paths anyone may read without credentials.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+/// Subject CN and O of a verified client certificate.
+fn identity_from_cert(der: &[u8]) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+    Some(Identity { user, groups })
+}
+
+/// How long open connections get to finish their requests once serving stops.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the API on `listener` until `scope` is cancelled; then stops accepting and lets
+/// open connections finish what they are doing (at most [`DRAIN`]).
+pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, token: Option<String>, scope: crate::runtime::Scope) {
+    let acceptor = TlsAcceptor::from(tls);
+    let token = Arc::new(token);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = scope.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (api, acceptor, token, s) = (api.clone(), acceptor.clone(), token.clone(), scope.clone());
+        scope.spawn_graceful(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let cert_identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_from_cert(c.as_ref()));
+            let svc = hyper::service::service_fn(move |req| {
+                let (api, token, id) = (api.clone(), token.clone(), cert_identity.clone());
+                async move { Ok::<_, Infallible>(handle(api, req, id, &token, peer).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = s.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(DRAIN, conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// Who sent the request: a client certificate, the admin token, or a service-account token.
+fn authenticate(api: &Api, req: &Request<Incoming>, cert: Option<Identity>, token: &Option<String>) -> Option<Identity> {
+    if cert.is_some() {
+        return cert;
+    }
+    let header = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let presented = header.strip_prefix("Bearer ")?.trim();
+    match token {
+        Some(t) if constant_time_eq(t.as_bytes(), presented.as_bytes()) => {
+            Some(Identity { user: "system:admin".into(), groups: vec!["system:masters".into()] })
+        }
+        _ => api.service_account_identity(presented).map(|(user, groups)| Identity { user, groups }),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, token: &Option<String>, peer: SocketAddr) -> Response<RespBody> {
+    let path = req.uri().path().to_string();
+    let method = req.method().as_str().to_string();
+    let start = std::time::Instant::now();
+    if !is_public(&path) && authenticate(&api, &req, cert, token).is_none() {
+        return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body()));
+    }
+    if let Some(what) = crate::api::streaming::wants_stream(&req) {
+        return match crate::api::streaming::upgrade(api, req, what).await {
+            Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
+            Err(e) => to_response(Rendered::error(&e), None),
+        };
+    }
+    let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
+    let accept = header(hyper::header::ACCEPT);
+    let content_type = header(hyper::header::CONTENT_TYPE);
+    let user_agent = header(hyper::header::USER_AGENT);
+    let query = req.uri().query().map(String::from);
+    let declared_too_large = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > MAX_BODY);
+    let mut body = req.into_body();
+    let read = if declared_too_large { None } else { read_limited(&mut body).await };
+    let Some(bytes) = read else {
+        // The unread rest of the body stays open until the answer is out: dropping it first
+        // would reset an HTTP/2 stream before the client sees the 413.
+        return to_response(Rendered::error(&ApiError::too_large(MAX_BODY)), Some(body));
+    };
+    let call = Call {
+        method: &method,
+        path: &path,
+        query: query.as_deref(),
+        accept: accept.as_deref(),
+        content_type: content_type.as_deref(),
+        user_agent: user_agent.as_deref(),
+        body: bytes,
+    };
+    let resp = api.call(call).await;
+    tracing::debug!(%peer, %method, %path, code = resp.code, elapsed_us = start.elapsed().as_micros() as u64, "request");
+    to_response(resp, None)
+}
+
+/// Reads the whole body, or `None` once it passes [`MAX_BODY`] (or breaks off).
+async fn read_limited(body: &mut Incoming) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return None };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
+}
+
+/// A complete response body that keeps the request body open until hyper has sent it all
+/// and drops the body.
+struct HoldingBody {
+    data: Option<Bytes>,
+    _request: Incoming,
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+}
+
+/// Builds the HTTP response; `hold` is a request body kept open until the response is sent.
+fn to_response(r: Rendered, hold: Option<Incoming>) -> Response<RespBody> {
+    let body: RespBody = match (r.body, hold) {
+        (Body::Full(b), None) => Full::new(b).boxed(),
+        (Body::Full(b), Some(incoming)) => HoldingBody { data: Some(b), _request: incoming }.boxed(),
+        (Body::Stream(rx), _) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            StreamBody::new(stream).boxed()
+        }
+    };
+    let mut builder = Response::builder()
+        .status(r.code)
+        .header(hyper::header::CONTENT_TYPE, r.content_type)
+        .header("Cache-Control", "no-cache, private");
+    for w in &r.warnings {
+        // RFC 7234 warn-code 299 with a quoted text, as kube-apiserver sends them.
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        builder = builder.header(hyper::header::WARNING, format!("299 - \"{text}\""));
+    }
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"internal error")).boxed()))
+}

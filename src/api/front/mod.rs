@@ -1,0 +1,9 @@
+//! The HTTP front: TLS serving and authentication, request paths and queries, content
+//! negotiation (JSON, YAML, protobuf bodies), discovery and OpenAPI.
+
+pub mod discovery;
+pub mod http;
+pub mod negotiate;
+pub mod openapi;
+pub mod protobuf;
+pub mod request;

@@ -1,0 +1,361 @@
+//! OpenAPI v3: the index (`/openapi/v3`) and one document per group-version, built from the
+//! table of kinds and the generated schemas ([`crate::api::schema`]). Each path names its
+//! operations with `x-kubernetes-group-version-kind` and `x-kubernetes-action` and lists the
+//! query parameters the server honours (`fieldValidation`, `dryRun`, `fieldManager`, ...),
+//! which is how kubectl decides what the server supports. Schemas carry the kind identity and
+//! the list semantics (`x-kubernetes-patch-*`, `x-kubernetes-list-*`) that kubectl uses to
+//! compute patches.
+
+use crate::api::kinds::{all, groups, Kind, Sub};
+use crate::api::schema::{self, ListMerge};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+/// Path segment of a group-version in `/openapi/v3/<here>`.
+pub fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// Schema name of a kind, as upstream names definitions.
+pub fn schema_name(k: &Kind) -> String {
+    if let Some(n) = schema::kind_definition(k.group, k.version, k.kind) {
+        return n.to_string();
+    }
+    if k.custom.is_some() {
+        let rev: Vec<&str> = k.group.split('.').rev().collect();
+        return format!("{}.{}.{}", rev.join("."), k.version, k.kind);
+    }
+    let pkg = match k.group {
+        "" => "core".to_string(),
+        "apiextensions.k8s.io" => return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", k.version, k.kind),
+        g => g.trim_end_matches(".k8s.io").replace(".authorization", "").to_string(),
+    };
+    format!("io.k8s.api.{pkg}.{}.{}", k.version, k.kind)
+}
+
+fn param(name: &str, ty: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "query", "description": desc, "schema": {"type": ty, "uniqueItems": true}})
+}
+
+fn path_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": format!("{name} of the object"), "schema": {"type": "string", "uniqueItems": true}})
+}
+
+fn write_params(patch: bool) -> Vec<Value> {
+    let mut p = vec![
+        param("dryRun", "string", "When present, indicates that modifications should not be persisted. Valid value: All"),
+        param("fieldManager", "string", "Name of the actor making the change"),
+        param("fieldValidation", "string", "How the server treats unknown or duplicate fields: Ignore, Warn or Strict"),
+    ];
+    if patch {
+        p.push(param("force", "boolean", "Force apply requests: re-acquire conflicting fields owned by other managers"));
+    }
+    p
+}
+
+fn list_params() -> Vec<Value> {
+    ["allowWatchBookmarks:boolean", "continue:string", "fieldSelector:string", "labelSelector:string", "limit:integer", "resourceVersion:string", "resourceVersionMatch:string", "sendInitialEvents:boolean", "timeoutSeconds:integer", "watch:boolean"]
+        .iter()
+        .map(|s| {
+            let (n, t) = s.split_once(':').unwrap_or((s, "string"));
+            param(n, t, "")
+        })
+        .collect()
+}
+
+fn response(schema_ref: &str) -> Value {
+    json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": schema_ref}}}}})
+}
+
+fn op(k: &Kind, action: &str, id: &str, params: Vec<Value>, schema_ref: &str, body: Option<Vec<&str>>) -> Value {
+    let mut o = json!({
+        "operationId": id,
+        "parameters": params,
+        "responses": response(schema_ref),
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind},
+    });
+    if let Some(types) = body {
+        let content: Map<String, Value> = types.into_iter().map(|t| (t.to_string(), json!({"schema": {"$ref": schema_ref}}))).collect();
+        o["requestBody"] = json!({"content": content, "required": true});
+    }
+    o
+}
+
+fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
+    let base = format!("/{}", gv_path(k.group, k.version));
+    let own = format!("#/components/schemas/{}", schema_name(k));
+    let list_ref = format!("#/components/schemas/{}List", schema_name(k));
+    let id = format!("{}{}", k.kind, k.version);
+    let scopes: Vec<(String, Vec<Value>)> = if k.namespaced {
+        vec![(format!("{base}/namespaces/{{namespace}}/{}", k.plural), vec![path_param("namespace")])]
+    } else {
+        vec![(format!("{base}/{}", k.plural), vec![])]
+    };
+    let patch_types = vec!["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"];
+    for (coll, scope_params) in scopes {
+        let mut coll_params = scope_params.clone();
+        coll_params.push(param("pretty", "string", ""));
+        paths.insert(coll.clone(), json!({
+            "parameters": coll_params,
+            "get": op(k, "list", &format!("list{id}"), list_params(), &list_ref, None),
+            "post": op(k, "post", &format!("create{id}"), write_params(false), &own, Some(vec!["application/json", "application/yaml"])),
+            "delete": op(k, "deletecollection", &format!("deletecollection{id}"), list_params(), "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Status", None),
+        }));
+        let mut item_params = scope_params.clone();
+        item_params.push(path_param("name"));
+        item_params.push(param("pretty", "string", ""));
+        let item = format!("{coll}/{{name}}");
+        paths.insert(item.clone(), json!({
+            "parameters": item_params,
+            "get": op(k, "get", &format!("read{id}"), vec![], &own, None),
+            "put": op(k, "put", &format!("replace{id}"), write_params(false), &own, Some(vec!["application/json", "application/yaml"])),
+            "patch": op(k, "patch", &format!("patch{id}"), write_params(true), &own, Some(patch_types.clone())),
+            "delete": op(k, "delete", &format!("delete{id}"), vec![param("dryRun", "string", ""), param("gracePeriodSeconds", "integer", ""), param("propagationPolicy", "string", "")], &own, None),
+        }));
+        for sub in k.subresources {
+            let (name, sref) = match sub {
+                Sub::Status => ("status", own.clone()),
+                Sub::Scale => ("scale", "#/components/schemas/io.k8s.api.autoscaling.v1.Scale".to_string()),
+            };
+            paths.insert(format!("{item}/{name}"), json!({
+                "parameters": item_params,
+                "get": op(k, "get", &format!("read{id}{name}"), vec![], &sref, None),
+                "put": op(k, "put", &format!("replace{id}{name}"), write_params(false), &sref, Some(vec!["application/json"])),
+                "patch": op(k, "patch", &format!("patch{id}{name}"), write_params(true), &sref, Some(patch_types.clone())),
+            }));
+        }
+    }
+}
+
+fn gvk(k: &Kind) -> Value {
+    json!([{"group": k.group, "version": k.version, "kind": k.kind}])
+}
+
+/// The kind's schema with its identity; a permissive one for kinds without a definition.
+fn object_schema(k: &Kind) -> Value {
+    if let Some(mut s) = k.custom.as_ref().and_then(|c| c.schema.clone()) {
+        if let Some(props) = s.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert("apiVersion".into(), json!({"type": "string"}));
+            props.insert("kind".into(), json!({"type": "string"}));
+            props.insert("metadata".into(), json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}));
+        }
+        s["x-kubernetes-group-version-kind"] = gvk(k);
+        return s;
+    }
+    match schema::kind_definition(k.group, k.version, k.kind).and_then(schema::definition) {
+        Some(def) => {
+            let mut d = def.clone();
+            d["x-kubernetes-group-version-kind"] = gvk(k);
+            d
+        }
+        None => json!({
+            "type": "object",
+            "description": format!("{} ({})", k.kind, k.api_version()),
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+            },
+            "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-group-version-kind": gvk(k),
+        }),
+    }
+}
+
+/// Adds the list extensions of [`schema::PATCH_META`] to a definition's properties.
+fn with_list_extensions(name: &str, mut def: Value) -> Value {
+    if let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) {
+        for (field, prop) in props.iter_mut() {
+            if prop.get("type").and_then(Value::as_str) != Some("array") {
+                continue;
+            }
+            match schema::patch_meta(name, field) {
+                Some(ListMerge::ByKey(key)) => {
+                    prop["x-kubernetes-patch-merge-key"] = json!(key);
+                    prop["x-kubernetes-patch-strategy"] = json!("merge");
+                    prop["x-kubernetes-list-type"] = json!("map");
+                    prop["x-kubernetes-list-map-keys"] = json!([key]);
+                }
+                Some(ListMerge::Primitive) => {
+                    prop["x-kubernetes-patch-strategy"] = json!("merge");
+                    prop["x-kubernetes-list-type"] = json!("set");
+                }
+                _ => {}
+            }
+        }
+    }
+    def
+}
+
+/// Names of the definitions `v` refers to, directly or through others.
+fn closure(roots: &[Value], out: &mut std::collections::BTreeSet<String>) {
+    fn refs(v: &Value, acc: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = schema::ref_name(v) {
+                    acc.push(r.to_string());
+                }
+                m.values().for_each(|c| refs(c, acc));
+            }
+            Value::Array(a) => a.iter().for_each(|c| refs(c, acc)),
+            _ => {}
+        }
+    }
+    let mut todo = Vec::new();
+    roots.iter().for_each(|r| refs(r, &mut todo));
+    while let Some(name) = todo.pop() {
+        if out.insert(name.clone()) {
+            if let Some(d) = schema::definition(&name) {
+                refs(d, &mut todo);
+            }
+        }
+    }
+}
+
+fn list_schema(k: &Kind) -> Value {
+    json!({
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"},
+            "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{}", schema_name(k))}},
+        },
+        "x-kubernetes-group-version-kind": [{"group": k.group, "version": k.version, "kind": format!("{}List", k.kind)}],
+    })
+}
+
+fn document(group: &str, version: &str) -> Value {
+    let mut paths = BTreeMap::new();
+    let mut schemas = Map::new();
+    let meta = "io.k8s.apimachinery.pkg.apis.meta.v1";
+    let mut roots = vec![json!({"$ref": format!("#/components/schemas/{meta}.Status")}), json!({"$ref": format!("#/components/schemas/{meta}.ObjectMeta")}), json!({"$ref": format!("#/components/schemas/{meta}.ListMeta")})];
+    for k in all().into_iter().filter(|k| k.group == group && k.version == version) {
+        kind_paths(k, &mut paths);
+        let own = object_schema(k);
+        roots.push(own.clone());
+        if k.has(Sub::Scale) {
+            roots.push(json!({"$ref": "#/components/schemas/io.k8s.api.autoscaling.v1.Scale"}));
+        }
+        schemas.insert(schema_name(k), own);
+        schemas.insert(format!("{}List", schema_name(k)), list_schema(k));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    closure(&roots, &mut names);
+    for name in names {
+        if schemas.contains_key(&name) {
+            continue;
+        }
+        if let Some(def) = schema::definition(&name) {
+            schemas.insert(name.clone(), def.clone());
+        }
+    }
+    let schemas: Map<String, Value> = schemas.into_iter().map(|(n, d)| { let d = with_list_extensions(&n, d); (n, d) }).collect();
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.35.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+struct Docs {
+    index: Value,
+    docs: BTreeMap<String, (String, bytes::Bytes)>,
+}
+
+/// The documents for the kinds served now; rebuilt when custom kinds change.
+fn docs() -> Arc<Docs> {
+    static DOCS: Mutex<Option<(u64, Arc<Docs>)>> = Mutex::new(None);
+    let generation = crate::api::kinds::generation();
+    let mut cache = DOCS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, d)) = cache.as_ref() {
+        if *g == generation {
+            return d.clone();
+        }
+    }
+    let built = Arc::new({
+        let mut docs = BTreeMap::new();
+        let mut paths = Map::new();
+        for (g, v) in groups() {
+            let text = document(g, v).to_string();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            let hash = format!("{:016X}{:016X}", h.finish(), text.len());
+            let p = gv_path(g, v);
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+            docs.insert(p, (hash, bytes::Bytes::from(text)));
+        }
+        Docs { index: json!({"paths": paths}), docs }
+    });
+    *cache = Some((generation, built.clone()));
+    built
+}
+
+/// The `/openapi/v3` index.
+pub fn index() -> Value {
+    docs().index.clone()
+}
+
+/// The document at `/openapi/v3/<gv>` (JSON text).
+pub fn group_version(gv: &str) -> Option<bytes::Bytes> {
+    docs().docs.get(gv.trim_matches('/')).map(|(_, t)| t.clone())
+}
+
+/// `/openapi/v2` (Swagger 2.0) as JSON: every served kind's paths and the same definitions,
+/// for clients that still read v2.
+pub fn v2() -> bytes::Bytes {
+    static CACHE: Mutex<Option<(u64, bytes::Bytes)>> = Mutex::new(None);
+    let generation = crate::api::kinds::generation();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, b)) = cache.as_ref() {
+        if *g == generation {
+            return b.clone();
+        }
+    }
+    let mut paths = Map::new();
+    let mut definitions = Map::new();
+    for (g, v) in groups() {
+        let doc = document(g, v);
+        if let Some(p) = doc["paths"].as_object() {
+            for (k, item) in p {
+                let mut item = item.clone();
+                // v2 parameters carry their type directly instead of a schema.
+                if let Some(ops) = item.as_object_mut() {
+                    for op in ops.values_mut() {
+                        let params = if op.is_array() { op.as_array_mut() } else { op.get_mut("parameters").and_then(Value::as_array_mut) };
+                        for param in params.into_iter().flatten() {
+                            if let Some(t) = param.get("schema").and_then(|s| s.get("type")).cloned() {
+                                param["type"] = t;
+                                if let Some(m) = param.as_object_mut() {
+                                    m.remove("schema");
+                                }
+                            }
+                        }
+                        if let Some(o) = op.as_object_mut() {
+                            o.remove("requestBody");
+                        }
+                    }
+                }
+                paths.insert(k.clone(), item);
+            }
+        }
+        if let Some(sch) = doc["components"]["schemas"].as_object() {
+            definitions.extend(sch.clone());
+        }
+    }
+    let text = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": paths, "definitions": definitions})
+        .to_string()
+        .replace("#/components/schemas/", "#/definitions/");
+    let bytes = bytes::Bytes::from(text);
+    *cache = Some((generation, bytes.clone()));
+    bytes
+}

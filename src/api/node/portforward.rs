@@ -1,0 +1,189 @@
+//! `pods/<name>/portforward`, three ways in and one runtime behind (CRI `PortForward`):
+//! - kubectl (1.31 and later) opens a websocket with the subprotocol
+//!   `SPDY/3.1+portforward.k8s.io` and speaks SPDY inside its binary messages;
+//! - older clients, and kubectl's fallback, upgrade HTTP/1.1 to `SPDY/3.1` directly;
+//! - the Python client opens a `v4.channel.k8s.io` websocket with `ports=`: two channels per
+//!   port (data `2i`, error `2i+1`), each opened by the port number (2 bytes, little-endian).
+//!
+//! As in kube-apiserver, the SPDY session runs end to end between the client and the
+//! runtime's streaming server; this side only carries its bytes. The v4 websocket is relayed
+//! frame by frame to the runtime's own v4 websocket.
+
+use crate::vocab::status::ApiError;
+use crate::api::streaming::{accept, all_values, connect_runtime, load_pod, offered_protocols, pod_of, relay, runtime, switching};
+use crate::api::Api;
+use crate::cri::{v1, Cri};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// The HTTP upgrade token of a direct SPDY connection.
+pub const SPDY: &str = "SPDY/3.1";
+/// The stream protocol both ends of the SPDY session speak.
+const STREAM_PROTOCOL: &str = "portforward.k8s.io";
+/// The websocket subprotocol of SPDY tunnelled in websocket messages.
+const TUNNELED: &str = "SPDY/3.1+portforward.k8s.io";
+/// The channel framing of the Python (and other v4) clients.
+const V4: &str = "v4.channel.k8s.io";
+const STREAM_PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
+
+/// Answers a port-forward upgrade and carries the connection in the background.
+pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Response<()>, ApiError> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let (ns, name) = pod_of(&path)?;
+    let pod = load_pod(&api, &ns, &name)?;
+    if pod["status"]["phase"] != "Running" {
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        return Err(ApiError::bad_request(format!("unable to forward ports to pod {name}: its phase is {phase}, not Running")));
+    }
+    let mut cri = runtime(&api, &name)?;
+    let sandbox = sandbox_of(&mut cri, pod["metadata"]["uid"].as_str().unwrap_or_default(), &name).await?;
+    let websocket = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let client = hyper::upgrade::on(&mut req);
+    if !websocket {
+        let offered: Vec<&str> = req.headers().get_all(STREAM_PROTOCOL_HEADER).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
+        if !offered.contains(&STREAM_PROTOCOL) {
+            return Err(ApiError::bad_request(format!("no supported stream protocol offered in {STREAM_PROTOCOL_HEADER}; this server speaks {STREAM_PROTOCOL}")));
+        }
+        let upstream = spdy_upstream(&mut cri, sandbox).await?;
+        tokio::spawn(async move {
+            let Ok(client) = client.await else { return };
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+        });
+        return Response::builder()
+            .status(101)
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, SPDY)
+            .header(STREAM_PROTOCOL_HEADER, STREAM_PROTOCOL)
+            .body(())
+            .map_err(|e| ApiError::internal(e.to_string()));
+    }
+    let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
+    let offered = offered_protocols(&req);
+    if offered.iter().any(|p| p == TUNNELED) {
+        let upstream = spdy_upstream(&mut cri, sandbox).await?;
+        tokio::spawn(async move {
+            let Some(ws) = accept(client).await else { return };
+            tunnel(ws, upstream).await;
+        });
+        return switching(&key, TUNNELED);
+    }
+    if offered.iter().any(|p| p == V4) {
+        let ports = ports_of(&query)?;
+        let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: ports }).await;
+        let url = url.map_err(|e| ApiError::internal(format!("port-forward: {}", e.message())))?.into_inner().url;
+        let backend = connect_runtime(&url, V4).await?;
+        tokio::spawn(async move {
+            let Some(ws) = accept(client).await else { return };
+            relay(ws, backend, false).await;
+        });
+        return switching(&key, V4);
+    }
+    Err(ApiError::bad_request(format!("no supported websocket subprotocol offered; port-forward speaks {TUNNELED} and {V4}")))
+}
+
+/// The `ports` of a v4 request (`ports=80&ports=8080` or `ports=80,8080`).
+fn ports_of(query: &str) -> Result<Vec<i32>, ApiError> {
+    let mut ports = Vec::new();
+    for value in all_values(query, "ports").iter().chain(all_values(query, "port").iter()) {
+        for p in value.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(i32::from(port)),
+                _ => return Err(ApiError::bad_request(format!("invalid port {p:?}: a port is a number from 1 to 65535"))),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err(ApiError::bad_request("query parameter \"ports\" is required: the pod ports to forward"));
+    }
+    Ok(ports)
+}
+
+/// The ready sandbox of the pod with `uid`.
+async fn sandbox_of(cri: &mut Cri, uid: &str, name: &str) -> Result<String, ApiError> {
+    let filter = v1::PodSandboxFilter {
+        state: Some(v1::PodSandboxStateValue { state: v1::PodSandboxState::SandboxReady as i32 }),
+        label_selector: [(crate::cri::labels::POD_UID.to_string(), uid.to_string())].into(),
+        ..Default::default()
+    };
+    let list = cri.runtime.list_pod_sandbox(v1::ListPodSandboxRequest { filter: Some(filter) }).await;
+    let list = list.map_err(|e| ApiError::internal(format!("listing sandboxes: {}", e.message())))?.into_inner();
+    list.items.into_iter().next().map(|s| s.id).ok_or_else(|| ApiError::bad_request(format!("pod {name} has no running sandbox on this node")))
+}
+
+/// Asks the runtime for a port-forward URL and upgrades a connection to it to SPDY.
+async fn spdy_upstream(cri: &mut Cri, sandbox: String) -> Result<Upgraded, ApiError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| ApiError::internal(format!("port-forward: {what}: {e}"));
+    let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] }).await;
+    let url = url.map_err(|e| fail("runtime", &e.message()))?.into_inner().url;
+    let uri: http::Uri = url.parse().map_err(|e| fail("streaming URL", &e))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(fail("streaming URL", &format!("{url} is not plain http on the runtime's local streaming server")));
+    }
+    let authority = uri.authority().map(|a| a.to_string()).ok_or_else(|| fail("streaming URL", &url))?;
+    let tcp = tokio::net::TcpStream::connect(&authority).await.map_err(|e| fail("connecting to the runtime's streaming server", &e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| fail("handshake", &e))?;
+    tokio::spawn(conn.with_upgrades());
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let req = Request::post(path)
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, SPDY)
+        .header(STREAM_PROTOCOL_HEADER, STREAM_PROTOCOL)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| fail("request", &e))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail("upgrade", &e))?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(fail("upgrade", &format!("the runtime answered {}", resp.status())));
+    }
+    hyper::upgrade::on(resp).await.map_err(|e| fail("upgrade", &e))
+}
+
+/// Carries a byte stream in binary websocket messages, both ways, until either side ends.
+async fn tunnel(ws: crate::api::streaming::ClientSocket, upstream: Upgraded) {
+    let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upstream));
+    let (mut tx, mut rx) = ws.split();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(data))) => {
+                    if up_wr.write_all(&data).await.is_err() { break; }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            n = up_rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() { break; }
+                }
+            }
+        }
+    }
+    let normal = tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() };
+    let _ = tx.send(Message::Close(Some(normal))).await;
+    let _ = up_wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_from_either_form() {
+        assert_eq!(ports_of("ports=80&ports=8080").unwrap(), vec![80, 8080]);
+        assert_eq!(ports_of("ports=80,8080").unwrap(), vec![80, 8080]);
+        assert!(ports_of("ports=0").is_err());
+        assert!(ports_of("ports=http").is_err());
+        assert!(ports_of("").is_err());
+    }
+}

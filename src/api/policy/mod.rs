@@ -1,0 +1,10 @@
+//! Per-kind policy: the table of kinds and what differs by kind (defaulting, validation,
+//! CRDs, Service addresses, service-account tokens, eviction, namespaces).
+
+pub mod custom;
+pub mod eviction;
+pub mod kinds;
+pub(crate) mod namespaces;
+pub mod services;
+pub mod strategies;
+pub mod tokens;

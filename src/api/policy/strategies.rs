@@ -1,0 +1,817 @@
+//! Per-kind defaulting, validation and field selectors: only what really differs by kind.
+
+use crate::api::kinds::Strategy;
+use crate::vocab::selector::LabelSelector;
+use crate::vocab::status::Cause;
+use crate::vocab::validation::{check_label, is_config_key, is_dns1035_label, validate_labels};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// Sets `obj[key]` to `v` when absent or null.
+fn default(obj: &mut Value, key: &str, v: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        match m.get(key) {
+            Some(x) if !x.is_null() => {}
+            _ => {
+                m.insert(key.to_string(), v);
+            }
+        }
+    }
+}
+
+/// Ensures `obj[key]` is an object and returns it.
+fn object_at<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+    default(obj, key, json!({}));
+    &mut obj[key]
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |acc, k| acc.get(k)).and_then(Value::as_str)
+}
+
+// ---------------------------------------------------------------------------------------
+// Pods and pod templates
+
+fn default_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or("");
+    let last = image.rsplit('/').next().unwrap_or("");
+    let untagged = !last.contains(':') && !image.contains('@');
+    let policy = if untagged || image.ends_with(":latest") { "Always" } else { "IfNotPresent" };
+    default(c, "imagePullPolicy", json!(policy));
+    default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    default(c, "terminationMessagePolicy", json!("File"));
+    default(c, "resources", json!({}));
+    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            default(p, "protocol", json!("TCP"));
+        }
+    }
+    // Requests default to limits when only limits are given.
+    if let Some(limits) = c["resources"].get("limits").cloned() {
+        let req = object_at(&mut c["resources"], "requests");
+        if let (Some(req), Some(limits)) = (req.as_object_mut(), limits.as_object()) {
+            for (k, v) in limits {
+                req.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+}
+
+/// Defaults of a pod spec (also inside templates).
+pub fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "enableServiceLinks", json!(true));
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            cs.iter_mut().for_each(default_container);
+        }
+    }
+    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in vols {
+            for (src, field) in [("configMap", "defaultMode"), ("secret", "defaultMode"), ("projected", "defaultMode"), ("downwardAPI", "defaultMode")] {
+                if let Some(s) = v.get_mut(src) {
+                    default(s, field, json!(420));
+                }
+            }
+            if let Some(h) = v.get_mut("hostPath") {
+                default(h, "type", json!(""));
+            }
+        }
+    }
+}
+
+fn pod_defaults(pod: &mut Value) {
+    let spec = object_at(pod, "spec");
+    default_pod_spec(spec);
+    // What the ServiceAccount, DefaultTolerationSeconds and Priority admission add.
+    let sa = spec.get("serviceAccountName").and_then(Value::as_str).or(spec.get("serviceAccount").and_then(Value::as_str)).unwrap_or("default").to_string();
+    spec["serviceAccountName"] = json!(sa);
+    spec["serviceAccount"] = json!(sa);
+    default(spec, "priority", json!(0));
+    let tolerations = object_at_array(spec, "tolerations");
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let has = tolerations.iter().any(|t| t["key"] == key && t["effect"] == "NoExecute");
+        if !has {
+            tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+}
+
+fn object_at_array<'a>(obj: &'a mut Value, key: &str) -> &'a mut Vec<Value> {
+    if !obj[key].is_array() {
+        obj[key] = json!([]);
+    }
+    obj[key].as_array_mut().expect("just set")
+}
+
+/// Quality-of-service class from the containers' requests and limits.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers = spec["containers"].as_array().into_iter().flatten().chain(spec["initContainers"].as_array().into_iter().flatten());
+    let (mut any, mut all_guaranteed) = (false, true);
+    for c in containers {
+        let (req, lim) = (&c["resources"]["requests"], &c["resources"]["limits"]);
+        for r in ["cpu", "memory"] {
+            if !req[r].is_null() || !lim[r].is_null() {
+                any = true;
+            }
+            if lim[r].is_null() || (!req[r].is_null() && req[r] != lim[r]) {
+                all_guaranteed = false;
+            }
+        }
+    }
+    match (any, all_guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        _ => "Burstable",
+    }
+}
+
+fn pod_initial_status(pod: &Value) -> Value {
+    json!({"phase": "Pending", "qosClass": qos_class(&pod["spec"])})
+}
+
+fn validate_containers(field: &str, list: &Value, required: bool, names: &mut Vec<String>, causes: &mut Vec<Cause>) {
+    let Some(cs) = list.as_array() else {
+        if required {
+            causes.push(Cause::required(field, ""));
+        }
+        return;
+    };
+    if required && cs.is_empty() {
+        causes.push(Cause::required(field, ""));
+    }
+    for (i, c) in cs.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        check_label(&format!("{f}.name"), &c["name"], causes);
+        if let Some(n) = c["name"].as_str() {
+            if names.iter().any(|x| x == n) {
+                causes.push(Cause::duplicate(format!("{f}.name"), &c["name"]));
+            }
+            names.push(n.to_string());
+        }
+        if c["image"].as_str().is_none_or(|s| s.trim().is_empty()) {
+            causes.push(Cause::required(format!("{f}.image"), ""));
+        }
+        if let Some(ports) = c["ports"].as_array() {
+            for (j, p) in ports.iter().enumerate() {
+                let port = p["containerPort"].as_i64().unwrap_or(0);
+                if !(1..=65535).contains(&port) {
+                    causes.push(Cause::invalid(format!("{f}.ports[{j}].containerPort"), &p["containerPort"], "must be between 1 and 65535, inclusive"));
+                }
+                if let Some(proto) = p["protocol"].as_str() {
+                    if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                        causes.push(Cause::unsupported(format!("{f}.ports[{j}].protocol"), &p["protocol"], &["SCTP", "TCP", "UDP"]));
+                    }
+                }
+            }
+        }
+        if let Some(p) = c["imagePullPolicy"].as_str() {
+            if !["Always", "IfNotPresent", "Never"].contains(&p) {
+                causes.push(Cause::unsupported(format!("{f}.imagePullPolicy"), &c["imagePullPolicy"], &["Always", "IfNotPresent", "Never"]));
+            }
+        }
+    }
+}
+
+/// Validates a pod spec under `field`.
+pub fn validate_pod_spec(field: &str, spec: &Value, causes: &mut Vec<Cause>) {
+    if !spec.is_object() {
+        causes.push(Cause::required(field, ""));
+        return;
+    }
+    let mut names = Vec::new();
+    validate_containers(&format!("{field}.initContainers"), &spec["initContainers"], false, &mut names, causes);
+    validate_containers(&format!("{field}.containers"), &spec["containers"], true, &mut names, causes);
+    if let Some(rp) = spec["restartPolicy"].as_str() {
+        if !["Always", "OnFailure", "Never"].contains(&rp) {
+            causes.push(Cause::unsupported(format!("{field}.restartPolicy"), &spec["restartPolicy"], &["Always", "OnFailure", "Never"]));
+        }
+    }
+    if let Some(dp) = spec["dnsPolicy"].as_str() {
+        if !["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"].contains(&dp) {
+            causes.push(Cause::unsupported(format!("{field}.dnsPolicy"), &spec["dnsPolicy"], &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]));
+        }
+    }
+    if let Some(g) = spec.get("terminationGracePeriodSeconds") {
+        if g.as_i64().is_none_or(|g| g < 0) {
+            causes.push(Cause::invalid(format!("{field}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
+        }
+    }
+    if let Some(vols) = spec["volumes"].as_array() {
+        let mut seen = Vec::new();
+        for (i, v) in vols.iter().enumerate() {
+            check_label(&format!("{field}.volumes[{i}].name"), &v["name"], causes);
+            if let Some(n) = v["name"].as_str() {
+                if seen.contains(&n) {
+                    causes.push(Cause::duplicate(format!("{field}.volumes[{i}].name"), &v["name"]));
+                }
+                seen.push(n);
+            }
+        }
+    }
+}
+
+/// The fields of a pod spec that an update may change.
+fn mutable_pod_spec(old: &Value, new: &Value) -> Value {
+    let mut merged = old.clone();
+    for list in ["containers", "initContainers"] {
+        if let (Some(m), Some(n)) = (merged.get_mut(list).and_then(Value::as_array_mut), new[list].as_array()) {
+            if m.len() == n.len() {
+                for (mc, nc) in m.iter_mut().zip(n) {
+                    mc["image"] = nc["image"].clone();
+                }
+            }
+        }
+    }
+    for f in ["activeDeadlineSeconds", "tolerations", "schedulingGates"] {
+        match new.get(f) {
+            Some(v) => merged[f] = v.clone(),
+            None => {
+                if let Some(m) = merged.as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    if old["nodeName"].is_null() || old["nodeName"] == "" {
+        match new.get("nodeName") {
+            Some(n) => merged["nodeName"] = n.clone(),
+            None => {
+                if let Some(m) = merged.as_object_mut() {
+                    m.remove("nodeName");
+                }
+            }
+        }
+    }
+    merged
+}
+
+fn pod_validate(pod: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_pod_spec("spec", &pod["spec"], causes);
+    if let Some(old) = old {
+        if mutable_pod_spec(&old["spec"], &pod["spec"]) != pod["spec"] {
+            causes.push(Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+        }
+    }
+}
+
+fn pod_field(pod: &Value, f: &str) -> Option<String> {
+    let s = |p: &[&str]| str_at(pod, p).unwrap_or("").to_string();
+    Some(match f {
+        "spec.nodeName" => s(&["spec", "nodeName"]),
+        "spec.restartPolicy" => s(&["spec", "restartPolicy"]),
+        "spec.schedulerName" => s(&["spec", "schedulerName"]),
+        "spec.serviceAccountName" => s(&["spec", "serviceAccountName"]),
+        "spec.hostNetwork" => pod["spec"]["hostNetwork"].as_bool().unwrap_or(false).to_string(),
+        "status.phase" => s(&["status", "phase"]),
+        "status.podIP" => s(&["status", "podIP"]),
+        "status.nominatedNodeName" => s(&["status", "nominatedNodeName"]),
+        _ => return None,
+    })
+}
+
+pub const POD: Strategy = Strategy {
+    defaults: pod_defaults,
+    validate: pod_validate,
+    field: pod_field,
+    generation: true,
+    initial_status: Some(pod_initial_status),
+    ..Strategy::PLAIN
+};
+
+fn podtemplate_defaults(o: &mut Value) {
+    if let Some(spec) = o.get_mut("template").and_then(|t| t.get_mut("spec")) {
+        default_pod_spec(spec);
+    }
+}
+fn podtemplate_validate(o: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_pod_spec("template.spec", &o["template"]["spec"], causes);
+}
+pub const PODTEMPLATE: Strategy = Strategy { defaults: podtemplate_defaults, validate: podtemplate_validate, ..Strategy::PLAIN };
+
+// ---------------------------------------------------------------------------------------
+// Workloads
+
+fn template_spec(o: &mut Value) -> Option<&mut Value> {
+    o.get_mut("spec")?.get_mut("template")?.get_mut("spec")
+}
+
+/// Selector present, template labels matching it, template spec valid.
+fn validate_workload(o: &Value, old: Option<&Value>, restart: &[&str], causes: &mut Vec<Cause>) {
+    let spec = &o["spec"];
+    let sel = &spec["selector"];
+    let selector = if sel.is_null() {
+        causes.push(Cause::required("spec.selector", ""));
+        None
+    } else {
+        match LabelSelector::from_object(sel) {
+            Ok(s) if s.is_empty() => {
+                causes.push(Cause::invalid("spec.selector", sel, "empty selector is invalid for deployment"));
+                None
+            }
+            Ok(s) => Some(s),
+            Err(e) => {
+                causes.push(Cause::invalid("spec.selector", sel, e));
+                None
+            }
+        }
+    };
+    let tlabels = &spec["template"]["metadata"]["labels"];
+    validate_labels("spec.template.metadata.labels", tlabels.as_object().map(|_| tlabels), causes);
+    if let Some(s) = selector {
+        if !s.matches(tlabels) {
+            causes.push(Cause::invalid("spec.template.metadata.labels", tlabels, "`selector` does not match template `labels`"));
+        }
+    }
+    if let Some(r) = spec.get("replicas") {
+        if r.as_i64().is_none_or(|r| r < 0) {
+            causes.push(Cause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        }
+    }
+    validate_pod_spec("spec.template.spec", &spec["template"]["spec"], causes);
+    if let Some(rp) = spec["template"]["spec"]["restartPolicy"].as_str() {
+        if !restart.contains(&rp) {
+            causes.push(Cause::unsupported("spec.template.spec.restartPolicy", &spec["template"]["spec"]["restartPolicy"], restart));
+        }
+    }
+    if let Some(old) = old {
+        if !old["spec"]["selector"].is_null() && old["spec"]["selector"] != *sel {
+            causes.push(Cause::invalid("spec.selector", sel, "field is immutable"));
+        }
+    }
+}
+
+fn validate_always(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    validate_workload(o, old, &["Always"], c);
+}
+
+fn deployment_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "replicas", json!(1));
+    default(spec, "revisionHistoryLimit", json!(10));
+    default(spec, "progressDeadlineSeconds", json!(600));
+    let strat = object_at(spec, "strategy");
+    default(strat, "type", json!("RollingUpdate"));
+    if strat["type"] == "RollingUpdate" {
+        let ru = object_at(strat, "rollingUpdate");
+        default(ru, "maxUnavailable", json!("25%"));
+        default(ru, "maxSurge", json!("25%"));
+    }
+    if let Some(ts) = template_spec(o) {
+        default_pod_spec(ts);
+    }
+}
+pub const DEPLOYMENT: Strategy = Strategy { defaults: deployment_defaults, validate: validate_always, ..Strategy::WORKLOAD };
+
+fn replicaset_defaults(o: &mut Value) {
+    default(object_at(o, "spec"), "replicas", json!(1));
+    if let Some(ts) = template_spec(o) {
+        default_pod_spec(ts);
+    }
+}
+pub const REPLICASET: Strategy = Strategy { defaults: replicaset_defaults, validate: validate_always, ..Strategy::WORKLOAD };
+
+fn rc_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "replicas", json!(1));
+    // An RC without a selector selects its template's labels.
+    if spec["selector"].is_null() {
+        if let Some(l) = spec["template"]["metadata"]["labels"].as_object().cloned() {
+            spec["selector"] = Value::Object(l);
+        }
+    }
+    if let Some(ts) = template_spec(o) {
+        default_pod_spec(ts);
+    }
+}
+fn rc_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    // An RC selector is a plain map: check it through the object form.
+    let mut as_set = o.clone();
+    as_set["spec"]["selector"] = json!({"matchLabels": o["spec"]["selector"].clone()});
+    let old = old.map(|v| {
+        let mut v = v.clone();
+        v["spec"]["selector"] = json!({"matchLabels": v["spec"]["selector"].clone()});
+        v
+    });
+    validate_workload(&as_set, old.as_ref(), &["Always"], c);
+}
+pub const RC: Strategy = Strategy { defaults: rc_defaults, validate: rc_validate, ..Strategy::WORKLOAD };
+
+fn statefulset_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "replicas", json!(1));
+    default(spec, "podManagementPolicy", json!("OrderedReady"));
+    default(spec, "revisionHistoryLimit", json!(10));
+    default(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+    let us = object_at(spec, "updateStrategy");
+    default(us, "type", json!("RollingUpdate"));
+    if us["type"] == "RollingUpdate" {
+        default(object_at(us, "rollingUpdate"), "partition", json!(0));
+    }
+    if let Some(ts) = template_spec(o) {
+        default_pod_spec(ts);
+    }
+}
+pub const STATEFULSET: Strategy = Strategy { defaults: statefulset_defaults, validate: validate_always, ..Strategy::WORKLOAD };
+
+fn daemonset_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "revisionHistoryLimit", json!(10));
+    let us = object_at(spec, "updateStrategy");
+    default(us, "type", json!("RollingUpdate"));
+    if us["type"] == "RollingUpdate" {
+        let ru = object_at(us, "rollingUpdate");
+        default(ru, "maxUnavailable", json!(1));
+        default(ru, "maxSurge", json!(0));
+    }
+    if let Some(ts) = template_spec(o) {
+        default_pod_spec(ts);
+    }
+}
+pub const DAEMONSET: Strategy = Strategy { defaults: daemonset_defaults, validate: validate_always, ..Strategy::WORKLOAD };
+
+fn job_defaults(o: &mut Value) {
+    let uid = o["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let spec = object_at(o, "spec");
+    default(spec, "parallelism", json!(1));
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    if spec["completionMode"] == "Indexed" {
+        default(spec, "backoffLimitPerIndex", Value::Null);
+    }
+    // Without manualSelector the job selects its own pods by controller uid.
+    if spec["manualSelector"] != json!(true) && !uid.is_empty() {
+        spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        let tmeta = object_at(object_at(spec, "template"), "metadata");
+        let labels = object_at(tmeta, "labels");
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            labels[k] = json!(v);
+        }
+    }
+    if let Some(ts) = template_spec(o) {
+        default_pod_spec(ts);
+    }
+}
+fn job_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    validate_workload(o, old, &["OnFailure", "Never"], c);
+    for f in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"] {
+        if let Some(v) = o["spec"].get(f) {
+            if !v.is_null() && v.as_i64().is_none_or(|n| n < 0) {
+                c.push(Cause::invalid(format!("spec.{f}"), v, "must be greater than or equal to 0"));
+            }
+        }
+    }
+    if let Some(old) = old {
+        if old["spec"]["template"] != o["spec"]["template"] && old["spec"]["suspend"] != json!(true) {
+            c.push(Cause::invalid("spec.template", &o["spec"]["template"], "field is immutable"));
+        }
+    }
+}
+pub const JOB: Strategy = Strategy { defaults: job_defaults, validate: job_validate, ..Strategy::WORKLOAD };
+
+fn cronjob_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "concurrencyPolicy", json!("Allow"));
+    default(spec, "suspend", json!(false));
+    default(spec, "successfulJobsHistoryLimit", json!(3));
+    default(spec, "failedJobsHistoryLimit", json!(1));
+    if let Some(ts) = spec.get_mut("jobTemplate").and_then(|j| j.get_mut("spec")).and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
+        default_pod_spec(ts);
+    }
+}
+fn cronjob_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
+    let spec = &o["spec"];
+    match spec["schedule"].as_str() {
+        None | Some("") => c.push(Cause::required("spec.schedule", "")),
+        Some(s) => {
+            if let Err(why) = crate::vocab::cron::Schedule::parse(s) {
+                c.push(Cause::invalid("spec.schedule", &spec["schedule"], why));
+            }
+        }
+    }
+    if let Some(tz) = spec["timeZone"].as_str() {
+        if let Err(why) = crate::vocab::cron::Zone::load(tz) {
+            c.push(Cause::invalid("spec.timeZone", &spec["timeZone"], why));
+        }
+    }
+    if let Some(p) = spec["concurrencyPolicy"].as_str() {
+        if !["Allow", "Forbid", "Replace"].contains(&p) {
+            c.push(Cause::unsupported("spec.concurrencyPolicy", &spec["concurrencyPolicy"], &["Allow", "Forbid", "Replace"]));
+        }
+    }
+    validate_pod_spec("spec.jobTemplate.spec.template.spec", &spec["jobTemplate"]["spec"]["template"]["spec"], c);
+}
+pub const CRONJOB: Strategy = Strategy { defaults: cronjob_defaults, validate: cronjob_validate, ..Strategy::WORKLOAD };
+
+// ---------------------------------------------------------------------------------------
+// Core kinds
+
+fn namespace_defaults(o: &mut Value) {
+    let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let meta = object_at(o, "metadata");
+    object_at(meta, "labels")["kubernetes.io/metadata.name"] = json!(name);
+    let spec = object_at(o, "spec");
+    default(spec, "finalizers", json!(["kubernetes"]));
+}
+pub const NAMESPACE: Strategy = Strategy {
+    defaults: namespace_defaults,
+    name_is_label: true,
+    initial_status: Some(|_| json!({"phase": "Active"})),
+    field: |o, f| match f {
+        "status.phase" => Some(str_at(o, &["status", "phase"]).unwrap_or("").to_string()),
+        _ => None,
+    },
+    ..Strategy::PLAIN
+};
+
+fn service_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    if spec["type"] != "ExternalName" {
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+        default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        default(spec, "ipFamilies", json!(["IPv4"]));
+    }
+    if ["NodePort", "LoadBalancer"].contains(&spec["type"].as_str().unwrap_or("")) {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            default(p, "protocol", json!("TCP"));
+            let port = p["port"].clone();
+            default(p, "targetPort", port);
+        }
+    }
+}
+fn service_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    if let Some(old) = old {
+        let (was, now) = (old["spec"]["clusterIP"].as_str().unwrap_or(""), o["spec"]["clusterIP"].as_str().unwrap_or(""));
+        if !was.is_empty() && !now.is_empty() && was != now && o["spec"]["type"] != "ExternalName" {
+            c.push(Cause::invalid("spec.clusterIPs[0]", &o["spec"]["clusterIP"], "may not change once set"));
+        }
+    }
+    let name = o["metadata"]["name"].as_str().unwrap_or("");
+    if !name.is_empty() && !is_dns1035_label(name) {
+        c.push(Cause::invalid("metadata.name", &o["metadata"]["name"], "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"));
+    }
+    let spec = &o["spec"];
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+        c.push(Cause::unsupported("spec.type", &spec["type"], &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+    }
+    let headless = spec["clusterIP"] == "None";
+    let ports = spec["ports"].as_array();
+    if ty != "ExternalName" && !headless && ports.is_none_or(|p| p.is_empty()) {
+        c.push(Cause::required("spec.ports", ""));
+    }
+    if ty == "ExternalName" && spec["externalName"].as_str().is_none_or(str::is_empty) {
+        c.push(Cause::required("spec.externalName", ""));
+    }
+    let ports = ports.cloned().unwrap_or_default();
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        let port = p["port"].as_i64().unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            c.push(Cause::invalid(format!("{f}.port"), &p["port"], "must be between 1 and 65535, inclusive"));
+        }
+        match p["name"].as_str() {
+            Some(n) if !n.is_empty() => {
+                check_label(&format!("{f}.name"), &p["name"], c);
+                if names.contains(&n) {
+                    c.push(Cause::duplicate(format!("{f}.name"), &p["name"]));
+                }
+                names.push(n);
+            }
+            _ if ports.len() > 1 => c.push(Cause::required(format!("{f}.name"), "")),
+            _ => {}
+        }
+        if let Some(proto) = p["protocol"].as_str() {
+            if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                c.push(Cause::unsupported(format!("{f}.protocol"), &p["protocol"], &["SCTP", "TCP", "UDP"]));
+            }
+        }
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+            if ty == "ClusterIP" {
+                c.push(Cause::forbidden(format!("{f}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+            } else if !(1..=65535).contains(&np) {
+                c.push(Cause::invalid(format!("{f}.nodePort"), &p["nodePort"], "must be between 1 and 65535, inclusive"));
+            }
+        }
+    }
+    if let Some(sel) = spec.get("selector") {
+        validate_labels("spec.selector", Some(sel), c);
+    }
+}
+pub const SERVICE: Strategy = Strategy {
+    defaults: service_defaults,
+    validate: service_validate,
+    name_is_label: true,
+    initial_status: Some(|_| json!({"loadBalancer": {}})),
+    field: |o, f| match f {
+        "spec.clusterIP" => Some(str_at(o, &["spec", "clusterIP"]).unwrap_or("").to_string()),
+        "spec.type" => Some(str_at(o, &["spec", "type"]).unwrap_or("").to_string()),
+        _ => None,
+    },
+    ..Strategy::PLAIN
+};
+
+fn configmap_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    let mut keys = Vec::new();
+    for (field, values_b64) in [("data", false), ("binaryData", true)] {
+        let Some(m) = o.get(field) else { continue };
+        let Some(m) = m.as_object() else {
+            c.push(Cause::invalid(field, m, "must be a map"));
+            continue;
+        };
+        for (k, v) in m {
+            if !is_config_key(k) {
+                c.push(Cause::invalid(format!("{field}[{k}]"), &Value::String(k.clone()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            }
+            if keys.contains(k) {
+                c.push(Cause::duplicate(format!("{field}[{k}]"), &Value::String(k.clone())));
+            }
+            keys.push(k.clone());
+            let ok = match v.as_str() {
+                Some(s) => !values_b64 || base64::engine::general_purpose::STANDARD.decode(s).is_ok(),
+                None => false,
+            };
+            if !ok {
+                c.push(Cause::invalid(format!("{field}[{k}]"), v, if values_b64 { "must be base64 data" } else { "must be a string" }));
+            }
+        }
+    }
+    check_immutable(o, old, &["data", "binaryData"], c);
+}
+
+/// With `immutable: true` on the old object, the data fields may not change.
+fn check_immutable(o: &Value, old: Option<&Value>, fields: &[&str], c: &mut Vec<Cause>) {
+    let Some(old) = old else { return };
+    if old["immutable"] != json!(true) {
+        return;
+    }
+    if o["immutable"] != json!(true) {
+        c.push(Cause::forbidden("immutable", "field is immutable when `immutable` is set"));
+    }
+    for f in fields {
+        if o.get(*f) != old.get(*f) {
+            c.push(Cause::forbidden(*f, "field is immutable when `immutable` is set"));
+        }
+    }
+}
+pub const CONFIGMAP: Strategy = Strategy { validate: configmap_validate, ..Strategy::PLAIN };
+
+fn secret_defaults(o: &mut Value) {
+    default(o, "type", json!("Opaque"));
+    // stringData is write-only: folded into data.
+    if let Some(Value::Object(sd)) = o.as_object_mut().and_then(|m| m.remove("stringData")) {
+        let data = object_at(o, "data");
+        for (k, v) in sd {
+            let s = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            data[&k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+        }
+    }
+}
+fn secret_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    let mut cm = Map::new();
+    if let Some(d) = o.get("data") {
+        cm.insert("binaryData".into(), d.clone());
+    }
+    configmap_validate(&Value::Object(cm), None, c);
+    for cause in c.iter_mut() {
+        cause.field = cause.field.replace("binaryData", "data");
+    }
+    if let Some(old) = old {
+        if old["type"] != o["type"] {
+            c.push(Cause::invalid("type", &o["type"], "field is immutable"));
+        }
+    }
+    check_immutable(o, old, &["data"], c);
+}
+pub const SECRET: Strategy = Strategy {
+    defaults: secret_defaults,
+    validate: secret_validate,
+    field: |o, f| match f {
+        "type" => Some(o["type"].as_str().unwrap_or("").to_string()),
+        _ => None,
+    },
+    ..Strategy::PLAIN
+};
+
+fn event_field(o: &Value, f: &str) -> Option<String> {
+    let s = |p: &[&str]| str_at(o, p).unwrap_or("").to_string();
+    Some(match f {
+        "involvedObject.kind" => s(&["involvedObject", "kind"]),
+        "involvedObject.namespace" => s(&["involvedObject", "namespace"]),
+        "involvedObject.name" => s(&["involvedObject", "name"]),
+        "involvedObject.uid" => s(&["involvedObject", "uid"]),
+        "involvedObject.apiVersion" => s(&["involvedObject", "apiVersion"]),
+        "involvedObject.resourceVersion" => s(&["involvedObject", "resourceVersion"]),
+        "involvedObject.fieldPath" => s(&["involvedObject", "fieldPath"]),
+        "reason" => s(&["reason"]),
+        "reportingComponent" => s(&["reportingComponent"]),
+        "source" => s(&["source", "component"]),
+        "type" => s(&["type"]),
+        _ => return None,
+    })
+}
+pub const EVENT: Strategy = Strategy { field: event_field, ..Strategy::PLAIN };
+
+pub const NODE: Strategy = Strategy {
+    field: |o, f| match f {
+        "spec.unschedulable" => Some(o["spec"]["unschedulable"].as_bool().unwrap_or(false).to_string()),
+        _ => None,
+    },
+    initial_status: None,
+    ..Strategy::PLAIN
+};
+
+pub const PV: Strategy = Strategy { initial_status: Some(|_| json!({"phase": "Pending"})), ..Strategy::PLAIN };
+pub const PVC: Strategy = Strategy { initial_status: Some(|_| json!({"phase": "Pending"})), ..Strategy::PLAIN };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_defaults_match_upstream() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox", "ports": [{"containerPort": 80}]}]}});
+        pod_defaults(&mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Always");
+        assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+        assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+        assert_eq!(spec["serviceAccountName"], "default");
+        assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(spec["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(spec["tolerations"].as_array().unwrap().len(), 2);
+        let mut tagged = json!({"spec": {"containers": [{"name": "c", "image": "reg:5000/busybox:1.36"}]}});
+        pod_defaults(&mut tagged);
+        assert_eq!(tagged["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    }
+
+    #[test]
+    fn pod_validation_names_fields() {
+        let mut c = Vec::new();
+        pod_validate(&json!({"spec": {"containers": [{"name": "A"}, {"name": "A", "image": "x"}]}}), None, &mut c);
+        let fields: Vec<_> = c.iter().map(|c| c.field.as_str()).collect();
+        assert!(fields.contains(&"spec.containers[0].name"));
+        assert!(fields.contains(&"spec.containers[0].image"));
+        assert!(fields.contains(&"spec.containers[1].name"));
+    }
+
+    #[test]
+    fn qos() {
+        assert_eq!(qos_class(&json!({"containers": [{"resources": {}}]})), "BestEffort");
+        assert_eq!(qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]})), "Guaranteed");
+        assert_eq!(qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})), "Burstable");
+    }
+
+    #[test]
+    fn workload_selector_must_match_template() {
+        let mut c = Vec::new();
+        validate_always(&json!({"spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}), None, &mut c);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "spec.template.metadata.labels");
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    /// A pod update that leaves the spec alone passes (no field may appear on the way).
+    #[test]
+    fn unchanged_spec_passes_pod_update_validation() {
+        let spec: Value = serde_json::from_str(r#"{"containers": [{"args": ["httpd"], "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent", "name": "web", "ports": [{"containerPort": 8080, "protocol": "TCP"}], "resources": {}, "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}], "dnsPolicy": "ClusterFirst", "enableServiceLinks": true, "nodeName": "vm", "priority": 0, "restartPolicy": "Always", "schedulerName": "default-scheduler", "securityContext": {}, "serviceAccount": "default", "serviceAccountName": "default", "terminationGracePeriodSeconds": 30, "tolerations": [{"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300}]}"#).unwrap();
+        let old = json!({"metadata": {"name": "web"}, "spec": spec});
+        let mut new = old.clone();
+        new["status"] = json!({"phase": "Running"});
+        pod_defaults(&mut new);
+        let merged = mutable_pod_spec(&old["spec"], &new["spec"]);
+        assert_eq!(merged, new["spec"]);
+        let mut causes = Vec::new();
+        pod_validate(&new, Some(&old), &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        let mut changed = new.clone();
+        changed["spec"]["restartPolicy"] = json!("Never");
+        pod_validate(&changed, Some(&old), &mut causes);
+        assert_eq!(causes.len(), 1, "other spec changes are refused");
+    }
+}
