@@ -183,6 +183,17 @@ k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=Cras
 check "crashing container shows CrashLoopBackOff" "CrashLoopBackOff" "$(k get pod crash -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
 check "its last state has the exit code" "3" "$(k get pod crash -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}')"
 check "logs --previous" "boom" "$(k logs crash --previous)"
+# Back-off is reported as upstream's kubelet does: one BackOff event whose count grows with
+# every sync that finds the container waiting (not one Event per restart or per sync).
+backoff_counts() { k get events --field-selector involvedObject.name=crash -o jsonpath='{range .items[?(@.reason=="BackOff")]}{.count}{" "}{end}'; }
+one_backoff_counted() { set -- $(backoff_counts); [ $# -eq 1 ] && [ "$1" -gt 1 ] && echo yes; }
+eventually "a crash loop gives one BackOff event with a count" "yes" 60 one_backoff_counted
+first_count=$(backoff_counts)
+backoff_grew() { set -- $(backoff_counts); [ $# -eq 1 ] && [ "$1" -gt "$first_count" ] && echo yes; }
+eventually "its count grows (still one event)" "yes" 30 backoff_grew
+wide=$(k get events -o wide --field-selector involvedObject.name=crash)
+check_contains "kubectl get events -o wide shows COUNT" "COUNT" "$(echo "$wide" | head -1)"
+check_contains "with upstream's BackOff message" "Back-off restarting failed container crash in pod crash_default(" "$wide"
 k wait --for=jsonpath='{.status.phase}'=Failed pod/hog --timeout=60s >/dev/null
 check "a memory hog is OOMKilled" "OOMKilled" "$(k get pod hog -o jsonpath='{.status.containerStatuses[0].state.terminated.reason}')"
 k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ImagePullBackOff pod/nopull --timeout=60s >/dev/null
@@ -364,8 +375,22 @@ check_cmd "and the pull with them succeeds" k wait --for=condition=Ready pod/pri
 k delete pod private-anon private private-sa --wait=false >/dev/null
 kill "$REG_PID" 2>/dev/null
 
-# kill -9 ferrokube: containers keep running, same IDs, restart counts unchanged.
+# SIGTERM: an orderly stop (stop accepting, controllers, node components, containerd, then
+# the store) that leaves the pods running.
 before=$(k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}')
+t0=$SECONDS
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID"
+rc=$?
+SERVER_PID=
+check "SIGTERM stops the server with status 0" "0" "$rc"
+check "within 15 s" "yes" "$([ $((SECONDS - t0)) -le 15 ] && echo yes)"
+check_contains "the store is flushed last" "ferrokube::server: stopped" "$(cat "$E2E_DIR/server.log")"
+check "the pod keeps serving while ferrokube is stopped" "hello from ferrokube" "$(curl -s --max-time 5 "http://$IP:8080/")"
+start_node || exit 1
+eventually "after an orderly restart: same containers, same restart counts" "$before" 30 k get pod web -o jsonpath='{.status.containerStatuses[*].containerID} {.status.containerStatuses[*].restartCount}'
+
+# kill -9 ferrokube: containers keep running, same IDs, restart counts unchanged.
 stop_server KILL
 check "the pod keeps serving while ferrokube is down" "hello from ferrokube" "$(curl -s --max-time 5 "http://$IP:8080/")"
 start_node || exit 1
