@@ -403,6 +403,7 @@ async fn selectors_and_pagination() {
     t.delete(&format!("{CMS}/c4")).await;
     let p2 = t.get(&format!("{CMS}?limit=3&continue={cont}")).await.body;
     assert_eq!(names(&p2), vec!["c3", "c4", "c5"], "continuation reads the first page's snapshot");
+    assert_eq!(p2["metadata"]["remainingItemCount"], 1, "what follows this page (an estimate from the current state)");
     let cont = p2["metadata"]["continue"].as_str().unwrap().to_string();
     let p3 = t.get(&format!("{CMS}?limit=3&continue={cont}")).await.body;
     assert_eq!(names(&p3), vec!["c6"]);

@@ -88,7 +88,7 @@ async fn paged_list_is_a_consistent_snapshot() {
     let first = s.list(prefix, None, 4, None, &|_| true).unwrap();
     assert_eq!(first.items.len(), 4);
     let after = first.next_key.clone().expect("more pages");
-    assert_eq!(first.remaining, 6);
+    assert_eq!(s.count_after(prefix, &after).unwrap(), 6);
     // Changes after the first page: delete k5, modify k6, add k45.
     let k5 = s.get(&key("k5")).unwrap().unwrap().revision;
     s.write(Op::Delete { key: key("k5"), expect: Some(k5) }).await.unwrap();

@@ -1,8 +1,11 @@
 //! A local copy of a collection, kept current from a [`super::watcher`]. Objects are keyed
 //! `namespace/name`. During a relist the old contents stay visible; at its end the cache is
-//! replaced whole, and whatever the list no longer holds is reported deleted: a cache never
-//! keeps an object that was deleted while its watch was down. Indexes (by namespace, node,
-//! owner, label ...) are declared once and kept with the contents.
+//! replaced whole, every listed object is reported (as client-go's Replace does, so
+//! subscribers look at everything again), and whatever the list no longer holds is reported
+//! deleted: a cache never keeps an object that was deleted while its watch was down.
+//! Indexes (by namespace, node, owner, label ...) are declared once and kept with the
+//! contents. A cache nobody reads keeps only each object's identity ([`stub`]): enough to
+//! report deletions, a fraction of the memory.
 
 use super::watcher::Event;
 use crate::vocab::object::key_of;
@@ -83,22 +86,52 @@ impl State {
 pub struct Cache {
     state: Arc<RwLock<State>>,
     synced: Arc<watch::Sender<bool>>,
+    /// Whether whole objects are kept (else [`stub`]s).
+    objects: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Cache {
     fn default() -> Cache {
-        Cache { state: Default::default(), synced: Arc::new(watch::channel(false).0) }
+        Cache { state: Default::default(), synced: Arc::new(watch::channel(false).0), objects: Arc::new(true.into()) }
     }
 }
 
-fn same_version(a: &Value, b: &Value) -> bool {
-    let rv = |o: &Value| o["metadata"]["resourceVersion"].as_str().map(String::from);
-    rv(a).is_some() && rv(a) == rv(b)
+/// What a cache that keeps no objects remembers of one: kind, name, namespace, uid,
+/// resourceVersion, labels, owner references and deletion time.
+pub fn stub(o: &Value) -> Value {
+    let m = &o["metadata"];
+    let mut meta = serde_json::Map::new();
+    for k in ["name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "deletionTimestamp"] {
+        if let Some(v) = m.get(k) {
+            meta.insert(k.to_string(), v.clone());
+        }
+    }
+    serde_json::json!({"apiVersion": o["apiVersion"], "kind": o["kind"], "metadata": meta})
 }
 
 impl Cache {
     pub fn new() -> Cache {
         Cache::default()
+    }
+
+    /// A cache that keeps only [`stub`]s (for subscribers that never read it).
+    pub fn stubs() -> Cache {
+        let c = Cache::default();
+        c.keep_objects(false);
+        c
+    }
+
+    /// Keeps whole objects (`true`) or stubs; set before the cache is filled.
+    pub fn keep_objects(&self, whole: bool) {
+        self.objects.store(whole, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn kept(&self, o: &Arc<Value>) -> Arc<Value> {
+        if self.objects.load(std::sync::atomic::Ordering::Relaxed) {
+            o.clone()
+        } else {
+            Arc::new(stub(o))
+        }
     }
 
     /// Adds an index named `name` (declare indexes before the cache is filled).
@@ -151,11 +184,8 @@ impl Cache {
                     }
                 }
                 for (k, o) in fresh {
-                    let unchanged = s.objects.get(&k).is_some_and(|old| same_version(old, &o));
-                    if !unchanged {
-                        s.put(k, o.clone());
-                        changes.push(Change::Applied(o));
-                    }
+                    s.put(k, self.kept(&o));
+                    changes.push(Change::Applied(o));
                 }
                 drop(s);
                 self.synced.send_replace(true);
@@ -163,7 +193,7 @@ impl Cache {
             }
             Event::Apply(o) => {
                 let o = Arc::new(o);
-                s.put(key_of(&o), o.clone());
+                s.put(key_of(&o), self.kept(&o));
                 vec![Change::Applied(o)]
             }
             Event::Delete(o) => {
@@ -264,16 +294,32 @@ mod tests {
         assert!(c.is_synced());
         assert_eq!(c.by("node", "n1").len(), 2);
         // The watch was down: b deleted, c created, a unchanged. The old view stays until the
-        // list ends.
+        // list ends; then everything listed is reported again, and b as deleted.
         assert!(c.apply(Event::Init).is_empty());
         assert!(c.apply(Event::InitApply(obj("a", 1, "n1"))).is_empty());
         assert!(c.apply(Event::InitApply(obj("c", 5, "n2"))).is_empty());
         assert_eq!(c.keys(), vec!["d/a", "d/b"]);
         let changes = c.apply(Event::InitDone);
-        assert_eq!(names(&changes), vec![(true, "b".to_string()), (false, "c".to_string())]);
+        assert_eq!(names(&changes), vec![(true, "b".to_string()), (false, "a".to_string()), (false, "c".to_string())]);
         assert_eq!(c.keys(), vec!["d/a", "d/c"]);
         assert_eq!(c.by("node", "n1").len(), 1);
         assert_eq!(c.by("node", "n2")[0]["metadata"]["name"], "c");
+    }
+
+    #[test]
+    fn a_stub_cache_keeps_identity_only_and_still_reports_deletions() {
+        let c = Cache::stubs();
+        let mut full = obj("a", 1, "n1");
+        full["metadata"]["labels"] = json!({"app": "x"});
+        full["status"] = json!({"big": "x".repeat(1000)});
+        let ch = c.apply(Event::Apply(full.clone()));
+        assert_eq!(*ch[0].object(), full, "subscribers get the whole object");
+        let kept = c.get("d/a").unwrap();
+        assert!(kept["spec"].is_null() && kept["status"].is_null());
+        assert_eq!(kept["metadata"]["labels"]["app"], "x");
+        c.apply(Event::Init);
+        let ch = c.apply(Event::InitDone);
+        assert!(ch[0].is_delete() && ch[0].object()["metadata"]["name"] == "a", "gone in the gap: reported from the stub");
     }
 
     #[test]

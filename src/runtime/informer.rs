@@ -1,7 +1,9 @@
 //! Shared watches. Components register the collections they follow and what to do with each
 //! change; [`Informers::run`] then starts one watcher and one cache per collection for all of
 //! them, so a pod event is decoded and stored once however many components care about pods.
-//! Subscribers run after the cache holds the change, so they may read the cache.
+//! Subscribers run after the cache holds the change, so they may read the cache. Whole
+//! objects are kept only for collections whose cache somebody asked for; the others keep
+//! stubs (identity, labels, owners), enough to report what a relist found deleted.
 
 use super::cache::{Cache, Change, IndexFn};
 use super::client::Client;
@@ -31,12 +33,14 @@ impl Informers {
     }
 
     fn entry(&mut self, target: &Target) -> &mut Entry {
-        self.entries.entry(target.to_string()).or_insert_with(|| Entry { target: target.clone(), cache: Cache::new(), handlers: Vec::new() })
+        self.entries.entry(target.to_string()).or_insert_with(|| Entry { target: target.clone(), cache: Cache::stubs(), handlers: Vec::new() })
     }
 
-    /// The shared cache of `target`.
+    /// The shared cache of `target`, keeping whole objects.
     pub fn cache(&mut self, target: &Target) -> Cache {
-        self.entry(target).cache.clone()
+        let cache = self.entry(target).cache.clone();
+        cache.keep_objects(true);
+        cache
     }
 
     /// The shared cache of `target` with index `name` (added if not there yet).

@@ -140,8 +140,6 @@ pub struct ListPage {
     pub revision: u64,
     /// Set when more items match after the last one returned.
     pub next_key: Option<String>,
-    /// Number of entries under the prefix not yet visited (an upper bound on remaining matches).
-    pub remaining: u64,
 }
 
 /// Handle to the store; cheap to clone.
@@ -279,7 +277,6 @@ impl Store {
         });
         let mut items = Vec::new();
         let mut more = false;
-        let mut visited = 0u64;
         for entry in merge_overlay(current_entries, overlay) {
             let (key, json) = entry?;
             // `None`: the key did not exist at the requested revision.
@@ -288,19 +285,23 @@ impl Store {
                 more = true;
                 break;
             }
-            visited += 1;
             if filter(&json) {
                 items.push((key, json));
             }
         }
         let next_key = if more { items.last().map(|(k, _)| k.clone()) } else { None };
-        let remaining = if more {
-            let total = table.range::<&str>(prefix..end.as_str())?.count() as u64;
-            total.saturating_sub(visited)
-        } else {
-            0
-        };
-        Ok(ListPage { items, revision, next_key, remaining })
+        Ok(ListPage { items, revision, next_key })
+    }
+
+    /// How many entries under `prefix` come after `key` now: the estimate behind a page's
+    /// `remainingItemCount`. It reads every remaining entry, so callers ask only when the
+    /// answer carries it.
+    pub fn count_after(&self, prefix: &str, key: &str) -> Result<u64, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        let end = prefix_end(prefix);
+        let start = if key >= prefix { std::ops::Bound::Excluded(key) } else { std::ops::Bound::Included(prefix) };
+        Ok(table.range::<&str>((start, std::ops::Bound::Excluded(end.as_str())))?.count() as u64)
     }
 
     /// Watches keys under `prefix` for changes after revision `from` (0 = from now).

@@ -181,7 +181,11 @@ impl Api {
             other => other.into(),
         })?;
         let cont = page.next_key.as_deref().map(|k| encode_continue(page.revision, k));
-        let remaining = (cont.is_some() && sel.is_everything()).then_some(page.remaining);
+        // As upstream: an estimate, for unfiltered lists only.
+        let remaining = match (&page.next_key, sel.is_everything()) {
+            (Some(last), true) => Some(self.store.count_after(&prefix, last)?),
+            _ => None,
+        };
         Ok(Reply::List {
             kind: rr.kind,
             revision: page.revision,
