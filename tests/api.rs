@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use ferrokube::api::{Api, Body, Call};
+use ferrokube::vocab::user::UserInfo;
 use ferrokube::store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ impl T {
         };
         let r = self
             .api
-            .call(Call { method, path, query, accept, content_type: ct, user_agent: Some("api-test/1.0"), body: Bytes::from(body.to_string()) })
+            .call(Call { method, path, query, accept, content_type: ct, user_agent: Some("api-test/1.0"), user: &UserInfo::apiserver(), body: Bytes::from(body.to_string()) })
             .await;
         let body = match r.body {
             Body::Full(b) => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())),
@@ -63,7 +64,7 @@ impl T {
     }
     async fn watch(&self, path_q: &str) -> tokio::sync::mpsc::Receiver<Bytes> {
         let (path, query) = path_q.split_once('?').unwrap();
-        let r = self.api.call(Call { method: "GET", path, query: Some(query), accept: None, content_type: None, user_agent: None, body: Bytes::new() }).await;
+        let r = self.api.call(Call { method: "GET", path, query: Some(query), accept: None, content_type: None, user_agent: None, user: &UserInfo::apiserver(), body: Bytes::new() }).await;
         match r.body {
             Body::Stream(rx) => rx,
             Body::Full(b) => panic!("not a stream: {}", String::from_utf8_lossy(&b)),

@@ -118,7 +118,7 @@ async fn caches_forget_what_was_deleted_while_their_watch_was_down() {
         admin.create(NODES.all(), &json!({"metadata": {"name": n}})).await.unwrap();
     }
     let (cut, _) = watch::channel(false);
-    let partition = Arc::new(Partition { inner: Local(api.clone()), cut: cut.clone() });
+    let partition = Arc::new(Partition { inner: Local { api: api.clone(), user: ferrokube::vocab::user::UserInfo::apiserver() }, cut: cut.clone() });
     let client = Client::new(partition.clone(), "partitioned");
     let scope = Scope::new();
     let scheduler = ferrokube::scheduler::start(client.clone(), &scope);
@@ -210,7 +210,7 @@ async fn a_leader_that_cannot_renew_stops_and_the_other_takes_over_after_the_lea
     let (api, _dir) = api(1000).await;
     let fast = Timing { lease: Duration::from_secs(2), renew_deadline: Duration::from_millis(1500), retry: Duration::from_millis(200) };
     let (cut, _) = watch::channel(false);
-    let a_client = Client::new(Arc::new(Partition { inner: Local(api.clone()), cut: cut.clone() }), "a");
+    let a_client = Client::new(Arc::new(Partition { inner: Local { api: api.clone(), user: ferrokube::vocab::user::UserInfo::apiserver() }, cut: cut.clone() }), "a");
     let leaders: Arc<std::sync::Mutex<Vec<(&'static str, bool)>>> = Arc::default();
     let run = |id: &'static str, client: Client, scope: &Scope| {
         let leaders = leaders.clone();

@@ -18,10 +18,11 @@ pub use policy::{custom, eviction, kinds, services, strategies, tokens};
 use crate::store::Store;
 use bytes::Bytes;
 use kinds::Kind;
-use negotiate::{body_type, response_format, Format};
+use negotiate::{body_type, response_format, response_format_for, Format, Shape};
 use request::{route, Query, ResourceReq, Target};
 use serde_json::{json, Value};
 use crate::vocab::status::ApiError;
+use crate::vocab::user::UserInfo;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -107,7 +108,24 @@ pub struct Call<'a> {
     pub accept: Option<&'a str>,
     pub content_type: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+    /// Who asks (authenticated by the HTTP front, or the in-process client's identity).
+    pub user: &'a UserInfo,
     pub body: Bytes,
+}
+
+/// `v` as JSON followed by a newline.
+fn json_line(v: &Value) -> Bytes {
+    let mut out = serde_json::to_vec(v).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// Stored JSON followed by a newline (a copy: stored bytes are shared).
+fn raw_line(raw: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    out.extend_from_slice(raw);
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 /// A rendered response.
@@ -126,8 +144,9 @@ pub enum Body {
 }
 
 impl Rendered {
+    /// A JSON answer; like kube-apiserver's encoder, the document ends with a newline.
     pub fn json(code: u16, v: &Value) -> Rendered {
-        Rendered { code, content_type: "application/json", body: Body::Full(Bytes::from(v.to_string())), warnings: Vec::new() }
+        Rendered { code, content_type: "application/json", body: Body::Full(json_line(v)), warnings: Vec::new() }
     }
     pub fn error(e: &ApiError) -> Rendered {
         Rendered::json(e.code, &e.to_status())
@@ -135,17 +154,20 @@ impl Rendered {
 }
 
 /// The in-process transport: components living in the server process call the API through
-/// the same entry point as HTTPS requests (authentication aside), so admission and
-/// validation are the same for every writer.
-pub struct Local(pub Arc<Api>);
+/// the same entry point as HTTPS requests (authentication aside: the client's identity is
+/// the one it was made with), so admission and validation are the same for every writer.
+pub struct Local {
+    pub api: Arc<Api>,
+    pub user: UserInfo,
+}
 
 impl crate::runtime::client::Transport for Local {
     fn send<'a>(&'a self, req: crate::runtime::client::Request<'a>) -> crate::runtime::client::BoxFuture<'a, Result<crate::runtime::client::Response, ApiError>> {
         use crate::runtime::client::{Response, ResponseBody};
         Box::pin(async move {
             let query = (!req.query.is_empty()).then_some(req.query);
-            let call = Call { method: req.method, path: req.path, query, accept: None, content_type: req.content_type, user_agent: Some(req.user_agent), body: req.body };
-            let r = self.0.call(call).await;
+            let call = Call { method: req.method, path: req.path, query, accept: None, content_type: req.content_type, user_agent: Some(req.user_agent), user: &self.user, body: req.body };
+            let r = self.api.call(call).await;
             let body = match r.body {
                 Body::Full(b) => ResponseBody::Full(b),
                 Body::Stream(rx) => ResponseBody::Stream(rx),
@@ -156,9 +178,15 @@ impl crate::runtime::client::Transport for Local {
 }
 
 impl Api {
-    /// A client of this API in the same process, identified as `agent`.
+    /// A client of this API in the same process, as the API server itself (`agent`: its
+    /// User-Agent).
     pub fn client(self: &Arc<Self>, agent: &str) -> crate::runtime::Client {
-        crate::runtime::Client::new(Arc::new(Local(self.clone())), agent)
+        self.client_as(agent, UserInfo::apiserver())
+    }
+
+    /// A client of this API in the same process, as `user`.
+    pub fn client_as(self: &Arc<Self>, agent: &str, user: UserInfo) -> crate::runtime::Client {
+        crate::runtime::Client::new(Arc::new(Local { api: self.clone(), user }), agent)
     }
 
     pub fn new(store: Store, advertise: String) -> Arc<Api> {
@@ -201,9 +229,18 @@ impl Api {
         };
         let mut q = Query::parse(c.query);
         q.1 = managed::manager_from_user_agent(c.user_agent);
-        let format = response_format(c.accept)?;
         let collection = rr.name.is_none();
         let watching = rr.watch_prefix || q.flag("watch");
+        let shape = if collection && !watching && c.method == "GET" { Shape::List } else { Shape::Object };
+        let format = response_format_for(c.accept, shape)?;
+        if let Some(review) = rr.kind.review {
+            // Review kinds answer a create and serve nothing else.
+            if (c.method, collection) != ("POST", true) {
+                return Err(ApiError::method_not_allowed(c.method, c.path));
+            }
+            let request = negotiate::decode_object(&c.body, body_type(c.content_type)?)?;
+            return render(&rr, &q, Reply::Object(201, review(self, c.user, request)?), format);
+        }
         let reply = match (c.method, collection) {
             ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.is("", "pods") => self.logs(&rr, &q).await?,
             ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
@@ -230,7 +267,7 @@ impl Api {
         let agg = |v: Value| Rendered {
             code: 200,
             content_type: "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
-            body: Body::Full(Bytes::from(v.to_string())),
+            body: Body::Full(json_line(&v)),
             warnings: Vec::new(),
         };
         Ok(match t {
@@ -289,14 +326,23 @@ fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<R
         Reply::TextStream(rx) => Ok(Rendered { code: 200, content_type: "text/plain", body: Body::Stream(rx), warnings: Vec::new() }),
         Reply::Stream(rx) => Ok(Rendered { code: 200, content_type: "application/json", body: Body::Stream(rx), warnings: Vec::new() }),
         Reply::Raw(code, raw) => match format {
-            Format::Json => Ok(Rendered { code, content_type: "application/json", body: Body::Full(raw), warnings: Vec::new() }),
+            Format::Json => Ok(Rendered { code, content_type: "application/json", body: Body::Full(raw_line(&raw)), warnings: Vec::new() }),
             _ => render(rr, q, Reply::Object(code, object::parse_stored(&raw)?), format),
         },
         Reply::Object(code, v) => match format {
             Format::Json => Ok(Rendered::json(code, &v)),
             Format::Yaml => yaml(&v).map(|r| Rendered { code, ..r }),
             Format::Table if v["kind"] == rr.kind.kind => Ok(Rendered::json(code, &table::render(rr.kind, &[v], json!({}), include))),
-            Format::Table => Ok(Rendered::json(code, &v)),
+            Format::Metadata { yaml: as_yaml } if v["kind"] == rr.kind.kind => {
+                let partial = table::partial(&v);
+                if as_yaml {
+                    yaml(&partial).map(|r| Rendered { code, ..r })
+                } else {
+                    Ok(Rendered::json(code, &partial))
+                }
+            }
+            // Anything else (a Status, a Scale) is answered as itself.
+            Format::Table | Format::Metadata { .. } => Ok(Rendered::json(code, &v)),
         },
         Reply::List { kind, revision, cont, remaining, items } => {
             let mut meta = json!({"resourceVersion": revision.to_string()});
@@ -319,15 +365,22 @@ fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<R
                         }
                         out.extend_from_slice(item);
                     }
-                    out.extend_from_slice(b"]}");
+                    out.extend_from_slice(b"]}\n");
                     Ok(Rendered { code: 200, content_type: "application/json", body: Body::Full(Bytes::from(out)), warnings: Vec::new() })
                 }
-                Format::Table | Format::Yaml => {
+                Format::Table | Format::Yaml | Format::Metadata { .. } => {
                     let objs = items.iter().map(|i| object::parse_stored(i)).collect::<Result<Vec<_>, _>>()?;
-                    if format == Format::Table {
-                        Ok(Rendered::json(200, &table::render(kind, &objs, meta, include)))
-                    } else {
-                        yaml(&json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(), "metadata": meta, "items": objs}))
+                    match format {
+                        Format::Table => Ok(Rendered::json(200, &table::render(kind, &objs, meta, include))),
+                        Format::Metadata { yaml: as_yaml } => {
+                            let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": objs.iter().map(table::partial).collect::<Vec<_>>()});
+                            if as_yaml {
+                                yaml(&list)
+                            } else {
+                                Ok(Rendered::json(200, &list))
+                            }
+                        }
+                        _ => yaml(&json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(), "metadata": meta, "items": objs})),
                     }
                 }
             }

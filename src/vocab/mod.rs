@@ -13,4 +13,5 @@ pub mod resource;
 pub mod scheduling;
 pub mod selector;
 pub mod status;
+pub mod user;
 pub mod validation;

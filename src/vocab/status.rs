@@ -77,12 +77,16 @@ pub fn qualified(resource: &str, group: &str) -> String {
     }
 }
 
+/// `StatusDetails` in upstream's field order: name, group, kind (causes and
+/// retryAfterSeconds follow when set).
 fn details(name: &str, group: &str, resource: &str) -> Value {
-    let mut d = json!({ "name": name, "kind": resource });
+    let mut d = serde_json::Map::new();
+    d.insert("name".into(), json!(name));
     if !group.is_empty() {
-        d["group"] = json!(group);
+        d.insert("group".into(), json!(group));
     }
-    d
+    d.insert("kind".into(), json!(resource));
+    Value::Object(d)
 }
 
 impl ApiError {
@@ -131,16 +135,8 @@ impl ApiError {
         } else {
             format!("[{}]", summary.join(", "))
         };
-        let mut d = json!({
-            "name": name,
-            "kind": kind,
-            "causes": causes.iter().map(|c| json!({
-                "reason": c.reason, "message": c.message, "field": c.field
-            })).collect::<Vec<_>>(),
-        });
-        if !group.is_empty() {
-            d["group"] = json!(group);
-        }
+        let mut d = details(name, group, kind);
+        d["causes"] = json!(causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>());
         ApiError {
             code: 422,
             reason: Cow::Borrowed("Invalid"),
@@ -185,7 +181,8 @@ impl ApiError {
         ApiError::new(504, "Timeout", message)
     }
 
-    /// The `Status` object for this error.
+    /// The `Status` object for this error, fields in upstream's order (kind, apiVersion,
+    /// metadata, status, message, reason, details, code): clients compare the text.
     pub fn to_status(&self) -> Value {
         let mut s = json!({
             "kind": "Status",
@@ -194,11 +191,11 @@ impl ApiError {
             "status": "Failure",
             "message": self.message,
             "reason": &*self.reason,
-            "code": self.code,
         });
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }
+        s["code"] = json!(self.code);
         s
     }
 }

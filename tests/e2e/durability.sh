@@ -5,13 +5,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 start_server || exit 1
 
-# Client credentials for curl, taken from the admin kubeconfig.
-kc_field() { awk -v f="$1" '$1 == f":" {print $2}' "$KUBECONFIG" | base64 -d; }
-kc_field client-certificate-data >"$E2E_DIR/admin.crt"
-kc_field client-key-data >"$E2E_DIR/admin.key"
-kc_field certificate-authority-data >"$E2E_DIR/ca.crt"
-api() { curl -s --cacert "$E2E_DIR/ca.crt" --cert "$E2E_DIR/admin.crt" --key "$E2E_DIR/admin.key" "$@"; }
-BASE="https://127.0.0.1:$PORT"
+curl_credentials
 check "client certificate authenticates" "200" "$(api -o /dev/null -w '%{http_code}' "$BASE/api/v1/namespaces")"
 check "server certificate verifies against the CA for 127.0.0.1" "ok" "$(api -o /dev/null "$BASE/version" && echo ok)"
 

@@ -186,4 +186,25 @@ printf 'apiVersion: example.org/v1\nkind: Gadget\nmetadata:\n  name: {{ .Release
 check_contains "helm install of a chart with a CRD" "STATUS: deployed" "$(h install gad "$E2E_DIR/crdchart" 2>&1)"
 check "the chart's custom object exists" "gad-gadget 2 blue" "$(k get gadgets --no-headers 2>&1 | awk '{print $1, $2, $3}')"
 
+# Bytes as clients compare them, and what metadata-only clients ask for.
+curl_credentials
+check_contains "kubectl auth whoami names the admin" "system:admin" "$(k auth whoami 2>&1)"
+check_contains "and its groups" "[system:masters system:authenticated]" "$(k auth whoami 2>&1)"
+k create cm twice >/dev/null
+api -o "$E2E_DIR/conflict" -X POST -H 'Content-Type: application/json' -d '{"metadata":{"name":"twice"}}' "$BASE/api/v1/namespaces/default/configmaps"
+printf '%s\n' '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"twice\" already exists","reason":"AlreadyExists","details":{"name":"twice","kind":"configmaps"},"code":409}' >"$E2E_DIR/conflict.want"
+check "a Status is upstream's bytes (field order, final newline)" "same" "$(cmp -s "$E2E_DIR/conflict" "$E2E_DIR/conflict.want" && echo same || cat "$E2E_DIR/conflict")"
+wrapped=$(python3 -c 'import base64, json; print(json.dumps(base64.encodebytes(bytes(range(256))).decode()))')
+printf 'apiVersion: v1\nkind: Secret\nmetadata: {name: wrapped}\ndata:\n  k: %s\n' "$wrapped" >"$E2E_DIR/wrapped.yaml"
+check_contains "a Secret with base64 wrapped at 76 columns is accepted" "secret/wrapped created" "$(k apply -f "$E2E_DIR/wrapped.yaml" 2>&1)"
+check "it is stored without the line breaks" "0" "$(k get secret wrapped -o jsonpath='{.data.k}' | tr -cd '\n' | wc -c)"
+check "and decodes to the same bytes" "$(python3 -c 'import hashlib; print(hashlib.sha256(bytes(range(256))).hexdigest())')" "$(k get secret wrapped -o jsonpath='{.data.k}' | base64 -d | sha256sum | cut -d' ' -f1)"
+meta=$(api -H 'Accept: application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json' "$BASE/api/v1/namespaces/default/configmaps")
+check "a metadata-only list is a PartialObjectMetadataList" "PartialObjectMetadataList meta.k8s.io/v1" "$(echo "$meta" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["kind"], d["apiVersion"])')"
+check "whose items hold metadata only" "PartialObjectMetadata apiVersion,kind,metadata" "$(echo "$meta" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(*sorted({i["kind"] + " " + ",".join(sorted(i)) for i in d["items"]}))')"
+check "a metadata-only get, as YAML" "kind: PartialObjectMetadata" "$(api -H 'Accept: application/yaml;as=PartialObjectMetadata;v=v1;g=meta.k8s.io' "$BASE/api/v1/namespaces/default/configmaps/twice" | head -1)"
+check "a list type for a get falls back to the next entry" "ConfigMap" "$(api -H 'Accept: application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json' "$BASE/api/v1/namespaces/default/configmaps/twice" | python3 -c 'import json,sys; print(json.load(sys.stdin)["kind"])')"
+ev=$(api -N --max-time 2 -H 'Accept: application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io' "$BASE/api/v1/namespaces/default/configmaps?watch=true&fieldSelector=metadata.name%3Dtwice" | head -1)
+check "a metadata-only watch streams PartialObjectMetadata" "ADDED PartialObjectMetadata twice no-data" "$(echo "$ev" | python3 -c 'import json,sys; e=json.load(sys.stdin); o=e["object"]; print(e["type"], o["kind"], o["metadata"]["name"], "data" in o and "data" or "no-data")')"
+
 summary

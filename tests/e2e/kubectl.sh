@@ -163,7 +163,8 @@ k delete ns sa-test --wait=false >/dev/null
 python3 -c "import json; print(json.dumps({'apiVersion':'v1','kind':'ConfigMap','metadata':{'name':'big'},'data':{'k':'a'*4000000}}))" >"$E2E_DIR/big.json"
 check_contains "a body over 3 MiB is refused over HTTP/2 (kubectl)" "RequestEntityTooLarge" "$(k create -f "$E2E_DIR/big.json" --validate=false 2>&1)"
 out=$(curl -sk --http1.1 -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data-binary @"$E2E_DIR/big.json" -w ' %{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces/default/configmaps")
-check_contains "a body over 3 MiB is 413 with a Status over HTTP/1.1" '"reason":"RequestEntityTooLarge","code":413} 413' "$out"
+check_contains "a body over 3 MiB is 413 with a Status over HTTP/1.1" '"reason":"RequestEntityTooLarge","code":413}
+ 413' "$out"
 check_fails "the oversized object was not stored" k get cm big
 
 summary

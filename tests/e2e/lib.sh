@@ -78,6 +78,17 @@ check_fails() {
 
 k() { "$KUBECTL" "$@"; }
 
+# curl_credentials: the admin's client certificate, key and the CA from the kubeconfig, for
+# `api` (curl as the admin) against $BASE.
+curl_credentials() {
+  kc_field() { awk -v f="$1" '$1 == f":" {print $2}' "$KUBECONFIG" | base64 -d; }
+  kc_field client-certificate-data >"$E2E_DIR/admin.crt"
+  kc_field client-key-data >"$E2E_DIR/admin.key"
+  kc_field certificate-authority-data >"$E2E_DIR/ca.crt"
+  BASE="https://127.0.0.1:$PORT"
+}
+api() { curl -s --cacert "$E2E_DIR/ca.crt" --cert "$E2E_DIR/admin.crt" --key "$E2E_DIR/admin.key" "$@"; }
+
 summary() {
   echo "$(basename "$0"): $PASS passed, $FAIL failed"
   [ "$FAIL" -eq 0 ]

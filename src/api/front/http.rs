@@ -16,12 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 type RespBody = BoxBody<Bytes, Infallible>;
 
-/// Who is calling, as established by the TLS handshake or a token.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub user: String,
-    pub groups: Vec<String>,
-}
+use crate::vocab::user::UserInfo;
 
 /// Paths anyone may read without credentials.
 fn is_public(path: &str) -> bool {
@@ -31,13 +26,18 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/readyz/")
 }
 
-/// Subject CN and O of a verified client certificate.
-fn identity_from_cert(der: &[u8]) -> Option<Identity> {
+/// The user of a verified client certificate: its subject's CN, in the groups its O names.
+fn identity_from_cert(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
-    Some(Identity { user, groups })
+    let groups: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
+    Some(UserInfo::authenticated(user, &groups))
+}
+
+/// Who a request without credentials is.
+fn anonymous() -> UserInfo {
+    UserInfo { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()], ..Default::default() }
 }
 
 /// How long open connections get to finish their requests once serving stops.
@@ -94,17 +94,15 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::Server
 }
 
 /// Who sent the request: a client certificate, the admin token, or a service-account token.
-fn authenticate(api: &Api, req: &Request<Incoming>, cert: Option<Identity>, token: &Option<String>) -> Option<Identity> {
+fn authenticate(api: &Api, req: &Request<Incoming>, cert: Option<UserInfo>, token: &Option<String>) -> Option<UserInfo> {
     if cert.is_some() {
         return cert;
     }
     let header = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let presented = header.strip_prefix("Bearer ")?.trim();
     match token {
-        Some(t) if constant_time_eq(t.as_bytes(), presented.as_bytes()) => {
-            Some(Identity { user: "system:admin".into(), groups: vec!["system:masters".into()] })
-        }
-        _ => api.service_account_identity(presented).map(|(user, groups)| Identity { user, groups }),
+        Some(t) if constant_time_eq(t.as_bytes(), presented.as_bytes()) => Some(UserInfo::authenticated("system:admin", &[crate::vocab::user::MASTERS])),
+        _ => api.service_account_identity(presented),
     }
 }
 
@@ -112,13 +110,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, token: &Option<String>, peer: SocketAddr) -> Response<RespBody> {
+async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, token: &Option<String>, peer: SocketAddr) -> Response<RespBody> {
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
-    if !is_public(&path) && authenticate(&api, &req, cert, token).is_none() {
-        return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body()));
-    }
+    let user = match authenticate(&api, &req, cert, token) {
+        Some(u) => u,
+        None if is_public(&path) => anonymous(),
+        None => return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body())),
+    };
     if let Some(what) = crate::api::streaming::wants_stream(&req) {
         return match crate::api::streaming::upgrade(api, req, what).await {
             Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
@@ -149,6 +149,7 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<Identity>, t
         accept: accept.as_deref(),
         content_type: content_type.as_deref(),
         user_agent: user_agent.as_deref(),
+        user: &user,
         body: bytes,
     };
     let resp = api.call(call).await;

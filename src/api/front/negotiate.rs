@@ -10,10 +10,28 @@ pub enum Format {
     Yaml,
     /// `meta.k8s.io/v1` Table.
     Table,
+    /// `meta.k8s.io/v1` PartialObjectMetadata (a list of them for lists), JSON or YAML
+    /// (`yaml`): the objects' metadata only.
+    Metadata { yaml: bool },
 }
 
-/// Picks a response format from `Accept`. Protobuf alone gets 406 so clients fall back.
+/// What a request asks for: one object (get, and each event of a watch) or a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Object,
+    List,
+}
+
+/// Picks a response format from `Accept` for a single object. Protobuf alone gets 406 so
+/// clients fall back.
 pub fn response_format(accept: Option<&str>) -> Result<Format, ApiError> {
+    response_format_for(accept, Shape::Object)
+}
+
+/// Picks a response format from `Accept` for a request of `shape`: the first entry that
+/// can be served, as upstream negotiates (`as=PartialObjectMetadataList` fits lists only,
+/// `as=PartialObjectMetadata` single objects and watches).
+pub fn response_format_for(accept: Option<&str>, shape: Shape) -> Result<Format, ApiError> {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(Format::Json) };
     for item in accept.split(',') {
         let mut parts = item.split(';').map(str::trim);
@@ -22,14 +40,17 @@ pub fn response_format(accept: Option<&str>) -> Result<Format, ApiError> {
             .filter_map(|p| p.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
             .collect();
         let param = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str());
-        match media.as_str() {
-            "application/json" | "*/*" | "application/*" => match param("as") {
-                Some("Table") if param("g") == Some("meta.k8s.io") && param("v") == Some("v1") => return Ok(Format::Table),
-                // Other conversions (v1beta1 tables, PartialObjectMetadata) are not served: next.
-                Some(_) => continue,
-                None => return Ok(Format::Json),
-            },
-            "application/yaml" => return Ok(Format::Yaml),
+        let meta_v1 = param("g") == Some("meta.k8s.io") && param("v") == Some("v1");
+        let yaml = match media.as_str() {
+            "application/json" | "*/*" | "application/*" => false,
+            "application/yaml" => true,
+            _ => continue,
+        };
+        match (param("as"), shape) {
+            (None, _) => return Ok(if yaml { Format::Yaml } else { Format::Json }),
+            (Some("Table"), _) if meta_v1 && !yaml => return Ok(Format::Table),
+            (Some("PartialObjectMetadata"), Shape::Object) | (Some("PartialObjectMetadataList"), Shape::List) if meta_v1 => return Ok(Format::Metadata { yaml }),
+            // Other conversions (v1beta1, a list type for an object, ...) are not served: next.
             _ => continue,
         }
     }
@@ -106,6 +127,17 @@ mod tests {
         assert_eq!(response_format(Some("application/json;as=Table;v=v1beta1;g=meta.k8s.io, application/json")).unwrap(), Format::Json);
         assert_eq!(response_format(Some("application/vnd.kubernetes.protobuf, */*")).unwrap(), Format::Json);
         assert_eq!(response_format(Some("application/vnd.kubernetes.protobuf")).unwrap_err().code, 406);
+    }
+
+    #[test]
+    fn partial_object_metadata_fits_its_shape_only() {
+        let list = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+        assert_eq!(response_format_for(Some(list), Shape::List).unwrap(), Format::Metadata { yaml: false });
+        assert_eq!(response_format_for(Some(list), Shape::Object).unwrap(), Format::Json, "a list type for a get: the next entry");
+        let one = "application/yaml;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+        assert_eq!(response_format_for(Some(one), Shape::Object).unwrap(), Format::Metadata { yaml: true });
+        assert_eq!(response_format_for(Some(one), Shape::List).unwrap_err().code, 406);
+        assert_eq!(response_format_for(Some("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1"), Shape::Object).unwrap_err().code, 406);
     }
 
     #[test]

@@ -99,6 +99,13 @@ fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
         vec![(format!("{base}/{}", k.plural), vec![])]
     };
     let patch_types = vec!["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"];
+    if k.review.is_some() {
+        // Review kinds serve one operation: create.
+        for (coll, _) in scopes {
+            paths.insert(coll, json!({"post": op(k, "post", &format!("create{id}"), write_params(false), &own, Some(vec!["application/json", "application/yaml"]))}));
+        }
+        return;
+    }
     for (coll, scope_params) in scopes {
         let mut coll_params = scope_params.clone();
         coll_params.push(param("pretty", "string", ""));

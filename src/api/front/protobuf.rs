@@ -228,6 +228,14 @@ fn message(ty: &str, buf: &[u8], depth: usize) -> Result<Value, ApiError> {
         "meta.v1.MicroTime" => return Ok(if int(1) == 0 && int(2) == 0 { Value::Null } else { rfc3339(int(1), int(2), true) }),
         "meta.v1.Duration" => return Ok(json!(go_duration(int(1)))),
         "runtime.RawExtension" | "meta.v1.FieldsV1" | "apiextensions.v1.JSON" => return Ok(raw_json(bytes(1))),
+        // A wrapper around a string list; JSON has the list itself.
+        t if t.ends_with(".v1.ExtraValue") => {
+            let items = fs.iter().filter(|(k, _)| *k == 1).filter_map(|(_, v)| match v {
+                Raw::Bytes(b) => Some(json!(String::from_utf8_lossy(b))),
+                _ => None,
+            });
+            return Ok(Value::Array(items.collect()));
+        }
         _ => {}
     }
     let table = table();

@@ -255,6 +255,9 @@ impl Api {
 
     /// Defaulting then validation; `Invalid` with every cause.
     fn admit(&self, kind: &'static Kind, o: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+        if let Some(def) = schema::kind_definition(kind.group, kind.version, kind.kind) {
+            schema::normalize_bytes(def, o);
+        }
         (kind.strategy.defaults)(o);
         let mut causes: Vec<Cause> = Vec::new();
         validation::validate_metadata(o, kind.strategy.name_is_label, &mut causes);

@@ -95,6 +95,78 @@ fn target_name(schema: &Value) -> Option<&str> {
     ref_name(schema).or_else(|| schema.get("allOf")?.as_array()?.iter().find_map(ref_name))
 }
 
+/// Whether values under `schema` can hold a `format: byte` string (following references,
+/// each definition once).
+fn holds_bytes(schema: &Value, seen: &mut std::collections::HashSet<String>) -> bool {
+    if schema["format"] == "byte" {
+        return true;
+    }
+    if let Some(name) = target_name(schema) {
+        if !seen.insert(name.to_string()) {
+            return false;
+        }
+        return definition(name).is_some_and(|d| holds_bytes(d, seen));
+    }
+    let children = schema["properties"].as_object().into_iter().flat_map(|p| p.values()).chain(schema.get("additionalProperties")).chain(schema.get("items"));
+    children.collect::<Vec<_>>().into_iter().any(|c| holds_bytes(c, seen))
+}
+
+/// Definitions in which a bytes field appears somewhere (computed once).
+fn with_bytes(def: &str) -> bool {
+    static B: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    B.get_or_init(|| definitions().iter().filter(|(_, d)| holds_bytes(d, &mut Default::default())).map(|(n, _)| n.clone()).collect()).contains(def)
+}
+
+/// Rewrites every bytes field (`format: byte`) of `o`, an object of definition `def`, in
+/// canonical base64. Go's decoder, and so kube-apiserver, ignores `\r` and `\n` in base64:
+/// values wrapped at 76 columns (Python's `base64.encodebytes`, PEM-style tools) are
+/// accepted and stored without the line breaks. Values that still do not decode are left for
+/// validation to refuse.
+pub fn normalize_bytes(def: &str, o: &mut Value) {
+    if let Some(d) = definition(def).filter(|_| with_bytes(def)) {
+        walk_bytes(d, o, 0);
+    }
+}
+
+fn walk_bytes(schema: &Value, v: &mut Value, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    let schema = match target_name(schema).and_then(definition) {
+        Some(d) if schema["format"] != "byte" => d,
+        _ => schema,
+    };
+    if schema["format"] == "byte" {
+        if let Value::String(s) = v {
+            if s.contains(['\r', '\n']) {
+                use base64::Engine;
+                let compact: String = s.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+                if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&compact) {
+                    *s = base64::engine::general_purpose::STANDARD.encode(raw);
+                }
+            }
+        }
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if let Some(p) = schema["properties"].get(k.as_str()).or(schema.get("additionalProperties").filter(|a| a.is_object())) {
+                    walk_bytes(p, child, depth + 1);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items") {
+                for x in a {
+                    walk_bytes(items, x, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The list strategy of property `field` of definition `def`.
 pub fn patch_meta(def: &str, field: &str) -> Option<ListMerge> {
     PATCH_META.iter().find(|(d, p, _)| *d == def && *p == field).map(|(_, _, m)| *m).or_else(|| {
@@ -123,6 +195,21 @@ pub fn list_merge(kind: &Kind, path: &[String], field: &str) -> ListMerge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrapped_base64_is_stored_canonical_and_other_fields_are_left_alone() {
+        let wrapped = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29y\nbGQ=\n";
+        let mut secret = serde_json::json!({"data": {"k": wrapped, "bad": "!!\n"}, "stringData": {"s": "a\nb"}, "metadata": {"name": "x\ny"}});
+        normalize_bytes("io.k8s.api.core.v1.Secret", &mut secret);
+        assert_eq!(secret["data"]["k"], "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=");
+        assert_eq!(secret["data"]["bad"], "!!\n", "undecodable: left for validation");
+        assert_eq!(secret["stringData"]["s"], "a\nb");
+        assert_eq!(secret["metadata"]["name"], "x\ny");
+        let mut cm = serde_json::json!({"binaryData": {"b": "AAEC\r\nAw=="}});
+        normalize_bytes("io.k8s.api.core.v1.ConfigMap", &mut cm);
+        assert_eq!(cm["binaryData"]["b"], "AAECAw==");
+        assert!(with_bytes("io.k8s.api.core.v1.Secret") && !with_bytes("io.k8s.api.core.v1.Pod"), "pods are not walked");
+    }
     use crate::api::kinds;
 
     fn p(v: &[&str]) -> Vec<String> {

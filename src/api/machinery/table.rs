@@ -342,8 +342,9 @@ pub static CONTROLLERREVISIONS: Columns = Columns {
     },
 };
 
-/// Metadata-only view of an object, as the default `includeObject=Metadata` returns it.
-fn partial(o: &Value) -> Value {
+/// Metadata-only view of an object (`PartialObjectMetadata`), as Tables include it by
+/// default and metadata-only clients ask for it.
+pub fn partial(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
 }
 

@@ -39,6 +39,10 @@ impl Encoder {
                 let t = table::render(self.kind, &[o], json!({}), self.include.as_deref());
                 out.extend_from_slice(t.to_string().as_bytes());
             }
+            Format::Metadata { .. } => {
+                let o: Value = serde_json::from_slice(object).unwrap_or(Value::Null);
+                out.extend_from_slice(table::partial(&o).to_string().as_bytes());
+            }
             _ => out.extend_from_slice(object),
         }
         out.extend_from_slice(b"}\n");
@@ -54,7 +58,10 @@ impl Encoder {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let o = json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version(), "metadata": meta});
+        let o = match self.format {
+            Format::Metadata { .. } => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}),
+            _ => json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version(), "metadata": meta}),
+        };
         self.value_event("BOOKMARK", &o)
     }
 }

@@ -2,8 +2,9 @@
 //! - kubectl (1.31 and later) opens a websocket with the subprotocol
 //!   `SPDY/3.1+portforward.k8s.io` and speaks SPDY inside its binary messages;
 //! - older clients, and kubectl's fallback, upgrade HTTP/1.1 to `SPDY/3.1` directly;
-//! - the Python client opens a `v4.channel.k8s.io` websocket with `ports=`: two channels per
-//!   port (data `2i`, error `2i+1`), each opened by the port number (2 bytes, little-endian).
+//! - the Python client opens a `v4.channel.k8s.io` websocket with `ports=`, and kr8s one that
+//!   names no subprotocol (the kubelet's binary channel protocol): two channels per port
+//!   (data `2i`, error `2i+1`), each opened by the port number (2 bytes, little-endian).
 //!
 //! As in kube-apiserver, the SPDY session runs end to end between the client and the
 //! runtime's streaming server; this side only carries its bytes. The v4 websocket is relayed
@@ -76,7 +77,9 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
         });
         return switching(&key, TUNNELED);
     }
-    if offered.iter().any(|p| p == V4) {
+    // No subprotocol at all is the binary channel protocol, framed as v4.
+    let plain = offered.is_empty();
+    if plain || offered.iter().any(|p| p == V4) {
         let ports = ports_of(&query)?;
         let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: ports }).await;
         let url = url.map_err(|e| ApiError::internal(format!("port-forward: {}", e.message())))?.into_inner().url;
@@ -85,7 +88,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
             let Some(ws) = accept(client).await else { return };
             relay(ws, backend, false).await;
         });
-        return switching(&key, V4);
+        return switching(&key, if plain { "" } else { V4 });
     }
     Err(ApiError::bad_request(format!("no supported websocket subprotocol offered; port-forward speaks {TUNNELED} and {V4}")))
 }

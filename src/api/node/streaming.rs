@@ -1,8 +1,9 @@
 //! `pods/<name>/exec` and `pods/<name>/attach`: the client's websocket (`v5.channel.k8s.io`
 //! from kubectl, `v4.channel.k8s.io` from the Python client) is relayed to the streaming URL
 //! the container runtime hands out (CRI `Exec`/`Attach`), frame by frame: the first byte of
-//! every binary message is the channel (0 stdin, 1 stdout, 2 stderr, 3 error/exit status,
-//! 4 terminal resize, 255 close in v5).
+//! every message is the channel (0 stdin, 1 stdout, 2 stderr, 3 error/exit status, 4
+//! terminal resize, 255 close in v5). Clients may send text messages as well as binary ones
+//! (the Python client writes `str` stdin as text, `chr(0)` first), as upstream accepts.
 
 use crate::vocab::status::ApiError;
 use crate::api::Api;
@@ -111,17 +112,20 @@ pub(super) fn pod_of(path: &str) -> Result<(String, String), ApiError> {
     }
 }
 
-/// The `101 Switching Protocols` answer to a websocket upgrade with `key`.
+/// The `101 Switching Protocols` answer to a websocket upgrade with `key` (`protocol` empty:
+/// none).
 pub(super) fn switching(key: &hyper::header::HeaderValue, protocol: &str) -> Result<hyper::Response<()>, ApiError> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    hyper::Response::builder()
+    let mut b = hyper::Response::builder()
         .status(101)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, "websocket")
-        .header(hyper::header::SEC_WEBSOCKET_ACCEPT, accept)
-        .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol)
-        .body(())
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .header(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    // A client that offered no subprotocol gets none back (RFC 6455).
+    if !protocol.is_empty() {
+        b = b.header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    b.body(()).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The stored pod `ns/name`.
@@ -176,6 +180,14 @@ fn container_id(api: &Api, ns: &str, name: &str, container: Option<&str>) -> Res
     Ok(status["containerID"].as_str().unwrap_or("").trim_start_matches("containerd://").to_string())
 }
 
+/// A client's text message as the binary one it stands for (same bytes).
+fn text_as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => Message::Binary(bytes::Bytes::copy_from_slice(t.as_bytes())),
+        other => other,
+    }
+}
+
 pub(super) async fn relay<C, B>(client: tokio_tungstenite::WebSocketStream<C>, backend: tokio_tungstenite::WebSocketStream<B>, v5: bool)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -194,7 +206,7 @@ where
     let mut last_backend = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            msg = client_rx.next(), if !stdin_closed => match msg {
+            msg = client_rx.next(), if !stdin_closed => match msg.map(|m| m.map(text_as_binary)) {
                 Some(Ok(Message::Binary(data))) => {
                     if v5 && data.first() == Some(&255) {
                         if data.get(1) == Some(&0) {

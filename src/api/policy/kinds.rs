@@ -48,6 +48,9 @@ impl Strategy {
     pub const WORKLOAD: Strategy = Strategy { generation: true, ..Strategy::PLAIN };
 }
 
+/// The answer of a review kind to a create: the request body and who asks.
+pub type Review = fn(&crate::api::Api, &crate::vocab::user::UserInfo, Value) -> Result<Value, crate::vocab::status::ApiError>;
+
 /// Subresources a kind serves beside the main resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sub {
@@ -78,6 +81,10 @@ pub struct Kind {
     pub strategy: Strategy,
     /// Table columns (`kubectl get`); custom kinds take theirs from [`Custom`].
     pub columns: &'static Columns,
+    /// For review kinds (SelfSubjectReview, access reviews): the answer to a create, which
+    /// is computed from the request and its caller and never stored. Such kinds serve
+    /// `create` only.
+    pub review: Option<Review>,
     /// Set for kinds defined by a CustomResourceDefinition.
     pub custom: Option<Custom>,
 }
@@ -120,7 +127,11 @@ impl Kind {
     }
     /// Verbs listed in discovery.
     pub fn verbs(&self) -> &'static [&'static str] {
-        &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        if self.review.is_some() {
+            &["create"]
+        } else {
+            &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        }
     }
 }
 
@@ -128,7 +139,13 @@ macro_rules! kind {
     ($res:ident, [$($short:expr),*], [$($cat:expr),*], [$($sub:ident),*], $strategy:expr, $columns:ident) => {
         Kind {
             res: r::$res, short_names: &[$($short),*], categories: &[$($cat),*],
-            subresources: &[$(Sub::$sub),*], strategy: $strategy, columns: &table::$columns, custom: None,
+            subresources: &[$(Sub::$sub),*], strategy: $strategy, columns: &table::$columns, review: None, custom: None,
+        }
+    };
+    ($res:ident, review $review:expr) => {
+        Kind {
+            res: r::$res, short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN,
+            columns: &table::DEFAULT, review: Some($review), custom: None,
         }
     };
 }
@@ -179,6 +196,7 @@ pub static KINDS: &[Kind] = &[
     kind!(CSIDRIVERS, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(CSINODES, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(CSISTORAGECAPACITIES, [], [], [], Strategy::PLAIN, DEFAULT),
+    kind!(SELFSUBJECTREVIEWS, review super::reviews::self_subject),
     kind!(CUSTOMRESOURCEDEFINITIONS, ["crd", "crds"], ["api-extensions"], [Status], crate::api::custom::CRD, DEFAULT),
 ];
 

@@ -5,6 +5,7 @@ pub mod custom;
 pub mod eviction;
 pub mod kinds;
 pub(crate) mod namespaces;
+pub mod reviews;
 pub mod services;
 pub mod strategies;
 pub mod tokens;

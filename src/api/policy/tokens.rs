@@ -190,7 +190,9 @@ impl Api {
 
     /// The service account a bearer token speaks for, as user name and groups, if the token
     /// is one of ours, current, for this API, and everything it names still exists.
-    pub fn service_account_identity(&self, token: &str) -> Option<(String, Vec<String>)> {
+    /// The service account a bearer token authenticates (with the uid of the account and, for
+    /// a token bound to a pod, the pod's name and uid as extra attributes, as upstream).
+    pub fn service_account_identity(&self, token: &str) -> Option<crate::vocab::user::UserInfo> {
         let claims = self.tokens().verify(token, now())?;
         let for_us = match &claims["aud"] {
             Value::String(a) => a == ISSUER,
@@ -214,10 +216,17 @@ impl Api {
             }
         }
         let sa = private["serviceaccount"]["name"].as_str()?;
-        Some((
-            format!("system:serviceaccount:{ns}:{sa}"),
-            vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
-        ))
+        let group = format!("system:serviceaccounts:{ns}");
+        let mut user = crate::vocab::user::UserInfo::authenticated(format!("system:serviceaccount:{ns}:{sa}"), &["system:serviceaccounts", &group]);
+        user.uid = private["serviceaccount"]["uid"].as_str().unwrap_or("").to_string();
+        if let (Some(pod), Some(uid)) = (private["pod"]["name"].as_str(), private["pod"]["uid"].as_str()) {
+            user.extra.insert("authentication.kubernetes.io/pod-name".into(), vec![pod.to_string()]);
+            user.extra.insert("authentication.kubernetes.io/pod-uid".into(), vec![uid.to_string()]);
+        }
+        if let Some(jti) = claims["jti"].as_str() {
+            user.extra.insert("authentication.kubernetes.io/credential-id".into(), vec![format!("JTI={jti}")]);
+        }
+        Some(user)
     }
 
     /// ServiceAccount admission for a new pod: the account's `imagePullSecrets` when the pod
