@@ -177,6 +177,7 @@ fn schemas() {
         "storage.k8s.io" "v1" "CSIStorageCapacity" => a::storage::v1::CSIStorageCapacity,
         "apiextensions.k8s.io" "v1" "CustomResourceDefinition" => ext::CustomResourceDefinition,
         "authentication.k8s.io" "v1" "SelfSubjectReview" => a::authentication::v1::SelfSubjectReview,
+        "certificates.k8s.io" "v1" "CertificateSigningRequest" => a::certificates::v1::CertificateSigningRequest,
         "meta.k8s.io" "v1" "Status" => meta::Status,
         "meta.k8s.io" "v1" "DeleteOptions" => meta::DeleteOptions,
         "meta.k8s.io" "v1" "ListMeta" => meta::ListMeta,

@@ -47,6 +47,8 @@ pub fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError
 pub struct Pki {
     pub dir: PathBuf,
     pub ca_pem: String,
+    /// The CA's key: the certificate signer of the controllers signs with it.
+    pub ca_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
     serving_cert_pem: String,
@@ -143,7 +145,7 @@ impl Pki {
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             Ok(p)
         })?;
-        Ok(Pki { dir: dir.to_path_buf(), ca_pem, admin_cert_pem, admin_key_pem, serving_cert_pem, serving_key_pem })
+        Ok(Pki { dir: dir.to_path_buf(), ca_pem, ca_key_pem, admin_cert_pem, admin_key_pem, serving_cert_pem, serving_key_pem })
     }
 
     /// The rustls server configuration: serving cert, optional client certs verified

@@ -174,9 +174,10 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     // The controller manager and the scheduler, each while it leads (with one embedded store
     // there is one server, so always).
     let leadership = Leadership::Always;
-    let (controllers_api, storage_dir, ca_pem) = (api.clone(), cfg.data_dir.join("storage"), pki.ca_pem.clone());
+    let (controllers_api, storage_dir) = (api.clone(), cfg.data_dir.join("storage"));
+    let ca = crate::controllers::certificates::Ca { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() };
     leadership.run("kube-controller-manager", &control, move |scope| {
-        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca_pem: ca_pem.clone() };
+        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone() };
         crate::controllers::start(&|agent| controllers_api.client(agent), scope, cfg);
     });
     let scheduler_api = api.clone();

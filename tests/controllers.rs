@@ -34,7 +34,8 @@ impl T {
         let api = Api::new(Store::open(&dir.path().join("db"), 10_000).unwrap(), "127.0.0.1:6443".into());
         api.bootstrap().await.unwrap();
         let scope = Scope::new();
-        let cfg = ferrokube::controllers::Config { storage_dir: dir.path().join("storage"), ca_pem: "test CA".into() };
+        let ca = ferrokube::controllers::certificates::Ca { cert_pem: "test CA".into(), key_pem: String::new() };
+        let cfg = ferrokube::controllers::Config { storage_dir: dir.path().join("storage"), ca };
         ferrokube::controllers::start(&|agent| api.client(agent), &scope, cfg);
         ferrokube::scheduler::start(api.client("test-scheduler"), &scope);
         let client = Raw(api.client("controllers-test"));

@@ -229,6 +229,7 @@ impl Api {
         };
         let mut q = Query::parse(c.query);
         q.1 = managed::manager_from_user_agent(c.user_agent);
+        q.2 = c.user.clone();
         let collection = rr.name.is_none();
         let watching = rr.watch_prefix || q.flag("watch");
         let shape = if collection && !watching && c.method == "GET" { Shape::List } else { Shape::Object };

@@ -5,6 +5,7 @@
 //! runs under its own client identity and records events under its own component name, like
 //! the controllers of kube-controller-manager.
 
+pub mod certificates;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -72,8 +73,9 @@ impl Setup<'_> {
 pub struct Config {
     /// Where the `local-path` provisioner puts volumes.
     pub storage_dir: std::path::PathBuf,
-    /// The cluster CA, published to every namespace as `kube-root-ca.crt`.
-    pub ca_pem: String,
+    /// The cluster CA, published to every namespace as `kube-root-ca.crt`, and its key, with
+    /// which approved certificate requests are signed.
+    pub ca: certificates::Ca,
 }
 
 /// Starts every controller in `scope`; `clients(agent)` makes each one its own client.
@@ -81,7 +83,8 @@ pub fn start(clients: &dyn Fn(&str) -> Client, scope: &Scope, cfg: Config) {
     let mut informers = Informers::new();
     let mut s = Setup { informers: &mut informers, scope, clients };
     gc::start(s.ctl("garbage-collector", "garbage-collector"), &mut s);
-    serviceaccount::start(s.ctl("serviceaccount", "serviceaccount-controller"), &mut s, cfg.ca_pem);
+    serviceaccount::start(s.ctl("serviceaccount", "serviceaccount-controller"), &mut s, cfg.ca.cert_pem.clone());
+    certificates::start(s.ctl("certificate-signer", "certificatesigningrequest-signing-controller"), &mut s, cfg.ca);
     replicaset::start(s.ctl("replicaset", "replicaset-controller"), &mut s);
     deployment::start(s.ctl("deployment", "deployment-controller"), &mut s);
     job::start(s.ctl("job", "job-controller"), &mut s);

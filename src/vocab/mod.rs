@@ -6,6 +6,7 @@
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub mod cron;
+pub mod csr;
 pub mod hash;
 pub mod object;
 pub mod quantity;

@@ -301,6 +301,8 @@ pub mod builtin {
     pub const CSISTORAGECAPACITIES: Resource = Resource::new("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", true);
     /// `authentication.k8s.io/v1` SelfSubjectReview (answered, not stored).
     pub const SELFSUBJECTREVIEWS: Resource = Resource::new("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false);
+    /// `certificates.k8s.io/v1` CertificateSigningRequest.
+    pub const CERTIFICATESIGNINGREQUESTS: Resource = Resource::new("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false);
     /// `apiextensions.k8s.io/v1` CustomResourceDefinition.
     pub const CUSTOMRESOURCEDEFINITIONS: Resource = Resource::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false);
 }

@@ -207,4 +207,35 @@ check "a list type for a get falls back to the next entry" "ConfigMap" "$(api -H
 ev=$(api -N --max-time 2 -H 'Accept: application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io' "$BASE/api/v1/namespaces/default/configmaps?watch=true&fieldSelector=metadata.name%3Dtwice" | head -1)
 check "a metadata-only watch streams PartialObjectMetadata" "ADDED PartialObjectMetadata twice no-data" "$(echo "$ev" | python3 -c 'import json,sys; e=json.load(sys.stdin); o=e["object"]; print(e["type"], o["kind"], o["metadata"]["name"], "data" in o and "data" or "no-data")')"
 
+# A client certificate through the certificates API: request, approve, issue, authenticate.
+openssl req -new -newkey rsa:2048 -nodes -keyout "$E2E_DIR/jane.key" -subj "/CN=jane/O=dev" -out "$E2E_DIR/jane.csr" 2>/dev/null
+csr_yaml() { # name usages...
+  local name=$1; shift
+  printf 'apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {name: %s}\nspec:\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  request: %s\n  usages: [%s]\n' \
+    "$name" "$(base64 -w0 <"$E2E_DIR/jane.csr")" "$(IFS=,; echo "$*")"
+}
+csr_yaml jane "client auth" >"$E2E_DIR/jane.yaml"
+check_contains "a CertificateSigningRequest is created" "certificatesigningrequest.certificates.k8s.io/jane created" "$(k apply -f "$E2E_DIR/jane.yaml" 2>&1)"
+check "it records who asked" "system:admin" "$(k get csr jane -o jsonpath='{.spec.username}')"
+check "and waits for approval" "Pending" "$(k get csr jane --no-headers | awk '{print $NF}')"
+check "csr columns" "NAME AGE SIGNERNAME REQUESTOR REQUESTEDDURATION CONDITION" "$(k get csr jane | head -1 | xargs)"
+check_contains "kubectl certificate approve" "approved" "$(k certificate approve jane 2>&1)"
+eventually "the signer issues the certificate" "Approved,Issued" 10 bash -c "'$KUBECTL' get csr jane --no-headers | awk '{print \$NF}'"
+k get csr jane -o jsonpath='{.status.certificate}' | base64 -d >"$E2E_DIR/jane.crt"
+check "the certificate names jane of dev" "CN=jane O=dev" "$(openssl x509 -in "$E2E_DIR/jane.crt" -noout -subject -nameopt sep_multiline | awk 'NR>1 {gsub(/^ +/, ""); printf "%s%s", (n++ ? " " : ""), $0}')"
+check "it is a client certificate" "TLS Web Client Authentication" "$(openssl x509 -in "$E2E_DIR/jane.crt" -noout -ext extendedKeyUsage | tail -1 | xargs)"
+check_contains "and it authenticates as jane" "jane" "$(k --client-certificate="$E2E_DIR/jane.crt" --client-key="$E2E_DIR/jane.key" auth whoami 2>&1)"
+check_contains "with her groups" "[dev system:authenticated]" "$(k --client-certificate="$E2E_DIR/jane.crt" --client-key="$E2E_DIR/jane.key" auth whoami 2>&1)"
+check_contains "the approval cannot be taken back" 'updates may not remove a condition of type "Approved"' "$(k get csr jane -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); d["status"]["conditions"]=[]; print(json.dumps(d))' | k replace --raw /apis/certificates.k8s.io/v1/certificatesigningrequests/jane/approval -f - 2>&1)"
+csr_yaml serving "server auth" >"$E2E_DIR/serving.yaml"
+k apply -f "$E2E_DIR/serving.yaml" >/dev/null 2>&1
+k certificate approve serving >/dev/null 2>&1
+eventually "a usage the signer does not allow fails the request" "Approved,Failed" 10 bash -c "'$KUBECTL' get csr serving --no-headers | awk '{print \$NF}'"
+check_contains "with the signer's reason" "SignerValidationFailure" "$(k get csr serving -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason}')"
+csr_yaml denied "client auth" >"$E2E_DIR/denied.yaml"
+k apply -f "$E2E_DIR/denied.yaml" >/dev/null 2>&1
+check_contains "kubectl certificate deny" "denied" "$(k certificate deny denied 2>&1)"
+check "a denied request is never issued" "Denied " "$(sleep 1; k get csr denied --no-headers | awk '{print $NF}') $(k get csr denied -o jsonpath='{.status.certificate}')"
+check_contains "a request that is not a CSR is rejected" 'spec.request: Invalid value' "$(printf 'apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {name: junk}\nspec:\n  signerName: kubernetes.io/kube-apiserver-client\n  request: %s\n  usages: [client auth]\n' "$(echo junk | base64 -w0)" | k apply -f - 2>&1)"
+
 summary

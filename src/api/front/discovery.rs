@@ -18,6 +18,7 @@ fn resource_entries(k: &Kind) -> Vec<Value> {
         let (name, kind, group, version) = match sub {
             Sub::Status => ("status", k.kind, "", ""),
             Sub::Scale => ("scale", "Scale", "autoscaling", "v1"),
+            Sub::Approval => ("approval", k.kind, "", ""),
         };
         let mut e = json!({
             "name": format!("{}/{name}", k.plural),
@@ -126,6 +127,7 @@ pub fn aggregated(legacy: bool) -> Value {
                         .map(|s| match s {
                             Sub::Status => json!({"subresource": "status", "responseKind": {"group": g, "version": v, "kind": k.kind}, "verbs": ["get", "patch", "update"]}),
                             Sub::Scale => json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}),
+                            Sub::Approval => json!({"subresource": "approval", "responseKind": {"group": g, "version": v, "kind": k.kind}, "verbs": ["get", "patch", "update"]}),
                         })
                         .collect();
                     for (name, kind, group, version, verbs) in handler_subresources(k) {

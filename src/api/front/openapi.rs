@@ -130,6 +130,7 @@ fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
             let (name, sref) = match sub {
                 Sub::Status => ("status", own.clone()),
                 Sub::Scale => ("scale", "#/components/schemas/io.k8s.api.autoscaling.v1.Scale".to_string()),
+                Sub::Approval => ("approval", own.clone()),
             };
             paths.insert(format!("{item}/{name}"), json!({
                 "parameters": item_params,

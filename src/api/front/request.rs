@@ -94,9 +94,14 @@ pub fn route(path: &str) -> Result<Target, ApiError> {
 /// Decoded query parameters (last value wins), and the field manager to record when the
 /// request names none (upstream derives it from the User-Agent).
 #[derive(Debug, Default)]
-pub struct Query(pub HashMap<String, String>, pub String);
+pub struct Query(pub HashMap<String, String>, pub String, pub crate::vocab::user::UserInfo);
 
 impl Query {
+    /// Who makes the request.
+    pub fn user(&self) -> &crate::vocab::user::UserInfo {
+        &self.2
+    }
+
     /// The manager recorded in `managedFields` for this request.
     pub fn field_manager(&self) -> &str {
         self.get("fieldManager").unwrap_or(&self.1)
@@ -111,7 +116,7 @@ impl Query {
             };
             map.insert(dec(k), dec(v));
         }
-        Query(map, String::new())
+        Query(map, String::new(), Default::default())
     }
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())

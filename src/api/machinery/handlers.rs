@@ -137,6 +137,7 @@ impl Api {
         }
         match rr.sub.as_deref() {
             None | Some("status") => Ok(Reply::Raw(200, stored.json)),
+            Some("approval") if rr.kind.has(Sub::Approval) => Ok(Reply::Raw(200, stored.json)),
             Some("scale") if rr.kind.has(Sub::Scale) => Ok(Reply::Object(200, scale_of(rr.kind, &obj::parse_stored(&stored.json)?))),
             Some(s) => Err(ApiError::not_found_path(&format!("{}/{s}", rr.kind.plural))),
         }
@@ -195,9 +196,12 @@ impl Api {
         })
     }
 
-    /// Metadata every create gets; returns the namespace to check.
-    fn prepare_create(&self, rr: &ResourceReq, o: &mut Value) -> Result<(), ApiError> {
+    /// Metadata every create gets, and what the kind takes from its requester.
+    fn prepare_create(&self, rr: &ResourceReq, q: &Query, o: &mut Value) -> Result<(), ApiError> {
         obj::check_type(o, rr.kind)?;
+        if let Some(f) = rr.kind.strategy.creator {
+            f(o, q.user());
+        }
         let body_ns = vobj::namespace(o).map(String::from);
         let meta = meta_mut(o);
         if rr.kind.namespaced {
@@ -295,7 +299,7 @@ impl Api {
         let dry_run = q.dry_run()?;
         let mut o = decode_object(body, bt)?;
         let warnings = field_validation(rr.kind, &mut o, q, (bt == BodyType::Json).then_some(body))?;
-        self.prepare_create(rr, &mut o)?;
+        self.prepare_create(rr, q, &mut o)?;
         self.admit(rr.kind, &mut o, None)?;
         managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
         Ok(self.store_new(rr, o, dry_run).await?.with_warnings(warnings))
@@ -351,6 +355,12 @@ impl Api {
                 // Only status changes through the status subresource.
                 let mut r = old.clone();
                 r["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+                r
+            }
+            Some("approval") => {
+                // Only the conditions change through a CSR's approval subresource.
+                let mut r = old.clone();
+                r["status"]["conditions"] = new["status"]["conditions"].clone();
                 r
             }
             _ => {
@@ -460,6 +470,7 @@ impl Api {
         match rr.sub.as_deref() {
             None => Ok(()),
             Some("status") if rr.kind.has(Sub::Status) => Ok(()),
+            Some("approval") if rr.kind.has(Sub::Approval) => Ok(()),
             Some(s) => Err(ApiError::not_found_path(&format!("{}/{s}", rr.kind.plural))),
         }
     }
@@ -568,7 +579,7 @@ impl Api {
             match self.load(rr) {
                 Err(e) if e.code == 404 => {
                     let mut o = managed::apply(rr.kind, None, &applied, manager, force)?;
-                    self.prepare_create(rr, &mut o)?;
+                    self.prepare_create(rr, q, &mut o)?;
                     self.admit(rr.kind, &mut o, None)?;
                     match self.store_new(rr, o, dry_run).await {
                         Err(e) if e.reason == "AlreadyExists" => continue,

@@ -333,6 +333,26 @@ pub static PDBS: Columns = Columns {
     },
 };
 
+/// CertificateSigningRequests: signer, requestor, requested duration and the condition as
+/// upstream sums it up (`Approved,Issued`, `Denied`, `Pending`, ...).
+pub static CSRS: Columns = Columns {
+    defs: &[NAME, AGE, col("SignerName"), col("Requestor"), col("RequestedDuration"), col("Condition")],
+    cells: |o| {
+        let spec = &o["spec"];
+        let conds: Vec<&Value> = o["status"]["conditions"].as_array().into_iter().flatten().filter(|c| c["status"] != "False").collect();
+        let has = |t: &str| conds.iter().any(|c| c["type"] == t);
+        let mut cond = if has("Denied") { "Denied" } else if has("Approved") { "Approved" } else { "Pending" }.to_string();
+        if has("Failed") {
+            cond.push_str(",Failed");
+        }
+        if o["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()) {
+            cond.push_str(",Issued");
+        }
+        let duration = spec["expirationSeconds"].as_i64().map(human_duration).unwrap_or_else(|| "<none>".into());
+        vec![name(o), age(o), json!(s(&spec["signerName"])), json!(s(&spec["username"])), json!(duration), json!(cond)]
+    },
+};
+
 pub static CONTROLLERREVISIONS: Columns = Columns {
     defs: &[NAME, col("Controller"), int_col("Revision"), AGE],
     cells: |o| {

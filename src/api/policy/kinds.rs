@@ -26,6 +26,8 @@ pub struct Strategy {
     /// An update without `metadata.resourceVersion` overwrites whatever is current (true for
     /// the built-in kinds, as upstream; custom resources require one).
     pub unconditional_update: bool,
+    /// Sets what a create takes from its requester (a CSR's `spec.username`, ...).
+    pub creator: Option<fn(&mut Value, &crate::vocab::user::UserInfo)>,
 }
 
 fn no_defaults(_: &mut Value) {}
@@ -43,6 +45,7 @@ impl Strategy {
         generation: false,
         initial_status: None,
         unconditional_update: true,
+        creator: None,
     };
     /// Kinds with a spec/status split.
     pub const WORKLOAD: Strategy = Strategy { generation: true, ..Strategy::PLAIN };
@@ -56,6 +59,8 @@ pub type Review = fn(&crate::api::Api, &crate::vocab::user::UserInfo, Value) -> 
 pub enum Sub {
     Status,
     Scale,
+    /// A CSR's approval conditions.
+    Approval,
 }
 
 /// What a custom resource kind carries beside the table columns (from its CRD).
@@ -197,6 +202,7 @@ pub static KINDS: &[Kind] = &[
     kind!(CSINODES, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(CSISTORAGECAPACITIES, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(SELFSUBJECTREVIEWS, review super::reviews::self_subject),
+    kind!(CERTIFICATESIGNINGREQUESTS, ["csr"], [], [Status, Approval], super::certificates::CSR, CSRS),
     kind!(CUSTOMRESOURCEDEFINITIONS, ["crd", "crds"], ["api-extensions"], [Status], crate::api::custom::CRD, DEFAULT),
 ];
 
