@@ -178,6 +178,7 @@ fn schemas() {
         "apiextensions.k8s.io" "v1" "CustomResourceDefinition" => ext::CustomResourceDefinition,
         "authentication.k8s.io" "v1" "SelfSubjectReview" => a::authentication::v1::SelfSubjectReview,
         "certificates.k8s.io" "v1" "CertificateSigningRequest" => a::certificates::v1::CertificateSigningRequest,
+        "apiregistration.k8s.io" "v1" "APIService" => k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService,
         "meta.k8s.io" "v1" "Status" => meta::Status,
         "meta.k8s.io" "v1" "DeleteOptions" => meta::DeleteOptions,
         "meta.k8s.io" "v1" "ListMeta" => meta::ListMeta,

@@ -303,6 +303,8 @@ pub mod builtin {
     pub const SELFSUBJECTREVIEWS: Resource = Resource::new("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false);
     /// `certificates.k8s.io/v1` CertificateSigningRequest.
     pub const CERTIFICATESIGNINGREQUESTS: Resource = Resource::new("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false);
+    /// `apiregistration.k8s.io/v1` APIService (the aggregation layer's registrations).
+    pub const APISERVICES: Resource = Resource::new("apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", false);
     /// `apiextensions.k8s.io/v1` CustomResourceDefinition.
     pub const CUSTOMRESOURCEDEFINITIONS: Resource = Resource::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false);
 }

@@ -4,7 +4,7 @@ use crate::vocab::status::Cause;
 use serde_json::Value;
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 const QUALIFIED_NAME_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 
@@ -69,16 +69,42 @@ pub fn is_label_value(v: &str) -> bool {
 }
 
 /// Validates a name of an object: `label` selects DNS-1123 label rules over subdomain rules.
-pub fn validate_name(field: &str, name: &str, label: bool, causes: &mut Vec<Cause>) {
+pub fn validate_name(field: &str, name: &str, rule: NameRule, causes: &mut Vec<Cause>) {
+    let invalid = |why: &str| Cause::invalid(field, &Value::String(name.into()), why);
     if name.is_empty() {
         causes.push(Cause::required(field, "name or generateName is required"));
-    } else if label && !is_dns1123_label(name) {
-        let why = if name.len() > 63 { "must be no more than 63 characters" } else { DNS1123_LABEL_MSG };
-        causes.push(Cause::invalid(field, &Value::String(name.into()), why));
-    } else if !label && !is_dns1123_subdomain(name) {
-        let why = if name.len() > 253 { "must be no more than 253 characters" } else { DNS1123_SUBDOMAIN_MSG };
-        causes.push(Cause::invalid(field, &Value::String(name.into()), why));
+        return;
     }
+    match rule {
+        NameRule::Label if !is_dns1123_label(name) => {
+            causes.push(invalid(if name.len() > 63 { "must be no more than 63 characters" } else { DNS1123_LABEL_MSG }));
+        }
+        NameRule::Subdomain if !is_dns1123_subdomain(name) => {
+            causes.push(invalid(if name.len() > 253 { "must be no more than 253 characters" } else { DNS1123_SUBDOMAIN_MSG }));
+        }
+        NameRule::PathSegment => {
+            if name == "." || name == ".." {
+                causes.push(invalid(&format!("may not be '{name}'")));
+            }
+            for c in ["/", "%"] {
+                if name.contains(c) {
+                    causes.push(invalid(&format!("may not contain '{c}'")));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What object names of a kind must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain (most kinds).
+    Subdomain,
+    /// A DNS-1123 label (namespaces, services).
+    Label,
+    /// Anything usable as one URL path segment (APIServices: `v1.`, `v1beta1.metrics.k8s.io`).
+    PathSegment,
 }
 
 /// Validates labels: keys are qualified names, values label values.
@@ -132,10 +158,10 @@ pub fn validate_annotations(field: &str, ann: Option<&Value>, causes: &mut Vec<C
 }
 
 /// Generic metadata checks every kind gets.
-pub fn validate_metadata(obj: &Value, name_is_label: bool, causes: &mut Vec<Cause>) {
+pub fn validate_metadata(obj: &Value, rule: NameRule, causes: &mut Vec<Cause>) {
     let meta = &obj["metadata"];
     let name = meta["name"].as_str().unwrap_or("");
-    validate_name("metadata.name", name, name_is_label, causes);
+    validate_name("metadata.name", name, rule, causes);
     validate_labels("metadata.labels", meta.get("labels"), causes);
     validate_annotations("metadata.annotations", meta.get("annotations"), causes);
     if let Some(fins) = meta.get("finalizers") {

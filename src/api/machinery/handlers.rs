@@ -264,7 +264,7 @@ impl Api {
         }
         (kind.strategy.defaults)(o);
         let mut causes: Vec<Cause> = Vec::new();
-        validation::validate_metadata(o, kind.strategy.name_is_label, &mut causes);
+        validation::validate_metadata(o, kind.strategy.name, &mut causes);
         (kind.strategy.validate)(o, old, &mut causes);
         custom::admit(kind, o, &mut causes);
         if causes.is_empty() {

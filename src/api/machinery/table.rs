@@ -353,6 +353,23 @@ pub static CSRS: Columns = Columns {
     },
 };
 
+/// APIServices: the backing Service (`Local` for groups this server serves) and
+/// availability (`False (Reason)` when not available).
+pub static APISERVICES: Columns = Columns {
+    defs: &[NAME, col("Service"), col("Available"), AGE],
+    cells: |o| {
+        let svc = &o["spec"]["service"];
+        let service = if svc.is_object() { format!("{}/{}", s(&svc["namespace"]), s(&svc["name"])) } else { "Local".into() };
+        let cond = o["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Available");
+        let available = match cond {
+            None => "Unknown".to_string(),
+            Some(c) if c["status"] == "True" => "True".into(),
+            Some(c) => format!("{} ({})", s(&c["status"]), s(&c["reason"])),
+        };
+        vec![name(o), json!(service), json!(available), age(o)]
+    },
+};
+
 pub static CONTROLLERREVISIONS: Columns = Columns {
     defs: &[NAME, col("Controller"), int_col("Revision"), AGE],
     cells: |o| {

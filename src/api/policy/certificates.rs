@@ -54,8 +54,8 @@ fn validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
         if old["spec"] != o["spec"] {
             c.push(Cause::invalid("spec", &json!("<spec>"), "field is immutable"));
         }
-        if let (Some(was), true) = (old["status"]["certificate"].as_str().filter(|s| !s.is_empty()), old["status"]["certificate"] != o["status"]["certificate"]) {
-            let _ = was;
+        let issued = old["status"]["certificate"].as_str().is_some_and(|s| !s.is_empty());
+        if issued && old["status"]["certificate"] != o["status"]["certificate"] {
             c.push(Cause::invalid("status.certificate", &json!("<certificate>"), "updates may not modify existing certificate content"));
         }
     }

@@ -17,8 +17,8 @@ pub struct Strategy {
     pub validate: fn(&Value, Option<&Value>, &mut Vec<Cause>),
     /// Value of a kind-specific field selector (`spec.nodeName`, `status.phase`, ...).
     pub field: fn(&Value, &str) -> Option<String>,
-    /// The name must be a DNS-1123 label (63 chars) rather than a subdomain.
-    pub name_is_label: bool,
+    /// What names must look like (a DNS-1123 subdomain for most kinds).
+    pub name: crate::vocab::validation::NameRule,
     /// `metadata.generation` is maintained (bumped when anything but metadata/status changes).
     pub generation: bool,
     /// Status reset on create (object -> fresh status).
@@ -41,7 +41,7 @@ impl Strategy {
         defaults: no_defaults,
         validate: no_validation,
         field: no_fields,
-        name_is_label: false,
+        name: crate::vocab::validation::NameRule::Subdomain,
         generation: false,
         initial_status: None,
         unconditional_update: true,
@@ -203,6 +203,7 @@ pub static KINDS: &[Kind] = &[
     kind!(CSISTORAGECAPACITIES, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(SELFSUBJECTREVIEWS, review super::reviews::self_subject),
     kind!(CERTIFICATESIGNINGREQUESTS, ["csr"], [], [Status, Approval], super::certificates::CSR, CSRS),
+    kind!(APISERVICES, [], ["api-extensions"], [Status], super::apiservices::APISERVICE, APISERVICES),
     kind!(CUSTOMRESOURCEDEFINITIONS, ["crd", "crds"], ["api-extensions"], [Status], crate::api::custom::CRD, DEFAULT),
 ];
 

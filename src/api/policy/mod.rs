@@ -1,6 +1,7 @@
 //! Per-kind policy: the table of kinds and what differs by kind (defaulting, validation,
 //! CRDs, Service addresses, service-account tokens, eviction, namespaces).
 
+pub mod apiservices;
 pub mod certificates;
 pub mod custom;
 pub mod eviction;

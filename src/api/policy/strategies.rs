@@ -530,7 +530,7 @@ fn namespace_defaults(o: &mut Value) {
 }
 pub const NAMESPACE: Strategy = Strategy {
     defaults: namespace_defaults,
-    name_is_label: true,
+    name: crate::vocab::validation::NameRule::Label,
     initial_status: Some(|_| json!({"phase": "Active"})),
     field: |o, f| match f {
         "status.phase" => Some(str_at(o, &["status", "phase"]).unwrap_or("").to_string()),
@@ -622,7 +622,7 @@ fn service_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
 pub const SERVICE: Strategy = Strategy {
     defaults: service_defaults,
     validate: service_validate,
-    name_is_label: true,
+    name: crate::vocab::validation::NameRule::Label,
     initial_status: Some(|_| json!({"loadBalancer": {}})),
     field: |o, f| match f {
         "spec.clusterIP" => Some(str_at(o, &["spec", "clusterIP"]).unwrap_or("").to_string()),
