@@ -53,6 +53,37 @@ pub struct Pki {
     pub admin_key_pem: String,
     serving_cert_pem: String,
     serving_key_pem: String,
+    /// The CA extension API servers trust for the front-proxy headers (requestheader CA).
+    pub front_proxy_ca_pem: String,
+    /// The aggregator's client certificate (CN [`FRONT_PROXY_CLIENT`]) and key.
+    pub front_proxy_client_cert_pem: String,
+    pub front_proxy_client_key_pem: String,
+}
+
+/// The common name of the aggregator's client certificate (`requestheader-allowed-names`).
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+
+/// Loads `<name>.crt/.key`, a CA, or creates it (self-signed, CN `cn`); returns its
+/// certificate, key and the issuer signing with it.
+fn authority(dir: &Path, name: &str, cn: &str) -> Result<(String, String, Issuer<'static, KeyPair>), PkiError> {
+    let (crt, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (cert_pem, key_pem) = match (read(&crt)?, read(&key_path)?) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let key = KeyPair::generate()?;
+            let mut p = params(cn, None, CA_DAYS);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            let cert = p.self_signed(&key)?;
+            write_private(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+            write_private(&crt, cert.pem().as_bytes(), 0o644)?;
+            tracing::info!(dir = %dir.display(), name, "created certificate authority");
+            (cert.pem(), key.serialize_pem())
+        }
+    };
+    let signing = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Parse { path: key_path.clone(), why: e.to_string() })?;
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, signing).map_err(|e| PkiError::Parse { path: crt.clone(), why: e.to_string() })?;
+    Ok((cert_pem, key_pem, issuer))
 }
 
 fn days_left(pem: &str) -> Option<i64> {
@@ -108,24 +139,7 @@ impl Pki {
     /// names and addresses.
     pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-        let (ca_pem, ca_key_pem) = match (read(&ca_crt)?, read(&ca_key)?) {
-            (Some(c), Some(k)) => (c, k),
-            _ => {
-                let key = KeyPair::generate()?;
-                let mut p = params("ferrokube-ca", None, CA_DAYS);
-                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-                let cert = p.self_signed(&key)?;
-                write_private(&ca_key, key.serialize_pem().as_bytes(), 0o600)?;
-                write_private(&ca_crt, cert.pem().as_bytes(), 0o644)?;
-                tracing::info!(dir = %dir.display(), "created cluster CA");
-                (cert.pem(), key.serialize_pem())
-            }
-        };
-        let ca_signing = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Parse { path: ca_key.clone(), why: e.to_string() })?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_signing).map_err(|e| PkiError::Parse { path: ca_crt.clone(), why: e.to_string() })?;
-
+        let (ca_pem, ca_key_pem, issuer) = authority(dir, "ca", "ferrokube-ca")?;
         let (serving_cert_pem, serving_key_pem) = leaf(dir, "serving", &issuer, |have| sans.iter().all(|s| have.contains(s)), || {
             let mut p = params("ferrokube-apiserver", None, LEAF_DAYS);
             p.subject_alt_names = sans
@@ -145,7 +159,27 @@ impl Pki {
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             Ok(p)
         })?;
-        Ok(Pki { dir: dir.to_path_buf(), ca_pem, ca_key_pem, admin_cert_pem, admin_key_pem, serving_cert_pem, serving_key_pem })
+        // The aggregation layer's own CA and the client certificate it presents to extension
+        // API servers: they trust requests signed by this CA alone to carry X-Remote-* headers.
+        let (front_proxy_ca_pem, _, front_proxy_issuer) = authority(dir, "front-proxy-ca", "ferrokube-front-proxy-ca")?;
+        let (front_proxy_client_cert_pem, front_proxy_client_key_pem) = leaf(dir, "front-proxy-client", &front_proxy_issuer, |_| true, || {
+            let mut p = params(FRONT_PROXY_CLIENT, None, LEAF_DAYS);
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            Ok(p)
+        })?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            ca_pem,
+            ca_key_pem,
+            admin_cert_pem,
+            admin_key_pem,
+            serving_cert_pem,
+            serving_key_pem,
+            front_proxy_ca_pem,
+            front_proxy_client_cert_pem,
+            front_proxy_client_key_pem,
+        })
     }
 
     /// The rustls server configuration: serving cert, optional client certs verified
