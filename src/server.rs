@@ -6,7 +6,7 @@ use crate::pki::{self, Pki};
 use crate::runtime::leader::Leadership;
 use crate::runtime::{Client, Scope};
 use crate::store::{Store, StoreError};
-use crate::vocab::resource::builtin::{ENDPOINTS, ENDPOINTSLICES, SERVICES};
+use crate::vocab::resource::builtin::{CONFIGMAPS, ENDPOINTS, ENDPOINTSLICES, SERVICES};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -171,6 +171,11 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     // One scope per layer, stopped in order at shutdown.
     let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
     serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
+    // The aggregation layer: APIServices registered, checked, and proxied to with the
+    // front-proxy client certificate; extension servers learn how to trust it.
+    api.aggregator.set_identity(crate::api::aggregator::backend::Identity { cert_pem: pki.front_proxy_client_cert_pem.clone(), key_pem: pki.front_proxy_client_key_pem.clone() });
+    crate::api::aggregator::available::start(&api, &serving);
+    publish_authentication_info(&api, &pki).await;
     // The controller manager and the scheduler, each while it leads (with one embedded store
     // there is one server, so always).
     let leadership = Leadership::Always;
@@ -392,6 +397,30 @@ async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api
         endpoint,
     };
     published.publish(&client).await;
+}
+
+/// `kube-system/extension-apiserver-authentication`: how extension API servers
+/// authenticate this server's requests (front-proxy client certificates from the
+/// requestheader CA, with the identity in `X-Remote-*` headers) and clients' certificates.
+async fn publish_authentication_info(api: &std::sync::Arc<Api>, pki: &Pki) {
+    let client = api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
+    let data = serde_json::json!({
+        "client-ca-file": pki.ca_pem,
+        "requestheader-allowed-names": format!("[\"{}\"]", pki::FRONT_PROXY_CLIENT),
+        "requestheader-client-ca-file": pki.front_proxy_ca_pem,
+        "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
+        "requestheader-group-headers": "[\"X-Remote-Group\"]",
+        "requestheader-uid-headers": "[\"X-Remote-Uid\"]",
+        "requestheader-username-headers": "[\"X-Remote-User\"]",
+    });
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"}, "data": data});
+    let result = match client.create(CONFIGMAPS.ns("kube-system"), &cm).await {
+        Err(e) if e.code == 409 => client.merge_patch(CONFIGMAPS.named("kube-system", "extension-apiserver-authentication"), &serde_json::json!({"data": data})).await,
+        other => other,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "extension-apiserver-authentication not written");
+    }
 }
 
 fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartError> {

@@ -4,6 +4,7 @@
 //! what differs by kind), and what it serves from a [`node`] (logs, exec, port-forward). This
 //! file routes a call to them and renders the reply.
 
+pub mod aggregator;
 pub mod front;
 pub mod machinery;
 pub mod node;
@@ -67,6 +68,8 @@ pub struct Api {
     pub service_ranges_set: std::sync::OnceLock<services::ServiceRanges>,
     /// Held while a Service's addresses are chosen and written.
     service_alloc: tokio::sync::Mutex<()>,
+    /// The aggregation layer: APIServices and how to reach extension API servers.
+    pub aggregator: aggregator::Aggregator,
 }
 
 const RMW_SHARDS: usize = 64;
@@ -195,7 +198,7 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()) })
+        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new() })
     }
 
     /// The service CIDR and node port range in force.
@@ -278,14 +281,14 @@ impl Api {
                 let (code, text) = if ready { (200, "ok") } else { (503, "not ready") };
                 Rendered { code, content_type: "text/plain; charset=utf-8", body: Body::Full(Bytes::from(text)), warnings: Vec::new() }
             }
-            Target::LegacyRoot if aggregated => agg(discovery::aggregated(true)),
-            Target::GroupsRoot if aggregated => agg(discovery::aggregated(false)),
+            Target::LegacyRoot if aggregated => agg(discovery::aggregated(true, &self.aggregator)),
+            Target::GroupsRoot if aggregated => agg(discovery::aggregated(false, &self.aggregator)),
             Target::LegacyRoot => Rendered::json(200, &discovery::legacy_root(&self.advertise)),
-            Target::GroupsRoot => Rendered::json(200, &discovery::groups_root()),
-            Target::Group(g) => Rendered::json(200, &discovery::group(&g).ok_or_else(|| ApiError::not_found_path(c.path))?),
+            Target::GroupsRoot => Rendered::json(200, &discovery::groups_root(&self.aggregator)),
+            Target::Group(g) => Rendered::json(200, &discovery::group(&g, &self.aggregator).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::GroupVersion(g, v) => Rendered::json(200, &discovery::resource_list(&g, &v).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::OpenApi(p) => match p.trim_end_matches('/') {
-                "/openapi/v3" => Rendered::json(200, &openapi::index()),
+                "/openapi/v3" => Rendered::json(200, &openapi::index(&self.aggregator)),
                 "/openapi/v2" => {
                     // Served as JSON only; a protobuf-only client gets 406 and falls back.
                     response_format(c.accept)?;

@@ -136,3 +136,23 @@ eventually() {
     sleep 0.5
   done
 }
+
+# extension_certs DIR: a CA (DIR/ext-ca.crt) and a serving certificate for
+# metrics-server.kube-system.svc signed by it (DIR/ext.crt, DIR/ext.key), as an extension
+# API server behind an APIService presents; DIR/other-ca.crt is a CA that did not sign it.
+extension_certs() {
+  local d=$1
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/ext-ca.key" -out "$d/ext-ca.crt" -days 1 -subj "/CN=ext-ca" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/other-ca.key" -out "$d/other-ca.crt" -days 1 -subj "/CN=other-ca" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$d/ext.key" -out "$d/ext.csr" -subj "/CN=metrics-server.kube-system.svc" 2>/dev/null
+  printf 'subjectAltName=DNS:metrics-server.kube-system.svc\n' >"$d/ext.cnf"
+  openssl x509 -req -in "$d/ext.csr" -CA "$d/ext-ca.crt" -CAkey "$d/ext-ca.key" -CAcreateserial -out "$d/ext.crt" -days 1 -extfile "$d/ext.cnf" 2>/dev/null
+}
+
+# metrics_apiservice CA-FILE [PORT]: the APIService of metrics.k8s.io/v1beta1, served by
+# kube-system/metrics-server (PORT, default 443), trusting CA-FILE.
+metrics_apiservice() {
+  printf 'apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1beta1.metrics.k8s.io}\nspec:\n  group: metrics.k8s.io\n  version: v1beta1\n  groupPriorityMinimum: 100\n  versionPriority: 100\n  service: {name: metrics-server, namespace: kube-system, port: %s}\n  caBundle: %s\n' \
+    "${2:-443}" "$(base64 -w0 <"$1")"
+}

@@ -3,8 +3,8 @@
 # balancing from the host and from a pod, NodePort and LoadBalancer on the node address,
 # ClientIP affinity, a pod reaching itself through its service, connections refused when a
 # service has no endpoints; cluster DNS (service, headless and StatefulSet pod names, other
-# names through an upstream resolver the test runs on loopback); and `ferrokube cleanup`
-# removing ferrokube's rules (only those).
+# names through an upstream resolver the test runs on loopback); an extension API server in
+# a pod behind an APIService; and `ferrokube cleanup` removing ferrokube's rules (only those).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 use_node
@@ -146,6 +146,59 @@ check "without endpoints the connection is refused" "7" "$rc"
 check "at once, not after a timeout" "yes" "$([ "$ms" -lt 1000 ] && echo yes)"
 k scale deploy echo --replicas=2 >/dev/null
 eventually "back to 2, it serves again" "yes" 90 sh -c "curl -s --max-time 2 http://$CIP/ | grep -q echo- && echo yes"
+
+# An extension API server in a pod (the host's python3 through hostPath mounts; its code
+# from a ConfigMap, its certificate from a Secret, the aggregator's trust from
+# extension-apiserver-authentication), registered for metrics.k8s.io.
+extension_certs "$E2E_DIR/ext"
+k -n kube-system create secret tls metrics-server-tls --cert="$E2E_DIR/ext/ext.crt" --key="$E2E_DIR/ext/ext.key" >/dev/null
+k -n kube-system create configmap metrics-server-code --from-file="$(dirname "$0")/extension_apiserver.py" >/dev/null
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [/usr/bin/python3, /srv/extension_apiserver.py, "4443", /tls/tls.crt, /tls/tls.key, /auth, e2e-node]
+    ports: [{name: https, containerPort: 4443}]
+    readinessProbe: {tcpSocket: {port: 4443}, periodSeconds: 1}
+    volumeMounts:
+    - {name: usr, mountPath: /usr, readOnly: true}
+    - {name: lib, mountPath: /lib, readOnly: true}
+    - {name: lib64, mountPath: /lib64, readOnly: true}
+    - {name: code, mountPath: /srv}
+    - {name: tls, mountPath: /tls}
+    - {name: auth, mountPath: /auth}
+  volumes:
+  - {name: usr, hostPath: {path: /usr}}
+  - {name: lib, hostPath: {path: /usr/lib}}
+  - {name: lib64, hostPath: {path: /usr/lib64}}
+  - {name: code, configMap: {name: metrics-server-code}}
+  - {name: tls, secret: {secretName: metrics-server-tls}}
+  - {name: auth, configMap: {name: extension-apiserver-authentication}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  selector: {k8s-app: metrics-server}
+  ports: [{name: https, port: 443, targetPort: https}]
+YAML
+metrics_apiservice "$E2E_DIR/ext/ext-ca.crt" | k apply -f - >/dev/null
+check_cmd "the extension server's pod gets ready" k -n kube-system wait --for=condition=Ready pod/metrics-server --timeout=60s
+eventually "its APIService becomes Available" "kube-system/metrics-server True" 30 bash -c "'$KUBECTL' get apiservice v1beta1.metrics.k8s.io --no-headers | awk '{print \$2, \$3}'"
+check "kubectl get --raw /apis/metrics.k8s.io/v1beta1 through the API server" "APIResourceList metrics.k8s.io/v1beta1" \
+  "$(k get --raw /apis/metrics.k8s.io/v1beta1 | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["kind"], d["groupVersion"])')"
+check_contains "the pod saw the caller in the front-proxy headers" "GET /apis/metrics.k8s.io/v1beta1 user=system:admin groups=system:masters,system:authenticated proxy=front-proxy-client" "$(k -n kube-system logs metrics-server)"
+check "kubectl top node reads it" "e2e-node 250m" "$(k top node e2e-node --no-headers 2>&1 | awk '{print $1, $2}')"
+k -n kube-system delete svc metrics-server >/dev/null
+eventually "deleting the Service turns it unavailable" "False (ServiceNotFound)" 20 bash -c "'$KUBECTL' get apiservice v1beta1.metrics.k8s.io --no-headers | awk '{print \$3, \$4}'"
+k delete apiservice v1beta1.metrics.k8s.io >/dev/null
+k -n kube-system delete pod metrics-server --wait=true --timeout=60s >/dev/null
 
 k delete pods,deploy --all --wait=true --timeout=60s >/dev/null 2>&1
 stop_server TERM

@@ -119,6 +119,11 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
         None if is_public(&path) => anonymous(),
         None => return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body())),
     };
+    if let Some(target) = api.aggregator.remote_for(&path) {
+        let resp = crate::api::aggregator::proxy::forward(&api.aggregator, target, req, &user).await;
+        tracing::debug!(%peer, %method, %path, code = resp.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "proxied request");
+        return resp;
+    }
     if let Some(what) = crate::api::streaming::wants_stream(&req) {
         return match crate::api::streaming::upgrade(api, req, what).await {
             Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),

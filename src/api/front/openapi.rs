@@ -309,8 +309,15 @@ fn docs() -> Arc<Docs> {
 }
 
 /// The `/openapi/v3` index.
-pub fn index() -> Value {
-    docs().index.clone()
+pub fn index(agg: &crate::api::aggregator::Aggregator) -> Value {
+    let mut index = docs().index.clone();
+    // Remote group-versions: their documents come from their servers (proxied); the hash
+    // changes with what their discovery last said.
+    for r in agg.remote_versions().into_iter().filter(|r| r.available) {
+        let hash = format!("{:016X}", crate::vocab::hash::fnv64(r.resources.as_ref().map(|d| d.to_string()).unwrap_or_default().as_bytes()));
+        index["paths"][format!("apis/{}/{}", r.group, r.version)] = json!({"serverRelativeURL": format!("/openapi/v3/apis/{}/{}?hash={hash}", r.group, r.version)});
+    }
+    index
 }
 
 /// The document at `/openapi/v3/<gv>` (JSON text).
