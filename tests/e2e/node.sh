@@ -55,9 +55,18 @@ check "exec prints stdout" "hello-exec" "$(k exec web -c side -- echo hello-exec
 k exec web -c side -- sh -c 'exit 7' >/dev/null 2>&1
 check "exec returns the command's exit code" "7" "$?"
 check "exec -i passes stdin" "piped" "$(echo piped | k exec -i web -c side -- head -1)"
+# stdin ends on its own (SPDY to the runtime), so the exit status still comes back after it.
+echo in | k exec -i web -c side -- sh -c 'cat >/dev/null; exit 3' >/dev/null 2>&1
+check "exec -i returns the exit code after stdin ends" "3" "$?"
+out=$(echo in | k exec -i web -c side -- sh -c 'read l; echo out:$l; echo err:$l >&2' 2>"$E2E_DIR/err.txt")
+check "exec -i keeps stdout and stderr apart" "out:in err:in" "$out $(cat "$E2E_DIR/err.txt")"
 # (NUL bytes a terminal does not show are ignored: one sometimes precedes the output, raw
 # or echoed back as "^@".)
 check "exec -it gets a terminal" "/dev/pts/0" "$(script -qc "$KUBECTL exec -it web -c side -- tty" /dev/null | tr -d '\r\000' | sed 's/\^@//g' | head -1)"
+# (The size reaches the runtime on the resize channel after the process starts.)
+check "exec -it passes the terminal's size" "33 101" "$(script -qc "stty rows 33 cols 101; $KUBECTL exec -it web -c side -- sh -c 'sleep 1; stty size'" /dev/null | tr -d '\r\000' | sed 's/\^@//g' | head -1)"
+script -qec "$KUBECTL exec -it web -c side -- sh -c 'exit 5'" /dev/null >/dev/null 2>&1
+check "exec -it returns the exit code" "5" "$?"
 py=$("${PYTHON:-python3}" - "$KUBECONFIG" <<'PY' 2>&1
 import sys
 from kubernetes import client, config

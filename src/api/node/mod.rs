@@ -3,4 +3,5 @@
 
 pub mod logs;
 pub mod portforward;
+pub mod spdy;
 pub mod streaming;

@@ -16,7 +16,6 @@ use crate::api::Api;
 use crate::cri::{v1, Cri};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response};
@@ -86,7 +85,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
         let backend = connect_runtime(&url, V4).await?;
         tokio::spawn(async move {
             let Some(ws) = accept(client).await else { return };
-            relay(ws, backend, false).await;
+            relay(ws, backend).await;
         });
         return switching(&key, if plain { "" } else { V4 });
     }
@@ -124,30 +123,9 @@ async fn sandbox_of(cri: &mut Cri, uid: &str, name: &str) -> Result<String, ApiE
 
 /// Asks the runtime for a port-forward URL and upgrades a connection to it to SPDY.
 async fn spdy_upstream(cri: &mut Cri, sandbox: String) -> Result<Upgraded, ApiError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| ApiError::internal(format!("port-forward: {what}: {e}"));
     let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] }).await;
-    let url = url.map_err(|e| fail("runtime", &e.message()))?.into_inner().url;
-    let uri: http::Uri = url.parse().map_err(|e| fail("streaming URL", &e))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(fail("streaming URL", &format!("{url} is not plain http on the runtime's local streaming server")));
-    }
-    let authority = uri.authority().map(|a| a.to_string()).ok_or_else(|| fail("streaming URL", &url))?;
-    let tcp = tokio::net::TcpStream::connect(&authority).await.map_err(|e| fail("connecting to the runtime's streaming server", &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| fail("handshake", &e))?;
-    tokio::spawn(conn.with_upgrades());
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let req = Request::post(path)
-        .header(hyper::header::HOST, authority.as_str())
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, SPDY)
-        .header(STREAM_PROTOCOL_HEADER, STREAM_PROTOCOL)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| fail("request", &e))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail("upgrade", &e))?;
-    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(fail("upgrade", &format!("the runtime answered {}", resp.status())));
-    }
-    hyper::upgrade::on(resp).await.map_err(|e| fail("upgrade", &e))
+    let url = url.map_err(|e| ApiError::internal(format!("port-forward: runtime: {}", e.message())))?.into_inner().url;
+    crate::api::streaming::spdy_upgrade(&url, STREAM_PROTOCOL).await
 }
 
 /// Carries a byte stream in binary websocket messages, both ways, until either side ends.

@@ -1,13 +1,15 @@
 //! `pods/<name>/exec` and `pods/<name>/attach`: the client's websocket (`v5.channel.k8s.io`
 //! from kubectl, `v4.channel.k8s.io` from the Python client) is relayed to the streaming URL
-//! the container runtime hands out (CRI `Exec`/`Attach`), frame by frame: the first byte of
-//! every message is the channel (0 stdin, 1 stdout, 2 stderr, 3 error/exit status, 4
-//! terminal resize, 255 close in v5). Clients may send text messages as well as binary ones
-//! (the Python client writes `str` stdin as text, `chr(0)` first), as upstream accepts.
+//! the container runtime hands out (CRI `Exec`/`Attach`), one SPDY stream per channel
+//! ([`super::spdy`]). The first byte of every client message is the channel (0 stdin, 1
+//! stdout, 2 stderr, 3 error/exit status, 4 terminal resize, 255 close in v5). Clients may
+//! send text messages as well as binary ones (the Python client writes `str` stdin as text,
+//! `chr(0)` first), as upstream accepts.
 
 use crate::vocab::status::ApiError;
 use crate::api::Api;
 use crate::cri::v1;
+use super::spdy::Channel;
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::Request;
@@ -17,7 +19,7 @@ use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
 
 /// Subprotocols served, most preferred first.
 const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
-/// What the relay speaks to the runtime's streaming server.
+/// The remote-command protocol spoken with the runtime's streaming server (over SPDY).
 const BACKEND_PROTOCOL: &str = "v4.channel.k8s.io";
 
 /// Whether a request is an upgrade for exec, attach or port-forward of a pod: a websocket
@@ -83,12 +85,20 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static s
         let r = cri.runtime.attach(v1::AttachRequest { container_id, stdin, tty, stdout, stderr: stderr && !tty }).await;
         r.map_err(|e| ApiError::internal(format!("attach: {}", e.message())))?.into_inner().url
     };
-    let backend = connect_runtime(&url, BACKEND_PROTOCOL).await?;
+    // SPDY to the runtime: its streams end one by one (stdin first, the exit status last),
+    // which the runtime's websocket protocol cannot express.
+    let backend = spdy_upgrade(&url, BACKEND_PROTOCOL).await?;
     let v5 = *protocol == "v5.channel.k8s.io";
+    let mut channels = Vec::new();
+    for (wanted, ch) in [(stdin, Channel::Stdin), (stdout, Channel::Stdout), (stderr && !tty, Channel::Stderr), (tty, Channel::Resize)] {
+        if wanted {
+            channels.push(ch);
+        }
+    }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Some(client) = accept(upgrade).await else { return };
-        relay(client, backend, v5).await;
+        super::spdy::relay(client, backend, &channels, v5).await;
     });
     switching(&key, protocol)
 }
@@ -148,6 +158,35 @@ pub(super) async fn connect_runtime(url: &str, protocol: &'static str) -> Result
     Ok(socket)
 }
 
+/// Upgrades a connection to the runtime's streaming `url` (plain http on its local
+/// streaming server) to SPDY/3.1, asking for stream protocol `protocol`.
+pub(crate) async fn spdy_upgrade(url: &str, protocol: &'static str) -> Result<hyper::upgrade::Upgraded, ApiError> {
+    use http_body_util::Empty;
+    let fail = |what: &str, e: &dyn std::fmt::Display| ApiError::internal(format!("streaming: {what}: {e}"));
+    let uri: http::Uri = url.parse().map_err(|e| fail("streaming URL", &e))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(fail("streaming URL", &format!("{url} is not plain http on the runtime's local streaming server")));
+    }
+    let authority = uri.authority().map(|a| a.to_string()).ok_or_else(|| fail("streaming URL", &url))?;
+    let tcp = tokio::net::TcpStream::connect(&authority).await.map_err(|e| fail("connecting to the runtime's streaming server", &e))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| fail("handshake", &e))?;
+    tokio::spawn(conn.with_upgrades());
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let req = hyper::Request::post(path)
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, crate::api::portforward::SPDY)
+        .header("X-Stream-Protocol-Version", protocol)
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| fail("request", &e))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail("upgrade", &e))?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(fail("upgrade", &format!("the runtime answered {}", resp.status())));
+    }
+    hyper::upgrade::on(resp).await.map_err(|e| fail("upgrade", &e))
+}
+
 /// A websocket to the runtime's streaming server.
 pub(super) type RuntimeSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 /// The client's websocket, once its connection is upgraded.
@@ -188,7 +227,9 @@ fn text_as_binary(m: Message) -> Message {
     }
 }
 
-pub(super) async fn relay<C, B>(client: tokio_tungstenite::WebSocketStream<C>, backend: tokio_tungstenite::WebSocketStream<B>, v5: bool)
+/// Relays websocket messages between the client and the runtime's websocket as they come
+/// (the channel byte leads both), until either side ends: port-forward's v4 channels.
+pub(super) async fn relay<C, B>(client: tokio_tungstenite::WebSocketStream<C>, backend: tokio_tungstenite::WebSocketStream<B>)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -196,44 +237,22 @@ where
     let (mut client_tx, mut client_rx) = client.split();
     let (mut backend_tx, mut backend_rx) = backend.split();
     let normal = || Message::Close(Some(tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() }));
-    // Once the client closed stdin, only the runtime's remaining output is relayed. v5's
-    // "close stdin" has no v4 form: closing our side of the runtime's websocket is how the
-    // runtime sees stdin end. That close waits until the runtime has been quiet for a
-    // moment, so output the last input produced is not cut off by the closing handshake.
-    let mut stdin_closed = false;
-    let mut backend_closing = false;
-    let quiet = std::time::Duration::from_millis(300);
-    let mut last_backend = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            msg = client_rx.next(), if !stdin_closed => match msg.map(|m| m.map(text_as_binary)) {
+            msg = client_rx.next() => match msg.map(|m| m.map(text_as_binary)) {
                 Some(Ok(Message::Binary(data))) => {
-                    if v5 && data.first() == Some(&255) {
-                        if data.get(1) == Some(&0) {
-                            stdin_closed = true;
-                            last_backend = tokio::time::Instant::now();
-                        }
-                        continue;
-                    }
                     if backend_tx.send(Message::Binary(data)).await.is_err() { break; }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
-            _ = tokio::time::sleep_until(last_backend + quiet), if stdin_closed && !backend_closing => {
-                backend_closing = true;
-                let _ = backend_tx.send(normal()).await;
-            }
-            msg = backend_rx.next() => {
-                last_backend = tokio::time::Instant::now();
-                match msg {
-                    Some(Ok(m @ Message::Binary(_))) | Some(Ok(m @ Message::Text(_))) => {
-                        if client_tx.send(m).await.is_err() { break; }
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+            msg = backend_rx.next() => match msg {
+                Some(Ok(m @ Message::Binary(_))) | Some(Ok(m @ Message::Text(_))) => {
+                    if client_tx.send(m).await.is_err() { break; }
                 }
-            }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
         }
     }
     // A normal close (1000) is how clients tell the end of the streams from a failure.
