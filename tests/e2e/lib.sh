@@ -156,3 +156,42 @@ metrics_apiservice() {
   printf 'apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1beta1.metrics.k8s.io}\nspec:\n  group: metrics.k8s.io\n  version: v1beta1\n  groupPriorityMinimum: 100\n  versionPriority: 100\n  service: {name: metrics-server, namespace: kube-system, port: %s}\n  caBundle: %s\n' \
     "${2:-443}" "$(base64 -w0 <"$1")"
 }
+
+# standin_start DIR: a stand-in for the public registries on loopback, so that pods naming
+# `busybox`, `nginx` or `gcr.io/google_containers/pause` (pulled Always, no tag) get local
+# images: a CA added to the host's trust store, a certificate for the registries' names, those
+# names on a 127.0.0.1 line in /etc/hosts, docker-registry serving TLS on 127.0.0.1:443, and
+# the stand-in images pushed (busybox; nginx = busybox httpd serving /usr/share/nginx/html on
+# :80; pause = a shell that sleeps until SIGTERM). Must run before containerd starts (it reads
+# the trust store once). standin_stop puts the host back.
+STANDIN_NAMES="registry-1.docker.io index.docker.io docker.io gcr.io registry.k8s.io quay.io"
+standin_start() {
+  local d=$1 images=$(dirname "${BASH_SOURCE[0]}")/../images
+  mkdir -p "$d/data"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/ca.key" -out "$d/ca.crt" -days 1 -subj "/CN=ferrokube e2e registry CA" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$d/registry.key" -out "$d/registry.csr" -subj "/CN=docker.io" 2>/dev/null
+  printf 'subjectAltName=%s\n' "$(for n in $STANDIN_NAMES; do printf 'DNS:%s,' "$n"; done | sed 's/,$//')" >"$d/registry.cnf"
+  openssl x509 -req -in "$d/registry.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -out "$d/registry.crt" -days 1 -extfile "$d/registry.cnf" 2>/dev/null || return 1
+  cp "$d/ca.crt" /usr/local/share/ca-certificates/ferrokube-e2e-registry.crt && update-ca-certificates >/dev/null 2>&1 || return 1
+  echo "127.0.0.1 $STANDIN_NAMES # ferrokube e2e registry stand-in" >>/etc/hosts
+  printf 'version: 0.1\nstorage: {filesystem: {rootdirectory: %s}}\nhttp:\n  addr: 127.0.0.1:443\n  tls: {certificate: %s, key: %s}\n' "$d/data" "$d/registry.crt" "$d/registry.key" >"$d/config.yml"
+  docker-registry serve "$d/config.yml" >"$d/log" 2>&1 &
+  for _ in $(seq 50); do curl -s --cacert "$d/ca.crt" https://docker.io/v2/ >/dev/null && break; sleep 0.1; done
+  python3 "$images/mkimage.py" "$d/busybox.tar" docker.io/library/busybox:latest >/dev/null &&
+    python3 "$images/mkimage.py" "$d/nginx.tar" docker.io/library/nginx:latest --cmd '["httpd", "-f", "-p", "80", "-h", "/usr/share/nginx/html"]' \
+      --file "usr/share/nginx/html/index.html=<html><body>nginx stand-in</body></html>" >/dev/null &&
+    python3 "$images/mkimage.py" "$d/pause.tar" gcr.io/google_containers/pause:latest --cmd '["/bin/sh", "-c", "trap \"exit 0\" TERM; while :; do sleep 1; done"]' >/dev/null || return 1
+  SSL_CERT_FILE=$d/ca.crt python3 "$images/push.py" "$d/busybox.tar" https://docker.io library/busybox:latest >/dev/null &&
+    SSL_CERT_FILE=$d/ca.crt python3 "$images/push.py" "$d/nginx.tar" https://docker.io library/nginx:latest >/dev/null &&
+    SSL_CERT_FILE=$d/ca.crt python3 "$images/push.py" "$d/pause.tar" https://gcr.io google_containers/pause:latest >/dev/null
+}
+standin_stop() {
+  local d=$1
+  pkill -f "docker-registry serve $d/config.yml" 2>/dev/null
+  # (In place: /etc/hosts may be a bind mount that cannot be replaced.)
+  sed -i '/# ferrokube e2e registry stand-in$/d' /etc/hosts
+  if [ -f /usr/local/share/ca-certificates/ferrokube-e2e-registry.crt ]; then
+    rm -f /usr/local/share/ca-certificates/ferrokube-e2e-registry.crt
+    update-ca-certificates --fresh >/dev/null 2>&1
+  fi
+}

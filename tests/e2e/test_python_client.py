@@ -152,6 +152,24 @@ def test_create_from_yaml(api_client, tmp_path):
     assert client.AppsV1Api(api_client).read_namespaced_deployment("fy-dep", "default").spec.replicas == 1
 
 
+def test_create_from_yaml_conflict_is_upstreams_error_text(api_client, tmp_path):
+    """The error a conflict raises holds the Status body byte for byte, as users compare it."""
+    from kubernetes import utils
+    svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: twice\nspec:\n  ports: [{port: 99}]\n"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(svc)
+    second.write_text(svc + "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: after-conflict\n")
+    utils.create_from_yaml(api_client, str(first), namespace="default")
+    with pytest.raises(utils.FailToCreateError) as err:
+        utils.create_from_yaml(api_client, str(second), namespace="default")
+    assert str(err.value) == (
+        'Error from server (Conflict): {"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+        '"message":"services \\"twice\\" already exists","reason":"AlreadyExists",'
+        '"details":{"name":"twice","kind":"services"},"code":409}\n')
+    # The documents after the failing one are still created.
+    assert client.CoreV1Api(api_client).read_namespaced_config_map("after-conflict", "default").metadata.name == "after-conflict"
+
+
 def test_dynamic_client_with_server_side_apply(api_client):
     from kubernetes import dynamic
     dyn = dynamic.DynamicClient(api_client)

@@ -1,12 +1,23 @@
 #!/usr/bin/env python3
-"""Builds a one-layer OCI image archive from busybox-static: `mkimage.py OUT.tar NAME`.
+"""Builds a one-layer OCI image archive from busybox-static:
+`mkimage.py OUT.tar NAME [--cmd JSON-ARRAY] [--file PATH=TEXT]...`.
 
-The rootfs holds /bin/busybox and a link per applet, /tmp, /etc/passwd, and a /www/index.html
-for httpd. No registry is needed: the archive is imported with `ferrokube images import`.
+The rootfs holds /bin/busybox and a link per applet, /tmp, /etc/passwd, a /www/index.html
+for httpd, and any --file given (PATH relative to /). The default command is /bin/sh, or the
+--cmd given (stand-ins: `["httpd", "-f", ...]` for a web server, a sleeper for pause). No
+registry is needed: the archive is imported with `ferrokube images import` (or pushed with
+push.py).
 """
-import hashlib, io, json, os, shutil, subprocess, sys, tarfile, time
+import argparse, hashlib, io, json, os, shutil, subprocess, sys, tarfile, time
 
-out, name = sys.argv[1], sys.argv[2]
+parser = argparse.ArgumentParser()
+parser.add_argument("out")
+parser.add_argument("name")
+parser.add_argument("--cmd", default='["/bin/sh"]')
+parser.add_argument("--file", action="append", default=[])
+args = parser.parse_args()
+out, name = args.out, args.name
+extra = dict(f.split("=", 1) for f in args.file)
 busybox = shutil.which("busybox") or "/bin/busybox"
 applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
 
@@ -26,6 +37,15 @@ with tarfile.open(fileobj=layer, mode="w", format=tarfile.USTAR_FORMAT) as t:
     add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
     add_file("etc/group", b"root:x:0:\nnobody:x:65534:\n")
     add_file("www/index.html", b"hello from ferrokube\n")
+    made = set()
+    for path, text in sorted(extra.items()):
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in made and d not in ("bin", "etc", "tmp", "www", "proc", "sys", "dev", "root", "var"):
+                add_dir(d)
+                made.add(d)
+        add_file("/".join(parts), text.encode())
 layer_bytes = layer.getvalue()
 
 def digest(b):
@@ -33,7 +53,7 @@ def digest(b):
 
 config = json.dumps({
     "architecture": "amd64", "os": "linux",
-    "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+    "config": {"Env": ["PATH=/bin"], "Cmd": json.loads(args.cmd), "WorkingDir": "/"},
     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + digest(layer_bytes)]},
 }).encode()
 manifest = json.dumps({

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Pushes an OCI archive made by mkimage.py to a registry (HTTP API v2, plain http):
-`push.py ARCHIVE 127.0.0.1:PORT REPO:TAG [USER:PASSWORD]`. Blobs go up in one PUT each, then
+"""Pushes an OCI archive made by mkimage.py to a registry (HTTP API v2):
+`push.py ARCHIVE REGISTRY REPO:TAG [USER:PASSWORD]`, REGISTRY as `127.0.0.1:PORT` (plain http)
+or `https://NAME` (TLS, trusting what SSL_CERT_FILE names). Blobs go up in one PUT each, then
 the manifest under the tag. Basic auth when credentials are given."""
 import base64, json, sys, tarfile, urllib.error, urllib.request
 
@@ -10,7 +11,8 @@ repo, tag = ref.rsplit(":", 1)
 headers = {"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()} if creds else {}
 
 def call(method, url, data=None, content_type=None):
-    req = urllib.request.Request(url if url.startswith("http") else f"http://{registry}{url}", data=data, method=method, headers=dict(headers))
+    base = registry if registry.startswith("https://") else f"http://{registry}"
+    req = urllib.request.Request(url if url.startswith("http") else f"{base}{url}", data=data, method=method, headers=dict(headers))
     if content_type:
         req.add_header("Content-Type", content_type)
     return urllib.request.urlopen(req)
