@@ -166,10 +166,15 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let signer = crate::api::tokens::TokenIssuer::load_or_create(&cfg.data_dir.join("server").join("tls").join("service-account.key")).map_err(|e| StartError::Bootstrap(e.to_string()))?;
     let _ = api.tokens.set(signer);
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
+    // Upstream's bootstrap RBAC policy is in place before the API answers ready.
+    crate::api::authz::bootstrap::ensure(&api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")))).await;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     // One scope per layer, stopped in order at shutdown.
     let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
+    let rbac_api = api.clone();
+    let rbac_scope = serving.clone();
+    serving.spawn(async move { rbac_api.authz.rbac.follow(rbac_scope).await });
     serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
     // The aggregation layer: APIServices registered, checked, and proxied to with the
     // front-proxy client certificate; extension servers learn how to trust it.

@@ -5,6 +5,7 @@
 //! file routes a call to them and renders the reply.
 
 pub mod aggregator;
+pub mod authz;
 pub mod front;
 pub mod machinery;
 pub mod node;
@@ -70,6 +71,8 @@ pub struct Api {
     service_alloc: tokio::sync::Mutex<()>,
     /// The aggregation layer: APIServices and how to reach extension API servers.
     pub aggregator: aggregator::Aggregator,
+    /// Who may do what: the privileged group, then RBAC.
+    pub authz: authz::Authorizer,
 }
 
 const RMW_SHARDS: usize = 64;
@@ -198,7 +201,7 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new() })
+        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), store })
     }
 
     /// The service CIDR and node port range in force.
@@ -225,6 +228,8 @@ impl Api {
     }
 
     async fn dispatch(self: &Arc<Self>, c: &Call<'_>) -> Result<Rendered, ApiError> {
+        let attrs = authz::Attributes::of(c.method, c.path, c.query, false);
+        self.authz.check(c.user, &attrs)?;
         let target = route(c.path)?;
         let rr = match target {
             Target::Resource(rr) => rr,
@@ -242,7 +247,13 @@ impl Api {
             if (c.method, collection) != ("POST", true) {
                 return Err(ApiError::method_not_allowed(c.method, c.path));
             }
-            let request = negotiate::decode_object(&c.body, body_type(c.content_type)?)?;
+            let mut request = negotiate::decode_object(&c.body, body_type(c.content_type)?)?;
+            if let Some(ns) = rr.namespace.as_deref() {
+                match request["metadata"]["namespace"].as_str() {
+                    Some(given) if !given.is_empty() && given != ns => return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request")),
+                    _ => request["metadata"]["namespace"] = serde_json::json!(ns),
+                }
+            }
             return render(&rr, &q, Reply::Object(201, review(self, c.user, request)?), format);
         }
         let reply = match (c.method, collection) {

@@ -6,6 +6,7 @@
 //! the controllers of kube-controller-manager.
 
 pub mod certificates;
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -84,6 +85,7 @@ pub fn start(clients: &dyn Fn(&str) -> Client, scope: &Scope, cfg: Config) {
     let mut s = Setup { informers: &mut informers, scope, clients };
     gc::start(s.ctl("garbage-collector", "garbage-collector"), &mut s);
     serviceaccount::start(s.ctl("serviceaccount", "serviceaccount-controller"), &mut s, cfg.ca.cert_pem.clone());
+    clusterroleaggregation::start(s.ctl("clusterrole-aggregation", "clusterrole-aggregation-controller"), &mut s);
     certificates::start(s.ctl("certificate-signer", "certificatesigningrequest-signing-controller"), &mut s, cfg.ca);
     replicaset::start(s.ctl("replicaset", "replicaset-controller"), &mut s);
     deployment::start(s.ctl("deployment", "deployment-controller"), &mut s);

@@ -299,6 +299,16 @@ pub mod builtin {
     pub const CSINODES: Resource = Resource::new("storage.k8s.io", "v1", "CSINode", "csinodes", "csinode", false);
     /// `storage.k8s.io/v1` CSIStorageCapacity.
     pub const CSISTORAGECAPACITIES: Resource = Resource::new("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", true);
+    /// `authentication.k8s.io/v1` TokenReview (answered, not stored).
+    pub const TOKENREVIEWS: Resource = Resource::new("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", false);
+    /// `authorization.k8s.io/v1` SelfSubjectAccessReview (answered, not stored).
+    pub const SELFSUBJECTACCESSREVIEWS: Resource = Resource::new("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", false);
+    /// `authorization.k8s.io/v1` SelfSubjectRulesReview (answered, not stored).
+    pub const SELFSUBJECTRULESREVIEWS: Resource = Resource::new("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false);
+    /// `authorization.k8s.io/v1` SubjectAccessReview (answered, not stored).
+    pub const SUBJECTACCESSREVIEWS: Resource = Resource::new("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", false);
+    /// `authorization.k8s.io/v1` LocalSubjectAccessReview (answered, not stored).
+    pub const LOCALSUBJECTACCESSREVIEWS: Resource = Resource::new("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", true);
     /// `authentication.k8s.io/v1` SelfSubjectReview (answered, not stored).
     pub const SELFSUBJECTREVIEWS: Resource = Resource::new("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false);
     /// `certificates.k8s.io/v1` CertificateSigningRequest.

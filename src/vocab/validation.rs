@@ -64,6 +64,11 @@ pub fn qualified_name_errors(key: &str) -> Option<String> {
 }
 
 /// Whether `v` is a valid label value.
+/// Whether `s` can be one URL path segment as a name (not empty, `.` or `..`; no `/` or `%`).
+pub fn is_path_segment(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('%')
+}
+
 pub fn is_label_value(v: &str) -> bool {
     v.is_empty() || is_qualified_name_part(v)
 }

@@ -15,7 +15,7 @@ check "apiservices columns" "NAME SERVICE AVAILABLE AGE" "$(k get apiservices | 
 check "every built-in group-version has a local APIService" "v1. Local True" "$(k get apiservice v1. --no-headers | awk '{print $1, $2, $3}')"
 check "with upstream's priorities" "17800 15" "$(k get apiservice v1.apps -o jsonpath='{.spec.groupPriorityMinimum} {.spec.versionPriority}')"
 check "and upstream's reason" "Local: Local APIServices are always available" "$(k get apiservice v1.apps -o jsonpath='{.status.conditions[0].reason}: {.status.conditions[0].message}')"
-check "/apis in upstream's group order" "apiregistration.k8s.io apps events.k8s.io authentication.k8s.io autoscaling batch" "$(k get --raw /apis | python3 -c 'import json,sys; print(*[g["name"] for g in json.load(sys.stdin)["groups"]][:6])')"
+check "/apis in upstream's group order" "apiregistration.k8s.io apps events.k8s.io authentication.k8s.io authorization.k8s.io autoscaling" "$(k get --raw /apis | python3 -c 'import json,sys; print(*[g["name"] for g in json.load(sys.stdin)["groups"]][:6])')"
 check_contains "an APIService name must be version.group" 'metadata.name: Invalid value: "metrics": must be `spec.version+"."+spec.group`' \
   "$(printf 'apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: metrics}\nspec: {group: metrics.k8s.io, version: v1beta1, groupPriorityMinimum: 100, versionPriority: 100}\n' | k apply -f - 2>&1)"
 
@@ -75,7 +75,12 @@ printf 'apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmet
 k certificate approve ann >/dev/null
 eventually "a user's certificate is issued" "yes" 10 bash -c "'$KUBECTL' get csr ann -o jsonpath='{.status.certificate}' | grep -q . && echo yes"
 k get csr ann -o jsonpath='{.status.certificate}' | base64 -d >"$E2E_DIR/ann.crt"
-k --client-certificate="$E2E_DIR/ann.crt" --client-key="$E2E_DIR/ann.key" get --raw /apis/metrics.k8s.io/v1beta1/nodes >/dev/null 2>&1
+as_ann() { k --client-certificate="$E2E_DIR/ann.crt" --client-key="$E2E_DIR/ann.key" "$@"; }
+check_contains "an aggregated group is authorized by this server first" 'nodes.metrics.k8s.io is forbidden: User "ann" cannot list resource "nodes" in API group "metrics.k8s.io" at the cluster scope' "$(as_ann get --raw /apis/metrics.k8s.io/v1beta1/nodes 2>&1)"
+k create clusterrole metrics-reader --verb=get,list --resource=nodes.metrics.k8s.io,pods.metrics.k8s.io >/dev/null 2>&1 ||
+  printf 'apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: metrics-reader}\nrules: [{apiGroups: [metrics.k8s.io], resources: [nodes, pods], verbs: [get, list]}]\n' | k apply -f - >/dev/null
+k create clusterrolebinding ann-metrics --clusterrole=metrics-reader --user=ann >/dev/null
+as_ann get --raw /apis/metrics.k8s.io/v1beta1/nodes >/dev/null 2>&1
 check_contains "another user reaches it as that user" "GET /apis/metrics.k8s.io/v1beta1/nodes user=ann groups=ops,system:authenticated proxy=front-proxy-client" "$(cat "$E2E_DIR/ext.log")"
 
 # Discovery and OpenAPI.

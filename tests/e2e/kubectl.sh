@@ -123,10 +123,12 @@ check_fails "deleted deployment is gone" k -n e2e get deploy web
 check_cmd "delete ns --wait" k delete ns e2e --wait --timeout=30s
 check_fails "namespace is gone" k get ns e2e
 
-# Authentication: anonymous requests are refused with a Status, health endpoints are open.
+# Authentication: requests without credentials are system:anonymous, refused all but the
+# health and version endpoints (RBAC's public-info-viewer); bad credentials are 401.
 check "readyz is public" "ok" "$(curl -sk "https://127.0.0.1:$PORT/readyz")"
-check "anonymous list is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces")"
-check_contains "401 carries a Status" '"reason":"Unauthorized"' "$(curl -sk "https://127.0.0.1:$PORT/api/v1/namespaces")"
+check "an anonymous list is 403" "403" "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/api/v1/namespaces")"
+check_contains "403 carries a Status" '"message":"namespaces is forbidden: User \"system:anonymous\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope","reason":"Forbidden"' "$(curl -sk "https://127.0.0.1:$PORT/api/v1/namespaces")"
+check_contains "401 carries a Status" '"reason":"Unauthorized"' "$(curl -sk -H 'Authorization: Bearer nope' "https://127.0.0.1:$PORT/api/v1/namespaces")"
 check "HTTP/2 is negotiated" "2" "$(curl -sk -o /dev/null -w '%{http_version}' "https://127.0.0.1:$PORT/version")"
 check "HTTP/1.1 is served too" "1.1 200" "$(curl -sk --http1.1 -o /dev/null -w '%{http_version} %{http_code}' "https://127.0.0.1:$PORT/version")"
 TOKEN=$(cat "$E2E_DIR/data/server/token")
@@ -145,7 +147,8 @@ check "kubectl create token returns a JWT" "3" "$(echo "$SATOKEN" | awk -F. '{pr
 kid=$(python3 -c 'import sys, base64, json; h = sys.argv[1].split(".")[0]; print(json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"])' "$SATOKEN" 2>&1)
 check "the issuer's JWKS holds the key the token names" "$kid" "$(k get --raw /openid/v1/jwks | python3 -c 'import json, sys; print(json.load(sys.stdin)["keys"][0]["kid"])')"
 check "OIDC discovery names the issuer" "https://kubernetes.default.svc.cluster.local" "$(k get --raw /.well-known/openid-configuration | python3 -c 'import json, sys; print(json.load(sys.stdin)["issuer"])')"
-check "a service-account token authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SATOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/sa-test/configmaps")"
+check "a service-account token authenticates (discovery is every user's)" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SATOKEN" "https://127.0.0.1:$PORT/apis")"
+check "and gets only what RBAC grants it" "403" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SATOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/sa-test/configmaps")"
 check_contains "token lifetime under 10 minutes is refused" "may not specify a duration less than 10 minutes" "$(k -n sa-test create token robot --duration=5m 2>&1)"
 check_contains "a token for a missing service account is NotFound" 'serviceaccounts "ghost" not found' "$(k -n sa-test create token ghost 2>&1)"
 check_contains "a token bound to a missing pod is refused" 'pods "nopod" not found' "$(k -n sa-test create token robot --bound-object-kind=Pod --bound-object-name=nopod 2>&1)"

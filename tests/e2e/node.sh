@@ -80,7 +80,7 @@ check "exec from the Python client" "from-python" "$py"
 # The service-account volume: a token bound to the pod, the cluster CA, the namespace.
 SADIR=/var/run/secrets/kubernetes.io/serviceaccount
 PODTOKEN=$(k exec web -c side -- cat $SADIR/token)
-check "the pod's token authenticates to the API" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PODTOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/default/pods")"
+check "the pod's token authenticates to the API" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PODTOKEN" "https://127.0.0.1:$PORT/apis")"
 check "the pod's namespace file" "default" "$(k exec web -c side -- cat $SADIR/namespace)"
 check "the pod's CA file is the cluster CA" "$(cat "$E2E_DIR/data/server/tls/ca.crt")" "$(k exec web -c side -- cat $SADIR/ca.crt)"
 check "the pod's volume is read-only" "ro" "$(k exec web -c side -- sh -c "touch $SADIR/x 2>/dev/null && echo rw || echo ro")"

@@ -18,14 +18,6 @@ type RespBody = BoxBody<Bytes, Infallible>;
 
 use crate::vocab::user::UserInfo;
 
-/// Paths anyone may read without credentials.
-fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
-        || path.starts_with("/healthz/")
-        || path.starts_with("/livez/")
-        || path.starts_with("/readyz/")
-}
-
 /// The user of a verified client certificate: its subject's CN, in the groups its O names.
 fn identity_from_cert(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -93,13 +85,14 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::Server
     }
 }
 
-/// Who sent the request: a client certificate, the admin token, or a service-account token.
+/// Who sent the request: a client certificate, the admin token, a service-account token, or
+/// (no credentials at all) `system:anonymous`; `None` for credentials that do not verify.
 fn authenticate(api: &Api, req: &Request<Incoming>, cert: Option<UserInfo>, token: &Option<String>) -> Option<UserInfo> {
     if cert.is_some() {
         return cert;
     }
-    let header = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
-    let presented = header.strip_prefix("Bearer ")?.trim();
+    let Some(header) = req.headers().get(hyper::header::AUTHORIZATION) else { return Some(anonymous()) };
+    let presented = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
     match token {
         Some(t) if constant_time_eq(t.as_bytes(), presented.as_bytes()) => Some(UserInfo::authenticated("system:admin", &[crate::vocab::user::MASTERS])),
         _ => api.service_account_identity(presented),
@@ -114,12 +107,26 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
-    let user = match authenticate(&api, &req, cert, token) {
+    let mut user = match authenticate(&api, &req, cert, token) {
         Some(u) => u,
-        None if is_public(&path) => anonymous(),
         None => return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body())),
     };
-    if let Some(target) = api.aggregator.remote_for(&path) {
+    if crate::api::authz::impersonate::requested(req.headers()) {
+        match crate::api::authz::impersonate::apply(&api.authz, &user, req.headers()) {
+            Ok(u) => user = u,
+            Err(e) => return to_response(Rendered::error(&e), Some(req.into_body())),
+        }
+    }
+    let upgrade = req.headers().contains_key(hyper::header::UPGRADE);
+    let remote = api.aggregator.remote_for(&path);
+    if upgrade || remote.is_some() {
+        // Relayed requests do not pass through the API's own check.
+        let attrs = crate::api::authz::Attributes::of(&method, &path, req.uri().query(), upgrade);
+        if let Err(e) = api.authz.check(&user, &attrs) {
+            return to_response(Rendered::error(&e), Some(req.into_body()));
+        }
+    }
+    if let Some(target) = remote {
         let resp = crate::api::aggregator::proxy::forward(&api.aggregator, target, req, &user).await;
         tracing::debug!(%peer, %method, %path, code = resp.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "proxied request");
         return resp;

@@ -258,7 +258,7 @@ impl Api {
     }
 
     /// Defaulting then validation; `Invalid` with every cause.
-    fn admit(&self, kind: &'static Kind, o: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+    fn admit(&self, kind: &'static Kind, o: &mut Value, old: Option<&Value>, user: &crate::vocab::user::UserInfo) -> Result<(), ApiError> {
         if let Some(def) = schema::kind_definition(kind.group, kind.version, kind.kind) {
             schema::normalize_bytes(def, o);
         }
@@ -267,11 +267,13 @@ impl Api {
         validation::validate_metadata(o, kind.strategy.name, &mut causes);
         (kind.strategy.validate)(o, old, &mut causes);
         custom::admit(kind, o, &mut causes);
-        if causes.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::invalid(kind.group, kind.kind, vobj::name(o), causes))
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(kind.group, kind.kind, vobj::name(o), causes));
         }
+        if kind.group == "rbac.authorization.k8s.io" {
+            crate::api::authz::escalation::check(&self.authz, user, kind.plural, o, old)?;
+        }
+        Ok(())
     }
 
     /// The namespace must exist and not be terminating.
@@ -300,7 +302,7 @@ impl Api {
         let mut o = decode_object(body, bt)?;
         let warnings = field_validation(rr.kind, &mut o, q, (bt == BodyType::Json).then_some(body))?;
         self.prepare_create(rr, q, &mut o)?;
-        self.admit(rr.kind, &mut o, None)?;
+        self.admit(rr.kind, &mut o, None, &q.2)?;
         managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
         Ok(self.store_new(rr, o, dry_run).await?.with_warnings(warnings))
     }
@@ -334,7 +336,7 @@ impl Api {
 
     /// Builds the object to store from the old one and what the client sent.
     /// `manager`: record the write in `managedFields` under this manager (apply records its own).
-    fn prepare_update(&self, rr: &ResourceReq, old: &Value, mut new: Value, manager: Option<&str>) -> Result<Value, ApiError> {
+    fn prepare_update(&self, rr: &ResourceReq, old: &Value, mut new: Value, manager: Option<&str>, user: &crate::vocab::user::UserInfo) -> Result<Value, ApiError> {
         obj::check_type(&mut new, rr.kind)?;
         let url_name = rr.name.as_deref().unwrap_or("");
         let body_name = vobj::name(&new);
@@ -399,7 +401,7 @@ impl Api {
                 )]));
             }
         }
-        self.admit(rr.kind, &mut result, Some(old))?;
+        self.admit(rr.kind, &mut result, Some(old), user)?;
         if let Some(m) = manager {
             managed::track_update(rr.kind, Some(old), &mut result, m, rr.sub.as_deref());
         }
@@ -462,7 +464,7 @@ impl Api {
         if expect != current {
             return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
         }
-        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()))?;
+        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()), &q.2)?;
         Ok(self.commit_update(rr, &old, new, expect, dry_run).await?.with_warnings(warnings))
     }
 
@@ -508,7 +510,7 @@ impl Api {
                 }
             }
             let warnings = field_validation(rr.kind, &mut patched, q, None)?;
-            let new = self.prepare_update(rr, &old, patched, Some(q.field_manager()))?;
+            let new = self.prepare_update(rr, &old, patched, Some(q.field_manager()), &q.2)?;
             match self.commit_update(rr, &old, new, current, dry_run).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt + 1 < RMW_RETRIES => continue,
                 other => return other.map(|r| r.with_warnings(warnings)),
@@ -539,7 +541,7 @@ impl Api {
         let spec_path = rr.kind.custom.as_ref().and_then(|c| c.scale.as_ref()).map(|s| s.0.as_str()).unwrap_or(".spec.replicas");
         custom::set_path(&mut new, spec_path, replicas.clone());
         // Prepared as a write through `scale` (recorded so in managedFields), stored as the object.
-        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()))?;
+        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()), &q.2)?;
         let main = ResourceReq { sub: None, ..rr.clone() };
         match self.commit_update(&main, &old, new, current, dry_run).await? {
             Reply::Raw(code, raw) => Ok(Reply::Object(code, scale_of(rr.kind, &obj::parse_stored(&raw)?))),
@@ -580,7 +582,7 @@ impl Api {
                 Err(e) if e.code == 404 => {
                     let mut o = managed::apply(rr.kind, None, &applied, manager, force)?;
                     self.prepare_create(rr, q, &mut o)?;
-                    self.admit(rr.kind, &mut o, None)?;
+                    self.admit(rr.kind, &mut o, None, &q.2)?;
                     match self.store_new(rr, o, dry_run).await {
                         Err(e) if e.reason == "AlreadyExists" => continue,
                         other => return other.map(|r| r.with_warnings(warnings)),
@@ -589,7 +591,7 @@ impl Api {
                 Err(e) => return Err(e),
                 Ok((live, current)) => {
                     let merged = managed::apply(rr.kind, Some(&live), &applied, manager, force)?;
-                    let new = self.prepare_update(rr, &live, merged, None)?;
+                    let new = self.prepare_update(rr, &live, merged, None, &q.2)?;
                     match self.commit_update(rr, &live, new, current, dry_run).await {
                         Err(e) if e.reason == "Conflict" && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
                         other => return other.map(|r| r.with_warnings(warnings)),

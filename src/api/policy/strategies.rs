@@ -815,3 +815,6 @@ mod update_tests {
         assert_eq!(causes.len(), 1, "other spec changes are refused");
     }
 }
+
+/// RBAC kinds: names are any path segment (`system:discovery`), as upstream validates them.
+pub const RBAC: Strategy = Strategy { name: crate::vocab::validation::NameRule::PathSegment, ..Strategy::PLAIN };

@@ -1,0 +1,183 @@
+//! Upstream's bootstrap RBAC policy, created at start and reconciled when its objects carry
+//! `rbac.authorization.kubernetes.io/autoupdate: "true"` (missing rules and subjects added
+//! back; what an administrator added is kept): `cluster-admin` for `system:masters`; the
+//! user-facing `admin`, `edit`, `view` aggregated from `system:aggregate-to-*`; what every
+//! authenticated user may do (`system:basic-user`, `system:discovery`) and what anyone may
+//! read (`system:public-info-viewer`).
+
+use crate::runtime::Client;
+use crate::vocab::resource::builtin::{CLUSTERROLEBINDINGS, CLUSTERROLES};
+use serde_json::{json, Value};
+
+const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+const AGGREGATE: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+fn r(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+fn urls(urls: &[&str], verbs: &[&str]) -> Value {
+    json!({"nonResourceURLs": urls, "verbs": verbs})
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+const ALL: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+fn role(name: &str, labels: Value, rules: Vec<Value>) -> Value {
+    let mut labels = labels;
+    labels["kubernetes.io/bootstrapping"] = json!("rbac-defaults");
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels, "annotations": {AUTOUPDATE: "true"}}, "rules": rules})
+}
+
+fn aggregated(name: &str, labels: Value, select: &str) -> Value {
+    let mut o = role(name, labels, Vec::new());
+    o["aggregationRule"] = json!({"clusterRoleSelectors": [{"matchLabels": {format!("{AGGREGATE}{select}"): "true"}}]});
+    o
+}
+
+fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
+    let subjects: Vec<Value> = groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect();
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {AUTOUPDATE: "true"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects})
+}
+
+/// The bootstrap ClusterRoles.
+pub fn cluster_roles() -> Vec<Value> {
+    let to = |what: &str| json!({format!("{AGGREGATE}{what}"): "true"});
+    vec![
+        role("cluster-admin", json!({}), vec![r(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])]),
+        role("system:discovery", json!({}), vec![urls(&["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], &["get"])]),
+        role("system:public-info-viewer", json!({}), vec![urls(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
+        role("system:basic-user", json!({}), vec![
+            r(&["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"], &["create"]),
+            r(&["authentication.k8s.io"], &["selfsubjectreviews"], &["create"]),
+        ]),
+        role("system:service-account-issuer-discovery", json!({}), vec![urls(&["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks", "/openid/v1/jwks/"], &["get"])]),
+        aggregated("admin", json!({}), "admin"),
+        aggregated("edit", to("admin"), "edit"),
+        aggregated("view", to("edit"), "view"),
+        role("system:aggregate-to-admin", to("admin"), vec![
+            r(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]),
+            r(&["rbac.authorization.k8s.io"], &["rolebindings", "roles"], ALL),
+        ]),
+        role("system:aggregate-to-edit", to("edit"), vec![
+            r(&[""], &["pods/attach", "pods/exec", "pods/portforward", "pods/proxy", "secrets", "services/proxy"], READ),
+            r(&[""], &["serviceaccounts"], &["impersonate"]),
+            r(&[""], &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy"], WRITE),
+            r(&[""], &["pods/eviction"], &["create"]),
+            r(&[""], &["configmaps", "events", "persistentvolumeclaims", "replicationcontrollers", "replicationcontrollers/scale", "secrets", "serviceaccounts", "services", "services/proxy"], WRITE),
+            r(&[""], &["serviceaccounts/token"], &["create"]),
+            r(&["apps"], &["daemonsets", "deployments", "deployments/rollback", "deployments/scale", "replicasets", "replicasets/scale", "statefulsets", "statefulsets/scale"], WRITE),
+            r(&["autoscaling"], &["horizontalpodautoscalers"], WRITE),
+            r(&["batch"], &["cronjobs", "jobs"], WRITE),
+            r(&["extensions"], &["daemonsets", "deployments", "deployments/rollback", "deployments/scale", "ingresses", "networkpolicies", "replicasets", "replicasets/scale", "replicationcontrollers/scale"], WRITE),
+            r(&["policy"], &["poddisruptionbudgets"], WRITE),
+            r(&["networking.k8s.io"], &["ingresses", "networkpolicies"], WRITE),
+            r(&["coordination.k8s.io"], &["leases"], ALL),
+        ]),
+        role("system:aggregate-to-view", to("view"), vec![
+            r(&[""], &["configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status", "pods", "replicationcontrollers", "replicationcontrollers/scale", "serviceaccounts", "services", "services/status"], READ),
+            r(&[""], &["bindings", "events", "limitranges", "namespaces/status", "pods/log", "pods/status", "replicationcontrollers/status", "resourcequotas", "resourcequotas/status"], READ),
+            r(&[""], &["namespaces"], READ),
+            r(&["discovery.k8s.io"], &["endpointslices"], READ),
+            r(&["apps"], &["controllerrevisions", "daemonsets", "daemonsets/status", "deployments", "deployments/scale", "deployments/status", "replicasets", "replicasets/scale", "replicasets/status", "statefulsets", "statefulsets/scale", "statefulsets/status"], READ),
+            r(&["autoscaling"], &["horizontalpodautoscalers", "horizontalpodautoscalers/status"], READ),
+            r(&["batch"], &["cronjobs", "cronjobs/status", "jobs", "jobs/status"], READ),
+            r(&["extensions"], &["daemonsets", "daemonsets/status", "deployments", "deployments/scale", "deployments/status", "ingresses", "ingresses/status", "networkpolicies", "replicasets", "replicasets/scale", "replicasets/status", "replicationcontrollers/scale"], READ),
+            r(&["policy"], &["poddisruptionbudgets", "poddisruptionbudgets/status"], READ),
+            r(&["networking.k8s.io"], &["ingresses", "ingresses/status", "networkpolicies"], READ),
+        ]),
+    ]
+}
+
+/// The bootstrap ClusterRoleBindings.
+pub fn cluster_role_bindings() -> Vec<Value> {
+    vec![
+        binding("cluster-admin", "cluster-admin", &["system:masters"]),
+        binding("system:discovery", "system:discovery", &["system:authenticated"]),
+        binding("system:basic-user", "system:basic-user", &["system:authenticated"]),
+        binding("system:public-info-viewer", "system:public-info-viewer", &["system:authenticated", "system:unauthenticated"]),
+        binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
+    ]
+}
+
+/// `want`'s entries missing from `live` appended to it (None: nothing missing).
+fn union(live: &Value, want: &Value) -> Option<Value> {
+    let mut out = live.as_array().cloned().unwrap_or_default();
+    let mut changed = false;
+    for w in want.as_array().into_iter().flatten() {
+        if !out.contains(w) {
+            out.push(w.clone());
+            changed = true;
+        }
+    }
+    changed.then_some(Value::Array(out))
+}
+
+/// Creates what is missing of the bootstrap policy and reconciles what is there (unless its
+/// autoupdate annotation is `false`).
+pub async fn ensure(client: &Client) {
+    let mut writes = Vec::new();
+    for (res, objects, field) in [(&CLUSTERROLES, cluster_roles(), "rules"), (&CLUSTERROLEBINDINGS, cluster_role_bindings(), "subjects")] {
+        for want in objects {
+            writes.push(async move {
+                let name = want["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let result = match client.create(res.all(), &want).await {
+                    Err(e) if e.code == 409 => reconcile(client, res, &name, &want, field).await,
+                    other => other.map(|_| ()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(kind = res.kind, %name, error = %e, "bootstrap RBAC policy not written");
+                }
+            });
+        }
+    }
+    futures_util::future::join_all(writes).await;
+}
+
+async fn reconcile(client: &Client, res: &crate::vocab::resource::Resource, name: &str, want: &Value, field: &str) -> Result<(), crate::vocab::status::ApiError> {
+    let live = client.get(res.name(name)).await?;
+    if live["metadata"]["annotations"][AUTOUPDATE] == "false" {
+        return Ok(());
+    }
+    let mut patch = serde_json::Map::new();
+    // Aggregated roles' rules belong to the aggregation controller.
+    if want["aggregationRule"].is_object() {
+        if live["aggregationRule"] != want["aggregationRule"] {
+            patch.insert("aggregationRule".into(), want["aggregationRule"].clone());
+        }
+    } else if let Some(merged) = union(&live[field], &want[field]) {
+        patch.insert(field.into(), merged);
+    }
+    if field == "subjects" && live["roleRef"] != want["roleRef"] {
+        // roleRef is immutable: a binding pointing elsewhere is the administrator's choice.
+        return Ok(());
+    }
+    if patch.is_empty() {
+        return Ok(());
+    }
+    client.merge_patch(res.name(name), &Value::Object(patch)).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_binding_names_a_bootstrap_role() {
+        let roles: Vec<Value> = cluster_roles();
+        for b in cluster_role_bindings() {
+            assert!(roles.iter().any(|r| r["metadata"]["name"] == b["roleRef"]["name"]), "{b}");
+        }
+    }
+
+    #[test]
+    fn reconciling_adds_back_what_is_missing_and_keeps_the_rest() {
+        let live = json!([{"kind": "Group", "name": "mine"}]);
+        let want = json!([{"kind": "Group", "name": "system:masters"}]);
+        assert_eq!(union(&live, &want), Some(json!([{"kind": "Group", "name": "mine"}, {"kind": "Group", "name": "system:masters"}])));
+        assert_eq!(union(&want, &want), None);
+    }
+}

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Authorization on a node (root: containerd, runc, iptables): the bootstrap policy; anonymous
+# requests; a service account's token refused with upstream's 403 until a Role and RoleBinding
+# grant one Secret by name; kubectl auth can-i (also --list) for service accounts and users
+# before and after bindings; impersonation; escalation prevention for roles and bindings;
+# ClusterRole aggregation; and a helm chart whose pod uses its own ServiceAccount, Role and
+# RoleBinding from inside the cluster, and fails as on a real cluster without the binding.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+use_node
+BIND_ADDRESS=0.0.0.0
+HELM=${HELM:-$(dirname "$KUBECTL")/helm}
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >/dev/null
+# A service range of its own: the kubernetes Service's rules are the host's, whatever else runs.
+SVC=10.$((44 + RANDOM % 50))
+start_node --service-cidr "$SVC.0.0/16" --cluster-dns "$SVC.0.10" || exit 1
+"$FERROKUBE" images import --run-dir "$RUN" "$E2E_DIR/busybox.tar" >/dev/null
+B=https://127.0.0.1:$PORT
+msg() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("code"), d.get("message"))'; }
+
+# The administrator and anonymous callers.
+check "admin is in system:masters" "system:admin [system:masters system:authenticated]" "$(k auth whoami -o jsonpath='{.status.userInfo.username} {.status.userInfo.groups}' | tr -d '"' | tr ',' ' ')"
+check "admin may do everything" "yes" "$(k auth can-i '*' '*' --all-namespaces)"
+check "the bootstrap roles are there" "admin cluster-admin edit system:basic-user system:discovery system:public-info-viewer view" \
+  "$(k get clusterroles -o name | sed 's|.*/||' | grep -E '^(admin|cluster-admin|edit|view|system:basic-user|system:discovery|system:public-info-viewer)$' | sort | xargs)"
+check "anyone may read /healthz and /version" "200 200" "$(curl -sk -o /dev/null -w '%{http_code}' "$B/healthz") $(curl -sk -o /dev/null -w '%{http_code}' "$B/version")"
+check "anonymous discovery is forbidden" '403 forbidden: User "system:anonymous" cannot get path "/api"' "$(curl -sk "$B/api" | msg)"
+check "an invalid token is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer nope' "$B/api")"
+
+# A service account, by its token.
+k create ns rbac-a >/dev/null
+k -n rbac-a create sa bot >/dev/null
+TOKEN=$(k -n rbac-a create token bot)
+as_bot() { curl -sk -H "Authorization: Bearer $TOKEN" "$@"; }
+check "a service account may read discovery" "200" "$(as_bot -o /dev/null -w '%{http_code}' "$B/apis")"
+check "but not list Secrets, in upstream's words" '403 secrets is forbidden: User "system:serviceaccount:rbac-a:bot" cannot list resource "secrets" in API group "" at the cluster scope' "$(as_bot "$B/api/v1/secrets" | msg)"
+check "can-i says no before a binding" "no" "$(k auth can-i get secrets/one -n rbac-a --as=system:serviceaccount:rbac-a:bot)"
+k -n rbac-a create secret generic one --from-literal=k=v >/dev/null
+k -n rbac-a create secret generic two --from-literal=k=v >/dev/null
+k -n rbac-a create role read-one --verb=get --resource=secrets --resource-name=one >/dev/null
+k -n rbac-a create rolebinding read-one --role=read-one --serviceaccount=rbac-a:bot >/dev/null
+check "a Role and RoleBinding grant one Secret by name" "200" "$(as_bot -o /dev/null -w '%{http_code}' "$B/api/v1/namespaces/rbac-a/secrets/one")"
+check "and no other" '403 secrets "two" is forbidden: User "system:serviceaccount:rbac-a:bot" cannot get resource "secrets" in API group "" in the namespace "rbac-a"' "$(as_bot "$B/api/v1/namespaces/rbac-a/secrets/two" | msg)"
+check "can-i follows the binding" "yes no" "$(k auth can-i get secrets/one -n rbac-a --as=system:serviceaccount:rbac-a:bot) $(k auth can-i get secrets/two -n rbac-a --as=system:serviceaccount:rbac-a:bot)"
+check_contains "can-i --list shows the granted name" "secrets [] [one] [get]" "$(k auth can-i --list -n rbac-a --as=system:serviceaccount:rbac-a:bot | tr -s ' ')"
+check_contains "can-i --list shows what every user may do" "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]" "$(k auth can-i --list -n rbac-a --as=system:serviceaccount:rbac-a:bot | tr -s ' ')"
+k -n rbac-a delete rolebinding read-one >/dev/null
+eventually "deleting the binding takes the grant away" "403" 5 sh -c "curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer $TOKEN' '$B/api/v1/namespaces/rbac-a/secrets/one'"
+
+# A user, by impersonation.
+k create ns dev >/dev/null
+check "jane may not create deployments in dev" "no" "$(k auth can-i create deployments --as=jane -n dev)"
+k -n dev create rolebinding jane-admin --clusterrole=admin --user=jane >/dev/null
+check "until she is bound to admin there" "yes no" "$(k auth can-i create deployments --as=jane -n dev) $(k auth can-i create deployments --as=jane -n default)"
+check "a group binding applies to its members" "yes" "$(k -n dev create rolebinding team-view --clusterrole=view --group=team >/dev/null; k auth can-i list pods --as=joe --as-group=team -n dev)"
+check "impersonating needs the impersonate verb" '403 users "bob" is forbidden: User "system:serviceaccount:rbac-a:bot" cannot impersonate resource "users" in API group "" at the cluster scope' "$(as_bot -H 'Impersonate-User: bob' "$B/api/v1/namespaces/dev/pods" | msg)"
+check_contains "a forbidden verb reads as upstream's" 'nodes is forbidden: User "jane" cannot list resource "nodes" in API group "" at the cluster scope' "$(k --as=jane get nodes 2>&1)"
+
+# Escalation prevention.
+check_cmd "jane may create a Role within what she holds" k --as=jane -n dev create role pod-reader --verb=get,list --resource=pods
+check_contains "but not one granting more" 'roles.rbac.authorization.k8s.io "node-reader" is forbidden: user "jane" (groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held:' \
+  "$(k --as=jane -n dev create role node-reader --verb=get --resource=nodes 2>&1)"
+check_contains "naming what she lacks" '{APIGroups:[""], Resources:["nodes"], Verbs:["get"]}' "$(k --as=jane -n dev create role node-reader --verb=get --resource=nodes 2>&1)"
+check_contains "nor bind a role granting more" 'rolebindings.rbac.authorization.k8s.io "jane-root" is forbidden: user "jane"' "$(k --as=jane -n dev create rolebinding jane-root --clusterrole=cluster-admin --user=jane 2>&1)"
+k create clusterrole bind-admin --verb=bind --resource=clusterroles --resource-name=cluster-admin >/dev/null
+k -n dev create rolebinding jane-bind --clusterrole=bind-admin --user=jane >/dev/null
+check_cmd "the bind verb on that role lets her" k --as=jane -n dev create rolebinding jane-root --clusterrole=cluster-admin --user=jane
+
+# Aggregation: a chart's ClusterRole labelled aggregate-to-view joins view (and so edit, admin).
+k apply -f - >/dev/null <<'YAML'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: widget-view, labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}}
+rules: [{apiGroups: [example.com], resources: [widgets], verbs: [get, list]}]
+YAML
+eventually "an aggregate-to-view role joins view" "yes" 10 sh -c "'$KUBECTL' get clusterrole view -o json | grep -q widgets && echo yes"
+eventually "and admin through edit" "yes" 10 sh -c "'$KUBECTL' get clusterrole admin -o json | grep -q widgets && echo yes"
+
+# A helm chart with its own ServiceAccount, Role and RoleBinding; its pod calls the API from
+# inside the cluster with its token (the host's python3 through hostPath mounts).
+chart=$E2E_DIR/chart
+mkdir -p "$chart/templates"
+printf 'apiVersion: v2\nname: reader\nversion: 0.1.0\n' >"$chart/Chart.yaml"
+printf 'binding: true\nimage: %s\n' "$IMAGE" >"$chart/values.yaml"
+cat >"$chart/templates/rbac.yaml" <<'YAML'
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: reader}
+rules:
+- {apiGroups: [""], resources: [configmaps], verbs: [get, list]}
+{{- if .Values.binding }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}
+subjects:
+- {kind: ServiceAccount, name: reader}
+{{- end }}
+YAML
+cat >"$chart/templates/pod.yaml" <<'YAML'
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: reader-code}
+data:
+  read.py: |
+    import json, os, ssl, urllib.error, urllib.request
+    d = "/var/run/secrets/kubernetes.io/serviceaccount"
+    token, ns = open(d + "/token").read(), open(d + "/namespace").read()
+    ctx = ssl.create_default_context(cafile=d + "/ca.crt")
+    for path in ["/api/v1/namespaces/%s/configmaps" % ns, "/api/v1/namespaces/%s/secrets" % ns]:
+        req = urllib.request.Request("https://kubernetes.default.svc" + path, headers={"Authorization": "Bearer " + token})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                print(path, r.status, json.load(r)["kind"])
+        except urllib.error.HTTPError as e:
+            print(path, e.code, json.load(e)["message"])
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  serviceAccountName: reader
+  restartPolicy: Never
+  containers:
+  - name: read
+    image: {{ .Values.image }}
+    imagePullPolicy: IfNotPresent
+    command: [/usr/bin/python3, /code/read.py]
+    volumeMounts:
+    - {name: usr, mountPath: /usr, readOnly: true}
+    - {name: lib, mountPath: /lib, readOnly: true}
+    - {name: lib64, mountPath: /lib64, readOnly: true}
+    - {name: code, mountPath: /code}
+  volumes:
+  - {name: usr, hostPath: {path: /usr}}
+  - {name: lib, hostPath: {path: /usr/lib}}
+  - {name: lib64, hostPath: {path: /usr/lib64}}
+  - {name: code, configMap: {name: reader-code}}
+YAML
+pod_says() { # NS: waits for the chart's pod to finish, prints its output
+  for _ in $(seq 120); do
+    case "$(k -n "$1" get pod reader -o jsonpath='{.status.phase}' 2>/dev/null)" in Succeeded|Failed) break ;; esac
+    sleep 0.5
+  done
+  k -n "$1" logs reader 2>&1
+}
+check_cmd "helm installs the chart with its RBAC" "$HELM" install reader "$chart" -n chart-a --create-namespace --wait=false
+out=$(pod_says chart-a)
+check_contains "its pod lists ConfigMaps through the kubernetes Service" "/api/v1/namespaces/chart-a/configmaps 200 ConfigMapList" "$out"
+check_contains "and is refused what its Role does not grant" '/api/v1/namespaces/chart-a/secrets 403 secrets is forbidden: User "system:serviceaccount:chart-a:reader" cannot list resource "secrets" in API group "" in the namespace "chart-a"' "$out"
+check_cmd "the same chart without its RoleBinding installs" "$HELM" install reader "$chart" -n chart-b --create-namespace --set binding=false --wait=false
+check_contains "and its pod is refused, as on a real cluster" '/api/v1/namespaces/chart-b/configmaps 403 configmaps is forbidden: User "system:serviceaccount:chart-b:reader" cannot list resource "configmaps" in API group "" in the namespace "chart-b"' "$(pod_says chart-b)"
+"$HELM" uninstall reader -n chart-a >/dev/null 2>&1
+"$HELM" uninstall reader -n chart-b >/dev/null 2>&1
+
+# The bootstrap policy is reconciled at start: a rule taken away comes back.
+k patch clusterrole system:basic-user --type=json -p '[{"op": "remove", "path": "/rules/1"}]' >/dev/null
+stop_server TERM
+start_node --service-cidr "$SVC.0.0/16" --cluster-dns "$SVC.0.10" || exit 1
+check "a bootstrap role's missing rule is back after a restart" "selfsubjectreviews" "$(k get clusterrole system:basic-user -o jsonpath='{.rules[*].resources[*]}' | grep -o selfsubjectreviews)"
+
+summary
