@@ -146,6 +146,33 @@ async fn bench_api(s: &Server, shared: bool) -> Stats {
     .await
 }
 
+/// ConfigMap creates as a service account that a RoleBinding allows to create them (RBAC
+/// evaluated on every request), 16 workers sharing one HTTP/2 connection.
+async fn bench_api_rbac(s: &Server) -> Stats {
+    let admin = client(s);
+    let port = s.port;
+    let setup = [
+        ("/api/v1/namespaces/default/serviceaccounts", r#"{"metadata":{"name":"bench"}}"#),
+        ("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles", r#"{"metadata":{"name":"bench"},"rules":[{"apiGroups":[""],"resources":["configmaps"],"verbs":["create"]}]}"#),
+        ("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", r#"{"metadata":{"name":"bench"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"bench"},"subjects":[{"kind":"ServiceAccount","name":"bench"}]}"#),
+    ];
+    for (path, body) in setup {
+        let code = post(&admin, port, path, body.to_string()).await;
+        assert!(code == 201 || code == 409, "{path}: {code}");
+    }
+    let (code, tr) = post_json(&admin, port, "/api/v1/namespaces/default/serviceaccounts/bench/token", r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{}}"#.to_string()).await;
+    assert_eq!(code, 201, "token request");
+    let token = Arc::new(tr["status"]["token"].as_str().unwrap_or("").to_string());
+    let one = token_client(s);
+    let value = "x".repeat(VALUE);
+    load(move |c, i| {
+        let (one, token) = (one.clone(), token.clone());
+        let body = format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"r{c}-{i}\"}},\"data\":{{\"v\":\"{value}\"}}}}");
+        async move { post_as(&one, port, "/api/v1/namespaces/default/configmaps", body, &token).await.0 == 201 }
+    })
+    .await
+}
+
 async fn watch_fanout(s: &Server) -> (f64, f64) {
     let port = s.port;
     // 10 connections x 100 streams.
@@ -224,7 +251,8 @@ fn main() {
         let (server, _) = start_server(&bin, sd.path(), free_port());
         let api = rt.block_on(bench_api(&server, false));
         let api_shared = rt.block_on(bench_api(&server, true));
-        rounds.push((etcd, api, api_shared));
+        let api_rbac = rt.block_on(bench_api_rbac(&server));
+        rounds.push((etcd, api, api_shared, api_rbac));
         last_server = Some((server, sd));
     }
     let (server, _sd) = last_server.expect("at least one round");
@@ -236,8 +264,8 @@ fn main() {
     let (fan_p99, fan_max) = rt.block_on(watch_fanout(&server));
 
     println!("ferrokube API benchmark ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let (mut ratios, mut shared_ratios) = (Vec::new(), Vec::new());
-    for (i, (etcd, api, api_shared)) in rounds.iter().enumerate() {
+    let (mut ratios, mut shared_ratios, mut rbac_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (etcd, api, api_shared, api_rbac)) in rounds.iter().enumerate() {
         let line = |what: &str, s: &Stats| println!("round {}: {what:<58} {:>6.0}/s p50 {:.2} ms p99 {:.2} ms", i + 1, s.rate, s.p50, s.p99);
         match etcd {
             Some((e, es)) => {
@@ -248,12 +276,14 @@ fn main() {
         }
         line(&format!("ferrokube create (HTTPS/h2, {CLIENTS} connections, {VALUE} B)"), api);
         line(&format!("ferrokube create (HTTPS/h2, {CLIENTS} workers on 1 connection)"), api_shared);
+        line(&format!("ferrokube create as an RBAC-bound service account (1 connection)"), api_rbac);
         if let Some((e, es)) = etcd {
             ratios.push(api.rate / e.rate);
             shared_ratios.push(api_shared.rate / es.rate);
+            rbac_ratios.push(api_rbac.rate / es.rate);
         }
     }
-    for (what, mut r) in [("16 connections", ratios), ("1 shared connection", shared_ratios)] {
+    for (what, mut r) in [("16 connections", ratios), ("1 shared connection", shared_ratios), ("1 shared connection, RBAC-bound user", rbac_ratios)] {
         r.sort_by(|a, b| a.total_cmp(b));
         if !r.is_empty() {
             let list: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();

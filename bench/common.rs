@@ -90,6 +90,18 @@ mod hyper_rustls_like {
             })
         }
     }
+    /// A connector that trusts `ca` and presents no client certificate (bearer tokens).
+    pub fn connector_without_cert(ca: &[u8]) -> Connector {
+        use rustls_pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Connector(TlsConnector::from(Arc::new(cfg)))
+    }
     pub fn connector(ca: &[u8], cert: &[u8], key: &[u8]) -> Connector {
         use rustls_pki_types::pem::PemObject;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -201,6 +213,38 @@ pub fn client(s: &Server) -> Https {
     Client::builder(TokioExecutor::new()).http2_only(true).build(hyper_rustls_like::connector(ca, cert, key))
 }
 
+/// Sends `req`; returns the status and the parsed body.
+async fn send(c: &Https, req: hyper::Request<Full<Bytes>>) -> (u16, serde_json::Value) {
+    match c.request(req).await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            (code, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// POST; returns the status and the parsed body.
+pub async fn post_json(c: &Https, port: u16, path: &str, body: String) -> (u16, serde_json::Value) {
+    send(c, hyper::Request::post(format!("https://127.0.0.1:{port}{path}")).header("content-type", "application/json").body(Full::new(Bytes::from(body))).unwrap()).await
+}
+
+/// A client without a client certificate (it authenticates by bearer token).
+pub fn token_client(s: &Server) -> Https {
+    Client::builder(TokioExecutor::new()).http2_only(true).build(hyper_rustls_like::connector_without_cert(&s.client_parts.0))
+}
+
+/// POST as the holder of bearer `token`; returns the status and the parsed body.
+pub async fn post_as(c: &Https, port: u16, path: &str, body: String, token: &str) -> (u16, serde_json::Value) {
+    let req = hyper::Request::post(format!("https://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    send(c, req).await
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
@@ -224,13 +268,5 @@ pub async fn post(c: &Https, port: u16, path: &str, body: String) -> u16 {
 
 /// GET a path; returns the status and the parsed body.
 pub async fn get(c: &Https, port: u16, path: &str) -> (u16, serde_json::Value) {
-    let req = hyper::Request::get(format!("https://127.0.0.1:{port}{path}")).body(Full::new(Bytes::new())).unwrap();
-    match c.request(req).await {
-        Ok(r) => {
-            let code = r.status().as_u16();
-            let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            (code, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
-        }
-        Err(_) => (0, serde_json::Value::Null),
-    }
+    send(c, hyper::Request::get(format!("https://127.0.0.1:{port}{path}")).body(Full::new(Bytes::new())).unwrap()).await
 }
