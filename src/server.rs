@@ -192,7 +192,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     });
     let scheduler_api = api.clone();
     leadership.run("kube-scheduler", &control, move |scope| {
-        crate::scheduler::start(scheduler_api.client(concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION"))), scope);
+        let me = crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::SCHEDULER);
+        crate::scheduler::start(scheduler_api.client_as(concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION")), me), scope);
     });
     // This host's address: the endpoint of the kubernetes and kube-dns Services.
     let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
@@ -278,8 +279,10 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
         crate::pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase()
     });
     tracing::info!(node = %node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node starting");
+    // The kubelet acts as this node (system:node:<name>): the Node authorizer lets it read
+    // only what its pods use and change only its own objects.
     let kubelet = crate::kubelet::Kubelet::new(
-        api.client(concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION"))),
+        api.client_as(concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION")), crate::api::authz::node::identity(&node_name)),
         cri,
         crate::kubelet::Config {
             node_name: node_name.clone(),
@@ -292,7 +295,7 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
         scope,
     );
     scope.spawn(kubelet.run());
-    let proxy = api.client(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")));
+    let proxy = api.client_as(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")), crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::PROXY));
     crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() }, scope);
     start_dns(cfg, &api, node_ip, scope).await;
     Ok(runtime)
@@ -301,7 +304,7 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
 /// The embedded cluster DNS, and the `kube-dns` Service (with its one endpoint, this node)
 /// through which pods reach it.
 async fn start_dns(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Option<String>, scope: &Scope) {
-    let client = api.client(concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")));
+    let client = api.client_as(concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")), crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::DNS));
     let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
     // Bound to the node address (the kube-dns endpoint), so replies leave from the address
     // the proxy translated the query to; a wildcard socket would answer from whichever
@@ -322,7 +325,8 @@ async fn start_dns(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Optio
         port: ("dns", 53, "UDP", cfg.cluster_dns_port),
         endpoint: node_ip,
     };
-    published.publish(&client).await;
+    // Published by the server (as a deployer of the DNS add-on would), not by the DNS itself.
+    published.publish(&api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")))).await;
 }
 
 /// A Service whose one endpoint is this server itself (`kubernetes`, `kube-dns`), with its

@@ -158,6 +158,44 @@ check_contains "and its pod is refused, as on a real cluster" '/api/v1/namespace
 "$HELM" uninstall reader -n chart-a >/dev/null 2>&1
 "$HELM" uninstall reader -n chart-b >/dev/null 2>&1
 
+# Nodes: the kubelet reads only what its pods use (Node authorizer) and writes only its own
+# objects (NodeRestriction). Node credentials from the certificates API, a second Node object.
+node_cert() { # NAME: a client certificate for system:node:NAME in system:nodes
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$E2E_DIR/$1.key" -subj "/CN=system:node:$1/O=system:nodes" -out "$E2E_DIR/$1.csr" 2>/dev/null
+  printf 'apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {name: node-%s}\nspec:\n  signerName: kubernetes.io/kube-apiserver-client\n  request: %s\n  usages: [client auth]\n' "$1" "$(base64 -w0 <"$E2E_DIR/$1.csr")" | k apply -f - >/dev/null
+  k certificate approve "node-$1" >/dev/null
+  for _ in $(seq 50); do k get csr "node-$1" -o jsonpath='{.status.certificate}' | base64 -d >"$E2E_DIR/$1.crt" 2>/dev/null; [ -s "$E2E_DIR/$1.crt" ] && break; sleep 0.2; done
+}
+as_node() { local n=$1; shift; k --client-certificate="$E2E_DIR/$n.crt" --client-key="$E2E_DIR/$n.key" "$@"; }
+node_cert e2e-node
+node_cert other-node
+k apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Node
+metadata: {name: other-node}
+YAML
+k create ns nodes-a >/dev/null
+k -n nodes-a create secret generic mounted --from-literal=k=v >/dev/null
+k -n nodes-a create secret generic unused --from-literal=k=v >/dev/null
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: holder, namespace: nodes-a}
+spec:
+  nodeName: e2e-node
+  containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sleep, "3600"], volumeMounts: [{name: s, mountPath: /s}]}]
+  volumes: [{name: s, secret: {secretName: mounted}}]
+YAML
+check "the node of a pod reads the Secret it mounts" "mounted" "$(as_node e2e-node -n nodes-a get secret mounted -o jsonpath='{.metadata.name}' 2>&1)"
+check_contains "another node may not" 'secrets "mounted" is forbidden: User "system:node:other-node" cannot get resource "secrets" in API group "" in the namespace "nodes-a": no relationship found between node '"'"'other-node'"'"' and this object' "$(as_node other-node -n nodes-a get secret mounted 2>&1)"
+check_contains "nor the pod's node a Secret no pod of it uses" 'secrets "unused" is forbidden' "$(as_node e2e-node -n nodes-a get secret unused 2>&1)"
+check_contains "nor list Secrets" 'secrets is forbidden: User "system:node:e2e-node" cannot list resource "secrets"' "$(as_node e2e-node -n nodes-a get secrets 2>&1)"
+check_contains "a node may not label another node" 'nodes "e2e-node" is forbidden: User "system:node:other-node" cannot patch resource "nodes"' "$(as_node other-node label node e2e-node x=y 2>&1)"
+check_cmd "but may label itself" as_node other-node label node other-node x=y
+check_contains "nor delete a pod bound elsewhere" 'pods "holder" is forbidden: User "system:node:other-node" cannot delete resource "pods"' "$(as_node other-node -n nodes-a delete pod holder --wait=false 2>&1)"
+check "the kubelet, as its node, keeps the pod running" "Running" "$(k -n nodes-a wait --for=condition=Ready pod/holder --timeout=60s >/dev/null 2>&1; k -n nodes-a get pod holder -o jsonpath='{.status.phase}')"
+k -n nodes-a delete pod holder --wait=false >/dev/null
+
 # The bootstrap policy is reconciled at start: a rule taken away comes back.
 k patch clusterrole system:basic-user --type=json -p '[{"op": "remove", "path": "/rules/1"}]' >/dev/null
 stop_server TERM

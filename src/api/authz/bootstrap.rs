@@ -3,11 +3,29 @@
 //! back; what an administrator added is kept): `cluster-admin` for `system:masters`; the
 //! user-facing `admin`, `edit`, `view` aggregated from `system:aggregate-to-*`; what every
 //! authenticated user may do (`system:basic-user`, `system:discovery`) and what anyone may
-//! read (`system:public-info-viewer`).
+//! read (`system:public-info-viewer`); and the roles of the components that do not act as
+//! the API server: the scheduler (`system:kube-scheduler`, `system:volume-scheduler`), the
+//! service proxy (`system:node-proxier`, and the node's service load balancer) and the cluster
+//! DNS (`system:coredns`, as the coredns add-on binds it).
 
 use crate::runtime::Client;
 use crate::vocab::resource::builtin::{CLUSTERROLEBINDINGS, CLUSTERROLES};
 use serde_json::{json, Value};
+
+/// The scheduler's user.
+pub const SCHEDULER: &str = "system:kube-scheduler";
+/// The service proxy's user.
+pub const PROXY: &str = "system:kube-proxy";
+/// The cluster DNS's user: the coredns add-on's service account.
+pub const DNS: &str = "system:serviceaccount:kube-system:coredns";
+
+/// The identity of the in-process component `user` (one of the constants above).
+pub fn component(user: &str) -> crate::vocab::user::UserInfo {
+    match user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+        Some((ns, _)) => crate::vocab::user::UserInfo::authenticated(user, &["system:serviceaccounts", &format!("system:serviceaccounts:{ns}")]),
+        None => crate::vocab::user::UserInfo::authenticated(user, &[]),
+    }
+}
 
 const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 const AGGREGATE: &str = "rbac.authorization.k8s.io/aggregate-to-";
@@ -38,6 +56,14 @@ fn aggregated(name: &str, labels: Value, select: &str) -> Value {
 
 fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
     let subjects: Vec<Value> = groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect();
+    bound(name, role, subjects)
+}
+
+fn user_binding(name: &str, role: &str, user: &str) -> Value {
+    bound(name, role, vec![json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user})])
+}
+
+fn bound(name: &str, role: &str, subjects: Vec<Value>) -> Value {
     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {AUTOUPDATE: "true"}},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects})
@@ -55,6 +81,41 @@ pub fn cluster_roles() -> Vec<Value> {
             r(&["authentication.k8s.io"], &["selfsubjectreviews"], &["create"]),
         ]),
         role("system:service-account-issuer-discovery", json!({}), vec![urls(&["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks", "/openid/v1/jwks/"], &["get"])]),
+        role("system:kube-scheduler", json!({}), vec![
+            r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+            r(&["coordination.k8s.io"], &["leases"], &["create"]),
+            json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kube-scheduler"], "verbs": ["get", "update"]}),
+            r(&[""], &["nodes"], READ),
+            r(&[""], &["pods"], &["delete", "get", "list", "watch"]),
+            r(&[""], &["bindings", "pods/binding"], &["create"]),
+            r(&[""], &["pods/status"], &["patch", "update"]),
+            r(&[""], &["replicationcontrollers", "services"], READ),
+            r(&["apps"], &["replicasets", "statefulsets"], READ),
+            r(&["policy"], &["poddisruptionbudgets"], READ),
+            r(&[""], &["persistentvolumeclaims", "persistentvolumes"], READ),
+            r(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+            r(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+            r(&["storage.k8s.io"], &["csinodes", "csidrivers", "csistoragecapacities"], READ),
+            r(&[""], &["namespaces"], READ),
+        ]),
+        role("system:volume-scheduler", json!({}), vec![
+            r(&[""], &["persistentvolumes"], &["get", "list", "patch", "update", "watch"]),
+            r(&["storage.k8s.io"], &["storageclasses"], READ),
+            r(&[""], &["persistentvolumeclaims"], &["get", "list", "patch", "update", "watch"]),
+        ]),
+        role("system:node-proxier", json!({}), vec![
+            r(&[""], &["endpoints", "services"], &["list", "watch"]),
+            r(&[""], &["nodes"], READ),
+            r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+            r(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
+        ]),
+        // The node's service load balancer (LoadBalancer Services get the node address).
+        role("system:ferrokube:service-lb", json!({}), vec![r(&[""], &["services/status"], &["get", "patch", "update"])]),
+        // The cluster DNS, as the coredns add-on's role reads it.
+        role("system:coredns", json!({}), vec![
+            r(&[""], &["endpoints", "services", "pods", "namespaces"], &["list", "watch"]),
+            r(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
+        ]),
         aggregated("admin", json!({}), "admin"),
         aggregated("edit", to("admin"), "edit"),
         aggregated("view", to("edit"), "view"),
@@ -100,6 +161,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("system:basic-user", "system:basic-user", &["system:authenticated"]),
         binding("system:public-info-viewer", "system:public-info-viewer", &["system:authenticated", "system:unauthenticated"]),
         binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
+        user_binding("system:kube-scheduler", "system:kube-scheduler", SCHEDULER),
+        user_binding("system:volume-scheduler", "system:volume-scheduler", SCHEDULER),
+        user_binding("system:node-proxier", "system:node-proxier", PROXY),
+        user_binding("system:ferrokube:service-lb", "system:ferrokube:service-lb", PROXY),
+        bound("system:coredns", "system:coredns", vec![json!({"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"})]),
     ]
 }
 

@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod escalation;
 pub mod impersonate;
+pub mod node;
 pub mod rbac;
 
 use crate::vocab::status::{qualified, ApiError};
@@ -176,14 +177,15 @@ pub enum Decision {
     Deny(String),
 }
 
-/// The authorizer chain: the privileged group, then RBAC.
+/// The authorizer chain: the privileged group, the Node authorizer, then RBAC.
 pub struct Authorizer {
     pub rbac: rbac::Rbac,
+    store: crate::store::Store,
 }
 
 impl Authorizer {
     pub fn new(store: crate::store::Store) -> Authorizer {
-        Authorizer { rbac: rbac::Rbac::new(store) }
+        Authorizer { rbac: rbac::Rbac::new(store.clone()), store }
     }
 
     /// Whether `user` may do `a`.
@@ -191,7 +193,16 @@ impl Authorizer {
         if user.groups.iter().any(|g| g == MASTERS) {
             return Decision::Allow;
         }
-        self.rbac.decide(user, a)
+        let node_reason = match node::decide(&self.store, user, a) {
+            Some((Decision::Allow, _)) => return Decision::Allow,
+            Some((denied, true)) => return denied,
+            Some((Decision::Deny(reason), false)) => reason,
+            None => String::new(),
+        };
+        match self.rbac.decide(user, a) {
+            Decision::Deny(rbac) if !node_reason.is_empty() => Decision::Deny(if rbac.is_empty() { node_reason } else { format!("{node_reason}, {rbac}") }),
+            other => other,
+        }
     }
 
     /// `Ok` when `user` may do `a`, else the 403 to answer.

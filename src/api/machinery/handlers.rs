@@ -273,6 +273,7 @@ impl Api {
         if kind.group == "rbac.authorization.k8s.io" {
             crate::api::authz::escalation::check(&self.authz, user, kind.plural, o, old)?;
         }
+        crate::api::authz::node::admit(user, kind.group, kind.plural, o)?;
         Ok(())
     }
 
