@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Authorization on a node (root: containerd, runc, iptables): the bootstrap policy; anonymous
-# requests; a service account's token refused with upstream's 403 until a Role and RoleBinding
-# grant one Secret by name; kubectl auth can-i (also --list) for service accounts and users
-# before and after bindings; impersonation; escalation prevention for roles and bindings;
-# ClusterRole aggregation; and a helm chart whose pod uses its own ServiceAccount, Role and
-# RoleBinding from inside the cluster, and fails as on a real cluster without the binding.
+# Authorization and admission on a node (root: containerd, runc, iptables): the bootstrap
+# policy; anonymous requests; a service account's token refused with upstream's 403 until a
+# Role and RoleBinding grant one Secret by name; kubectl auth can-i (also --list) before and
+# after bindings; impersonation; escalation prevention; ClusterRole aggregation; the Node
+# authorizer and NodeRestriction (node certificates, a second Node); Pod Security admission;
+# a helm chart whose pod uses its own ServiceAccount, Role and RoleBinding from inside the
+# cluster, and fails as on a real cluster without the binding; the policy reconciled at start.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 use_node
@@ -195,6 +196,23 @@ check_cmd "but may label itself" as_node other-node label node other-node x=y
 check_contains "nor delete a pod bound elsewhere" 'pods "holder" is forbidden: User "system:node:other-node" cannot delete resource "pods"' "$(as_node other-node -n nodes-a delete pod holder --wait=false 2>&1)"
 check "the kubelet, as its node, keeps the pod running" "Running" "$(k -n nodes-a wait --for=condition=Ready pod/holder --timeout=60s >/dev/null 2>&1; k -n nodes-a get pod holder -o jsonpath='{.status.phase}')"
 k -n nodes-a delete pod holder --wait=false >/dev/null
+
+# Pod Security admission: namespace labels choose the level; enforce refuses, warn warns.
+k create ns psa-r >/dev/null
+k label ns psa-r pod-security.kubernetes.io/enforce=restricted >/dev/null
+check_contains "a pod violating restricted is refused with upstream's reasons" \
+  'pods "bare" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "bare" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "bare" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "bare" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "bare" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")' \
+  "$(k -n psa-r run bare --image=$IMAGE --restart=Never 2>&1)"
+check_cmd "a pod meeting restricted is admitted" k -n psa-r run ok --image=$IMAGE --restart=Never \
+  --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"ok","image":"'$IMAGE'","command":["true"],"securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}'
+check_contains "a Deployment whose template violates it is admitted with a warning" 'Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false' "$(k -n psa-r create deployment web --image=$IMAGE 2>&1)"
+k create ns psa-w >/dev/null
+k label ns psa-w pod-security.kubernetes.io/warn=baseline >/dev/null
+out=$(k -n psa-w run hostnet --image=$IMAGE --restart=Never --overrides='{"spec":{"hostNetwork":true}}' 2>&1)
+check_contains "warn=baseline warns of host namespaces" 'Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)' "$out"
+check_contains "and admits the pod" 'pod/hostnet created' "$out"
+check_contains "a level upstream does not know is refused" 'must be one of privileged, baseline, restricted' "$(k label ns psa-w pod-security.kubernetes.io/enforce=strict 2>&1)"
+k delete ns psa-r psa-w --wait=false >/dev/null
 
 # The bootstrap policy is reconciled at start: a rule taken away comes back.
 k patch clusterrole system:basic-user --type=json -p '[{"op": "remove", "path": "/rules/1"}]' >/dev/null

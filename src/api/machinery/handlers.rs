@@ -277,6 +277,37 @@ impl Api {
         Ok(())
     }
 
+    /// Pod Security admission for a pod being created (refused when it violates its
+    /// namespace's enforce level) or a workload's pod template (warnings only); updates of
+    /// pods and subresources are not checked again.
+    fn pod_security(&self, rr: &ResourceReq, o: &Value, create: bool, warnings: &mut Vec<String>) -> Result<(), ApiError> {
+        use crate::api::policy::podsecurity::{levels, message, pod_parts, violations, Level};
+        let Some((meta, spec, is_pod)) = pod_parts(rr.kind.group, rr.kind.plural, o) else { return Ok(()) };
+        if rr.sub.is_some() || (is_pod && !create) {
+            return Ok(());
+        }
+        let Some(ns) = vobj::namespace(o) else { return Ok(()) };
+        let Some(stored) = self.store.get(&format!("/core/namespaces/{ns}"))? else { return Ok(()) };
+        let (enforce, warn) = levels(&obj::parse_stored(&stored.json)?);
+        if enforce == Level::Privileged && warn == Level::Privileged {
+            return Ok(());
+        }
+        let bad = violations(enforce, meta, spec);
+        if !bad.is_empty() {
+            if is_pod {
+                return Err(crate::api::authz::forbidden_for("", "pods", vobj::name(o), &message("violates", enforce, &bad)));
+            }
+            warnings.push(message("would violate", enforce, &bad));
+        }
+        if warn > enforce || (warn != enforce && bad.is_empty()) {
+            let bad = violations(warn, meta, spec);
+            if !bad.is_empty() {
+                warnings.push(message("would violate", warn, &bad));
+            }
+        }
+        Ok(())
+    }
+
     /// The namespace must exist and not be terminating.
     fn check_namespace(&self, rr: &ResourceReq) -> Result<(), ApiError> {
         let Some(ns) = rr.namespace.as_deref().filter(|_| rr.kind.namespaced) else { return Ok(()) };
@@ -304,6 +335,8 @@ impl Api {
         let warnings = field_validation(rr.kind, &mut o, q, (bt == BodyType::Json).then_some(body))?;
         self.prepare_create(rr, q, &mut o)?;
         self.admit(rr.kind, &mut o, None, &q.2)?;
+        let mut warnings = warnings;
+        self.pod_security(rr, &o, true, &mut warnings)?;
         managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
         Ok(self.store_new(rr, o, dry_run).await?.with_warnings(warnings))
     }
@@ -466,6 +499,8 @@ impl Api {
             return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
         }
         let new = self.prepare_update(rr, &old, new, Some(q.field_manager()), &q.2)?;
+        let mut warnings = warnings;
+        self.pod_security(rr, &new, false, &mut warnings)?;
         Ok(self.commit_update(rr, &old, new, expect, dry_run).await?.with_warnings(warnings))
     }
 
@@ -510,8 +545,9 @@ impl Api {
                     return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
                 }
             }
-            let warnings = field_validation(rr.kind, &mut patched, q, None)?;
+            let mut warnings = field_validation(rr.kind, &mut patched, q, None)?;
             let new = self.prepare_update(rr, &old, patched, Some(q.field_manager()), &q.2)?;
+            self.pod_security(rr, &new, false, &mut warnings)?;
             match self.commit_update(rr, &old, new, current, dry_run).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt + 1 < RMW_RETRIES => continue,
                 other => return other.map(|r| r.with_warnings(warnings)),

@@ -1,5 +1,5 @@
 //! Per-kind policy: the table of kinds and what differs by kind (defaulting, validation,
-//! CRDs, Service addresses, service-account tokens, eviction, namespaces).
+//! CRDs, Service addresses, service-account tokens, eviction, namespaces, Pod Security).
 
 pub mod apiservices;
 pub mod certificates;
@@ -7,6 +7,7 @@ pub mod custom;
 pub mod eviction;
 pub mod kinds;
 pub(crate) mod namespaces;
+pub mod podsecurity;
 pub mod reviews;
 pub mod services;
 pub mod strategies;

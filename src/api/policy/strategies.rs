@@ -530,6 +530,7 @@ fn namespace_defaults(o: &mut Value) {
 }
 pub const NAMESPACE: Strategy = Strategy {
     defaults: namespace_defaults,
+    validate: |o, _, c| super::podsecurity::validate_namespace_labels(o, c),
     name: crate::vocab::validation::NameRule::Label,
     initial_status: Some(|_| json!({"phase": "Active"})),
     field: |o, f| match f {
