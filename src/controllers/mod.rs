@@ -17,6 +17,7 @@ pub mod history;
 pub mod job;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
@@ -86,6 +87,7 @@ pub fn start(clients: &dyn Fn(&str) -> Client, scope: &Scope, cfg: Config) {
     gc::start(s.ctl("garbage-collector", "garbage-collector"), &mut s);
     serviceaccount::start(s.ctl("serviceaccount", "serviceaccount-controller"), &mut s, cfg.ca.cert_pem.clone());
     clusterroleaggregation::start(s.ctl("clusterrole-aggregation", "clusterrole-aggregation-controller"), &mut s);
+    resourcequota::start(s.ctl("resourcequota", "resourcequota-controller"), &mut s);
     certificates::start(s.ctl("certificate-signer", "certificatesigningrequest-signing-controller"), &mut s, cfg.ca);
     replicaset::start(s.ctl("replicaset", "replicaset-controller"), &mut s);
     deployment::start(s.ctl("deployment", "deployment-controller"), &mut s);

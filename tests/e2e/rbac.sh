@@ -4,6 +4,7 @@
 # Role and RoleBinding grant one Secret by name; kubectl auth can-i (also --list) before and
 # after bindings; impersonation; escalation prevention; ClusterRole aggregation; the Node
 # authorizer and NodeRestriction (node certificates, a second Node); Pod Security admission;
+# ResourceQuota and LimitRange;
 # a helm chart whose pod uses its own ServiceAccount, Role and RoleBinding from inside the
 # cluster, and fails as on a real cluster without the binding; the policy reconciled at start.
 set -uo pipefail
@@ -213,6 +214,36 @@ check_contains "warn=baseline warns of host namespaces" 'Warning: would violate 
 check_contains "and admits the pod" 'pod/hostnet created' "$out"
 check_contains "a level upstream does not know is refused" 'must be one of privileged, baseline, restricted' "$(k label ns psa-w pod-security.kubernetes.io/enforce=strict 2>&1)"
 k delete ns psa-r psa-w --wait=false >/dev/null
+
+# ResourceQuota and LimitRange.
+k create ns quota-a >/dev/null
+k -n quota-a create quota pods --hard=pods=2,count/configmaps=3 >/dev/null
+for p in one two; do k -n quota-a run $p --image=$IMAGE --image-pull-policy=IfNotPresent --restart=Never -- sleep 3600 >/dev/null; done
+check_contains "a quota of 2 pods refuses the third, in upstream's words" 'pods "three" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2' \
+  "$(k -n quota-a run three --image=$IMAGE --restart=Never -- sleep 3600 2>&1)"
+eventually "the quota's status shows the usage" "pods=2/2" 15 sh -c "'$KUBECTL' -n quota-a get quota pods -o jsonpath='pods={.status.used.pods}/{.status.hard.pods}'"
+check_contains "kubectl describe quota lists used and hard" "pods              2     2" "$(k -n quota-a describe quota pods)"
+k -n quota-a create quota compute --hard=requests.cpu=1 >/dev/null
+check_contains "a compute quota needs requests stated" 'failed quota: compute: must specify requests.cpu for: four' "$(k -n quota-a run four --image=$IMAGE --restart=Never 2>&1)"
+k -n quota-a delete quota compute >/dev/null
+k -n quota-a delete pod two --wait=false >/dev/null
+k create ns limits-a >/dev/null
+k apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: LimitRange
+metadata: {name: container-limits, namespace: limits-a}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 500m, memory: 128Mi}
+    defaultRequest: {cpu: 100m, memory: 64Mi}
+    max: {cpu: "1"}
+YAML
+k -n limits-a run filled --image=$IMAGE --restart=Never -- sleep 1 >/dev/null
+check "a LimitRange fills in requests and limits" '{"limits":{"cpu":"500m","memory":"128Mi"},"requests":{"cpu":"100m","memory":"64Mi"}}' "$(k -n limits-a get pod filled -o jsonpath='{.spec.containers[0].resources}')"
+check "and says so on the pod" "LimitRanger plugin set: cpu, memory request for container filled; cpu, memory limit for container filled" "$(k -n limits-a get pod filled -o jsonpath='{.metadata.annotations.kubernetes\.io/limit-ranger}')"
+check_contains "and refuses more than its max" 'pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2' "$(k -n limits-a run big --image=$IMAGE --restart=Never --overrides='{"spec":{"containers":[{"name":"big","image":"'$IMAGE'","resources":{"limits":{"cpu":"2"}}}]}}' 2>&1)"
+k delete ns quota-a limits-a --wait=false >/dev/null
 
 # The bootstrap policy is reconciled at start: a rule taken away comes back.
 k patch clusterrole system:basic-user --type=json -p '[{"op": "remove", "path": "/rules/1"}]' >/dev/null

@@ -308,6 +308,87 @@ impl Api {
         Ok(())
     }
 
+    /// LimitRanger admission of a pod being created: its namespace's LimitRanges default and
+    /// bound its containers' resources.
+    fn limit_ranger(&self, rr: &ResourceReq, o: &mut Value) -> Result<(), ApiError> {
+        if !rr.kind.is("", "pods") {
+            return Ok(());
+        }
+        let Some(ns) = vobj::namespace(o).map(String::from) else { return Ok(()) };
+        let page = self.store.list(&format!("/core/limitranges/{ns}/"), None, 0, None, &|_| true)?;
+        if page.items.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<Value> = page.items.iter().filter_map(|(_, j)| obj::parse_stored(j).ok()).collect();
+        crate::api::policy::limitranger::apply(&ranges, o).map_err(|why| crate::api::authz::forbidden_for("", "pods", vobj::name(o), &why))
+    }
+
+    /// ResourceQuota admission of a create: refused when it would take a quota of its
+    /// namespace past its limit (usage counted from the stored objects), or when a quota
+    /// tracks compute resources the pod's containers do not state; upstream's wording.
+    fn quota_admit(&self, rr: &ResourceReq, o: &Value) -> Result<(), ApiError> {
+        use crate::vocab::quota::{amount, counted_kind, format, required_compute};
+        let Some(ns) = vobj::namespace(o).filter(|_| rr.kind.namespaced) else { return Ok(()) };
+        let quotas = self.store.list(&format!("/core/resourcequotas/{ns}/"), None, 0, None, &|_| true)?;
+        if quotas.items.is_empty() {
+            return Ok(());
+        }
+        let mut stored: Option<Vec<Value>> = None;
+        let is_pod = rr.kind.is("", "pods");
+        for (_, json) in &quotas.items {
+            let quota = obj::parse_stored(json)?;
+            let qname = vobj::name(&quota).to_string();
+            let Some(hard) = quota["spec"]["hard"].as_object() else { continue };
+            if is_pod {
+                let mut missing = Vec::new();
+                for (name, which, res) in required_compute(hard) {
+                    let lacking: Vec<&str> = o["spec"]["containers"].as_array().into_iter().flatten().filter(|c| c["resources"][which][res.as_str()].is_null()).filter_map(|c| c["name"].as_str()).collect();
+                    if !lacking.is_empty() {
+                        missing.push(format!("{name} for: {}", lacking.join(",")));
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(crate::api::authz::forbidden_for(rr.kind.group, rr.kind.plural, vobj::name(o), &format!("failed quota: {qname}: must specify {}", missing.join("; "))));
+                }
+            }
+            let mut exceeded: Vec<(String, Value, Value, Value)> = Vec::new();
+            for (res, limit) in hard {
+                let Some((group, plural)) = counted_kind(res) else { continue };
+                if group != rr.kind.group || plural != rr.kind.plural {
+                    continue;
+                }
+                let add = amount(res, o);
+                if add == 0.0 {
+                    continue;
+                }
+                let objects = match &stored {
+                    Some(v) => v,
+                    None => {
+                        let page = self.store.list(&rr.kind.prefix(Some(ns)), None, 0, None, &|_| true)?;
+                        stored.insert(page.items.iter().filter_map(|(_, j)| obj::parse_stored(j).ok()).collect())
+                    }
+                };
+                let used: f64 = objects.iter().map(|x| amount(res, x)).sum();
+                let max = crate::vocab::quantity::parse(limit).unwrap_or(0.0);
+                if used + add > max + 1e-9 {
+                    exceeded.push((res.clone(), format(add, limit), format(used, limit), limit.clone()));
+                }
+            }
+            if !exceeded.is_empty() {
+                let list = |f: &dyn Fn(&(String, Value, Value, Value)) -> String| exceeded.iter().map(f).collect::<Vec<_>>().join(",");
+                let text = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+                let msg = format!(
+                    "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
+                    list(&|e| format!("{}={}", e.0, text(&e.1))),
+                    list(&|e| format!("{}={}", e.0, text(&e.2))),
+                    list(&|e| format!("{}={}", e.0, text(&e.3)))
+                );
+                return Err(crate::api::authz::forbidden_for(rr.kind.group, rr.kind.plural, vobj::name(o), &msg));
+            }
+        }
+        Ok(())
+    }
+
     /// The namespace must exist and not be terminating.
     fn check_namespace(&self, rr: &ResourceReq) -> Result<(), ApiError> {
         let Some(ns) = rr.namespace.as_deref().filter(|_| rr.kind.namespaced) else { return Ok(()) };
@@ -334,9 +415,11 @@ impl Api {
         let mut o = decode_object(body, bt)?;
         let warnings = field_validation(rr.kind, &mut o, q, (bt == BodyType::Json).then_some(body))?;
         self.prepare_create(rr, q, &mut o)?;
+        self.limit_ranger(rr, &mut o)?;
         self.admit(rr.kind, &mut o, None, &q.2)?;
         let mut warnings = warnings;
         self.pod_security(rr, &o, true, &mut warnings)?;
+        self.quota_admit(rr, &o)?;
         managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
         Ok(self.store_new(rr, o, dry_run).await?.with_warnings(warnings))
     }
