@@ -190,9 +190,13 @@ pub async fn ensure(client: &Client) {
         for want in objects {
             writes.push(async move {
                 let name = want["metadata"]["name"].as_str().unwrap_or("").to_string();
-                let result = match client.create(res.all(), &want).await {
-                    Err(e) if e.code == 409 => reconcile(client, res, &name, &want, field).await,
-                    other => other.map(|_| ()),
+                // Read first: at every start after the first, everything is there already.
+                let result = match reconcile(client, res, &name, &want, field).await {
+                    Err(e) if e.code == 404 => match client.create(res.all(), &want).await {
+                        Err(e) if e.code == 409 => reconcile(client, res, &name, &want, field).await,
+                        other => other.map(|_| ()),
+                    },
+                    other => other,
                 };
                 if let Err(e) = result {
                     tracing::warn!(kind = res.kind, %name, error = %e, "bootstrap RBAC policy not written");

@@ -35,7 +35,14 @@ pub enum TokenKeyError {
 pub struct TokenIssuer {
     key: EcdsaKeyPair,
     kid: String,
+    /// Claims of tokens whose signature was checked already (the ECDSA verification is the
+    /// costly part of authenticating a request). Expiry is checked on every use; the
+    /// objects a token names are looked up on every use by the caller.
+    verified: std::sync::Mutex<std::collections::HashMap<String, Value>>,
 }
+
+/// Tokens whose claims are kept; the cache starts over when it is full.
+const VERIFIED_MAX: usize = 1024;
 
 impl TokenIssuer {
     /// Loads the key at `path` (PKCS#8 PEM), creating it on first use.
@@ -65,7 +72,7 @@ impl TokenIssuer {
         let rng = ring::rand::SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng).map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?;
         let kid = B64.encode(ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref()).as_ref());
-        Ok(TokenIssuer { key, kid })
+        Ok(TokenIssuer { key, kid, verified: Default::default() })
     }
 
     /// A signed compact JWS of `claims`.
@@ -80,6 +87,26 @@ impl TokenIssuer {
     /// The claims of a token this key signed, if its signature holds and it is in its
     /// validity window at `now`.
     pub fn verify(&self, token: &str, now: i64) -> Option<Value> {
+        let valid_now = |claims: &Value| {
+            let (exp, nbf) = (claims["exp"].as_i64().unwrap_or(0), claims["nbf"].as_i64().unwrap_or(0));
+            now < exp && now >= nbf
+        };
+        if let Some(claims) = self.verified.lock().ok().and_then(|c| c.get(token).cloned()) {
+            return valid_now(&claims).then_some(claims);
+        }
+        let claims = self.verify_signed(token)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_MAX {
+                cache.clear();
+            }
+            cache.insert(token.to_string(), claims.clone());
+        }
+        valid_now(&claims).then_some(claims)
+    }
+
+    /// The claims of a token signed by this issuer for this issuer (signature, algorithm
+    /// and issuer checked; not its validity period).
+    fn verify_signed(&self, token: &str) -> Option<Value> {
         let (input, sig) = token.rsplit_once('.')?;
         let (header, payload) = input.split_once('.')?;
         let header: Value = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
@@ -89,8 +116,8 @@ impl TokenIssuer {
         let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref());
         public.verify(input.as_bytes(), &B64.decode(sig).ok()?).ok()?;
         let claims: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
-        let (exp, nbf) = (claims["exp"].as_i64()?, claims["nbf"].as_i64().unwrap_or(0));
-        (claims["iss"] == ISSUER && now < exp && now >= nbf).then_some(claims)
+        claims["exp"].as_i64()?;
+        (claims["iss"] == ISSUER).then_some(claims)
     }
 
     /// The public key as a JSON Web Key Set (`/openid/v1/jwks`).
