@@ -228,8 +228,7 @@ impl Api {
     }
 
     async fn dispatch(self: &Arc<Self>, c: &Call<'_>) -> Result<Rendered, ApiError> {
-        let attrs = authz::Attributes::of(c.method, c.path, c.query, false);
-        self.authz.check(c.user, &attrs)?;
+        self.authz.check_request(c.user, c.method, c.path, c.query, false)?;
         let target = route(c.path)?;
         let rr = match target {
             Target::Resource(rr) => rr,

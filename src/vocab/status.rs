@@ -153,6 +153,28 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(403, "Forbidden", message)
     }
+    /// Upstream's `NewForbidden`: `<resource.group> "<name>" is forbidden: <why>` (`forbidden:
+    /// <why>` without a resource), details naming the resource.
+    pub fn forbidden_for(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
+        let message = if resource.is_empty() {
+            format!("forbidden: {why}")
+        } else if name.is_empty() {
+            format!("{} is forbidden: {why}", qualified(resource, group))
+        } else {
+            format!("{} {name:?} is forbidden: {why}", qualified(resource, group))
+        };
+        let mut d = serde_json::Map::new();
+        if !name.is_empty() {
+            d.insert("name".into(), json!(name));
+        }
+        if !group.is_empty() {
+            d.insert("group".into(), json!(group));
+        }
+        if !resource.is_empty() {
+            d.insert("kind".into(), json!(resource));
+        }
+        ApiError { code: 403, reason: Cow::Borrowed("Forbidden"), message, details: Some(Value::Object(d)) }
+    }
     pub fn method_not_allowed(method: &str, what: &str) -> ApiError {
         ApiError::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({method} {what})"))
     }

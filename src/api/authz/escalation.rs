@@ -4,7 +4,7 @@
 //! it). `aggregationRule` needs full authority. Members of `system:masters` pass.
 
 use super::rbac::{uncovered, Rule};
-use super::{forbidden_for, Attributes, Authorizer, Decision};
+use super::{Attributes, Authorizer, Decision};
 use crate::vocab::status::ApiError;
 use crate::vocab::user::{UserInfo, MASTERS};
 use serde_json::Value;
@@ -49,12 +49,12 @@ pub fn check(authz: &Authorizer, user: &UserInfo, plural: &str, o: &Value, old: 
             let (held, errors) = authz.rbac.rules_for(user, namespace);
             let missing = uncovered(&held, &rules_of(o));
             if !missing.is_empty() {
-                return Err(forbidden_for(GROUP, plural, name, &not_held(user, &missing, &errors)));
+                return Err(ApiError::forbidden_for(GROUP, plural, name, &not_held(user, &missing, &errors)));
             }
             if o["aggregationRule"].is_object() {
                 let everything = [Rule { verbs: vec!["*".into()], api_groups: vec!["*".into()], resources: vec!["*".into()], ..Default::default() }, Rule { verbs: vec!["*".into()], non_resource_urls: vec!["*".into()], ..Default::default() }];
                 if !uncovered(&held, &everything).is_empty() {
-                    return Err(forbidden_for(GROUP, plural, name, "must have cluster-admin privileges to use the aggregationRule"));
+                    return Err(ApiError::forbidden_for(GROUP, plural, name, "must have cluster-admin privileges to use the aggregationRule"));
                 }
             }
             Ok(())
@@ -72,14 +72,14 @@ pub fn check(authz: &Authorizer, user: &UserInfo, plural: &str, o: &Value, old: 
             let role_ns = if kind == "Role" { namespace } else { "" };
             let Some(rules) = authz.rbac.role(kind, role_ns, role) else {
                 let what = if kind == "Role" { "roles" } else { "clusterroles" };
-                return Err(forbidden_for(GROUP, plural, name, &format!("{what}.{GROUP} {role:?} not found")));
+                return Err(ApiError::forbidden_for(GROUP, plural, name, &format!("{what}.{GROUP} {role:?} not found")));
             };
             let (held, errors) = authz.rbac.rules_for(user, namespace);
             let missing = uncovered(&held, &rules);
             if missing.is_empty() {
                 Ok(())
             } else {
-                Err(forbidden_for(GROUP, plural, name, &not_held(user, &missing, &errors)))
+                Err(ApiError::forbidden_for(GROUP, plural, name, &not_held(user, &missing, &errors)))
             }
         }
         _ => Ok(()),

@@ -9,9 +9,8 @@ pub mod impersonate;
 pub mod node;
 pub mod rbac;
 
-use crate::vocab::status::{qualified, ApiError};
+use crate::vocab::status::ApiError;
 use crate::vocab::user::{UserInfo, MASTERS};
-use serde_json::json;
 
 /// What a request asks to do, as an authorizer sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -141,32 +140,7 @@ pub fn forbidden(user: &UserInfo, a: &Attributes, reason: &str) -> ApiError {
     if !reason.is_empty() {
         why = format!("{why}: {reason}");
     }
-    forbidden_for(&a.api_group, &a.resource, &a.name, &why)
-}
-
-/// `NewForbidden` of upstream: `<resource.group> "<name>" is forbidden: <why>` (or
-/// `forbidden: <why>` for no resource), details naming the resource.
-pub fn forbidden_for(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
-    let message = if resource.is_empty() {
-        format!("forbidden: {why}")
-    } else if name.is_empty() {
-        format!("{} is forbidden: {why}", qualified(resource, group))
-    } else {
-        format!("{} {name:?} is forbidden: {why}", qualified(resource, group))
-    };
-    let mut details = serde_json::Map::new();
-    if !name.is_empty() {
-        details.insert("name".into(), json!(name));
-    }
-    if !group.is_empty() {
-        details.insert("group".into(), json!(group));
-    }
-    if !resource.is_empty() {
-        details.insert("kind".into(), json!(resource));
-    }
-    let mut e = ApiError::forbidden(message);
-    e.details = Some(serde_json::Value::Object(details));
-    e
+    ApiError::forbidden_for(&a.api_group, &a.resource, &a.name, &why)
 }
 
 /// An authorizer's answer.
@@ -188,9 +162,23 @@ impl Authorizer {
         Authorizer { rbac: rbac::Rbac::new(store.clone()), store }
     }
 
+    /// Whether `user` is in the privileged group, allowed everything unasked.
+    pub fn privileged(user: &UserInfo) -> bool {
+        user.groups.iter().any(|g| g == MASTERS)
+    }
+
+    /// `Ok` when `user` may make the request `method path?query` (the attributes are parsed
+    /// only for users RBAC has to look at), else the 403 to answer.
+    pub fn check_request(&self, user: &UserInfo, method: &str, path: &str, query: Option<&str>, upgrade: bool) -> Result<(), ApiError> {
+        if Self::privileged(user) {
+            return Ok(());
+        }
+        self.check(user, &Attributes::of(method, path, query, upgrade))
+    }
+
     /// Whether `user` may do `a`.
     pub fn decide(&self, user: &UserInfo, a: &Attributes) -> Decision {
-        if user.groups.iter().any(|g| g == MASTERS) {
+        if Self::privileged(user) {
             return Decision::Allow;
         }
         let node_reason = match node::decide(&self.store, user, a) {
@@ -217,6 +205,7 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn attrs(method: &str, path: &str, query: Option<&str>) -> (String, String, String, String, String, String) {
         let a = Attributes::of(method, path, query, false);

@@ -33,7 +33,12 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Rule {
 
 /// What any node may do, besides what depends on its pods (upstream's node rules, as far as
 /// this kubelet needs them).
-fn node_rules() -> Vec<Rule> {
+fn node_rules() -> &'static [Rule] {
+    static RULES: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
+    RULES.get_or_init(build_node_rules)
+}
+
+fn build_node_rules() -> Vec<Rule> {
     const READ: &[&str] = &["get", "list", "watch"];
     vec![
         rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
@@ -160,9 +165,9 @@ pub fn admit(user: &UserInfo, group: &str, plural: &str, o: &Value) -> Result<()
     let Some(node) = node_name(user) else { return Ok(()) };
     let name = o["metadata"]["name"].as_str().unwrap_or("");
     match (group, plural) {
-        ("", "nodes") if name != node => Err(super::forbidden_for("", "nodes", name, &format!("node {node:?} is not allowed to modify node {name:?}"))),
+        ("", "nodes") if name != node => Err(crate::vocab::status::ApiError::forbidden_for("", "nodes", name, &format!("node {node:?} is not allowed to modify node {name:?}"))),
         ("coordination.k8s.io", "leases") if name != node || o["metadata"]["namespace"] != "kube-node-lease" => {
-            Err(super::forbidden_for("coordination.k8s.io", "leases", name, "can only access node lease with the same name as the requesting node"))
+            Err(crate::vocab::status::ApiError::forbidden_for("coordination.k8s.io", "leases", name, "can only access node lease with the same name as the requesting node"))
         }
         _ => Ok(()),
     }

@@ -121,8 +121,7 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
     let remote = api.aggregator.remote_for(&path);
     if upgrade || remote.is_some() {
         // Relayed requests do not pass through the API's own check.
-        let attrs = crate::api::authz::Attributes::of(&method, &path, req.uri().query(), upgrade);
-        if let Err(e) = api.authz.check(&user, &attrs) {
+        if let Err(e) = api.authz.check_request(&user, &method, &path, req.uri().query(), upgrade) {
             return to_response(Rendered::error(&e), Some(req.into_body()));
         }
     }

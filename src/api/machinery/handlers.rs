@@ -295,7 +295,7 @@ impl Api {
         let bad = violations(enforce, meta, spec);
         if !bad.is_empty() {
             if is_pod {
-                return Err(crate::api::authz::forbidden_for("", "pods", vobj::name(o), &message("violates", enforce, &bad)));
+                return Err(ApiError::forbidden_for("", "pods", vobj::name(o), &message("violates", enforce, &bad)));
             }
             warnings.push(message("would violate", enforce, &bad));
         }
@@ -320,7 +320,7 @@ impl Api {
             return Ok(());
         }
         let ranges: Vec<Value> = page.items.iter().filter_map(|(_, j)| obj::parse_stored(j).ok()).collect();
-        crate::api::policy::limitranger::apply(&ranges, o).map_err(|why| crate::api::authz::forbidden_for("", "pods", vobj::name(o), &why))
+        crate::api::policy::limitranger::apply(&ranges, o).map_err(|why| ApiError::forbidden_for("", "pods", vobj::name(o), &why))
     }
 
     /// ResourceQuota admission of a create: refused when it would take a quota of its
@@ -348,7 +348,7 @@ impl Api {
                     }
                 }
                 if !missing.is_empty() {
-                    return Err(crate::api::authz::forbidden_for(rr.kind.group, rr.kind.plural, vobj::name(o), &format!("failed quota: {qname}: must specify {}", missing.join("; "))));
+                    return Err(ApiError::forbidden_for(rr.kind.group, rr.kind.plural, vobj::name(o), &format!("failed quota: {qname}: must specify {}", missing.join("; "))));
                 }
             }
             let mut exceeded: Vec<(String, Value, Value, Value)> = Vec::new();
@@ -383,7 +383,7 @@ impl Api {
                     list(&|e| format!("{}={}", e.0, text(&e.2))),
                     list(&|e| format!("{}={}", e.0, text(&e.3)))
                 );
-                return Err(crate::api::authz::forbidden_for(rr.kind.group, rr.kind.plural, vobj::name(o), &msg));
+                return Err(ApiError::forbidden_for(rr.kind.group, rr.kind.plural, vobj::name(o), &msg));
             }
         }
         Ok(())
