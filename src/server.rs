@@ -167,7 +167,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let _ = api.tokens.set(signer);
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
     // Upstream's bootstrap RBAC policy is in place before the API answers ready.
-    crate::api::authz::bootstrap::ensure(&api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")))).await;
+    crate::api::authz::bootstrap::ensure(&apiserver_client(&api)).await;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     // One scope per layer, stopped in order at shutdown.
@@ -326,7 +326,7 @@ async fn start_dns(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Optio
         endpoint: node_ip,
     };
     // Published by the server (as a deployer of the DNS add-on would), not by the DNS itself.
-    published.publish(&api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")))).await;
+    published.publish(&apiserver_client(api)).await;
 }
 
 /// A Service whose one endpoint is this server itself (`kubernetes`, `kube-dns`), with its
@@ -388,7 +388,7 @@ impl Published {
 /// API server as its endpoint, at an address pods can reach: the node address when the
 /// server listens on all addresses, else the address it listens on (none for loopback).
 async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api>, first: std::net::Ipv4Addr, node_ip: Option<String>) {
-    let client = api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
+    let client = apiserver_client(api);
     let endpoint = match cfg.bind_address {
         a if a.is_unspecified() => node_ip,
         IpAddr::V4(a) if !a.is_loopback() => Some(a.to_string()),
@@ -408,11 +408,16 @@ async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api
     published.publish(&client).await;
 }
 
+/// A client of the API in this process, as the API server itself.
+fn apiserver_client(api: &std::sync::Arc<Api>) -> Client {
+    api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")))
+}
+
 /// `kube-system/extension-apiserver-authentication`: how extension API servers
 /// authenticate this server's requests (front-proxy client certificates from the
 /// requestheader CA, with the identity in `X-Remote-*` headers) and clients' certificates.
 async fn publish_authentication_info(api: &std::sync::Arc<Api>, pki: &Pki) {
-    let client = api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")));
+    let client = apiserver_client(api);
     let data = serde_json::json!({
         "client-ca-file": pki.ca_pem,
         "requestheader-allowed-names": format!("[\"{}\"]", pki::FRONT_PROXY_CLIENT),

@@ -38,16 +38,13 @@ impl T {
     }
 }
 
-fn sa(ns: &str, name: &str) -> UserInfo {
-    UserInfo::authenticated(format!("system:serviceaccount:{ns}:{name}"), &["system:serviceaccounts", &format!("system:serviceaccounts:{ns}")])
-}
 
 const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";
 
 #[tokio::test]
 async fn grants_by_name_apply_at_once_and_revocations_too() {
     let t = T::new().await;
-    let bot = sa("default", "bot");
+    let bot = UserInfo::service_account("default", "bot");
     for name in ["one", "two"] {
         assert_eq!(t.admin("POST", "/api/v1/namespaces/default/secrets", json!({"metadata": {"name": name}})).await.0, 201);
     }

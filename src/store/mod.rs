@@ -142,6 +142,13 @@ pub struct ListPage {
     pub next_key: Option<String>,
 }
 
+impl ListPage {
+    /// The entries as JSON values (entries that do not parse are left out).
+    pub fn objects(&self) -> impl Iterator<Item = serde_json::Value> + '_ {
+        self.items.iter().filter_map(|(_, json)| serde_json::from_slice(json).ok())
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

@@ -10,6 +10,16 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 /// The group of the cluster's administrators (every request allowed).
 pub const MASTERS: &str = "system:masters";
 
+/// The group of every service account (and, with `:<ns>`, of those of one namespace).
+pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
+/// How a service account's user name starts.
+pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
+/// The namespace and name of the service account a user name is, if it is one.
+pub fn service_account_of(user: &str) -> Option<(&str, &str)> {
+    user.strip_prefix(SERVICE_ACCOUNT_PREFIX)?.split_once(':')
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserInfo {
     pub name: String,
@@ -27,6 +37,12 @@ impl UserInfo {
             groups.push(AUTHENTICATED.into());
         }
         UserInfo { name: name.into(), groups, ..Default::default() }
+    }
+
+    /// Service account `ns/name`: `system:serviceaccount:<ns>:<name>` in
+    /// `system:serviceaccounts` and `system:serviceaccounts:<ns>`, as upstream names them.
+    pub fn service_account(ns: &str, name: &str) -> UserInfo {
+        UserInfo::authenticated(format!("{SERVICE_ACCOUNT_PREFIX}{ns}:{name}"), &[SERVICE_ACCOUNTS, &format!("{SERVICE_ACCOUNTS}:{ns}")])
     }
 
     /// The API server's own loopback identity.

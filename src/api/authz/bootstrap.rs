@@ -21,8 +21,8 @@ pub const DNS: &str = "system:serviceaccount:kube-system:coredns";
 
 /// The identity of the in-process component `user` (one of the constants above).
 pub fn component(user: &str) -> crate::vocab::user::UserInfo {
-    match user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
-        Some((ns, _)) => crate::vocab::user::UserInfo::authenticated(user, &["system:serviceaccounts", &format!("system:serviceaccounts:{ns}")]),
+    match crate::vocab::user::service_account_of(user) {
+        Some((ns, name)) => crate::vocab::user::UserInfo::service_account(ns, name),
         None => crate::vocab::user::UserInfo::authenticated(user, &[]),
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{Attributes, Authorizer};
 use crate::vocab::status::ApiError;
-use crate::vocab::user::{UserInfo, AUTHENTICATED};
+use crate::vocab::user::{UserInfo, AUTHENTICATED, SERVICE_ACCOUNTS};
 use std::collections::BTreeMap;
 
 const USER: &str = "impersonate-user";
@@ -40,7 +40,7 @@ pub fn apply(authz: &Authorizer, user: &UserInfo, h: &http::HeaderMap) -> Result
         return Err(ApiError::bad_request("requested impersonation of groups, a uid or extra attributes without impersonating a user"));
     }
     let mut checks = Vec::new();
-    let sa = name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':'));
+    let sa = crate::vocab::user::service_account_of(&name);
     match sa {
         Some((ns, sa)) => checks.push(impersonate_attrs("serviceaccounts", "", ns, sa, "")),
         None => checks.push(impersonate_attrs("users", "", "", &name, "")),
@@ -61,7 +61,7 @@ pub fn apply(authz: &Authorizer, user: &UserInfo, h: &http::HeaderMap) -> Result
     }
     let mut groups = groups;
     if let Some((ns, _)) = sa {
-        for g in ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")] {
+        for g in [SERVICE_ACCOUNTS.to_string(), format!("{SERVICE_ACCOUNTS}:{ns}")] {
             if !groups.contains(&g) {
                 groups.push(g);
             }

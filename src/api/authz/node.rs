@@ -61,7 +61,7 @@ fn pods_on(store: &Store, namespace: &str, node: &str) -> Vec<Value> {
     let prefix = format!("/core/pods/{namespace}/");
     let want = format!("\"nodeName\":\"{node}\"");
     let page = store.list(&prefix, None, 0, None, &|json| json.windows(want.len()).any(|w| w == want.as_bytes()));
-    page.map(|p| p.items.iter().filter_map(|(_, j)| serde_json::from_slice::<Value>(j).ok()).filter(|p| p["spec"]["nodeName"] == node).collect()).unwrap_or_default()
+    page.map(|p| p.objects().filter(|p| p["spec"]["nodeName"] == node).collect()).unwrap_or_default()
 }
 
 /// Whether `pod` refers to the `kind` object `name` (volumes, projected sources, env,
@@ -105,7 +105,7 @@ fn pod_is_on(store: &Store, node: &str, a: &Attributes) -> bool {
 fn volume_is_used(store: &Store, node: &str, a: &Attributes) -> bool {
     let claims = store.list("/core/persistentvolumeclaims/", None, 0, None, &|j| j.windows(a.name.len()).any(|w| w == a.name.as_bytes()));
     claims.map(|p| {
-        p.items.iter().filter_map(|(_, j)| serde_json::from_slice::<Value>(j).ok()).any(|c| {
+        p.objects().any(|c| {
             let (ns, claim) = (c["metadata"]["namespace"].as_str().unwrap_or(""), c["metadata"]["name"].as_str().unwrap_or(""));
             c["spec"]["volumeName"] == a.name.as_str() && pods_on(store, ns, node).iter().any(|p| refers(p, "persistentvolumeclaims", claim))
         })

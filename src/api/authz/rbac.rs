@@ -141,7 +141,7 @@ impl Binding {
             "Group" => user.groups.iter().any(|g| *g == s.name),
             "ServiceAccount" => {
                 let ns = if s.namespace.is_empty() { &self.namespace } else { &s.namespace };
-                user.name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) == Some((ns.as_str(), s.name.as_str()))
+                crate::vocab::user::service_account_of(&user.name) == Some((ns.as_str(), s.name.as_str()))
             }
             _ => false,
         })
@@ -167,7 +167,7 @@ impl Index {
         let mut ix = Index::default();
         let list = |plural: &str| -> Vec<Value> {
             match store.list(&format!("{STORE_PREFIX}{plural}/"), None, 0, None, &|_| true) {
-                Ok(page) => page.items.iter().filter_map(|(_, json)| serde_json::from_slice(json).ok()).collect(),
+                Ok(page) => page.objects().collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, plural, "reading RBAC objects");
                     Vec::new()

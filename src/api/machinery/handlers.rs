@@ -319,7 +319,7 @@ impl Api {
         if page.items.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<Value> = page.items.iter().filter_map(|(_, j)| obj::parse_stored(j).ok()).collect();
+        let ranges: Vec<Value> = page.objects().collect();
         crate::api::policy::limitranger::apply(&ranges, o).map_err(|why| ApiError::forbidden_for("", "pods", vobj::name(o), &why))
     }
 
@@ -365,7 +365,7 @@ impl Api {
                     Some(v) => v,
                     None => {
                         let page = self.store.list(&rr.kind.prefix(Some(ns)), None, 0, None, &|_| true)?;
-                        stored.insert(page.items.iter().filter_map(|(_, j)| obj::parse_stored(j).ok()).collect())
+                        stored.insert(page.objects().collect())
                     }
                 };
                 let used: f64 = objects.iter().map(|x| amount(res, x)).sum();

@@ -243,8 +243,7 @@ impl Api {
             }
         }
         let sa = private["serviceaccount"]["name"].as_str()?;
-        let group = format!("system:serviceaccounts:{ns}");
-        let mut user = crate::vocab::user::UserInfo::authenticated(format!("system:serviceaccount:{ns}:{sa}"), &["system:serviceaccounts", &group]);
+        let mut user = crate::vocab::user::UserInfo::service_account(ns, sa);
         user.uid = private["serviceaccount"]["uid"].as_str().unwrap_or("").to_string();
         if let (Some(pod), Some(uid)) = (private["pod"]["name"].as_str(), private["pod"]["uid"].as_str()) {
             user.extra.insert("authentication.kubernetes.io/pod-name".into(), vec![pod.to_string()]);
