@@ -183,6 +183,8 @@ fn schemas() {
         "authorization.k8s.io" "v1" "SubjectAccessReview" => a::authorization::v1::SubjectAccessReview,
         "authorization.k8s.io" "v1" "LocalSubjectAccessReview" => a::authorization::v1::LocalSubjectAccessReview,
         "certificates.k8s.io" "v1" "CertificateSigningRequest" => a::certificates::v1::CertificateSigningRequest,
+        "admissionregistration.k8s.io" "v1" "MutatingWebhookConfiguration" => a::admissionregistration::v1::MutatingWebhookConfiguration,
+        "admissionregistration.k8s.io" "v1" "ValidatingWebhookConfiguration" => a::admissionregistration::v1::ValidatingWebhookConfiguration,
         "apiregistration.k8s.io" "v1" "APIService" => k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService,
         "meta.k8s.io" "v1" "Status" => meta::Status,
         "meta.k8s.io" "v1" "DeleteOptions" => meta::DeleteOptions,

@@ -175,6 +175,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let rbac_api = api.clone();
     let rbac_scope = serving.clone();
     serving.spawn(async move { rbac_api.authz.rbac.follow(rbac_scope).await });
+    let hooks_api = api.clone();
+    let hooks_scope = serving.clone();
+    serving.spawn(async move { hooks_api.webhooks.follow(&hooks_api.store, hooks_scope).await });
     serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
     // The aggregation layer: APIServices registered, checked, and proxied to with the
     // front-proxy client certificate; extension servers learn how to trust it.

@@ -73,6 +73,8 @@ pub struct Api {
     pub aggregator: aggregator::Aggregator,
     /// Who may do what: the privileged group, then RBAC.
     pub authz: authz::Authorizer,
+    /// The admission webhooks in force.
+    pub webhooks: policy::webhooks::Webhooks,
 }
 
 const RMW_SHARDS: usize = 64;
@@ -201,7 +203,7 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), store })
+        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), store })
     }
 
     /// The service CIDR and node port range in force.

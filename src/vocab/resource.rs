@@ -315,6 +315,10 @@ pub mod builtin {
     pub const CERTIFICATESIGNINGREQUESTS: Resource = Resource::new("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false);
     /// `apiregistration.k8s.io/v1` APIService (the aggregation layer's registrations).
     pub const APISERVICES: Resource = Resource::new("apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", false);
+    /// `admissionregistration.k8s.io/v1` MutatingWebhookConfiguration.
+    pub const MUTATINGWEBHOOKCONFIGURATIONS: Resource = Resource::new("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false);
+    /// `admissionregistration.k8s.io/v1` ValidatingWebhookConfiguration.
+    pub const VALIDATINGWEBHOOKCONFIGURATIONS: Resource = Resource::new("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", false);
     /// `apiextensions.k8s.io/v1` CustomResourceDefinition.
     pub const CUSTOMRESOURCEDEFINITIONS: Resource = Resource::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false);
 }

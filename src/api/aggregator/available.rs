@@ -353,7 +353,7 @@ async fn check(api: &Arc<Api>, client: &Client, o: &Value) -> Verdict {
 }
 
 /// `host:port` of every ready endpoint in `slices` on the port named `port_name`.
-fn ready_endpoints(slices: &[Value], port_name: &str) -> Vec<String> {
+pub(crate) fn ready_endpoints(slices: &[Value], port_name: &str) -> Vec<String> {
     let mut out = Vec::new();
     for s in slices {
         let Some(port) = s["ports"].as_array().into_iter().flatten().find(|p| p["name"].as_str().unwrap_or("") == port_name).and_then(|p| p["port"].as_i64()) else { continue };

@@ -36,6 +36,14 @@ pub struct Tls {
 /// The TLS setup for a remote APIService: `ca_bundle` (PEM) as the trust roots, or none
 /// checked when `insecure`; `identity` as the client certificate.
 pub fn tls(service_name: &str, namespace: &str, ca_bundle: &[u8], insecure: bool, identity: Option<&Identity>) -> Result<Tls, String> {
+    let config = client_config(ca_bundle, insecure, identity).map_err(|e| if e.starts_with("front-proxy") { e } else { format!("spec.caBundle: {e}") })?;
+    let server_name = ServerName::try_from(format!("{service_name}.{namespace}.svc")).map_err(|e| e.to_string())?;
+    Ok(Tls { config, server_name })
+}
+
+/// A TLS client setup speaking HTTP/1.1: `ca_bundle` (PEM) as the only trust roots, or none
+/// checked when `insecure`; `identity` as the client certificate.
+pub fn client_config(ca_bundle: &[u8], insecure: bool, identity: Option<&Identity>) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
     let builder = if insecure {
@@ -43,8 +51,8 @@ pub fn tls(service_name: &str, namespace: &str, ca_bundle: &[u8], insecure: bool
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_bundle) {
-            let c = c.map_err(|e| format!("spec.caBundle: {e}"))?;
-            roots.add(c).map_err(|e| format!("spec.caBundle: {e}"))?;
+            let c = c.map_err(|e| e.to_string())?;
+            roots.add(c).map_err(|e| e.to_string())?;
         }
         builder.with_root_certificates(roots)
     };
@@ -57,8 +65,7 @@ pub fn tls(service_name: &str, namespace: &str, ca_bundle: &[u8], insecure: bool
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let server_name = ServerName::try_from(format!("{service_name}.{namespace}.svc")).map_err(|e| e.to_string())?;
-    Ok(Tls { config: Arc::new(config), server_name })
+    Ok(Arc::new(config))
 }
 
 /// Opens a connection to `addr` and returns its request handle; the connection (upgrades
@@ -67,7 +74,7 @@ pub async fn connect(addr: &str, tls: &Tls) -> Result<SendRequest<OutBody>, Stri
     let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("dial tcp {addr}: i/o timeout"))?
-        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+        .map_err(|e| format!("dial tcp {addr}: {}", dial_error(&e)))?;
     let _ = tcp.set_nodelay(true);
     let stream = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp).await.map_err(|e| format!("tls: {e}"))?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
@@ -77,6 +84,18 @@ pub async fn connect(addr: &str, tls: &Tls) -> Result<SendRequest<OutBody>, Stri
         }
     });
     Ok(send)
+}
+
+/// A failed connect as Go's net package words it (`connect: connection refused`).
+fn dial_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connect: connection refused".into(),
+        K::HostUnreachable => "connect: no route to host".into(),
+        K::NetworkUnreachable => "connect: network is unreachable".into(),
+        K::TimedOut => "i/o timeout".into(),
+        _ => e.to_string(),
+    }
 }
 
 /// GETs `path` from the extension server at `addr` as `user`, within five seconds: the
@@ -96,6 +115,25 @@ pub async fn get(addr: &str, tls: &Tls, path: &str, user: &UserInfo) -> Result<(
         Ok((code, body))
     };
     tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await.map_err(|_| "context deadline exceeded (Client.Timeout exceeded while awaiting headers)".to_string())?
+}
+
+/// POSTs a JSON `body` to `path` on the server at `addr` (`host` in the Host header): the
+/// status code and body. The caller bounds the time it takes.
+pub async fn post_json(addr: &str, host: &str, tls: &Tls, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+    use http_body_util::BodyExt;
+    let mut send = connect(addr, tls).await?;
+    let body = http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed();
+    let req = http::Request::post(path)
+        .header(http::header::HOST, host)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::USER_AGENT, "kube-apiserver-admission")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((code, body))
 }
 
 /// An empty request body.

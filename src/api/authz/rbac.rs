@@ -236,32 +236,7 @@ impl Rbac {
 
     /// Marks the index stale on every change of an RBAC object, until `scope` ends.
     pub async fn follow(&self, scope: crate::runtime::Scope) {
-        loop {
-            let mut watch = match self.store.watch(STORE_PREFIX, self.store.revision().unwrap_or(0)) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching RBAC objects; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                        _ = scope.cancelled() => return,
-                    }
-                }
-            };
-            self.invalidate();
-            loop {
-                tokio::select! {
-                    ev = watch.next() => match ev {
-                        Ok(_) => self.invalidate(),
-                        Err(crate::store::StoreError::Closed) => return,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "RBAC watch ended; restarting");
-                            break;
-                        }
-                    },
-                    _ = scope.cancelled() => return,
-                }
-            }
-        }
+        crate::api::machinery::follow::follow(&self.store, STORE_PREFIX, &scope, || self.invalidate()).await
     }
 
     /// Marks the index stale: the next request reads the RBAC objects again.

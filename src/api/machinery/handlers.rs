@@ -100,6 +100,9 @@ impl Api {
         if kind.is("apiextensions.k8s.io", "customresourcedefinitions") {
             self.crd_changed(&ev.object, ev.kind == crate::store::EventType::Deleted);
         }
+        if kind.group == "admissionregistration.k8s.io" {
+            self.webhooks.invalidate();
+        }
     }
 
     fn key(&self, rr: &ResourceReq) -> Result<String, ApiError> {
@@ -259,10 +262,7 @@ impl Api {
 
     /// Defaulting then validation; `Invalid` with every cause.
     fn admit(&self, kind: &'static Kind, o: &mut Value, old: Option<&Value>, user: &crate::vocab::user::UserInfo) -> Result<(), ApiError> {
-        if let Some(def) = schema::kind_definition(kind.group, kind.version, kind.kind) {
-            schema::normalize_bytes(def, o);
-        }
-        (kind.strategy.defaults)(o);
+        default_object(kind, o);
         let mut causes: Vec<Cause> = Vec::new();
         validation::validate_metadata(o, kind.strategy.name, &mut causes);
         (kind.strategy.validate)(o, old, &mut causes);
@@ -389,6 +389,24 @@ impl Api {
         Ok(())
     }
 
+    /// The mutating admission webhooks of a create or update (`old`), then validation again
+    /// if they changed the object: their warnings.
+    async fn webhook_mutation(&self, rr: &ResourceReq, q: &Query, o: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<Vec<String>, ApiError> {
+        let name = vobj::name(o).to_string();
+        let req = hook_request(rr, q, &name, old.is_some(), dry_run);
+        let m = self.mutating_webhooks(&req, o, old).await?;
+        if m.changed {
+            self.admit(rr.kind, o, old, &q.2)?;
+        }
+        Ok(m.warnings)
+    }
+
+    /// The validating admission webhooks of a create or update (`old`): their warnings.
+    async fn webhook_validation(&self, rr: &ResourceReq, q: &Query, o: &Value, old: Option<&Value>, dry_run: bool) -> Result<Vec<String>, ApiError> {
+        let req = hook_request(rr, q, vobj::name(o), old.is_some(), dry_run);
+        self.validating_webhooks(&req, Some(o), old).await
+    }
+
     /// The namespace must exist and not be terminating.
     fn check_namespace(&self, rr: &ResourceReq) -> Result<(), ApiError> {
         let Some(ns) = rr.namespace.as_deref().filter(|_| rr.kind.namespaced) else { return Ok(()) };
@@ -418,7 +436,9 @@ impl Api {
         self.limit_ranger(rr, &mut o)?;
         self.admit(rr.kind, &mut o, None, &q.2)?;
         let mut warnings = warnings;
+        warnings.extend(self.webhook_mutation(rr, q, &mut o, None, dry_run).await?);
         self.pod_security(rr, &o, true, &mut warnings)?;
+        warnings.extend(self.webhook_validation(rr, q, &o, None, dry_run).await?);
         self.quota_admit(rr, &o)?;
         managed::track_update(rr.kind, None, &mut o, q.field_manager(), None);
         Ok(self.store_new(rr, o, dry_run).await?.with_warnings(warnings))
@@ -581,9 +601,11 @@ impl Api {
         if expect != current {
             return Err(ApiError::stale(rr.kind.group, rr.kind.plural, rr.name.as_deref().unwrap_or("")));
         }
-        let new = self.prepare_update(rr, &old, new, Some(q.field_manager()), &q.2)?;
+        let mut new = self.prepare_update(rr, &old, new, Some(q.field_manager()), &q.2)?;
         let mut warnings = warnings;
+        warnings.extend(self.webhook_mutation(rr, q, &mut new, Some(&old), dry_run).await?);
         self.pod_security(rr, &new, false, &mut warnings)?;
+        warnings.extend(self.webhook_validation(rr, q, &new, Some(&old), dry_run).await?);
         Ok(self.commit_update(rr, &old, new, expect, dry_run).await?.with_warnings(warnings))
     }
 
@@ -629,8 +651,10 @@ impl Api {
                 }
             }
             let mut warnings = field_validation(rr.kind, &mut patched, q, None)?;
-            let new = self.prepare_update(rr, &old, patched, Some(q.field_manager()), &q.2)?;
+            let mut new = self.prepare_update(rr, &old, patched, Some(q.field_manager()), &q.2)?;
+            warnings.extend(self.webhook_mutation(rr, q, &mut new, Some(&old), dry_run).await?);
             self.pod_security(rr, &new, false, &mut warnings)?;
+            warnings.extend(self.webhook_validation(rr, q, &new, Some(&old), dry_run).await?);
             match self.commit_update(rr, &old, new, current, dry_run).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt + 1 < RMW_RETRIES => continue,
                 other => return other.map(|r| r.with_warnings(warnings)),
@@ -703,6 +727,9 @@ impl Api {
                     let mut o = managed::apply(rr.kind, None, &applied, manager, force)?;
                     self.prepare_create(rr, q, &mut o)?;
                     self.admit(rr.kind, &mut o, None, &q.2)?;
+                    let mut warnings = warnings.clone();
+                    warnings.extend(self.webhook_mutation(rr, q, &mut o, None, dry_run).await?);
+                    warnings.extend(self.webhook_validation(rr, q, &o, None, dry_run).await?);
                     match self.store_new(rr, o, dry_run).await {
                         Err(e) if e.reason == "AlreadyExists" => continue,
                         other => return other.map(|r| r.with_warnings(warnings)),
@@ -711,7 +738,10 @@ impl Api {
                 Err(e) => return Err(e),
                 Ok((live, current)) => {
                     let merged = managed::apply(rr.kind, Some(&live), &applied, manager, force)?;
-                    let new = self.prepare_update(rr, &live, merged, None, &q.2)?;
+                    let mut new = self.prepare_update(rr, &live, merged, None, &q.2)?;
+                    let mut warnings = warnings.clone();
+                    warnings.extend(self.webhook_mutation(rr, q, &mut new, Some(&live), dry_run).await?);
+                    warnings.extend(self.webhook_validation(rr, q, &new, Some(&live), dry_run).await?);
                     match self.commit_update(rr, &live, new, current, dry_run).await {
                         Err(e) if e.reason == "Conflict" && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
                         other => return other.map(|r| r.with_warnings(warnings)),
@@ -800,18 +830,29 @@ impl Api {
                     )));
                 }
             }
+            let hook_req = crate::api::policy::webhooks::Request {
+                kind: rr.kind,
+                sub: None,
+                namespace: rr.namespace.as_deref(),
+                name: &name,
+                operation: crate::api::policy::webhooks::Operation::Delete,
+                user: &q.2,
+                dry_run,
+                field_manager: None,
+            };
+            let warnings = self.deletion_webhooks(&hook_req, &old).await?;
             let key = self.key(rr)?;
             let graceful = self.graceful_period(rr.kind, &old, grace);
             let add_finalizer = gc_finalizer.filter(|f| !vobj::is_deleting(&old) && !vobj::finalizers(&old).iter().any(|x| x == f));
             let blocked = !vobj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || graceful.is_some() || add_finalizer.is_some();
             if !blocked {
                 if dry_run {
-                    return Ok(Reply::Object(200, old));
+                    return Ok(Reply::Object(200, old).with_warnings(warnings));
                 }
                 match self.store.write(Op::Delete { key, expect: Some(current) }).await {
                     Ok(ev) => {
                         self.committed(rr.kind, &ev);
-                        return Ok(Reply::Raw(200, ev.object));
+                        return Ok(Reply::Raw(200, ev.object).with_warnings(warnings));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(StoreError::NotFound) => return Err(Self::not_found(rr)),
@@ -820,7 +861,7 @@ impl Api {
             }
             if vobj::is_deleting(&old) && graceful.is_none() {
                 // Already being deleted: nothing more to record.
-                return Ok(Reply::Object(202, old));
+                return Ok(Reply::Object(202, old).with_warnings(warnings));
             }
             let mut new = old.clone();
             let meta = meta_mut(&mut new);
@@ -839,7 +880,7 @@ impl Api {
                 new["status"]["phase"] = json!("Terminating");
             }
             if dry_run {
-                return Ok(Reply::Object(200, new));
+                return Ok(Reply::Object(200, new).with_warnings(warnings));
             }
             match self.store.write(Op::Update { key, object: new, expect: Some(current) }).await {
                 Ok(ev) => {
@@ -847,7 +888,7 @@ impl Api {
                     if rr.kind.is("", "namespaces") {
                         self.namespace_terminating(&name);
                     }
-                    return Ok(Reply::Raw(200, ev.object));
+                    return Ok(Reply::Raw(200, ev.object).with_warnings(warnings));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::NotFound) => return Err(Self::not_found(rr)),
@@ -895,6 +936,29 @@ impl Api {
         }
         Ok(Reply::Object(200, success_status(None)))
     }
+}
+
+/// The attributes admission webhooks see for a create or (`update`) an update.
+fn hook_request<'a>(rr: &'a ResourceReq, q: &'a Query, name: &'a str, update: bool, dry_run: bool) -> crate::api::policy::webhooks::Request<'a> {
+    use crate::api::policy::webhooks::{Operation, Request};
+    Request {
+        kind: rr.kind,
+        sub: rr.sub.as_deref(),
+        namespace: rr.namespace.as_deref(),
+        name,
+        operation: if update { Operation::Update } else { Operation::Create },
+        user: &q.2,
+        dry_run,
+        field_manager: Some(q.field_manager()),
+    }
+}
+
+/// Upstream's defaulting of a decoded object: byte fields normalized, the kind's defaults.
+pub(crate) fn default_object(kind: &Kind, o: &mut Value) {
+    if let Some(def) = schema::kind_definition(kind.group, kind.version, kind.kind) {
+        schema::normalize_bytes(def, o);
+    }
+    (kind.strategy.defaults)(o);
 }
 
 /// Drops fields the kind's schema does not declare and reports them as `fieldValidation`

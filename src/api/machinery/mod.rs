@@ -4,6 +4,7 @@
 
 pub mod fieldcheck;
 pub mod fieldset;
+pub mod follow;
 pub mod handlers;
 pub mod managed;
 pub mod object;

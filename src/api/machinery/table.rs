@@ -370,6 +370,12 @@ pub static APISERVICES: Columns = Columns {
     },
 };
 
+/// Webhook configurations: how many webhooks each holds.
+pub static WEBHOOKS: Columns = Columns {
+    defs: &[NAME, int_col("Webhooks"), AGE],
+    cells: |o| vec![name(o), json!(o["webhooks"].as_array().map_or(0, Vec::len)), age(o)],
+};
+
 pub static CONTROLLERREVISIONS: Columns = Columns {
     defs: &[NAME, col("Controller"), int_col("Revision"), AGE],
     cells: |o| {

@@ -209,6 +209,8 @@ pub static KINDS: &[Kind] = &[
     kind!(LOCALSUBJECTACCESSREVIEWS, review super::reviews::local_subject_access),
     kind!(CERTIFICATESIGNINGREQUESTS, ["csr"], [], [Status, Approval], super::certificates::CSR, CSRS),
     kind!(APISERVICES, [], ["api-extensions"], [Status], super::apiservices::APISERVICE, APISERVICES),
+    kind!(MUTATINGWEBHOOKCONFIGURATIONS, [], ["api-extensions"], [], super::admissionregistration::MUTATING, WEBHOOKS),
+    kind!(VALIDATINGWEBHOOKCONFIGURATIONS, [], ["api-extensions"], [], super::admissionregistration::VALIDATING, WEBHOOKS),
     kind!(CUSTOMRESOURCEDEFINITIONS, ["crd", "crds"], ["api-extensions"], [Status], crate::api::custom::CRD, DEFAULT),
 ];
 

@@ -1,6 +1,7 @@
 //! Per-kind policy: the table of kinds and what differs by kind (defaulting, validation,
 //! CRDs, Service addresses, service-account tokens, eviction, namespaces, Pod Security, LimitRanger).
 
+pub mod admissionregistration;
 pub mod apiservices;
 pub mod certificates;
 pub mod custom;
@@ -13,3 +14,4 @@ pub mod reviews;
 pub mod services;
 pub mod strategies;
 pub mod tokens;
+pub mod webhooks;
