@@ -4,6 +4,8 @@ pub mod runtime;
 pub mod api;
 pub mod store;
 pub mod pki;
+pub mod encryption;
+pub mod control;
 pub mod server;
 pub mod cri;
 pub mod node;

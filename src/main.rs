@@ -25,6 +25,16 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// Secrets encryption at rest of the running server: `status`, `enable`, `disable`,
+    /// `rotate-keys` (each change re-encrypts every stored Secret).
+    SecretsEncrypt {
+        /// status, enable, disable or rotate-keys.
+        #[arg(value_parser = ["status", "enable", "disable", "rotate-keys"])]
+        action: String,
+        /// Data directory of the server (its --data-dir).
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +72,18 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
         Command::Cleanup { pod_bridge } => cleanup(&pod_bridge),
+        Command::SecretsEncrypt { action, data_dir } => {
+            match ferrokube::control::call(&data_dir, &serde_json::json!({"command": "secrets-encrypt", "action": action})) {
+                Ok(out) => {
+                    print!("{out}");
+                    if !out.ends_with('\n') {
+                        println!();
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(ferrokube::server::StartError::Command(e)),
+            }
+        }
         Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
             let socket = run_dir.join("containerd").join("containerd.sock");
             for f in &files {

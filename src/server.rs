@@ -70,6 +70,14 @@ pub struct ServerConfig {
     /// configuration (their directories are logged at start) and have a pause image.
     #[arg(long)]
     pub container_runtime_endpoint: Option<String>,
+    /// Encrypt Secrets at rest with a key ferrokube generates and manages
+    /// (`<data-dir>/server/cred/encryption-config.json`; see `ferrokube secrets-encrypt`).
+    #[arg(long)]
+    pub secrets_encryption: bool,
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) to encrypt resources at rest
+    /// with, as kube-apiserver's flag of that name.
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -96,6 +104,11 @@ pub enum StartError {
     Kubeconfig(PathBuf, String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    /// A command other than `server` failed; the message says why.
+    #[error("{0}")]
+    Command(String),
+    #[error("encryption at rest: {0}")]
+    Encryption(#[from] crate::encryption::EncryptionError),
     #[error("node: {0}")]
     Node(String),
 }
@@ -109,12 +122,13 @@ fn check_writable(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Opens the store under the data directory with a message that says what is wrong.
-pub fn open_store(data_dir: &Path, history: u64) -> Result<Store, StartError> {
+/// Opens the store under the data directory (values sealed by `sealer`) with a message
+/// that says what is wrong.
+pub fn open_store(data_dir: &Path, history: u64, sealer: crate::store::crypt::Sealer) -> Result<Store, StartError> {
     let db_dir = data_dir.join("db");
     check_writable(&db_dir)?;
     let path = db_dir.join("state.redb");
-    Store::open(&path, history).map_err(|e| {
+    Store::open_sealed(&path, history, sealer).map_err(|e| {
         let why = match e {
             StoreError::Foreign(m) => format!("the file is not a ferrokube datastore or is damaged ({m}); move it away to start fresh"),
             StoreError::Storage(m) if m.contains("already open") => {
@@ -130,7 +144,16 @@ pub fn open_store(data_dir: &Path, history: u64) -> Result<Store, StartError> {
 pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let started = std::time::Instant::now();
     check_writable(&cfg.data_dir)?;
-    let store = open_store(&cfg.data_dir, cfg.event_history)?;
+    let (encryption_source, sealer, created) = crate::encryption::load(&cfg.data_dir, cfg.encryption_provider_config.as_deref(), cfg.secrets_encryption)?;
+    let sealer_for_start = created.then(|| sealer.clone());
+    let store = open_store(&cfg.data_dir, cfg.event_history, sealer)?;
+    if let Some(sealer) = sealer_for_start {
+        // Encryption was just turned on: the Secrets already stored are encrypted now.
+        let done = store.reseal(sealer).await.map_err(|e| StartError::Store(cfg.data_dir.join("db"), e.to_string()))?;
+        store.rewrite().await.map_err(|e| StartError::Store(cfg.data_dir.join("db"), e.to_string()))?;
+        tracing::info!(secrets = done.objects, "secrets encryption enabled");
+    }
+    let encryption = std::sync::Arc::new(crate::encryption::Encryption { data_dir: cfg.data_dir.clone(), source: encryption_source, store: store.clone(), lock: Default::default() });
 
     let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -179,6 +202,14 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let hooks_scope = serving.clone();
     serving.spawn(async move { hooks_api.webhooks.follow(&hooks_api.store, hooks_scope).await });
     serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
+    let control_socket = crate::control::socket_path(&cfg.data_dir);
+    let control_scope = serving.clone();
+    serving.spawn(async move {
+        let handler = std::sync::Arc::new(crate::control::Handler { encryption });
+        if let Err(e) = crate::control::serve(control_socket.clone(), handler, control_scope).await {
+            tracing::warn!(socket = %control_socket.display(), error = %e, "the control socket is not served: `ferrokube secrets-encrypt` will not reach this server");
+        }
+    });
     // The aggregation layer: APIServices registered, checked, and proxied to with the
     // front-proxy client certificate; extension servers learn how to trust it.
     api.aggregator.set_identity(crate::api::aggregator::backend::Identity { cert_pem: pki.front_proxy_client_cert_pem.clone(), key_pem: pki.front_proxy_client_key_pem.clone() });

@@ -174,3 +174,73 @@ async fn foreign_file_is_refused() {
     std::fs::write(&path, b"this is not a database file at all, it is text").unwrap();
     assert!(Store::open(&path, 100).is_err());
 }
+
+fn sealer(providers: &str) -> ferrokube::store::crypt::Sealer {
+    let text = format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers: {providers}\n");
+    ferrokube::store::crypt::Sealer::from_config(text.as_bytes()).unwrap()
+}
+
+fn file_has(path: &std::path::Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn secret(name: &str, value: &str) -> Value {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ns"}, "data": {"password": b64}})
+}
+
+#[tokio::test]
+async fn resealing_and_rewriting_leave_no_plain_secret_in_the_file() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = Store::open(&path, 100).unwrap();
+    let value = "correct-horse-battery-staple";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    let k = "/core/secrets/ns/db".to_string();
+    let first = s.write(Op::Create { key: k.clone(), object: secret("db", value) }).await.unwrap().revision;
+    s.write(Op::Update { key: k.clone(), object: secret("db", value), expect: None }).await.unwrap();
+    create(&s, "plain", 1).await;
+    assert!(file_has(&path, &b64), "plain Secrets are stored as written");
+
+    let key1 = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+    let done = s.reseal(sealer(&format!("[{{aescbc: {{keys: [{{name: k1, secret: {key1}}}]}}}}, {{identity: {{}}}}]"))).await.unwrap();
+    assert_eq!((done.objects, done.events), (1, 2), "the Secret and its two history events");
+    s.rewrite().await.unwrap();
+    assert!(!file_has(&path, &b64) && !file_has(&path, value), "no plain or base64 value after reseal + rewrite");
+    assert!(file_has(&path, "k8s:enc:aescbc:v1:k1:"));
+    // Reads, lists, history and revisions are as before.
+    let got = s.get(&k).unwrap().unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&got.json).unwrap()["data"]["password"], b64.as_str());
+    assert_eq!(s.list("/core/secrets/", None, 0, Some(first), &|_| true).unwrap().items.len(), 1);
+    let mut w = s.watch("/core/", first).unwrap();
+    let update = w.next().await.unwrap();
+    assert_eq!((update.revision, update.prev.is_some()), (first + 1, true), "history replays, old images included");
+    assert_eq!(s.seal_census("/core/secrets/").unwrap().into_iter().collect::<Vec<_>>(), vec![("aescbc:k1".to_string(), 1)]);
+    // New writes are sealed; other kinds stay plain.
+    s.write(Op::Create { key: "/core/secrets/ns/new".into(), object: secret("new", "another-secret-value") }).await.unwrap();
+    assert!(!file_has(&path, "another-secret-value") && !file_has(&path, &base64::engine::general_purpose::STANDARD.encode("another-secret-value")));
+    assert!(file_has(&path, "\"name\":\"plain\""));
+
+    // Reopened with the configuration, everything reads back; without it, the read fails loudly.
+    drop(w);
+    drop(s);
+    let reopen = |sealer: ferrokube::store::crypt::Sealer| loop {
+        match Store::open_sealed(&path, 100, sealer.clone()) {
+            Ok(s) => break s,
+            Err(StoreError::Storage(m)) if m.contains("already open") => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let s = reopen(ferrokube::store::crypt::Sealer::default());
+    assert!(matches!(s.get(&k), Err(StoreError::Corrupt { .. })));
+    drop(s);
+    let s = reopen(sealer(&format!("[{{identity: {{}}}}, {{aescbc: {{keys: [{{name: k1, secret: {key1}}}]}}}}]")));
+    assert!(s.get(&k).unwrap().is_some());
+    // Decrypting back to plain (identity first).
+    let done = s.reseal(sealer(&format!("[{{identity: {{}}}}, {{aescbc: {{keys: [{{name: k1, secret: {key1}}}]}}}}]"))).await.unwrap();
+    assert_eq!(done.objects, 2);
+    assert_eq!(s.seal_census("/core/secrets/").unwrap().into_iter().collect::<Vec<_>>(), vec![("identity".to_string(), 2)]);
+}

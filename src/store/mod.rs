@@ -27,6 +27,7 @@
 //! resourceVersion already set, behind an 8-byte big-endian revision.
 
 mod codec;
+pub mod crypt;
 mod watch;
 mod writer;
 
@@ -36,8 +37,8 @@ pub use writer::Op;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, oneshot};
 
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -155,8 +156,41 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What the writer, readers and watchers share: the open database (replaced whole when the
+/// file is rewritten) and how values are sealed.
+pub(crate) struct Shared {
+    db: RwLock<Arc<Database>>,
+    sealer: RwLock<Arc<crypt::Sealer>>,
+    path: PathBuf,
+}
+
+impl Shared {
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub(crate) fn sealer(&self) -> Arc<crypt::Sealer> {
+        self.sealer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What [`Store::reseal`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    /// Stored objects written again.
+    pub objects: usize,
+    /// History events written again.
+    pub events: usize,
+}
+
+/// Where a store file being rewritten is built before it replaces the file.
+fn rewrite_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".rewrite");
+    PathBuf::from(p)
+}
+
 struct Inner {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     ops: std::sync::mpsc::SyncSender<writer::Request>,
     events: broadcast::Sender<Arc<Event>>,
     /// Set by [`Store::shutdown`]: writes are refused from then on.
@@ -166,6 +200,14 @@ struct Inner {
 impl Store {
     /// Opens (or creates) the store file at `path`, keeping `history` events.
     pub fn open(path: &Path, history: u64) -> Result<Store, StoreError> {
+        Store::open_sealed(path, history, crypt::Sealer::default())
+    }
+
+    /// Opens (or creates) the store file at `path`, keeping `history` events, values sealed
+    /// (and opened) by `sealer`.
+    pub fn open_sealed(path: &Path, history: u64, sealer: crypt::Sealer) -> Result<Store, StoreError> {
+        // A rewrite that did not finish left its copy; the file itself is whole.
+        let _ = std::fs::remove_file(rewrite_path(path));
         let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => {
@@ -179,34 +221,76 @@ impl Store {
             }
             Err(e) => return Err(StoreError::Storage(e.to_string())),
         };
-        let db = Arc::new(db);
         let revision = init_meta(&db)?;
+        let shared = Arc::new(Shared { db: RwLock::new(Arc::new(db)), sealer: RwLock::new(Arc::new(sealer)), path: path.to_path_buf() });
         let (events, _) = broadcast::channel(8192);
-        let ops = writer::spawn(db.clone(), events.clone(), revision, history.max(1))?;
-        Ok(Store { inner: Arc::new(Inner { db, ops, events, closed: Default::default() }) })
+        let ops = writer::spawn(shared.clone(), events.clone(), revision, history.max(1))?;
+        Ok(Store { inner: Arc::new(Inner { shared, ops, events, closed: Default::default() }) })
+    }
+
+    /// How values are sealed now.
+    pub fn sealer(&self) -> Arc<crypt::Sealer> {
+        self.inner.shared.sealer()
+    }
+
+    /// Seals with `sealer` from now on and writes every stored object and history event
+    /// whose key it covers (or that is sealed now) again, in one transaction: once this
+    /// returns, no value is stored the old way. Revisions do not change.
+    pub async fn reseal(&self, sealer: crypt::Sealer) -> Result<Resealed, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.ops.send(writer::Request::Reseal { sealer: Arc::new(sealer), reply: tx }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Copies the store into a fresh file that then replaces it (fsynced, renamed): pages
+    /// the file freed, and whatever they held, are gone afterwards.
+    pub async fn rewrite(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.ops.send(writer::Request::Rewrite(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// How the stored values under `prefix` are sealed: `<provider>:<key name>` (or
+    /// `identity` for plain values) and how many use it.
+    pub fn seal_census(&self, prefix: &str) -> Result<BTreeMap<String, usize>, StoreError> {
+        let db = self.inner.shared.db();
+        let tx = db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        let end = prefix_end(prefix);
+        let sealer = self.inner.shared.sealer();
+        let mut out = BTreeMap::new();
+        for item in table.range::<&str>(prefix..end.as_str())? {
+            let (_, v) = item?;
+            let how = sealer.describe(v.value().get(8..).unwrap_or_default());
+            *out.entry(how).or_insert(0) += 1;
+        }
+        Ok(out)
     }
 
     /// The newest committed revision.
     pub fn revision(&self) -> Result<u64, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db();
+        let tx = db.begin_read()?;
         let meta = tx.open_table(META)?;
         Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// The oldest revision a watch may start from.
     pub fn compacted(&self) -> Result<u64, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db();
+        let tx = db.begin_read()?;
         let meta = tx.open_table(META)?;
         Ok(meta.get("compacted")?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Reads one object.
     pub fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db();
+        let tx = db.begin_read()?;
         let table = tx.open_table(OBJECTS)?;
         match table.get(key)? {
             None => Ok(None),
-            Some(v) => codec::decode_value(key, v.value()).map(Some),
+            Some(v) => codec::decode_value(key, v.value(), &self.inner.shared.sealer()).map(Some),
         }
     }
 
@@ -242,7 +326,9 @@ impl Store {
         at: Option<u64>,
         filter: &dyn Fn(&[u8]) -> bool,
     ) -> Result<ListPage, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db();
+        let sealer = self.inner.shared.sealer();
+        let tx = db.begin_read()?;
         let meta = tx.open_table(META)?;
         let current = meta.get("revision")?.map(|v| v.value()).unwrap_or(0);
         let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
@@ -264,7 +350,7 @@ impl Store {
                 let events = tx.open_table(EVENTS)?;
                 for item in events.range((r + 1)..=current)? {
                     let (_, v) = item?;
-                    let ev = codec::decode_event(v.value())?;
+                    let ev = codec::decode_event(v.value(), &sealer)?;
                     if !ev.key.starts_with(prefix) || after.is_some_and(|a| ev.key.as_str() <= a) {
                         continue;
                     }
@@ -279,7 +365,7 @@ impl Store {
         let current_entries = range.map(|item| {
             let (k, v) = item?;
             let key = k.value().to_string();
-            let stored = codec::decode_value(&key, v.value())?;
+            let stored = codec::decode_value(&key, v.value(), &sealer)?;
             Ok((key, stored.json))
         });
         let mut items = Vec::new();
@@ -304,7 +390,8 @@ impl Store {
     /// `remainingItemCount`. It reads every remaining entry, so callers ask only when the
     /// answer carries it.
     pub fn count_after(&self, prefix: &str, key: &str) -> Result<u64, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let db = self.inner.shared.db();
+        let tx = db.begin_read()?;
         let table = tx.open_table(OBJECTS)?;
         let end = prefix_end(prefix);
         let start = if key >= prefix { std::ops::Bound::Excluded(key) } else { std::ops::Bound::Included(prefix) };
@@ -313,7 +400,7 @@ impl Store {
 
     /// Watches keys under `prefix` for changes after revision `from` (0 = from now).
     pub fn watch(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError> {
-        watch::WatchStream::start(self.inner.db.clone(), &self.inner.events, prefix, from)
+        watch::WatchStream::start(self.inner.shared.clone(), &self.inner.events, prefix, from)
     }
 
 }

@@ -1,7 +1,7 @@
 //! Watch streams: replay from the on-disk history, then follow live events.
 
 use super::codec;
-use super::{Event, StoreError, EVENTS, META};
+use super::{Event, Shared, StoreError, EVENTS, META};
 use redb::{Database, ReadableDatabase};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ pub type WatchEvent = Arc<Event>;
 
 /// Changes under one key prefix, in revision order, each exactly once.
 pub struct WatchStream {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     rx: broadcast::Receiver<Arc<Event>>,
     prefix: String,
     /// Highest revision already delivered or passed over.
@@ -22,7 +22,7 @@ pub struct WatchStream {
 
 impl WatchStream {
     pub(crate) fn start(
-        db: Arc<Database>,
+        shared: Arc<Shared>,
         events: &broadcast::Sender<Arc<Event>>,
         prefix: &str,
         from: u64,
@@ -30,14 +30,14 @@ impl WatchStream {
         // Subscribe before reading the disk so nothing falls between the two.
         let rx = events.subscribe();
         let mut w = WatchStream {
-            db,
+            shared,
             rx,
             prefix: prefix.to_string(),
             last: from,
             backlog: VecDeque::new(),
         };
         if from == 0 {
-            w.last = read_meta(&w.db)?.0;
+            w.last = read_meta(&w.shared.db())?.0;
         } else {
             w.fill_from_disk()?;
         }
@@ -73,7 +73,9 @@ impl WatchStream {
 
     /// Loads events after `last` from the history into the backlog.
     fn fill_from_disk(&mut self) -> Result<(), StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.shared.db();
+        let sealer = self.shared.sealer();
+        let tx = db.begin_read()?;
         let meta = tx.open_table(META)?;
         let current = meta.get("revision")?.map(|v| v.value()).unwrap_or(0);
         let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
@@ -86,7 +88,7 @@ impl WatchStream {
         let log = tx.open_table(EVENTS)?;
         for item in log.range((self.last + 1)..=current)? {
             let (k, v) = item?;
-            let mut ev = codec::decode_event(v.value())?;
+            let mut ev = codec::decode_event(v.value(), &sealer)?;
             ev.revision = k.value();
             if ev.key.starts_with(&self.prefix) {
                 self.backlog.push_back(Arc::new(ev));

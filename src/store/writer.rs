@@ -2,9 +2,10 @@
 //! append and compaction, then publication to watchers.
 
 use super::codec;
-use super::{Event, EventType, StoreError, EVENTS, META, OBJECTS};
+use super::crypt::Sealer;
+use super::{Event, EventType, Resealed, Shared, StoreError, EVENTS, META, OBJECTS};
 use bytes::Bytes;
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::Value;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -31,6 +32,10 @@ pub(crate) enum Request {
     Write { op: Staged, reply: oneshot::Sender<Result<Event, StoreError>> },
     /// Answered once every write queued before it has been committed.
     Flush(oneshot::Sender<()>),
+    /// Seal with this from now on, and write again what is stored otherwise.
+    Reseal { sealer: Arc<Sealer>, reply: oneshot::Sender<Result<Resealed, StoreError>> },
+    /// Copy the store into a fresh file replacing the old one.
+    Rewrite(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A write whose object was already serialized by the caller, off the writer thread.
@@ -94,7 +99,7 @@ impl Template {
 }
 
 pub(crate) fn spawn(
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     events: broadcast::Sender<Arc<Event>>,
     revision: u64,
     history: u64,
@@ -102,13 +107,13 @@ pub(crate) fn spawn(
     let (tx, rx) = sync_channel::<Request>(4096);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(db, rx, events, revision, history))
+        .spawn(move || run(&shared, rx, events, revision, history))
         .map_err(|e| StoreError::Storage(format!("spawn writer: {e}")))?;
     Ok(tx)
 }
 
 fn run(
-    db: Arc<Database>,
+    shared: &Shared,
     rx: Receiver<Request>,
     events: broadcast::Sender<Arc<Event>>,
     mut revision: u64,
@@ -117,55 +122,155 @@ fn run(
     let mut next = rx.recv().ok();
     while let Some(first) = next.take() {
         let mut batch = Vec::new();
-        let mut flushes = Vec::new();
+        let mut after = None;
         let mut item = Some(first);
-        // Gather what is queued; a flush closes the batch (it waits for what came before it).
+        // Gather what is queued; any other request closes the batch (it comes after it).
         while let Some(r) = item.take() {
             match r {
                 Request::Write { op, reply } => batch.push((op, reply)),
-                Request::Flush(done) => flushes.push(done),
+                other => after = Some(other),
             }
-            if batch.len() < MAX_BATCH && flushes.is_empty() {
+            if batch.len() < MAX_BATCH && after.is_none() {
                 item = rx.try_recv().ok();
             }
         }
-        if batch.is_empty() {
-            for f in flushes {
-                let _ = f.send(());
-            }
-            next = rx.recv().ok();
-            continue;
+        if !batch.is_empty() {
+            revision = commit_batch(shared, &events, revision, history, batch);
         }
-        let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().unzip();
-        match commit(&db, revision, history, ops) {
-            Ok((new_rev, results)) => {
-                revision = new_rev;
-                for (result, reply) in results.into_iter().zip(replies) {
-                    if let Ok(ev) = &result {
-                        // No receivers is fine: nobody watches.
-                        let _ = events.send(Arc::new(ev.clone()));
-                    }
-                    let _ = reply.send(result);
-                }
+        match after {
+            None | Some(Request::Write { .. }) => {}
+            Some(Request::Flush(done)) => {
+                let _ = done.send(());
             }
-            Err(e) => {
-                tracing::error!(error = %e, "store commit failed; batch rejected");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Storage(e.to_string())));
-                }
+            Some(Request::Reseal { sealer, reply }) => {
+                let _ = reply.send(reseal(shared, sealer));
             }
-        }
-        for f in flushes {
-            let _ = f.send(());
+            Some(Request::Rewrite(reply)) => {
+                let _ = reply.send(rewrite(shared));
+            }
         }
         next = rx.recv().ok();
     }
+}
+
+/// Commits one batch and answers its writers: the new revision.
+fn commit_batch(
+    shared: &Shared,
+    events: &broadcast::Sender<Arc<Event>>,
+    revision: u64,
+    history: u64,
+    batch: Vec<(Staged, oneshot::Sender<Result<Event, StoreError>>)>,
+) -> u64 {
+    let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().unzip();
+    match commit(&shared.db(), &shared.sealer(), revision, history, ops) {
+        Ok((new_rev, results)) => {
+            for (result, reply) in results.into_iter().zip(replies) {
+                if let Ok(ev) = &result {
+                    // No receivers is fine: nobody watches.
+                    let _ = events.send(Arc::new(ev.clone()));
+                }
+                let _ = reply.send(result);
+            }
+            new_rev
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed; batch rejected");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Storage(e.to_string())));
+            }
+            revision
+        }
+    }
+}
+
+/// Writes again, sealed by `sealer`, every object and event the old or new sealer covers or
+/// that is sealed now; then `sealer` is the one in force. One transaction: all or nothing.
+fn reseal(shared: &Shared, sealer: Arc<Sealer>) -> Result<Resealed, StoreError> {
+    let old = shared.sealer();
+    let db = shared.db();
+    let touched = |key: &str, body: &[u8]| old.encrypts(key) || sealer.encrypts(key) || body.starts_with(super::crypt::PREFIX);
+    let mut done = Resealed::default();
+    let tx = db.begin_write()?;
+    {
+        let mut objects = tx.open_table(OBJECTS)?;
+        let mut redo: Vec<(String, Vec<u8>)> = Vec::new();
+        for item in objects.iter()? {
+            let (k, v) = item?;
+            let key = k.value().to_string();
+            if touched(&key, v.value().get(8..).unwrap_or_default()) {
+                let stored = codec::decode_value(&key, v.value(), &old)?;
+                let again = codec::encode_value(stored.revision, &key, &stored.json, &sealer);
+                redo.push((key, again));
+            }
+        }
+        for (key, value) in &redo {
+            objects.insert(key.as_str(), value.as_slice())?;
+        }
+        done.objects = redo.len();
+        let mut log = tx.open_table(EVENTS)?;
+        let mut redo: Vec<(u64, Vec<u8>)> = Vec::new();
+        for item in log.iter()? {
+            let (k, v) = item?;
+            let ev = codec::decode_event(v.value(), &old)?;
+            let sealed_now = v.value().windows(super::crypt::PREFIX.len()).any(|w| w == super::crypt::PREFIX);
+            if old.encrypts(&ev.key) || sealer.encrypts(&ev.key) || sealed_now {
+                redo.push((k.value(), codec::encode_event(&ev, &sealer)));
+            }
+        }
+        for (rev, value) in &redo {
+            log.insert(*rev, value.as_slice())?;
+        }
+        done.events = redo.len();
+    }
+    tx.commit()?;
+    *shared.sealer.write().unwrap_or_else(|e| e.into_inner()) = sealer;
+    Ok(done)
+}
+
+/// Copies every table into a fresh file (committed durably), renames it over the store file,
+/// syncs the directory, and serves from it from then on. A crash before the rename leaves
+/// the old file whole (the copy is removed at the next open).
+fn rewrite(shared: &Shared) -> Result<(), StoreError> {
+    let path = &shared.path;
+    let tmp = super::rewrite_path(path);
+    let _ = std::fs::remove_file(&tmp);
+    let fresh = Database::builder().set_cache_size(super::CACHE_BYTES).create(&tmp)?;
+    {
+        let db = shared.db();
+        let from = db.begin_read()?;
+        let to = fresh.begin_write()?;
+        {
+            let (src, mut dst) = (from.open_table(OBJECTS)?, to.open_table(OBJECTS)?);
+            for item in src.iter()? {
+                let (k, v) = item?;
+                dst.insert(k.value(), v.value())?;
+            }
+            let (src, mut dst) = (from.open_table(EVENTS)?, to.open_table(EVENTS)?);
+            for item in src.iter()? {
+                let (k, v) = item?;
+                dst.insert(k.value(), v.value())?;
+            }
+            let (src, mut dst) = (from.open_table(META)?, to.open_table(META)?);
+            for item in src.iter()? {
+                let (k, v) = item?;
+                dst.insert(k.value(), v.value())?;
+            }
+        }
+        to.commit()?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::Storage(format!("replace {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Storage(format!("sync {}: {e}", dir.display())))?;
+    }
+    *shared.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+    Ok(())
 }
 
 /// Applies `ops` in one transaction. Outcome errors (conflicts, missing keys) fail only their
 /// op; a storage fault fails the whole batch and nothing is written.
 fn commit(
     db: &Database,
+    sealer: &Sealer,
     mut revision: u64,
     history: u64,
     ops: Vec<Staged>,
@@ -177,11 +282,11 @@ fn commit(
         let mut log = tx.open_table(EVENTS)?;
         let mut meta = tx.open_table(META)?;
         for op in ops {
-            let outcome = apply(&mut objects, revision + 1, op)?;
+            let outcome = apply(&mut objects, revision + 1, op, sealer)?;
             if let Ok(mut ev) = outcome {
                 revision += 1;
                 ev.revision = revision;
-                log.insert(revision, codec::encode_event(&ev).as_slice())?;
+                log.insert(revision, codec::encode_event(&ev, sealer).as_slice())?;
                 results.push(Ok(ev));
             } else {
                 results.push(outcome);
@@ -202,11 +307,11 @@ fn commit(
 /// Outer error: storage fault (abort the batch). Inner: this op's outcome.
 type Applied = Result<Result<Event, StoreError>, StoreError>;
 
-fn apply(objects: &mut redb::Table<&str, &[u8]>, rev: u64, op: Staged) -> Applied {
+fn apply(objects: &mut redb::Table<&str, &[u8]>, rev: u64, op: Staged, sealer: &Sealer) -> Applied {
     match op {
         Staged::Put { key, object, create, expect } => {
             let prev = match objects.get(key.as_str())? {
-                Some(v) => Some(codec::decode_value(&key, v.value())?),
+                Some(v) => Some(codec::decode_value(&key, v.value(), sealer)?),
                 None => None,
             };
             match (&prev, create) {
@@ -220,14 +325,14 @@ fn apply(objects: &mut redb::Table<&str, &[u8]>, rev: u64, op: Staged) -> Applie
                 }
             }
             let json = object.render(rev);
-            objects.insert(key.as_str(), codec::encode_value(rev, &json).as_slice())?;
+            objects.insert(key.as_str(), codec::encode_value(rev, &key, &json, sealer).as_slice())?;
             let kind = if create { EventType::Added } else { EventType::Modified };
             Ok(Ok(Event { revision: rev, kind, key, object: json, prev: prev.map(|p| p.json) }))
         }
         Staged::Delete { key, expect } => {
             let prev = match objects.get(key.as_str())? {
                 None => return Ok(Err(StoreError::NotFound)),
-                Some(v) => codec::decode_value(&key, v.value())?,
+                Some(v) => codec::decode_value(&key, v.value(), sealer)?,
             };
             if let Some(want) = expect {
                 if want != prev.revision {
