@@ -78,6 +78,35 @@ pub struct ServerConfig {
     /// with, as kube-apiserver's flag of that name.
     #[arg(long)]
     pub encryption_provider_config: Option<PathBuf>,
+    /// An audit.k8s.io/v1 Policy: which requests the audit log records, at which level.
+    #[arg(long)]
+    pub audit_policy_file: Option<PathBuf>,
+    /// The audit log (JSON lines; `-` for standard output). Needs --audit-policy-file.
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Megabytes the audit log may reach before it is rotated (0: never rotated).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs kept (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxbackup: usize,
+    /// Days a rotated audit log is kept (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxage: u64,
+}
+
+/// The audit log the flags ask for: both a policy and a log, or neither.
+fn auditor(cfg: &ServerConfig) -> Result<Option<crate::api::front::audit::Auditor>, StartError> {
+    use crate::api::front::audit::{Auditor, LogConfig};
+    match (&cfg.audit_policy_file, &cfg.audit_log_path) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(StartError::Command("--audit-policy-file needs --audit-log-path (a file, or - for standard output) to write the events to".into())),
+        (None, Some(_)) => Err(StartError::Command("--audit-log-path needs --audit-policy-file: the policy says which requests are recorded and at which level".into())),
+        (Some(policy), Some(path)) => {
+            let log = LogConfig { path: path.clone(), max_bytes: cfg.audit_log_maxsize.saturating_mul(1024 * 1024), max_backups: cfg.audit_log_maxbackup, max_age_days: cfg.audit_log_maxage };
+            Ok(Some(Auditor::open(policy, log)?))
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -109,6 +138,8 @@ pub enum StartError {
     Command(String),
     #[error("encryption at rest: {0}")]
     Encryption(#[from] crate::encryption::EncryptionError),
+    #[error("{0}")]
+    Audit(#[from] crate::api::front::audit::AuditError),
     #[error("node: {0}")]
     Node(String),
 }
@@ -144,6 +175,7 @@ pub fn open_store(data_dir: &Path, history: u64, sealer: crate::store::crypt::Se
 pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let started = std::time::Instant::now();
     check_writable(&cfg.data_dir)?;
+    let audit = auditor(&cfg)?;
     let (encryption_source, sealer, created) = crate::encryption::load(&cfg.data_dir, cfg.encryption_provider_config.as_deref(), cfg.secrets_encryption)?;
     let sealer_for_start = created.then(|| sealer.clone());
     let store = open_store(&cfg.data_dir, cfg.event_history, sealer)?;
@@ -186,6 +218,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let first = ranges.first();
     let api = Api::with_node(store, format!("{host}:{}", cfg.https_listen_port), pod_logs);
     let _ = api.service_ranges_set.set(ranges);
+    if let Some(auditor) = audit {
+        let _ = api.audit.set(std::sync::Arc::new(auditor));
+    }
     let signer = crate::api::tokens::TokenIssuer::load_or_create(&cfg.data_dir.join("server").join("tls").join("service-account.key")).map_err(|e| StartError::Bootstrap(e.to_string()))?;
     let _ = api.tokens.set(signer);
     api.bootstrap().await.map_err(|e| StartError::Bootstrap(e.to_string()))?;

@@ -75,6 +75,8 @@ pub struct Api {
     pub authz: authz::Authorizer,
     /// The admission webhooks in force.
     pub webhooks: policy::webhooks::Webhooks,
+    /// The audit policy and log, when the server keeps one.
+    pub audit: std::sync::OnceLock<Arc<front::audit::Auditor>>,
 }
 
 const RMW_SHARDS: usize = 64;
@@ -118,6 +120,10 @@ pub struct Call<'a> {
     pub user_agent: Option<&'a str>,
     /// Who asks (authenticated by the HTTP front, or the in-process client's identity).
     pub user: &'a UserInfo,
+    /// Who asked to act as `user` (impersonation headers).
+    pub impersonator: Option<&'a UserInfo>,
+    /// The client's address (none in-process).
+    pub source_ip: Option<std::net::IpAddr>,
     pub body: Bytes,
 }
 
@@ -174,7 +180,7 @@ impl crate::runtime::client::Transport for Local {
         use crate::runtime::client::{Response, ResponseBody};
         Box::pin(async move {
             let query = (!req.query.is_empty()).then_some(req.query);
-            let call = Call { method: req.method, path: req.path, query, accept: None, content_type: req.content_type, user_agent: Some(req.user_agent), user: &self.user, body: req.body };
+            let call = Call { method: req.method, path: req.path, query, accept: None, content_type: req.content_type, user_agent: Some(req.user_agent), user: &self.user, impersonator: None, source_ip: None, body: req.body };
             let r = self.api.call(call).await;
             let body = match r.body {
                 Body::Full(b) => ResponseBody::Full(b),
@@ -203,7 +209,7 @@ impl Api {
 
     /// An API whose node writes container logs under `pod_logs`.
     pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), store })
+        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), audit: std::sync::OnceLock::new(), store })
     }
 
     /// The service CIDR and node port range in force.
@@ -223,14 +229,59 @@ impl Api {
 
     /// Serves one API call.
     pub async fn call(self: &Arc<Self>, c: Call<'_>) -> Rendered {
-        match self.dispatch(&c).await {
-            Ok(r) => r,
-            Err(e) => Rendered::error(&e),
+        if let Some(auditor) = self.audit.get() {
+            return self.call_audited(auditor, c).await;
         }
+        let answer = match self.authz.check_request(c.user, c.method, c.path, c.query, false) {
+            Ok(()) => self.dispatch(&c).await,
+            Err(e) => Err(e),
+        };
+        answer.unwrap_or_else(|e| Rendered::error(&e))
+    }
+
+    /// [`Api::call`] with an audit record of the request, its authorization and its answer.
+    async fn call_audited(self: &Arc<Self>, auditor: &Arc<front::audit::Auditor>, c: Call<'_>) -> Rendered {
+        let attrs = authz::Attributes::of(c.method, c.path, c.query, false);
+        let (user, impersonated) = match c.impersonator {
+            Some(original) => (original, Some(c.user)),
+            None => (c.user, None),
+        };
+        let seen = front::audit::Seen { method: c.method, path: c.path, query: c.query, user: Some(user), impersonated, source_ip: c.source_ip, user_agent: c.user_agent };
+        let Some(mut record) = auditor.begin(&seen, &attrs).await else {
+            let answer = match self.authz.check(c.user, &attrs) {
+                Ok(()) => self.dispatch(&c).await,
+                Err(e) => Err(e),
+            };
+            return answer.unwrap_or_else(|e| Rendered::error(&e));
+        };
+        let decision = self.authz.decide(c.user, &attrs);
+        let answer = match decision {
+            authz::Decision::Allow => {
+                record.authorized(true, "");
+                record.request_object(&c.body, c.content_type);
+                self.dispatch(&c).await
+            }
+            authz::Decision::Deny(reason) => {
+                record.authorized(false, &reason);
+                Err(authz::forbidden(c.user, &attrs, &reason))
+            }
+        };
+        let mut r = answer.unwrap_or_else(|e| Rendered::error(&e));
+        match r.body {
+            Body::Full(ref b) => {
+                record.response(r.code, r.content_type, b);
+                record.emit(front::audit::Stage::ResponseComplete).await;
+            }
+            Body::Stream(ref mut rx) => {
+                record.response(r.code, r.content_type, b"");
+                record.emit(front::audit::Stage::ResponseStarted).await;
+                r.body = Body::Stream(front::audit::relay(record, std::mem::replace(rx, mpsc::channel(1).1)));
+            }
+        }
+        r
     }
 
     async fn dispatch(self: &Arc<Self>, c: &Call<'_>) -> Result<Rendered, ApiError> {
-        self.authz.check_request(c.user, c.method, c.path, c.query, false)?;
         let target = route(c.path)?;
         let rr = match target {
             Target::Resource(rr) => rr,

@@ -2,6 +2,7 @@
 //! authentication, body limits, and streaming of watch responses.
 
 use crate::vocab::status::ApiError;
+use crate::api::front::audit::{Record, Seen, Stage};
 use crate::api::{Api, Body, Call, Rendered, MAX_BODY};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -107,34 +108,76 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
-    let mut user = match authenticate(&api, &req, cert, token) {
-        Some(u) => u,
-        None => return to_response(Rendered::error(&ApiError::unauthorized()), Some(req.into_body())),
-    };
-    if crate::api::authz::impersonate::requested(req.headers()) {
-        match crate::api::authz::impersonate::apply(&api.authz, &user, req.headers()) {
-            Ok(u) => user = u,
-            Err(e) => return to_response(Rendered::error(&e), Some(req.into_body())),
-        }
-    }
     let upgrade = req.headers().contains_key(hyper::header::UPGRADE);
-    let remote = api.aggregator.remote_for(&path);
-    if upgrade || remote.is_some() {
-        // Relayed requests do not pass through the API's own check.
-        if let Err(e) = api.authz.check_request(&user, &method, &path, req.uri().query(), upgrade) {
-            return to_response(Rendered::error(&e), Some(req.into_body()));
+    let agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(String::from);
+    let query_text = req.uri().query().map(String::from);
+    // Requests answered here rather than by `Api::call` are audited here.
+    let front = Front { api: &api, method: &method, path: &path, query: query_text.as_deref(), upgrade, peer, agent: agent.as_deref() };
+    let authenticated = authenticate(&api, &req, cert, token);
+    let Some(original) = authenticated else {
+        let r = Rendered::error(&ApiError::unauthorized());
+        finish(front.begin(None, None).await, &r).await;
+        return to_response(r, Some(req.into_body()));
+    };
+    let mut user = original.clone();
+    let mut impersonator = None;
+    if crate::api::authz::impersonate::requested(req.headers()) {
+        match crate::api::authz::impersonate::apply(&api.authz, &original, req.headers()) {
+            Ok(u) => {
+                user = u;
+                impersonator = Some(&original);
+            }
+            Err(e) => {
+                let r = Rendered::error(&e);
+                let mut rec = front.begin(Some(&original), None).await;
+                if let Some(rec) = &mut rec {
+                    rec.authorized(false, &e.message);
+                }
+                finish(rec, &r).await;
+                return to_response(r, Some(req.into_body()));
+            }
         }
     }
-    if let Some(target) = remote {
-        let resp = crate::api::aggregator::proxy::forward(&api.aggregator, target, req, &user).await;
-        tracing::debug!(%peer, %method, %path, code = resp.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "proxied request");
-        return resp;
-    }
-    if let Some(what) = crate::api::streaming::wants_stream(&req) {
-        return match crate::api::streaming::upgrade(api, req, what).await {
-            Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
-            Err(e) => to_response(Rendered::error(&e), None),
-        };
+    let remote = api.aggregator.remote_for(&path);
+    let stream = crate::api::streaming::wants_stream(&req);
+    if upgrade || remote.is_some() {
+        // Upgrades the API serves itself are audited by `Api::call`.
+        let mut rec = if remote.is_some() || stream.is_some() { front.begin(Some(impersonator.unwrap_or(&user)), impersonator.map(|_| &user)).await } else { None };
+        // Relayed requests do not pass through the API's own check.
+        let allowed = api.authz.check_request(&user, &method, &path, req.uri().query(), upgrade);
+        if let Some(rec) = &mut rec {
+            rec.authorized(allowed.is_ok(), allowed.as_ref().err().map(|e| e.message.as_str()).unwrap_or(""));
+        }
+        if let Err(e) = allowed {
+            let r = Rendered::error(&e);
+            finish(rec, &r).await;
+            return to_response(r, Some(req.into_body()));
+        }
+        if let Some(target) = remote {
+            let resp = crate::api::aggregator::proxy::forward(&api.aggregator, target, req, &user).await;
+            tracing::debug!(%peer, %method, %path, code = resp.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "proxied request");
+            if let Some(mut rec) = rec {
+                rec.response(resp.status().as_u16(), "", b"");
+                rec.emit(Stage::ResponseComplete).await;
+            }
+            return resp;
+        }
+        if let Some(what) = stream {
+            let resp = match crate::api::streaming::upgrade(api.clone(), req, what).await {
+                Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
+                Err(e) => {
+                    let r = Rendered::error(&e);
+                    finish(rec, &r).await;
+                    return to_response(r, None);
+                }
+            };
+            if let Some(mut rec) = rec {
+                rec.response(resp.status().as_u16(), "", b"");
+                rec.emit(Stage::ResponseStarted).await;
+                rec.emit(Stage::ResponseComplete).await;
+            }
+            return resp;
+        }
     }
     let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
     let accept = header(hyper::header::ACCEPT);
@@ -161,11 +204,43 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
         content_type: content_type.as_deref(),
         user_agent: user_agent.as_deref(),
         user: &user,
+        impersonator,
+        source_ip: Some(peer.ip()),
         body: bytes,
     };
     let resp = api.call(call).await;
     tracing::debug!(%peer, %method, %path, code = resp.code, elapsed_us = start.elapsed().as_micros() as u64, "request");
     to_response(resp, None)
+}
+
+/// A request as the front sees it, for the audit records of answers it gives itself.
+struct Front<'a> {
+    api: &'a Arc<Api>,
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    upgrade: bool,
+    peer: SocketAddr,
+    agent: Option<&'a str>,
+}
+
+impl Front<'_> {
+    /// The audit record of this request by `user` (none: not audited).
+    async fn begin(&self, user: Option<&UserInfo>, impersonated: Option<&UserInfo>) -> Option<Record> {
+        let auditor = self.api.audit.get()?;
+        let seen = Seen { method: self.method, path: self.path, query: self.query, user, impersonated, source_ip: Some(self.peer.ip()), user_agent: self.agent };
+        auditor.begin(&seen, &crate::api::authz::Attributes::of(self.method, self.path, self.query, self.upgrade)).await
+    }
+}
+
+/// Completes an audit record of an answer given here.
+async fn finish(rec: Option<Record>, r: &Rendered) {
+    if let Some(mut rec) = rec {
+        if let Body::Full(b) = &r.body {
+            rec.response(r.code, r.content_type, b);
+        }
+        rec.emit(Stage::ResponseComplete).await;
+    }
 }
 
 /// Reads the whole body, or `None` once it passes [`MAX_BODY`] (or breaks off).

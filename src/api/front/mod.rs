@@ -1,6 +1,7 @@
 //! The HTTP front: TLS serving and authentication, request paths and queries, content
-//! negotiation (JSON, YAML, protobuf bodies), discovery and OpenAPI.
+//! negotiation (JSON, YAML, protobuf bodies), discovery and OpenAPI, the audit log.
 
+pub mod audit;
 pub mod discovery;
 pub mod http;
 pub mod negotiate;
