@@ -257,7 +257,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let ca = crate::controllers::certificates::Ca { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() };
     leadership.run("kube-controller-manager", &control, move |scope| {
         let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone() };
-        crate::controllers::start(&|agent| controllers_api.client(agent), scope, cfg);
+        crate::controllers::start(&|agent, user| controllers_api.client_as(agent, user), scope, cfg);
     });
     let scheduler_api = api.clone();
     leadership.run("kube-scheduler", &control, move |scope| {

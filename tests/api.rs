@@ -39,7 +39,7 @@ impl T {
         };
         let r = self
             .api
-            .call(Call { method, path, query, accept, content_type: ct, user_agent: Some("api-test/1.0"), user: &UserInfo::apiserver(), body: Bytes::from(body.to_string()) })
+            .call(Call { method, path, query, accept, content_type: ct, user_agent: Some("api-test/1.0"), user: &UserInfo::apiserver(), impersonator: None, source_ip: None, body: Bytes::from(body.to_string()) })
             .await;
         let body = match r.body {
             Body::Full(b) => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())),
@@ -64,7 +64,7 @@ impl T {
     }
     async fn watch(&self, path_q: &str) -> tokio::sync::mpsc::Receiver<Bytes> {
         let (path, query) = path_q.split_once('?').unwrap();
-        let r = self.api.call(Call { method: "GET", path, query: Some(query), accept: None, content_type: None, user_agent: None, user: &UserInfo::apiserver(), body: Bytes::new() }).await;
+        let r = self.api.call(Call { method: "GET", path, query: Some(query), accept: None, content_type: None, user_agent: None, user: &UserInfo::apiserver(), impersonator: None, source_ip: None, body: Bytes::new() }).await;
         match r.body {
             Body::Stream(rx) => rx,
             Body::Full(b) => panic!("not a stream: {}", String::from_utf8_lossy(&b)),
@@ -507,4 +507,34 @@ async fn discovery_and_tables() {
     let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
     assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
     assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+    // core/v1 lists every path served: across namespaces, watches and the special subresources.
+    let url = idx["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().to_string();
+    let core = t.get(&url).await.body;
+    let paths = core["paths"].as_object().unwrap();
+    for p in ["/api/v1/pods", "/api/v1/watch/pods", "/api/v1/watch/namespaces/{namespace}/pods/{name}", "/api/v1/watch/nodes", "/api/v1/namespaces/{namespace}/pods/{name}/log", "/api/v1/namespaces/{namespace}/pods/{name}/exec", "/api/v1/namespaces/{namespace}/pods/{name}/attach", "/api/v1/namespaces/{namespace}/pods/{name}/portforward", "/api/v1/namespaces/{namespace}/pods/{name}/binding", "/api/v1/namespaces/{namespace}/pods/{name}/eviction", "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", "/api/v1/secrets"] {
+        assert!(paths.contains_key(p), "{p} missing from core/v1");
+    }
+    assert_eq!(paths["/api/v1/pods"].as_object().unwrap().keys().filter(|k| *k != "parameters").collect::<Vec<_>>(), ["get"]);
+    assert_eq!(paths["/api/v1/namespaces/{namespace}/pods/{name}/eviction"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/io.k8s.api.policy.v1.Eviction");
+    // Every reference resolves within the document.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    out.push(r.to_string());
+                }
+                m.values().for_each(|c| refs(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&core, &mut all);
+    for r in all {
+        let name = r.trim_start_matches("#/components/schemas/");
+        assert!(core["components"]["schemas"].get(name).is_some(), "{r} does not resolve");
+    }
+    // The paths are served: a list across namespaces and a watch path answer.
+    assert_eq!(t.get("/api/v1/pods").await.body["kind"], "PodList");
 }

@@ -36,7 +36,8 @@ impl T {
         let scope = Scope::new();
         let ca = ferrokube::controllers::certificates::Ca { cert_pem: "test CA".into(), key_pem: String::new() };
         let cfg = ferrokube::controllers::Config { storage_dir: dir.path().join("storage"), ca };
-        ferrokube::controllers::start(&|agent| api.client(agent), &scope, cfg);
+        ferrokube::api::authz::bootstrap::ensure(&api.client("bootstrap")).await;
+        ferrokube::controllers::start(&|agent, user| api.client_as(agent, user), &scope, cfg);
         ferrokube::scheduler::start(api.client("test-scheduler"), &scope);
         let client = Raw(api.client("controllers-test"));
         // One synthetic node, ready, with room for plenty of pods.

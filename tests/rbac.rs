@@ -26,7 +26,7 @@ impl T {
     async fn call(&self, user: &UserInfo, method: &str, path: &str, body: Value) -> (u16, Value) {
         let body = if body.is_null() { String::new() } else { body.to_string() };
         let ct = (!body.is_empty()).then_some("application/json");
-        let r = self.api.call(Call { method, path, query: None, accept: None, content_type: ct, user_agent: Some("rbac-test/1.0"), user, body: Bytes::from(body) }).await;
+        let r = self.api.call(Call { method, path, query: None, accept: None, content_type: ct, user_agent: Some("rbac-test/1.0"), user, impersonator: None, source_ip: None, body: Bytes::from(body) }).await;
         let body = match r.body {
             Body::Full(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
             Body::Stream(_) => Value::Null,
@@ -83,7 +83,7 @@ async fn escalation_is_refused_unless_held_or_allowed() {
     assert_eq!(t.admin("POST", &format!("{RBAC}/namespaces/default/rolebindings"), bind("admin", "jane-admin")).await.0, 201);
     // admin is aggregated by a controller that does not run here: give it its rules directly.
     let (_, view) = t.admin("GET", &format!("{RBAC}/clusterroles/system:aggregate-to-admin"), Value::Null).await;
-    let r = t.api.call(Call { method: "PATCH", path: &format!("{RBAC}/clusterroles/admin"), query: None, accept: None, content_type: Some("application/merge-patch+json"), user_agent: None, user: &UserInfo::apiserver(), body: Bytes::from(json!({"rules": view["rules"]}).to_string()) }).await;
+    let r = t.api.call(Call { method: "PATCH", path: &format!("{RBAC}/clusterroles/admin"), query: None, accept: None, content_type: Some("application/merge-patch+json"), user_agent: None, user: &UserInfo::apiserver(), impersonator: None, source_ip: None, body: Bytes::from(json!({"rules": view["rules"]}).to_string()) }).await;
     assert_eq!(r.code, 200);
     let within = json!({"metadata": {"name": "rb"}, "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["get"]}]});
     assert_eq!(t.call(&jane, "POST", &format!("{RBAC}/namespaces/default/roles"), within).await.0, 201);

@@ -22,6 +22,7 @@ pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
 
+use crate::vocab::user::UserInfo;
 use crate::runtime::cache::Change;
 use crate::runtime::client::not_found_ok;
 use crate::runtime::events::Recorder;
@@ -59,13 +60,48 @@ pub struct Ctl {
 pub struct Setup<'a> {
     pub informers: &'a mut Informers,
     pub scope: &'a Scope,
-    clients: &'a dyn Fn(&str) -> Client,
+    clients: &'a dyn Fn(&str, UserInfo) -> Client,
+}
+
+/// The namespace of the controllers' service accounts.
+pub const ACCOUNT_NAMESPACE: &str = "kube-system";
+/// The controller manager's user (its shared informers).
+pub const MANAGER: &str = "system:kube-controller-manager";
+
+/// Each controller's service account in kube-system, as kube-controller-manager names them
+/// with `--use-service-account-credentials` (each bound to `system:controller:<account>`).
+const ACCOUNTS: &[(&str, &str)] = &[
+    ("garbage-collector", "generic-garbage-collector"),
+    ("serviceaccount", "service-account-controller"),
+    ("clusterrole-aggregation", "clusterrole-aggregation-controller"),
+    ("resourcequota", "resourcequota-controller"),
+    ("certificate-signer", "certificate-controller"),
+    ("replicaset", "replicaset-controller"),
+    ("deployment", "deployment-controller"),
+    ("job", "job-controller"),
+    ("cronjob", "cronjob-controller"),
+    ("daemonset", "daemon-set-controller"),
+    ("statefulset", "statefulset-controller"),
+    ("disruption", "disruption-controller"),
+    ("endpoints", "endpoint-controller"),
+    ("node-lifecycle", "node-controller"),
+    ("persistentvolume", "persistent-volume-binder"),
+];
+
+/// The identity controller `name` acts as: its own service account (the manager's user for
+/// a name without one).
+pub fn identity(name: &str) -> UserInfo {
+    match ACCOUNTS.iter().find(|(n, _)| *n == name) {
+        Some((_, account)) => UserInfo::service_account(ACCOUNT_NAMESPACE, account),
+        None => UserInfo::authenticated(MANAGER, &[]),
+    }
 }
 
 impl Setup<'_> {
-    /// The client and recorder of controller `name` (events as `component`).
+    /// The client and recorder of controller `name` (events as `component`), acting as the
+    /// controller's own service account.
     pub fn ctl(&self, name: &str, component: &str) -> Ctl {
-        let client = (self.clients)(&format!("ferrokube-controller/{name}"));
+        let client = (self.clients)(&format!("ferrokube-controller/{name}"), identity(name));
         let events = Recorder::new(client.clone(), component, None, self.scope);
         Ctl { client, events }
     }
@@ -80,8 +116,9 @@ pub struct Config {
     pub ca: certificates::Ca,
 }
 
-/// Starts every controller in `scope`; `clients(agent)` makes each one its own client.
-pub fn start(clients: &dyn Fn(&str) -> Client, scope: &Scope, cfg: Config) {
+/// Starts every controller in `scope`; `clients(agent, user)` makes each one its own client,
+/// as its own user.
+pub fn start(clients: &dyn Fn(&str, UserInfo) -> Client, scope: &Scope, cfg: Config) {
     let mut informers = Informers::new();
     let mut s = Setup { informers: &mut informers, scope, clients };
     gc::start(s.ctl("garbage-collector", "garbage-collector"), &mut s);
@@ -99,7 +136,7 @@ pub fn start(clients: &dyn Fn(&str) -> Client, scope: &Scope, cfg: Config) {
     endpoints::start(s.ctl("endpoints", "endpoint-controller"), &mut s);
     nodelifecycle::start(s.ctl("node-lifecycle", "node-controller"), &mut s);
     volume::start(s.ctl("persistentvolume", "persistentvolume-controller"), &mut s, volume::Storage { dir: cfg.storage_dir });
-    informers.run(&clients("ferrokube-controller"), scope);
+    informers.run(&clients("ferrokube-controller", UserInfo::authenticated(MANAGER, &[])), scope);
 }
 
 /// The usual controller: keys from its own kind (`own`) and from the dependents it controls

@@ -106,6 +106,7 @@ check "both with the same auditID" "1" "$(echo "$watch" | python3 -c 'import jso
 
 inproc=$(count 'e.get("objectRef", {}).get("resource") == "serviceaccounts" and e["verb"] == "create" and e["objectRef"].get("namespace") == "audited"')
 check "the in-process controllers' requests are recorded too" "1" "$inproc"
+check "under the controller's own service account" "system:serviceaccount:kube-system:service-account-controller" "$(events 'e.get("objectRef", {}).get("resource") == "serviceaccounts" and e["verb"] == "create" and e["objectRef"].get("namespace") == "audited"' | field 'e["user"]["username"]')"
 check "the log is private" "600" "$(stat -c %a "$LOG")"
 stop_server TERM
 

@@ -251,4 +251,12 @@ stop_server TERM
 start_node --service-cidr "$SVC.0.0/16" --cluster-dns "$SVC.0.10" || exit 1
 check "a bootstrap role's missing rule is back after a restart" "selfsubjectreviews" "$(k get clusterrole system:basic-user -o jsonpath='{.rules[*].resources[*]}' | grep -o selfsubjectreviews)"
 
+# Controllers act as their own service accounts, bound to upstream's system:controller:* roles.
+dc=system:serviceaccount:kube-system:deployment-controller
+check "the deployment controller's role is upstream's" "yes yes no no" "$(k auth can-i create replicasets.apps -n default --as=$dc) $(k auth can-i update deployments.apps/status -n default --as=$dc) $(k auth can-i get secrets -n default --as=$dc) $(k auth can-i delete nodes --as=$dc)"
+check "the controller-manager's informers may list everything but write nothing else" "yes no" "$(k auth can-i list secrets -A --as=system:kube-controller-manager) $(k auth can-i delete pods -n default --as=system:kube-controller-manager)"
+check "every system:controller role is bound" "$(k get clusterroles -o name | grep -c 'system:controller:')" "$(k get clusterrolebindings -o name | grep -c 'system:controller:')"
+k create ns ctl-identity >/dev/null
+eventually "the service-account controller, under its own identity, creates the default account" "default" 10 k -n ctl-identity get sa default -o jsonpath='{.metadata.name}'
+
 summary

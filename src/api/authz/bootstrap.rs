@@ -72,7 +72,7 @@ fn bound(name: &str, role: &str, subjects: Vec<Value>) -> Value {
 /// The bootstrap ClusterRoles.
 pub fn cluster_roles() -> Vec<Value> {
     let to = |what: &str| json!({format!("{AGGREGATE}{what}"): "true"});
-    vec![
+    let mut out = vec![
         role("cluster-admin", json!({}), vec![r(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])]),
         role("system:discovery", json!({}), vec![urls(&["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], &["get"])]),
         role("system:public-info-viewer", json!({}), vec![urls(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
@@ -116,6 +116,23 @@ pub fn cluster_roles() -> Vec<Value> {
             r(&[""], &["endpoints", "services", "pods", "namespaces"], &["list", "watch"]),
             r(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
         ]),
+        // ferrokube's built-in `local-path` provisioner (part of its volume controller) creates
+        // the default StorageClass, as k3s's add-on manifest would.
+        role("system:ferrokube:local-path-provisioner", json!({}), vec![r(&["storage.k8s.io"], &["storageclasses"], &["create", "get", "list", "watch"])]),
+        // The controller manager's shared informers read everything; it elects a leader.
+        role(CONTROLLER_MANAGER, json!({}), vec![
+            r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+            r(&["coordination.k8s.io"], &["leases"], &["create"]),
+            json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kube-controller-manager"], "verbs": ["get", "update"]}),
+            r(&[""], &["secrets", "serviceaccounts"], &["create"]),
+            r(&[""], &["secrets"], &["delete"]),
+            r(&[""], &["configmaps", "namespaces", "secrets", "serviceaccounts"], &["get"]),
+            r(&[""], &["secrets", "serviceaccounts"], &["update"]),
+            r(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+            r(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+            r(&["*"], &["*"], &["list", "watch"]),
+            r(&[""], &["serviceaccounts/token"], &["create"]),
+        ]),
         aggregated("admin", json!({}), "admin"),
         aggregated("edit", to("admin"), "edit"),
         aggregated("view", to("edit"), "view"),
@@ -150,12 +167,151 @@ pub fn cluster_roles() -> Vec<Value> {
             r(&["policy"], &["poddisruptionbudgets", "poddisruptionbudgets/status"], READ),
             r(&["networking.k8s.io"], &["ingresses", "ingresses/status", "networkpolicies"], READ),
         ]),
+    ];
+    out.extend(controller_roles().into_iter().map(|(account, rules)| role(&format!("system:controller:{account}"), json!({}), rules)));
+    out
+}
+
+/// The controller manager's own user: its shared informers and leader election.
+pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+
+/// Where upstream's controllers keep their service accounts.
+pub const CONTROLLER_NAMESPACE: &str = "kube-system";
+
+/// Each controller's service account (in kube-system) and the rules of its
+/// `system:controller:<account>` ClusterRole, as kube-controller-manager's bootstrap policy
+/// has them. ferrokube's controllers patch where upstream's update (`patch` is granted beside
+/// `update`), and two of them do two upstream controllers' work, with both roles bound (see
+/// [`EXTRA_CONTROLLER_BINDINGS`]).
+pub fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
+    let events = r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]);
+    let upd = &["patch", "update"][..];
+    vec![
+        ("clusterrole-aggregation-controller", vec![r(&["rbac.authorization.k8s.io"], &["clusterroles"], &["escalate", "get", "list", "patch", "update", "watch"])]),
+        ("cronjob-controller", vec![
+            r(&["batch"], &["cronjobs"], &["get", "list", "patch", "update", "watch"]),
+            r(&["batch"], &["jobs"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            r(&["batch"], &["cronjobs/status", "cronjobs/finalizers"], upd),
+            r(&[""], &["pods"], &["delete", "list"]),
+            events.clone(),
+        ]),
+        ("daemon-set-controller", vec![
+            r(&["apps", "extensions"], &["daemonsets"], READ),
+            r(&["apps", "extensions"], &["daemonsets/status", "daemonsets/finalizers"], upd),
+            r(&[""], &["nodes"], &["list", "watch"]),
+            r(&[""], &["pods"], &["create", "delete", "list", "patch", "watch"]),
+            r(&[""], &["pods/binding"], &["create"]),
+            r(&["apps"], &["controllerrevisions"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            events.clone(),
+        ]),
+        ("deployment-controller", vec![
+            r(&["apps", "extensions"], &["deployments"], &["get", "list", "patch", "update", "watch"]),
+            r(&["apps", "extensions"], &["deployments/status", "deployments/finalizers"], upd),
+            r(&["apps", "extensions"], &["replicasets"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            r(&[""], &["pods"], &["get", "list", "update", "watch"]),
+            events.clone(),
+        ]),
+        ("disruption-controller", vec![
+            r(&["apps", "extensions"], &["deployments", "replicasets", "statefulsets"], READ),
+            r(&[""], &["replicationcontrollers"], READ),
+            r(&["policy"], &["poddisruptionbudgets"], READ),
+            r(&["policy"], &["poddisruptionbudgets/status"], upd),
+            r(&["*"], &["*/scale"], &["get"]),
+            r(&[""], &["pods/status"], &["patch"]),
+            // ferrokube's lists the pods of a budget (upstream's reads its informer).
+            r(&[""], &["pods"], &["list"]),
+            events.clone(),
+        ]),
+        ("endpoint-controller", vec![
+            r(&[""], &["services", "pods"], &["get", "list", "watch"]),
+            r(&[""], &["endpoints"], &["create", "delete", "get", "list", "patch", "update"]),
+            r(&[""], &["endpoints/restricted"], &["create"]),
+            events.clone(),
+        ]),
+        ("endpointslice-controller", vec![
+            r(&[""], &["services", "pods"], &["get", "list", "watch"]),
+            r(&[""], &["nodes"], READ),
+            r(&["discovery.k8s.io"], &["endpointslices"], &["create", "delete", "get", "list", "patch", "update"]),
+            events.clone(),
+        ]),
+        ("generic-garbage-collector", vec![r(&["*"], &["*"], &["delete", "get", "list", "patch", "update", "watch"])]),
+        ("job-controller", vec![
+            r(&["batch"], &["jobs"], &["get", "list", "patch", "update", "watch"]),
+            r(&["batch"], &["jobs/status", "jobs/finalizers"], upd),
+            r(&[""], &["pods"], &["create", "delete", "list", "patch", "watch"]),
+            events.clone(),
+        ]),
+        ("node-controller", vec![
+            r(&[""], &["nodes"], &["delete", "get", "list", "patch", "update"]),
+            r(&[""], &["nodes/status"], upd),
+            r(&[""], &["pods/status"], upd),
+            r(&[""], &["pods"], &["delete", "list"]),
+            events.clone(),
+        ]),
+        ("persistent-volume-binder", vec![
+            r(&[""], &["persistentvolumes"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            r(&[""], &["persistentvolumes/status"], upd),
+            r(&[""], &["persistentvolumeclaims"], &["get", "list", "patch", "update", "watch"]),
+            r(&[""], &["persistentvolumeclaims/status"], upd),
+            r(&[""], &["pods"], &["create", "delete", "get", "list", "watch"]),
+            r(&[""], &["nodes"], READ),
+            r(&["storage.k8s.io"], &["storageclasses"], READ),
+            events.clone(),
+        ]),
+        ("replicaset-controller", vec![
+            r(&["apps", "extensions"], &["replicasets"], &["get", "list", "patch", "update", "watch"]),
+            r(&["apps", "extensions"], &["replicasets/status", "replicasets/finalizers"], upd),
+            r(&[""], &["pods"], &["create", "delete", "list", "patch", "watch"]),
+            events.clone(),
+        ]),
+        ("replication-controller", vec![
+            r(&[""], &["replicationcontrollers"], &["get", "list", "patch", "update", "watch"]),
+            r(&[""], &["replicationcontrollers/status", "replicationcontrollers/finalizers"], upd),
+            r(&[""], &["pods"], &["create", "delete", "list", "patch", "watch"]),
+            events.clone(),
+        ]),
+        ("resourcequota-controller", vec![
+            r(&["*"], &["*"], &["list", "watch"]),
+            r(&[""], &["resourcequotas/status"], upd),
+            events.clone(),
+        ]),
+        ("root-ca-cert-publisher", vec![r(&[""], &["configmaps"], &["create", "patch", "update"]), events.clone()]),
+        // ferrokube's reads the namespace before it writes (upstream's reads its informer).
+        ("service-account-controller", vec![r(&[""], &["serviceaccounts"], &["create"]), r(&[""], &["namespaces"], &["get"]), events.clone()]),
+        ("statefulset-controller", vec![
+            r(&[""], &["pods"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            r(&["apps"], &["statefulsets"], READ),
+            r(&["apps"], &["statefulsets/status", "statefulsets/finalizers"], upd),
+            r(&[""], &["persistentvolumeclaims"], &["create", "delete", "get", "patch", "update"]),
+            r(&["apps"], &["controllerrevisions"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            events.clone(),
+        ]),
+        ("certificate-controller", vec![
+            r(&["certificates.k8s.io"], &["certificatesigningrequests"], &["delete", "get", "list", "watch"]),
+            r(&["certificates.k8s.io"], &["certificatesigningrequests/approval", "certificatesigningrequests/status"], upd),
+            json!({"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "resourceNames": ["kubernetes.io/*"], "verbs": ["approve", "sign"]}),
+            r(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+            r(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+            events.clone(),
+        ]),
     ]
+}
+
+/// Controllers that do the work of a second upstream controller: (the account they act as,
+/// the other controller's role it is bound to as well).
+pub const EXTRA_CONTROLLER_BINDINGS: &[(&str, &str)] = &[
+    ("service-account-controller", "root-ca-cert-publisher"),
+    ("endpoint-controller", "endpointslice-controller"),
+    ("replicaset-controller", "replication-controller"),
+];
+
+fn controller_sa(account: &str) -> Value {
+    json!({"kind": "ServiceAccount", "name": account, "namespace": CONTROLLER_NAMESPACE})
 }
 
 /// The bootstrap ClusterRoleBindings.
 pub fn cluster_role_bindings() -> Vec<Value> {
-    vec![
+    let mut out = vec![
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
         binding("system:discovery", "system:discovery", &["system:authenticated"]),
         binding("system:basic-user", "system:basic-user", &["system:authenticated"]),
@@ -166,7 +322,16 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         user_binding("system:node-proxier", "system:node-proxier", PROXY),
         user_binding("system:ferrokube:service-lb", "system:ferrokube:service-lb", PROXY),
         bound("system:coredns", "system:coredns", vec![json!({"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"})]),
-    ]
+        user_binding(CONTROLLER_MANAGER, CONTROLLER_MANAGER, CONTROLLER_MANAGER),
+        bound("system:ferrokube:local-path-provisioner", "system:ferrokube:local-path-provisioner", vec![controller_sa("persistent-volume-binder")]),
+    ];
+    for (account, _) in controller_roles() {
+        let name = format!("system:controller:{account}");
+        let mut subjects = vec![controller_sa(account)];
+        subjects.extend(EXTRA_CONTROLLER_BINDINGS.iter().filter(|(_, other)| *other == account).map(|(by, _)| controller_sa(by)));
+        out.push(bound(&name, &name, subjects));
+    }
+    out
 }
 
 /// `want`'s entries missing from `live` appended to it (None: nothing missing).

@@ -106,6 +106,21 @@ fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
         }
         return;
     }
+    let watch_ref = "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent";
+    let watch = |id: String| op(k, "watch", &id, list_params(), watch_ref, None);
+    if k.namespaced {
+        // Across namespaces: list and watch only.
+        paths.insert(format!("{base}/{}", k.plural), json!({
+            "parameters": [param("pretty", "string", "")],
+            "get": op(k, "list", &format!("list{id}ForAllNamespaces"), list_params(), &list_ref, None),
+        }));
+        paths.insert(format!("{base}/watch/{}", k.plural), json!({"get": watch(format!("watch{id}ListForAllNamespaces"))}));
+        paths.insert(format!("{base}/watch/namespaces/{{namespace}}/{}", k.plural), json!({"parameters": [path_param("namespace")], "get": watch(format!("watch{id}List"))}));
+        paths.insert(format!("{base}/watch/namespaces/{{namespace}}/{}/{{name}}", k.plural), json!({"parameters": [path_param("namespace"), path_param("name")], "get": watch(format!("watch{id}"))}));
+    } else {
+        paths.insert(format!("{base}/watch/{}", k.plural), json!({"get": watch(format!("watch{id}List"))}));
+        paths.insert(format!("{base}/watch/{}/{{name}}", k.plural), json!({"parameters": [path_param("name")], "get": watch(format!("watch{id}"))}));
+    }
     for (coll, scope_params) in scopes {
         let mut coll_params = scope_params.clone();
         coll_params.push(param("pretty", "string", ""));
@@ -139,6 +154,37 @@ fn kind_paths(k: &Kind, paths: &mut BTreeMap<String, Value>) {
                 "patch": op(k, "patch", &format!("patch{id}{name}"), write_params(true), &sref, Some(patch_types.clone())),
             }));
         }
+        special_paths(k, &item, &item_params, &id, paths);
+    }
+}
+
+/// The subresources served by their own handlers: a pod's log, exec, attach, port-forward,
+/// binding and eviction, a service account's token.
+fn special_paths(k: &Kind, item: &str, item_params: &[Value], id: &str, paths: &mut BTreeMap<String, Value>) {
+    let text = |action: &str, op_id: String, params: Vec<Value>| {
+        let mut o = op(k, action, &op_id, params, "", None);
+        o["responses"] = json!({"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}});
+        o
+    };
+    let q = |spec: &[&str]| spec.iter().map(|s| { let (n, t) = s.split_once(':').unwrap_or((s, "string")); param(n, t, "") }).collect::<Vec<Value>>();
+    let create = |sub: &str, group: &str, version: &str, kind: &str| {
+        let sref = crate::api::machinery::schema::kind_definition(group, version, kind).map(|d| format!("#/components/schemas/{d}")).unwrap_or_default();
+        json!({"parameters": item_params, "post": op(k, "post", &format!("create{id}{sub}"), write_params(false), &sref, Some(vec!["application/json", "application/yaml"]))})
+    };
+    if k.is("", "pods") {
+        paths.insert(format!("{item}/log"), json!({"parameters": item_params, "get": text("get", format!("read{id}log"), q(&["container", "follow:boolean", "insecureSkipTLSVerifyBackend:boolean", "limitBytes:integer", "previous:boolean", "sinceSeconds:integer", "tailLines:integer", "timestamps:boolean"]))}));
+        for (sub, params) in [("exec", &["command", "container", "stderr:boolean", "stdin:boolean", "stdout:boolean", "tty:boolean"][..]), ("attach", &["container", "stderr:boolean", "stdin:boolean", "stdout:boolean", "tty:boolean"][..]), ("portforward", &["ports:integer"][..])] {
+            paths.insert(format!("{item}/{sub}"), json!({
+                "parameters": item_params,
+                "get": text("connect", format!("connectGet{id}{sub}"), q(params)),
+                "post": text("connect", format!("connectPost{id}{sub}"), q(params)),
+            }));
+        }
+        paths.insert(format!("{item}/binding"), create("binding", "", "v1", "Binding"));
+        paths.insert(format!("{item}/eviction"), create("eviction", "policy", "v1", "Eviction"));
+    }
+    if k.is("", "serviceaccounts") {
+        paths.insert(format!("{item}/token"), create("token", "authentication.k8s.io", "v1", "TokenRequest"));
     }
 }
 
@@ -253,6 +299,13 @@ fn document(group: &str, version: &str) -> Value {
         if k.has(Sub::Scale) {
             roots.push(json!({"$ref": "#/components/schemas/io.k8s.api.autoscaling.v1.Scale"}));
         }
+        for (g, v, kind) in [("", "v1", "Binding"), ("policy", "v1", "Eviction"), ("authentication.k8s.io", "v1", "TokenRequest")] {
+            if (k.is("", "pods") && kind != "TokenRequest") || (k.is("", "serviceaccounts") && kind == "TokenRequest") {
+                if let Some(d) = schema::kind_definition(g, v, kind) {
+                    roots.push(json!({"$ref": format!("#/components/schemas/{d}")}));
+                }
+            }
+        }
         schemas.insert(schema_name(k), own);
         schemas.insert(format!("{}List", schema_name(k)), list_schema(k));
     }
@@ -266,12 +319,23 @@ fn document(group: &str, version: &str) -> Value {
             schemas.insert(name.clone(), def.clone());
         }
     }
+    // One event of a watch stream (generic over the object in k8s-openapi, so written here).
+    schemas.insert(format!("{meta}.WatchEvent"), json!({
+        "type": "object",
+        "description": "Event represents a single event to a watched resource.",
+        "required": ["type", "object"],
+        "properties": {
+            "type": {"type": "string", "description": "ADDED, MODIFIED, DELETED, BOOKMARK or ERROR"},
+            "object": {"type": "object", "description": "The object (or, for ERROR, a Status)", "x-kubernetes-preserve-unknown-fields": true},
+        },
+    }));
     let schemas: Map<String, Value> = schemas.into_iter().map(|(n, d)| { let d = with_list_extensions(&n, d); (n, d) }).collect();
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.35.0"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header", "description": "Bearer Token authentication"}}},
+        "security": [{"BearerToken": []}],
     })
 }
 
