@@ -84,6 +84,52 @@ pub fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String
     }
 }
 
+/// The first value of `v` whose JSON type is not its schema's (`null` is "unset" and fits
+/// every type): (path, what it is, what the schema wants). Upstream's typed decoding refuses
+/// such an object; the defaulting and validation after this rely on the types being right.
+pub fn mistyped(schema: &Value, v: &Value, path: &str) -> Option<(String, &'static str, &'static str)> {
+    let s = resolve(schema);
+    let is = match v {
+        Value::Null => return None,
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let want: Option<&'static str> = match s.get("type").and_then(Value::as_str) {
+        Some("object") => Some("object"),
+        Some("array") => Some("array"),
+        Some("string") => Some("string"),
+        Some("boolean") => Some("bool"),
+        Some("integer") => Some("integer"),
+        Some("number") => Some("number"),
+        _ => None,
+    };
+    if let Some(want) = want {
+        let fits = want == is || (want == "number" && is == "integer");
+        if !fits {
+            return Some((path.to_string(), is, want));
+        }
+    }
+    match v {
+        Value::Object(map) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            let additional = s.get("additionalProperties").filter(|a| a.is_object());
+            map.iter().find_map(|(k, child)| {
+                let cs = props.and_then(|p| p.get(k)).or(additional)?;
+                mistyped(cs, child, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") })
+            })
+        }
+        Value::Array(items) => {
+            let item_schema = s.get("items")?;
+            items.iter().enumerate().find_map(|(i, item)| mistyped(item_schema, item, &format!("{path}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
 /// Paths of keys that appear twice in one JSON object of `body`.
 pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
     struct Dups<'a> {
@@ -139,6 +185,12 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
 /// Checks `obj` against `schema` and, for JSON bodies, `raw`. Returns warnings, or the
 /// `Strict` error.
 pub fn check(schema: Option<&Value>, kind: &str, obj: &mut Value, raw_json: Option<&[u8]>, directive: Directive) -> Result<Vec<String>, ApiError> {
+    if let Some((path, is, want)) = schema.and_then(|s| mistyped(s, obj, "")) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version {:?} cannot be handled as a {kind}: json: cannot unmarshal {is} into field {path} of type {want}",
+            obj["apiVersion"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("")
+        )));
+    }
     let mut problems: Vec<String> = raw_json.map(duplicate_fields).unwrap_or_default().into_iter().map(|p| format!("duplicate field {p:?}")).collect();
     if let Some(schema) = schema {
         let mut unknown = Vec::new();
@@ -161,6 +213,24 @@ pub fn check(schema: Option<&Value>, kind: &str, obj: &mut Value, raw_json: Opti
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn wrongly_typed_fields_are_refused_before_anything_relies_on_them() {
+        let ns = schema::kind_definition("", "v1", "Namespace").and_then(schema::definition);
+        for (body, path) in [
+            (json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": "a=b"}}), "metadata.labels"),
+            (json!({"apiVersion": "v1", "kind": "Namespace", "metadata": "x"}), "metadata"),
+            (json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": 5}}), "metadata.name"),
+            (json!({"apiVersion": "v1", "kind": "Namespace", "spec": {"finalizers": "kubernetes"}}), "spec.finalizers"),
+        ] {
+            let mut o = body.clone();
+            let e = check(ns, "Namespace", &mut o, None, Directive::Ignore).unwrap_err();
+            assert_eq!(e.code, 400);
+            assert!(e.message.contains(&format!("into field {path} of type")), "{}", e.message);
+        }
+        let mut ok = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": null}});
+        assert!(check(ns, "Namespace", &mut ok, None, Directive::Strict).is_ok());
+    }
 
     #[test]
     fn unknown_fields_are_found_and_dropped() {
