@@ -99,6 +99,9 @@ pub fn mistyped(schema: &Value, v: &Value, path: &str) -> Option<(String, &'stat
         Value::Object(_) => "object",
     };
     let want: Option<&'static str> = match s.get("type").and_then(Value::as_str) {
+        // An object schema that declares nothing is free-form JSON (a CRD schema's `default`,
+        // `example`, `enum` entries): any value fits.
+        Some("object") if s.get("properties").is_none() && !s.get("additionalProperties").is_some_and(Value::is_object) => None,
         Some("object") => Some("object"),
         Some("array") => Some("array"),
         Some("string") => Some("string"),
