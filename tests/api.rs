@@ -364,6 +364,37 @@ async fn finalizers_hold_deletion() {
     assert_eq!(t.get(&format!("{CMS}/f")).await.code, 404);
 }
 
+/// A pod bound to a node is deleted gracefully: the mark stays through status updates and
+/// repeated deletes (which may only shorten the period) until a delete with grace 0.
+#[tokio::test]
+async fn bound_pods_are_deleted_gracefully() {
+    let t = T::new().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "g"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}});
+    assert_eq!(t.post(pods, pod).await.code, 201);
+    let r = t.delete(&format!("{pods}/g")).await;
+    assert_eq!(r.code, 200);
+    assert_eq!(r.body["metadata"]["deletionGracePeriodSeconds"], 30);
+    let marked = r.body["metadata"]["deletionTimestamp"].clone();
+    assert!(marked.is_string());
+    // The node reporting on the pod does not end its deletion.
+    let r = t.patch(&format!("{pods}/g/status"), "application/merge-patch+json", json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})).await;
+    assert_eq!(r.code, 200);
+    assert_eq!(t.get(&format!("{pods}/g")).await.code, 200, "a status update kept the pod");
+    // A second delete with the same (or a longer) period changes nothing.
+    let r = t.delete(&format!("{pods}/g")).await;
+    assert_eq!(r.code, 200);
+    assert_eq!(r.body["metadata"]["deletionTimestamp"], marked);
+    let r = t.req("DELETE", &format!("{pods}/g?gracePeriodSeconds=60"), None, "").await;
+    assert_eq!((r.code, r.body["metadata"]["deletionGracePeriodSeconds"].clone()), (200, json!(30)));
+    // A shorter one shortens it; 0 deletes it.
+    let r = t.req("DELETE", &format!("{pods}/g?gracePeriodSeconds=5"), None, "").await;
+    assert_eq!((r.code, r.body["metadata"]["deletionGracePeriodSeconds"].clone()), (200, json!(5)));
+    assert_eq!(t.get(&format!("{pods}/g")).await.code, 200);
+    assert_eq!(t.req("DELETE", &format!("{pods}/g?gracePeriodSeconds=0"), None, "").await.code, 200);
+    assert_eq!(t.get(&format!("{pods}/g")).await.code, 404);
+}
+
 #[tokio::test]
 async fn delete_preconditions_and_dry_run() {
     let t = T::new().await;

@@ -8,6 +8,7 @@
 //! unhealthy (a full disruption, likely this host's own trouble) nothing is evicted.
 
 use super::{run_workers, Ctl, Next, Setup};
+use crate::runtime::cache::Cache;
 use crate::runtime::queue::Queue;
 use crate::runtime::status::set_condition;
 use crate::runtime::Client;
@@ -30,13 +31,16 @@ pub fn start(ctl: Ctl, s: &mut Setup) {
     let started = Utc::now();
     let q = queue.clone();
     s.informers.on(&NODES.all(), move |c| q.add(c.object()["metadata"]["name"].as_str().unwrap_or("")));
+    // The heartbeats come from the shared informer's cache (as upstream's lease lister): the
+    // controller's own role may not read Leases.
+    let leases = s.informers.cache(&LEASES.ns(NODE_LEASES));
     let q = queue.clone();
     s.informers.on(&LEASES.ns(NODE_LEASES), move |c| {
         q.add(c.object()["metadata"]["name"].as_str().unwrap_or(""));
     });
     run_workers(s.scope, "node-lifecycle", queue, 1, move |name| {
-        let ctl = ctl.clone();
-        async move { reconcile(&ctl, &name, started).await }
+        let (ctl, leases) = (ctl.clone(), leases.clone());
+        async move { reconcile(&ctl, &leases, &name, started).await }
     });
 }
 
@@ -45,9 +49,9 @@ fn ready_condition(node: &Value) -> Option<&Value> {
 }
 
 /// When the node's kubelet was last heard from (Lease renewal or status heartbeat).
-async fn last_heard(client: &Client, node: &Value) -> Option<DateTime<Utc>> {
+fn last_heard(leases: &Cache, node: &Value) -> Option<DateTime<Utc>> {
     let name = node["metadata"]["name"].as_str().unwrap_or("");
-    let lease = client.get(LEASES.named(NODE_LEASES, name)).await.ok();
+    let lease = leases.get(&format!("{NODE_LEASES}/{name}"));
     let renew = lease.as_ref().and_then(|l| parse_time(&l["spec"]["renewTime"]));
     let beat = ready_condition(node).and_then(|c| parse_time(&c["lastHeartbeatTime"]));
     renew.max(beat)
@@ -73,7 +77,7 @@ fn with_taints(node: &Value, want: &[&str]) -> Vec<Value> {
     taints
 }
 
-async fn reconcile(ctl: &Ctl, name: &str, started: DateTime<Utc>) -> Result<Next, ApiError> {
+async fn reconcile(ctl: &Ctl, leases: &Cache, name: &str, started: DateTime<Utc>) -> Result<Next, ApiError> {
     let client = &ctl.client;
     let node = match client.get(NODES.name(name)).await {
         Ok(n) => n,
@@ -81,7 +85,7 @@ async fn reconcile(ctl: &Ctl, name: &str, started: DateTime<Utc>) -> Result<Next
         Err(e) => return Err(e),
     };
     let now = Utc::now();
-    let heard = last_heard(client, &node).await.unwrap_or(started).max(started);
+    let heard = last_heard(leases, &node).unwrap_or(started).max(started);
     let silent = (now - heard).num_seconds();
     let mut next = Next::After(Duration::from_secs((GRACE - silent).max(1) as u64));
     let ready = ready_condition(&node).map(|c| c["status"].as_str().unwrap_or("")).unwrap_or("");
@@ -113,7 +117,7 @@ async fn reconcile(ctl: &Ctl, name: &str, started: DateTime<Utc>) -> Result<Next
         vec![]
     };
     // A full disruption (no healthy node at all) taints nothing and evicts nothing.
-    if !want.is_empty() && all_nodes_unhealthy(client, started).await? {
+    if !want.is_empty() && all_nodes_unhealthy(client, leases, started).await? {
         return Ok(Next::After(Duration::from_secs(GRACE as u64)));
     }
     let taints = with_taints(&node, &want);
@@ -129,9 +133,9 @@ async fn reconcile(ctl: &Ctl, name: &str, started: DateTime<Utc>) -> Result<Next
     Ok(next)
 }
 
-async fn all_nodes_unhealthy(client: &Client, started: DateTime<Utc>) -> Result<bool, ApiError> {
+async fn all_nodes_unhealthy(client: &Client, leases: &Cache, started: DateTime<Utc>) -> Result<bool, ApiError> {
     for n in &client.list(NODES.all()).await? {
-        let fresh = last_heard(client, n).await.unwrap_or(started).max(started);
+        let fresh = last_heard(leases, n).unwrap_or(started).max(started);
         let ready = ready_condition(n).is_some_and(|c| c["status"] == "True");
         if ready && (Utc::now() - fresh).num_seconds() <= GRACE {
             return Ok(false);

@@ -45,6 +45,10 @@ stop_server() {
 
 cleanup() {
   stop_server KILL
+  # A failed run keeps its server's log for the post-mortem (E2E_KEEP_LOG=1: every run).
+  if { [ "$FAIL" -gt 0 ] || [ -n "${E2E_KEEP_LOG:-}" ]; } && [ -f "$E2E_DIR/server.log" ]; then
+    cp "$E2E_DIR/server.log" "/tmp/$(basename "$0" .sh)-server.log" && echo "server log: /tmp/$(basename "$0" .sh)-server.log" >&2
+  fi
   rm -rf "$E2E_DIR"
 }
 trap cleanup EXIT

@@ -438,6 +438,10 @@ eventually "a failing postStart hook kills its container, which restarts" "yes" 
 k delete pod hooked --wait=true --timeout=60s >/dev/null
 check "a preStop hook runs before the container stops" "stopping" "$(cat "$E2E_DIR/hooks/prestop" 2>/dev/null)"
 check "pods have veths on the bridge while they run" "yes" "$([ "$(ip -br link show master "$BRIDGE" | wc -l)" -gt 0 ] && echo yes)"
+# Minutes in, the node renewing its Lease is still Ready: the node controller never judged it
+# silent (it reads the Leases from its informer) and marked no pod NotReady.
+check "the node stays Ready past the grace period" "True" "$(k get node e2e-node -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+check "no NodeNotReady event" "" "$(k get events -A --field-selector reason=NodeNotReady -o name)"
 check_cmd "delete all pods" k delete pods --all --wait --timeout=90s
 sleep 1
 check "a deleted pod's token no longer authenticates" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PODTOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/default/pods")"

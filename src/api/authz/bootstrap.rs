@@ -276,8 +276,7 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             events.clone(),
         ]),
         ("root-ca-cert-publisher", vec![r(&[""], &["configmaps"], &["create", "patch", "update"]), events.clone()]),
-        // ferrokube's reads the namespace before it writes (upstream's reads its informer).
-        ("service-account-controller", vec![r(&[""], &["serviceaccounts"], &["create"]), r(&[""], &["namespaces"], &["get"]), events.clone()]),
+        ("service-account-controller", vec![r(&[""], &["serviceaccounts"], &["create"]), events.clone()]),
         ("statefulset-controller", vec![
             r(&[""], &["pods"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
             r(&["apps"], &["statefulsets"], READ),

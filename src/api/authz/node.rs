@@ -60,8 +60,13 @@ fn build_node_rules() -> Vec<Rule> {
 fn pods_on(store: &Store, namespace: &str, node: &str) -> Vec<Value> {
     let prefix = format!("/core/pods/{namespace}/");
     let want = format!("\"nodeName\":\"{node}\"");
-    let page = store.list(&prefix, None, 0, None, &|json| json.windows(want.len()).any(|w| w == want.as_bytes()));
-    page.map(|p| p.objects().filter(|p| p["spec"]["nodeName"] == node).collect()).unwrap_or_default()
+    match store.list(&prefix, None, 0, None, &|json| json.windows(want.len()).any(|w| w == want.as_bytes())) {
+        Ok(page) => page.objects().filter(|p| p["spec"]["nodeName"] == node).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, namespace, node, "node authorizer: listing the node's pods");
+            Vec::new()
+        }
+    }
 }
 
 /// Whether `pod` refers to the `kind` object `name` (volumes, projected sources, env,
@@ -97,8 +102,22 @@ enum Relation {
     Own(bool),
 }
 
-fn pod_is_on(store: &Store, node: &str, a: &Attributes) -> bool {
-    !a.name.is_empty() && pods_on(store, &a.namespace, node).iter().any(|p| p["metadata"]["name"] == a.name.as_str())
+/// Whether the pod `a` names is bound to `node`; `None` when there is no such pod (the
+/// request then fails as upstream's does, with 404, not as a denial).
+fn pod_is_on(store: &Store, node: &str, a: &Attributes) -> Option<bool> {
+    if a.name.is_empty() {
+        return Some(false);
+    }
+    let stored = match store.get(&format!("/core/pods/{}/{}", a.namespace, a.name)) {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "node authorizer: reading the pod");
+            return Some(false);
+        }
+    };
+    let pod: Value = serde_json::from_slice(&stored.json).unwrap_or_default();
+    Some(pod["spec"]["nodeName"] == node)
 }
 
 /// Whether the PersistentVolume `a.name` is bound to a claim one of `node`'s pods uses.
@@ -131,7 +150,7 @@ fn relation(store: &Store, node: &str, a: &Attributes) -> Option<Relation> {
             Relation::Own(a.namespace == "kube-node-lease" && (a.name == node || (a.verb == "create" && a.name.is_empty())))
         }
         // Pods bound to it: their status, deletion, eviction (no mirror pods are made here).
-        ("", "pods", "" | "status" | "eviction") if writes => Relation::Own(pod_is_on(store, node, a)),
+        ("", "pods", "" | "status" | "eviction") if writes => Relation::Own(pod_is_on(store, node, a)?),
         _ => return None,
     })
 }
@@ -203,10 +222,14 @@ mod tests {
         assert!(admit(&n1, "coordination.k8s.io", "leases", &json!({"metadata": {"name": "n2", "namespace": "kube-node-lease"}})).is_err());
     }
 
-    #[test]
-    fn node_rules_read_widely_and_write_narrowly() {
+    #[tokio::test]
+    async fn node_rules_read_widely_and_write_narrowly() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb"), 10).unwrap();
+        for (name, node) in [("mine", "n1"), ("theirs", "n2")] {
+            let pod = json!({"metadata": {"name": name, "namespace": "d"}, "spec": {"nodeName": node}});
+            store.write(crate::store::Op::Create { key: format!("/core/pods/d/{name}"), object: pod }).await.unwrap();
+        }
         let n1 = identity("n1");
         let d = |m: &str, p: &str| decide(&store, &n1, &Attributes::of(m, p, None, false)).unwrap().0;
         assert_eq!(d("GET", "/api/v1/pods"), Decision::Allow);
@@ -214,7 +237,12 @@ mod tests {
         assert_ne!(d("PATCH", "/api/v1/nodes/n2/status"), Decision::Allow);
         assert_eq!(d("GET", "/api/v1/namespaces/d/secrets/x"), Decision::Deny("no relationship found between node 'n1' and this object".into()));
         assert_ne!(d("GET", "/api/v1/namespaces/d/secrets"), Decision::Allow, "no lists of secrets");
-        assert_ne!(d("DELETE", "/api/v1/namespaces/d/pods/p"), Decision::Allow, "not a pod of n1");
+        assert_eq!(d("DELETE", "/api/v1/namespaces/d/pods/mine"), Decision::Allow);
+        assert_eq!(d("PATCH", "/api/v1/namespaces/d/pods/mine/status"), Decision::Allow);
+        assert_eq!(d("DELETE", "/api/v1/namespaces/d/pods/theirs"), Decision::Deny("node 'n1' may change only its own objects: pods d/theirs".into()));
+        assert_ne!(d("PATCH", "/api/v1/namespaces/d/pods/theirs/status"), Decision::Allow);
+        // A pod that is not there: the request goes on to its 404, as upstream's does.
+        assert_eq!(d("DELETE", "/api/v1/namespaces/d/pods/gone"), Decision::Allow);
         assert!(decide(&store, &UserInfo::authenticated("jane", &[]), &Attributes::of("GET", "/api/v1/pods", None, false)).is_none());
     }
 }

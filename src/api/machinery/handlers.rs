@@ -560,8 +560,12 @@ impl Api {
             return Ok(Reply::Object(200, new));
         }
         let name = rr.name.as_deref().unwrap_or("");
-        // Removing the last finalizer of an object being deleted deletes it.
-        let op = if vobj::is_deleting(&new) && vobj::finalizers(&new).is_empty() && !self.deletion_blocked(rr.kind, &new) {
+        // Removing the last finalizer of an object being deleted deletes it, unless a grace
+        // period still runs (a pod's kubelet ends that); other updates leave it be.
+        let was_held = !vobj::finalizers(old).is_empty() || self.deletion_blocked(rr.kind, old);
+        let now_free = vobj::finalizers(&new).is_empty() && !self.deletion_blocked(rr.kind, &new);
+        let grace_runs = new["metadata"]["deletionGracePeriodSeconds"].as_i64().is_some_and(|g| g > 0);
+        let op = if vobj::is_deleting(&new) && was_held && now_free && !grace_runs {
             Op::Delete { key, expect: Some(expect) }
         } else {
             Op::Update { key, object: new, expect: Some(expect) }
@@ -842,9 +846,13 @@ impl Api {
             };
             let warnings = self.deletion_webhooks(&hook_req, &old).await?;
             let key = self.key(rr)?;
-            let graceful = self.graceful_period(rr.kind, &old, grace);
+            let how = self.deletion(rr.kind, &old, grace);
+            let graceful = match how {
+                Deletion::After(secs) => Some(secs),
+                _ => None,
+            };
             let add_finalizer = gc_finalizer.filter(|f| !vobj::is_deleting(&old) && !vobj::finalizers(&old).iter().any(|x| x == f));
-            let blocked = !vobj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || graceful.is_some() || add_finalizer.is_some();
+            let blocked = !vobj::finalizers(&old).is_empty() || self.deletion_blocked(rr.kind, &old) || how != Deletion::Now || add_finalizer.is_some();
             if !blocked {
                 if dry_run {
                     return Ok(Reply::Object(200, old).with_warnings(warnings));
@@ -860,8 +868,10 @@ impl Api {
                 }
             }
             if vobj::is_deleting(&old) && graceful.is_none() {
-                // Already being deleted: nothing more to record.
-                return Ok(Reply::Object(202, old).with_warnings(warnings));
+                // Already being deleted: nothing more to record (upstream answers 202 only
+                // to a request that asked for its dependents to be deleted too).
+                let code = if orphan_opt == Some(false) { 202 } else { 200 };
+                return Ok(Reply::Object(code, old).with_warnings(warnings));
             }
             let mut new = old.clone();
             let meta = meta_mut(&mut new);
@@ -898,21 +908,29 @@ impl Api {
         Err(ApiError::stale(rr.kind.group, rr.kind.plural, &name))
     }
 
-    /// Grace period for kinds deleted gracefully (pods bound to a node); `None` means delete now.
-    fn graceful_period(&self, kind: &Kind, o: &Value, requested: Option<i64>) -> Option<i64> {
+    /// How a delete of `o` proceeds: pods bound to a node are deleted gracefully (their
+    /// kubelet finishes the deletion), everything else at once (finalizers permitting). A
+    /// second delete of a pod only shortens the period it is in; otherwise it changes nothing.
+    fn deletion(&self, kind: &Kind, o: &Value, requested: Option<i64>) -> Deletion {
         if !kind.is("", "pods") {
-            return None;
+            return Deletion::Now;
         }
         let bound = o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
         let finished = matches!(o["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
-        let grace = requested.unwrap_or_else(|| o["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30));
-        if !bound || finished || grace <= 0 {
-            return None;
+        if !bound || finished {
+            return Deletion::Now;
         }
-        // A second delete may only shorten the period.
-        match o["metadata"]["deletionGracePeriodSeconds"].as_i64() {
-            Some(current) if current <= grace => None,
-            _ => Some(grace),
+        if let Some(current) = vobj::is_deleting(o).then(|| o["metadata"]["deletionGracePeriodSeconds"].as_i64()).flatten() {
+            match requested {
+                Some(g) if g < current => {}
+                _ => return Deletion::Pending,
+            }
+        }
+        let grace = requested.unwrap_or_else(|| o["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30));
+        if grace <= 0 {
+            Deletion::Now
+        } else {
+            Deletion::After(grace)
         }
     }
 
@@ -1003,4 +1021,15 @@ pub fn scale_of(kind: &Kind, o: &Value) -> Value {
         "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(0)},
         "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
     })
+}
+
+/// How a delete proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletion {
+    /// Remove the object now (finalizers permitting).
+    Now,
+    /// Mark it deleted, with this grace period in seconds.
+    After(i64),
+    /// It is already being deleted within a period no longer than the one asked for.
+    Pending,
 }
