@@ -15,3 +15,5 @@ pub mod scheduler;
 pub mod controllers;
 pub mod proxy;
 pub mod dns;
+#[cfg(test)]
+mod fuzz;

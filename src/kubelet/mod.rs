@@ -7,7 +7,7 @@ mod images;
 mod node;
 mod pods;
 mod probes;
-mod status;
+pub(crate) mod status;
 mod volumes;
 
 use crate::cri::Cri;

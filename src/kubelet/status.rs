@@ -27,7 +27,7 @@ fn rfc3339(nanos: i64) -> Value {
 }
 
 /// A `fieldRef` value for the downward API in env vars.
-pub(super) fn field_ref(pod: &Value, path: &str, pod_ip: &str) -> Option<String> {
+pub(crate) fn field_ref(pod: &Value, path: &str, pod_ip: &str) -> Option<String> {
     let m = &pod["metadata"];
     Some(match path {
         "metadata.name" => m["name"].as_str()?.to_string(),
