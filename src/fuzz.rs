@@ -210,8 +210,8 @@ fn fuzz<I: std::fmt::Debug>(name: &str, iters: usize, mut make: impl FnMut(&mut 
     assert!(panicked.is_empty(), "{name}: {} inputs panicked, e.g. {:?}", panicked.len(), &panicked[..panicked.len().min(5)]);
 }
 
-/// Fuzzes a text decoder from string seeds with byte mutations (lossy back to text when
-/// `text`).
+/// Fuzzes a decoder of bytes (text decoders take them lossily as UTF-8) from seeds, with
+/// byte mutations.
 fn fuzz_bytes(name: &str, iters: usize, seeds: &[&[u8]], dict: &[&str], run: impl Fn(&[u8])) {
     let owned: Vec<Vec<u8>> = seeds.iter().map(|s| s.to_vec()).collect();
     fuzz(name, iters, |rng| {
