@@ -4,6 +4,7 @@
 //! `FUZZ_SEED` starts another sequence (the default one is fixed, so CI is repeatable).
 
 use crate::api::front::negotiate::{decode_object, BodyType};
+use crate::api::front::protobuf::bytes_field as pb_field;
 use crate::api::policy::kinds;
 use serde_json::{json, Map, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -272,20 +273,6 @@ fn object_seeds() -> Vec<Value> {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": "me", "leaseDurationSeconds": 15, "renewTime": "2026-12-02T20:00:00.000000Z"}}),
         json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p"}, "reason": "R", "message": "m", "type": "Normal", "count": 2}),
     ]
-}
-
-/// A protobuf length-delimited field.
-fn pb_field(num: u64, data: &[u8], out: &mut Vec<u8>) {
-    let mut varint = |mut v: u64| {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    };
-    varint(num << 3 | 2);
-    varint(data.len() as u64);
-    out.extend_from_slice(data);
 }
 
 fn pb_object(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {

@@ -22,7 +22,7 @@ pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
 
-use crate::vocab::user::UserInfo;
+use crate::vocab::user::{UserInfo, CONTROLLER_MANAGER, CONTROLLER_NAMESPACE};
 use crate::runtime::cache::Change;
 use crate::runtime::client::not_found_ok;
 use crate::runtime::events::Recorder;
@@ -63,11 +63,6 @@ pub struct Setup<'a> {
     clients: &'a dyn Fn(&str, UserInfo) -> Client,
 }
 
-/// The namespace of the controllers' service accounts.
-pub const ACCOUNT_NAMESPACE: &str = "kube-system";
-/// The controller manager's user (its shared informers).
-pub const MANAGER: &str = "system:kube-controller-manager";
-
 /// Each controller's service account in kube-system, as kube-controller-manager names them
 /// with `--use-service-account-credentials` (each bound to `system:controller:<account>`).
 const ACCOUNTS: &[(&str, &str)] = &[
@@ -92,8 +87,8 @@ const ACCOUNTS: &[(&str, &str)] = &[
 /// a name without one).
 pub fn identity(name: &str) -> UserInfo {
     match ACCOUNTS.iter().find(|(n, _)| *n == name) {
-        Some((_, account)) => UserInfo::service_account(ACCOUNT_NAMESPACE, account),
-        None => UserInfo::authenticated(MANAGER, &[]),
+        Some((_, account)) => UserInfo::service_account(CONTROLLER_NAMESPACE, account),
+        None => UserInfo::authenticated(CONTROLLER_MANAGER, &[]),
     }
 }
 
@@ -136,7 +131,7 @@ pub fn start(clients: &dyn Fn(&str, UserInfo) -> Client, scope: &Scope, cfg: Con
     endpoints::start(s.ctl("endpoints", "endpoint-controller"), &mut s);
     nodelifecycle::start(s.ctl("node-lifecycle", "node-controller"), &mut s);
     volume::start(s.ctl("persistentvolume", "persistentvolume-controller"), &mut s, volume::Storage { dir: cfg.storage_dir });
-    informers.run(&clients("ferrokube-controller", UserInfo::authenticated(MANAGER, &[])), scope);
+    informers.run(&clients("ferrokube-controller", UserInfo::authenticated(CONTROLLER_MANAGER, &[])), scope);
 }
 
 /// The usual controller: keys from its own kind (`own`) and from the dependents it controls

@@ -15,6 +15,11 @@ pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
 /// How a service account's user name starts.
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
+/// The controller manager's own user: its shared informers and leader election.
+pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+/// Where upstream's controllers keep their service accounts.
+pub const CONTROLLER_NAMESPACE: &str = "kube-system";
+
 /// The namespace and name of the service account a user name is, if it is one.
 pub fn service_account_of(user: &str) -> Option<(&str, &str)> {
     user.strip_prefix(SERVICE_ACCOUNT_PREFIX)?.split_once(':')

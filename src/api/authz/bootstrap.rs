@@ -172,11 +172,7 @@ pub fn cluster_roles() -> Vec<Value> {
     out
 }
 
-/// The controller manager's own user: its shared informers and leader election.
-pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
-
-/// Where upstream's controllers keep their service accounts.
-pub const CONTROLLER_NAMESPACE: &str = "kube-system";
+pub use crate::vocab::user::{CONTROLLER_MANAGER, CONTROLLER_NAMESPACE};
 
 /// Each controller's service account (in kube-system) and the rules of its
 /// `system:controller:<account>` ClusterRole, as kube-controller-manager's bootstrap policy

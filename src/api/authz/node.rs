@@ -56,9 +56,12 @@ fn build_node_rules() -> Vec<Rule> {
     ]
 }
 
+/// Where the store keeps pods (`<this><namespace>/<name>`).
+const PODS_PREFIX: &str = "/core/pods/";
+
 /// The pods bound to `node` in `namespace`.
 fn pods_on(store: &Store, namespace: &str, node: &str) -> Vec<Value> {
-    let prefix = format!("/core/pods/{namespace}/");
+    let prefix = format!("{PODS_PREFIX}{namespace}/");
     let want = format!("\"nodeName\":\"{node}\"");
     match store.list(&prefix, None, 0, None, &|json| json.windows(want.len()).any(|w| w == want.as_bytes())) {
         Ok(page) => page.objects().filter(|p| p["spec"]["nodeName"] == node).collect(),
@@ -108,7 +111,7 @@ fn pod_is_on(store: &Store, node: &str, a: &Attributes) -> Option<bool> {
     if a.name.is_empty() {
         return Some(false);
     }
-    let stored = match store.get(&format!("/core/pods/{}/{}", a.namespace, a.name)) {
+    let stored = match store.get(&format!("{PODS_PREFIX}{}/{}", a.namespace, a.name)) {
         Ok(Some(s)) => s,
         Ok(None) => return None,
         Err(e) => {

@@ -345,22 +345,24 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     Ok(obj)
 }
 
+/// Appends a length-delimited field (the encoding tests build bodies with).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn bytes_field(num: u64, data: &[u8], out: &mut Vec<u8>) {
+    let varint = |mut v: u64, out: &mut Vec<u8>| {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
             v >>= 7;
         }
         out.push(v as u8);
-    }
-    fn bytes_field(num: u64, data: &[u8], out: &mut Vec<u8>) {
-        varint(num << 3 | 2, out);
-        varint(data.len() as u64, out);
-        out.extend_from_slice(data);
-    }
+    };
+    varint(num << 3 | 2, out);
+    varint(data.len() as u64, out);
+    out.extend_from_slice(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn configmap_round() {
