@@ -6,10 +6,11 @@
 //!   single 64-bit counter. That value is the object's `metadata.resourceVersion`. Revisions are
 //!   dense: revision `r` was produced by exactly one write, recorded as event `r`.
 //! - **Durability.** Writes go through one writer thread ([`writer`]) that gathers whatever
-//!   writes are queued into one redb transaction committed with `Durability::Immediate`
-//!   (fsync). A caller's write is acknowledged only after that commit returns: an
-//!   acknowledged write survives kill -9 and power loss. Writes that arrived together share
-//!   one fsync (group commit).
+//!   writes are queued into one redb transaction (group commit). The batch's events are
+//!   appended to the write-ahead log ([`wal`]) and synced (`fdatasync`) before redb commits
+//!   it without a sync; a caller's write is acknowledged only after both: an acknowledged
+//!   write survives kill -9 and power loss. Every few seconds (and at shutdown) redb commits
+//!   durably and the log starts over; opening the store replays the log's newer records.
 //! - **History.** Events `compacted+1 ..= revision` are kept on disk, each with the object after
 //!   the write and the object before it. At most `history` events are kept; older ones are
 //!   deleted in the same transaction that appends new ones, and `compacted` moves forward.
@@ -28,6 +29,7 @@
 
 mod codec;
 pub mod crypt;
+mod wal;
 mod watch;
 mod writer;
 
@@ -221,10 +223,14 @@ impl Store {
             }
             Err(e) => return Err(StoreError::Storage(e.to_string())),
         };
+        init_meta(&db)?;
+        let log = wal::path_for(path);
+        wal::replay(&db, &log, &sealer, history.max(1))?;
         let revision = init_meta(&db)?;
+        let wal = wal::Wal::open(&log)?;
         let shared = Arc::new(Shared { db: RwLock::new(Arc::new(db)), sealer: RwLock::new(Arc::new(sealer)), path: path.to_path_buf() });
         let (events, _) = broadcast::channel(8192);
-        let ops = writer::spawn(shared.clone(), events.clone(), revision, history.max(1))?;
+        let ops = writer::spawn(shared.clone(), events.clone(), revision, history.max(1), wal)?;
         Ok(Store { inner: Arc::new(Inner { shared, ops, events, closed: Default::default() }) })
     }
 

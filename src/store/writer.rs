@@ -1,18 +1,30 @@
 //! The single writer thread: group commit of queued writes, revision assignment, history
-//! append and compaction, then publication to watchers.
+//! append and compaction, then publication to watchers. A batch is made durable by its
+//! record in the write-ahead log ([`super::wal`]) and committed to redb without a sync; every
+//! [`CHECKPOINT_EVERY`], or once the log holds [`CHECKPOINT_BYTES`], a batch is committed to
+//! redb durably instead and the log starts over.
 
 use super::codec;
 use super::crypt::Sealer;
+use super::wal::Wal;
 use super::{Event, EventType, Resealed, Shared, StoreError, EVENTS, META, OBJECTS};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::Value;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot};
 
 /// Most writes gathered into one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// Longest time a logged write waits before redb holds it durably (also when idle).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+/// Log size at which the next batch is a checkpoint (bounds replay time and the log file).
+const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// A write. The store stamps `metadata.resourceVersion` with the write's revision.
 #[derive(Debug)]
@@ -30,7 +42,8 @@ pub enum Op {
 pub(crate) enum Request {
     /// One write; the reply comes once it is durable.
     Write { op: Staged, reply: oneshot::Sender<Result<Event, StoreError>> },
-    /// Answered once every write queued before it has been committed.
+    /// Answered once every write queued before it has been committed, and redb holds them
+    /// durably (nothing left to replay from the log).
     Flush(oneshot::Sender<()>),
     /// Seal with this from now on, and write again what is stored otherwise.
     Reseal { sealer: Arc<Sealer>, reply: oneshot::Sender<Result<Resealed, StoreError>> },
@@ -76,7 +89,7 @@ impl Template {
         meta.insert("resourceVersion".into(), Value::String(token.to_string()));
         let bytes = serde_json::to_vec(&object).expect("a JSON value always serializes");
         let needle = format!("\"{token}\"");
-        let mut hits = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(i, _)| i);
+        let mut hits = memchr::memmem::find_iter(&bytes, needle.as_bytes());
         match (hits.next(), hits.next()) {
             (Some(i), None) => Template::Spliced { bytes, at: i + 1, len: token.len() },
             _ => Template::Value(object),
@@ -103,13 +116,56 @@ pub(crate) fn spawn(
     events: broadcast::Sender<Arc<Event>>,
     revision: u64,
     history: u64,
+    wal: Wal,
 ) -> Result<SyncSender<Request>, StoreError> {
     let (tx, rx) = sync_channel::<Request>(4096);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(&shared, rx, events, revision, history))
+        .spawn(move || run(&shared, rx, events, revision, history, wal))
         .map_err(|e| StoreError::Storage(format!("spawn writer: {e}")))?;
     Ok(tx)
+}
+
+/// The writer's log and when redb last held everything durably.
+struct Log {
+    wal: Wal,
+    /// Logged batches committed to redb without a sync since the last checkpoint.
+    pending: bool,
+    since: Instant,
+}
+
+impl Log {
+    /// Whether the next batch should be committed durably.
+    fn due(&self) -> bool {
+        self.wal.len() >= CHECKPOINT_BYTES || self.since.elapsed() >= CHECKPOINT_EVERY
+    }
+
+    /// redb holds everything durably now.
+    fn checkpointed(&mut self) {
+        self.wal.checkpointed();
+        self.pending = false;
+        self.since = Instant::now();
+    }
+
+    /// redb holds everything durably, and values may have been sealed anew: empty the log.
+    fn cleared(&mut self) {
+        if let Err(e) = self.wal.clear() {
+            tracing::error!(error = %e, "cannot empty the write-ahead log");
+        }
+        self.checkpointed();
+    }
+
+    /// Makes every logged batch durable in redb (an empty durable commit), then starts over.
+    fn checkpoint(&mut self, db: &Database) {
+        if !self.pending {
+            return;
+        }
+        let durable = || -> Result<(), StoreError> { Ok(db.begin_write()?.commit()?) };
+        match durable() {
+            Ok(()) => self.checkpointed(),
+            Err(e) => tracing::error!(error = %e, "store checkpoint failed; the write-ahead log keeps the writes"),
+        }
+    }
 }
 
 fn run(
@@ -118,8 +174,10 @@ fn run(
     events: broadcast::Sender<Arc<Event>>,
     mut revision: u64,
     history: u64,
+    wal: Wal,
 ) {
-    let mut next = rx.recv().ok();
+    let mut log = Log { wal, pending: false, since: Instant::now() };
+    let mut next = receive(shared, &rx, &mut log);
     while let Some(first) = next.take() {
         let mut batch = Vec::new();
         let mut after = None;
@@ -135,21 +193,45 @@ fn run(
             }
         }
         if !batch.is_empty() {
-            revision = commit_batch(shared, &events, revision, history, batch);
+            revision = commit_batch(shared, &events, revision, history, batch, &mut log);
         }
         match after {
             None | Some(Request::Write { .. }) => {}
             Some(Request::Flush(done)) => {
+                log.checkpoint(&shared.db());
                 let _ = done.send(());
             }
             Some(Request::Reseal { sealer, reply }) => {
-                let _ = reply.send(reseal(shared, sealer));
+                let done = reseal(shared, sealer);
+                if done.is_ok() {
+                    log.cleared();
+                }
+                let _ = reply.send(done);
             }
             Some(Request::Rewrite(reply)) => {
-                let _ = reply.send(rewrite(shared));
+                log.checkpoint(&shared.db());
+                let done = rewrite(shared);
+                if done.is_ok() {
+                    log.cleared();
+                }
+                let _ = reply.send(done);
             }
         }
-        next = rx.recv().ok();
+        next = receive(shared, &rx, &mut log);
+    }
+    // Every sender is gone: leave redb holding everything, so that the next open replays
+    // nothing.
+    log.checkpoint(&shared.db());
+}
+
+/// The next request; checkpoints while none comes.
+fn receive(shared: &Shared, rx: &Receiver<Request>, log: &mut Log) -> Option<Request> {
+    loop {
+        match rx.recv_timeout(CHECKPOINT_EVERY) {
+            Ok(r) => return Some(r),
+            Err(RecvTimeoutError::Timeout) => log.checkpoint(&shared.db()),
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
     }
 }
 
@@ -160,10 +242,17 @@ fn commit_batch(
     revision: u64,
     history: u64,
     batch: Vec<(Staged, oneshot::Sender<Result<Event, StoreError>>)>,
+    log: &mut Log,
 ) -> u64 {
     let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().unzip();
-    match commit(&shared.db(), &shared.sealer(), revision, history, ops) {
+    let durable = log.due();
+    match commit(&shared.db(), &shared.sealer(), revision, history, ops, if durable { None } else { Some(&mut log.wal) }) {
         Ok((new_rev, results)) => {
+            if durable {
+                log.checkpointed();
+            } else {
+                log.pending = true;
+            }
             for (result, reply) in results.into_iter().zip(replies) {
                 if let Ok(ev) = &result {
                     // No receivers is fine: nobody watches.
@@ -267,15 +356,23 @@ fn rewrite(shared: &Shared) -> Result<(), StoreError> {
 }
 
 /// Applies `ops` in one transaction. Outcome errors (conflicts, missing keys) fail only their
-/// op; a storage fault fails the whole batch and nothing is written.
+/// op; a storage fault fails the whole batch and nothing is written. With `wal`, the batch's
+/// events are logged (and synced) before redb commits without a sync; without, redb commits
+/// durably.
 fn commit(
     db: &Database,
     sealer: &Sealer,
     mut revision: u64,
     history: u64,
     ops: Vec<Staged>,
+    wal: Option<&mut Wal>,
 ) -> Result<(u64, Vec<Result<Event, StoreError>>), StoreError> {
-    let tx = db.begin_write()?;
+    let mut tx = db.begin_write()?;
+    if wal.is_some() {
+        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Storage(e.to_string()))?;
+    }
+    let first = revision + 1;
+    let mut logged: Vec<Vec<u8>> = Vec::new();
     let mut results = Vec::with_capacity(ops.len());
     {
         let mut objects = tx.open_table(OBJECTS)?;
@@ -286,7 +383,11 @@ fn commit(
             if let Ok(mut ev) = outcome {
                 revision += 1;
                 ev.revision = revision;
-                log.insert(revision, codec::encode_event(&ev, sealer).as_slice())?;
+                let bytes = codec::encode_event(&ev, sealer);
+                log.insert(revision, bytes.as_slice())?;
+                if wal.is_some() {
+                    logged.push(bytes);
+                }
                 results.push(Ok(ev));
             } else {
                 results.push(outcome);
@@ -300,7 +401,18 @@ fn commit(
             meta.insert("compacted", new_compacted)?;
         }
     }
-    tx.commit()?;
+    let mut appended = None;
+    if let Some(wal) = wal {
+        if !logged.is_empty() {
+            appended = Some((wal.append(first, &logged)?, wal));
+        }
+    }
+    if let Err(e) = tx.commit() {
+        if let Some((at, wal)) = appended {
+            wal.undo(at);
+        }
+        return Err(e.into());
+    }
     Ok((revision, results))
 }
 
