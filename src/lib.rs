@@ -6,6 +6,7 @@ pub mod store;
 pub mod pki;
 pub mod encryption;
 pub mod control;
+pub mod config;
 pub mod server;
 pub mod cri;
 pub mod node;

@@ -1,6 +1,6 @@
 //! The `ferrokube` command line.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "ferrokube", version, about = "A Kubernetes node in one binary")]
@@ -56,7 +56,14 @@ fn main() -> std::process::ExitCode {
     if let Ok(command) = std::env::var("CNI_COMMAND") {
         return std::process::ExitCode::from(ferrokube::cni::run(&command) as u8);
     }
-    let cli = Cli::parse();
+    let args = match ferrokube::config::expand(std::env::args_os().collect(), &Cli::command(), std::path::Path::new(ferrokube::config::DEFAULT_CONFIG)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferrokube: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 /// Settings of `ferrokube server`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
+    /// Configuration file: a YAML map of these flags' long names to values, then the
+    /// `*.yaml` files of `<file>.d/` (default /etc/ferrokube/config.yaml, when it exists).
+    /// Flags on the command line and their environment variables win; unknown keys are
+    /// refused.
+    #[arg(long, env = "FERROKUBE_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
     /// Directory for the datastore, certificates and node state.
     #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
     pub data_dir: PathBuf,
