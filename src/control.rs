@@ -1,6 +1,6 @@
 //! The server's control socket, `<data-dir>/server/control.sock` (mode 0600, so only the
 //! data directory's owner may use it): what a local operator asks the running server of
-//! that data directory (`ferrokube secrets-encrypt ...`). One JSON request line
+//! that data directory (`ferrokube secrets-encrypt ...`, `ferrokube snapshot save`). One JSON request line
 //! (`{"command": "secrets-encrypt", "action": "status"}`), one JSON answer line
 //! (`{"ok": true, "output": "..."}` or `{"ok": false, "error": "..."}`).
 
@@ -19,6 +19,8 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 /// What the socket serves.
 pub struct Handler {
     pub encryption: Arc<crate::encryption::Encryption>,
+    pub store: crate::store::Store,
+    pub data_dir: PathBuf,
 }
 
 impl Handler {
@@ -28,6 +30,15 @@ impl Handler {
                 let action = req["action"].as_str().unwrap_or("");
                 let action = crate::encryption::Action::parse(action).ok_or_else(|| format!("unknown secrets-encrypt action {action:?}: use status, enable, disable or rotate-keys"))?;
                 self.encryption.run(action).await.map_err(|e| e.to_string())
+            }
+            Some("snapshot-save") => {
+                let name = req["name"].as_str().unwrap_or(crate::snapshot::ON_DEMAND).to_string();
+                let (store, dir) = (self.store.clone(), self.data_dir.clone());
+                let (path, rev) = tokio::task::spawn_blocking(move || crate::snapshot::save(&store, &dir, &name))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("snapshot {} saved (revision {rev})", path.display()))
             }
             other => Err(format!("unknown command {other:?}")),
         }
@@ -77,6 +88,11 @@ async fn one(stream: tokio::net::UnixStream, handler: &Handler) -> std::io::Resu
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
+}
+
+/// Whether a server of `data_dir` answers on its control socket.
+pub fn running(data_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket_path(data_dir)).is_ok()
 }
 
 /// Asks the server of `data_dir`: its output, or an error that says what to do.

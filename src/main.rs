@@ -25,6 +25,11 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// Snapshots of the datastore: `save`, `ls`, `delete`, `prune`, `restore`.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Secrets encryption at rest of the running server: `status`, `enable`, `disable`,
     /// `rotate-keys` (each change re-encrypts every stored Secret).
     SecretsEncrypt {
@@ -32,6 +37,51 @@ enum Command {
         #[arg(value_parser = ["status", "enable", "disable", "rotate-keys"])]
         action: String,
         /// Data directory of the server (its --data-dir).
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Take a snapshot now (from the running server, consistent while writes go on; or
+    /// from the stopped server's files).
+    Save {
+        /// Name prefix; the file is `<name>-<host>-<unix seconds>`.
+        #[arg(long, default_value = ferrokube::snapshot::ON_DEMAND)]
+        name: String,
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+    /// List the snapshots (name, size, creation time).
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Delete snapshots by name.
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Keep only the newest snapshots of one name prefix.
+    Prune {
+        /// How many to keep.
+        #[arg(long, default_value_t = 5)]
+        retention: usize,
+        /// The name prefix the snapshots were saved with.
+        #[arg(long, default_value = ferrokube::snapshot::ON_DEMAND)]
+        name: String,
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Restore a snapshot (a file, or a name from `ls`) into the data directory; the server
+    /// must be stopped. Start it afterwards.
+    Restore {
+        file: std::path::PathBuf,
         #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
         data_dir: std::path::PathBuf,
     },
@@ -91,6 +141,7 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(ferrokube::server::StartError::Command(e)),
             }
         }
+        Command::Snapshot { command } => rt.block_on(snapshot(command)),
         Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
             let socket = run_dir.join("containerd").join("containerd.sock");
             for f in &files {
@@ -109,6 +160,54 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ferrokube snapshot ...`.
+async fn snapshot(command: SnapshotCommand) -> Result<(), ferrokube::server::StartError> {
+    use ferrokube::server::StartError;
+    use ferrokube::snapshot as snap;
+    let fail = |e: snap::SnapshotError| StartError::Command(e.to_string());
+    match command {
+        SnapshotCommand::Save { name, data_dir } => {
+            if ferrokube::control::running(&data_dir) {
+                let out = ferrokube::control::call(&data_dir, &serde_json::json!({"command": "snapshot-save", "name": name})).map_err(StartError::Command)?;
+                println!("{out}");
+                return Ok(());
+            }
+            // The server is stopped: read its files (its write-ahead log is replayed first).
+            let (_, sealer, _) = ferrokube::encryption::load(&data_dir, None, false)?;
+            if !snap::store_file(&data_dir).exists() {
+                return Err(StartError::Command(format!("no datastore in {} (is --data-dir right?)", data_dir.display())));
+            }
+            let store = ferrokube::server::open_store(&data_dir, ferrokube::store::DEFAULT_HISTORY, sealer)?;
+            let (path, rev) = snap::save(&store, &data_dir, &name).map_err(fail)?;
+            store.shutdown().await;
+            println!("snapshot {} saved (revision {rev})", path.display());
+        }
+        SnapshotCommand::Ls { data_dir } => {
+            println!("{:<60} {:>12} CREATED", "NAME", "SIZE");
+            for e in snap::list(&data_dir).map_err(fail)? {
+                let created = chrono::DateTime::<chrono::Utc>::from(e.created).format("%Y-%m-%dT%H:%M:%SZ");
+                println!("{:<60} {:>12} {created}", e.name, e.size);
+            }
+        }
+        SnapshotCommand::Delete { names, data_dir } => {
+            for n in names {
+                snap::delete(&data_dir, &n).map_err(fail)?;
+                println!("deleted snapshot {n}");
+            }
+        }
+        SnapshotCommand::Prune { retention, name, data_dir } => {
+            for n in snap::prune(&data_dir, &name, retention).map_err(fail)? {
+                println!("deleted snapshot {n}");
+            }
+        }
+        SnapshotCommand::Restore { file, data_dir } => {
+            let done = snap::restore(&data_dir, &file).map_err(fail)?;
+            println!("restored {} (revision {}, {} credential files) into {}; start the server", file.display(), done.revision, done.files, data_dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// `ferrokube cleanup`: iptables chains first, then the links.

@@ -99,6 +99,22 @@ pub struct ServerConfig {
     /// Days a rotated audit log is kept (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxage: u64,
+    /// When the server snapshots its datastore into `<data-dir>/db/snapshots/` (cron, UTC).
+    #[arg(long, default_value = "0 */12 * * *")]
+    pub snapshot_cron: String,
+    /// Scheduled snapshots kept (the oldest are removed).
+    #[arg(long, default_value_t = 5)]
+    pub snapshot_retention: usize,
+    /// Take no scheduled snapshots.
+    #[arg(long)]
+    pub disable_snapshots: bool,
+    /// Restore the datastore (and credentials) from the snapshot --cluster-reset-restore-path
+    /// names, then exit; start the server again without these flags.
+    #[arg(long, requires = "cluster_reset_restore_path")]
+    pub cluster_reset: bool,
+    /// The snapshot file (or name in `<data-dir>/db/snapshots/`) --cluster-reset restores.
+    #[arg(long, requires = "cluster_reset")]
+    pub cluster_reset_restore_path: Option<PathBuf>,
 }
 
 /// The audit log the flags ask for: both a policy and a log, or neither.
@@ -164,7 +180,7 @@ fn check_writable(dir: &Path) -> Result<(), StartError> {
 pub fn open_store(data_dir: &Path, history: u64, sealer: crate::store::crypt::Sealer) -> Result<Store, StartError> {
     let db_dir = data_dir.join("db");
     check_writable(&db_dir)?;
-    let path = db_dir.join("state.redb");
+    let path = crate::snapshot::store_file(data_dir);
     Store::open_sealed(&path, history, sealer).map_err(|e| {
         let why = match e {
             StoreError::Foreign(m) => format!("the file is not a ferrokube datastore or is damaged ({m}); move it away to start fresh"),
@@ -181,10 +197,21 @@ pub fn open_store(data_dir: &Path, history: u64, sealer: crate::store::crypt::Se
 pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let started = std::time::Instant::now();
     check_writable(&cfg.data_dir)?;
+    if let (true, Some(file)) = (cfg.cluster_reset, cfg.cluster_reset_restore_path.as_deref()) {
+        let done = crate::snapshot::restore(&cfg.data_dir, file).map_err(|e| StartError::Command(format!("restore: {e}")))?;
+        tracing::info!(snapshot = %file.display(), revision = done.revision, "datastore restored; start the server again without --cluster-reset");
+        return Ok(());
+    }
+    let snapshots = if cfg.disable_snapshots {
+        None
+    } else {
+        Some(crate::vocab::cron::Schedule::parse(&cfg.snapshot_cron).map_err(|e| StartError::Command(format!("--snapshot-cron {:?}: {e}", cfg.snapshot_cron)))?)
+    };
     let audit = auditor(&cfg)?;
     let (encryption_source, sealer, created) = crate::encryption::load(&cfg.data_dir, cfg.encryption_provider_config.as_deref(), cfg.secrets_encryption)?;
     let sealer_for_start = created.then(|| sealer.clone());
     let store = open_store(&cfg.data_dir, cfg.event_history, sealer)?;
+    crate::snapshot::started(&cfg.data_dir);
     if let Some(sealer) = sealer_for_start {
         // Encryption was just turned on: the Secrets already stored are encrypted now.
         let done = store.reseal(sealer).await.map_err(|e| StartError::Store(cfg.data_dir.join("db"), e.to_string()))?;
@@ -244,9 +271,12 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     serving.spawn(async move { hooks_api.webhooks.follow(&hooks_api.store, hooks_scope).await });
     serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
     let control_socket = crate::control::socket_path(&cfg.data_dir);
+    if let Some(schedule) = snapshots {
+        serving.spawn(crate::snapshot::scheduled(api.store.clone(), cfg.data_dir.clone(), schedule, cfg.snapshot_retention, serving.clone()));
+    }
     let control_scope = serving.clone();
     serving.spawn(async move {
-        let handler = std::sync::Arc::new(crate::control::Handler { encryption });
+        let handler = std::sync::Arc::new(crate::control::Handler { store: encryption.store.clone(), data_dir: encryption.data_dir.clone(), encryption });
         if let Err(e) = crate::control::serve(control_socket.clone(), handler, control_scope).await {
             tracing::warn!(socket = %control_socket.display(), error = %e, "the control socket is not served: `ferrokube secrets-encrypt` will not reach this server");
         }

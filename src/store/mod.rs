@@ -443,6 +443,138 @@ fn merge_overlay(
     })
 }
 
+/// Copies the objects, the history and the meta table.
+pub(crate) fn copy_tables(from: &redb::ReadTransaction, to: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let (src, mut dst) = (from.open_table(OBJECTS)?, to.open_table(OBJECTS)?);
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    let (src, mut dst) = (from.open_table(EVENTS)?, to.open_table(EVENTS)?);
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    let (src, mut dst) = (from.open_table(META)?, to.open_table(META)?);
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+/// The files a snapshot carries beside the data (credentials, by path under the data
+/// directory).
+const SNAPSHOT_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot-files");
+
+/// What a snapshot file holds besides the store: the revision it was taken at and the files
+/// saved with it.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotInfo {
+    pub revision: u64,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Builds a store file at `to` (through a temporary beside it, synced, renamed, the
+/// directory synced) from `from`, with `files` in the snapshot table when given.
+fn write_copy(from: &redb::ReadTransaction, to: &Path, files: Option<&[(String, Vec<u8>)]>) -> Result<(), StoreError> {
+    let tmp = rewrite_path(to);
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let fresh = Database::builder().set_cache_size(CACHE_BYTES).create(&tmp)?;
+        let tx = fresh.begin_write()?;
+        copy_tables(from, &tx)?;
+        if let Some(files) = files {
+            let mut t = tx.open_table(SNAPSHOT_FILES)?;
+            for (name, body) in files {
+                t.insert(name.as_str(), body.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        drop(fresh);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| StoreError::Storage(format!("{}: {e}", tmp.display())))?;
+        }
+        std::fs::rename(&tmp, to).map_err(|e| StoreError::Storage(format!("rename to {}: {e}", to.display())))?;
+        if let Some(dir) = to.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Storage(format!("sync {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl Store {
+    /// Writes a snapshot of the store to `to`: one read transaction, so it holds exactly the
+    /// writes acknowledged before it began (a consistent state while writes go on), with
+    /// `files` saved beside the data. Returns the snapshot's revision.
+    pub fn snapshot(&self, to: &Path, files: &[(String, Vec<u8>)]) -> Result<u64, StoreError> {
+        let db = self.inner.shared.db();
+        let from = db.begin_read()?;
+        let revision = from.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
+        write_copy(&from, to, Some(files))?;
+        Ok(revision)
+    }
+}
+
+/// Reads what a snapshot file holds besides the data; refuses a file that is no snapshot.
+pub fn snapshot_info(path: &Path) -> Result<SnapshotInfo, StoreError> {
+    let db = open_snapshot(path)?;
+    let tx = db.begin_read()?;
+    let revision = tx.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
+    let mut files = Vec::new();
+    for item in tx.open_table(SNAPSHOT_FILES)?.iter()? {
+        let (k, v) = item?;
+        files.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(SnapshotInfo { revision, files })
+}
+
+fn open_snapshot(path: &Path) -> Result<Database, StoreError> {
+    let not = |why: String| StoreError::Foreign(format!("{} is not a ferrokube snapshot: {why}", path.display()));
+    let db = Database::builder().set_cache_size(CACHE_BYTES).open(path).map_err(|e| not(e.to_string()))?;
+    {
+        let tx = db.begin_read()?;
+        let meta = tx.open_table(META).map_err(|e| not(e.to_string()))?;
+        match meta.get("format")?.map(|v| v.value()) {
+            Some(FORMAT_VERSION) => {}
+            other => return Err(not(format!("store format {other:?}"))),
+        }
+        tx.open_table(SNAPSHOT_FILES).map_err(|_| not("it has no snapshot table (a store file, not a snapshot?)".into()))?;
+    }
+    Ok(db)
+}
+
+/// Replaces the store file at `store` with the data of the snapshot at `snapshot` (the
+/// store must not be open) and discards its write-ahead log. The old file is kept as
+/// `<store>.before-restore`. Returns what the snapshot held besides the data.
+pub fn restore(snapshot: &Path, store: &Path) -> Result<SnapshotInfo, StoreError> {
+    let info = snapshot_info(snapshot)?;
+    let db = open_snapshot(snapshot)?;
+    let from = db.begin_read()?;
+    let staged = {
+        let mut p = store.as_os_str().to_owned();
+        p.push(".restoring");
+        PathBuf::from(p)
+    };
+    write_copy(&from, &staged, None)?;
+    if store.exists() {
+        let mut old = store.as_os_str().to_owned();
+        old.push(".before-restore");
+        std::fs::rename(store, PathBuf::from(old)).map_err(|e| StoreError::Storage(format!("move {} aside: {e}", store.display())))?;
+    }
+    let _ = std::fs::remove_file(wal::path_for(store));
+    std::fs::rename(&staged, store).map_err(|e| StoreError::Storage(format!("rename to {}: {e}", store.display())))?;
+    if let Some(dir) = store.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Storage(format!("sync {}: {e}", dir.display())))?;
+    }
+    Ok(info)
+}
+
 /// Smallest string greater than every string starting with `prefix`.
 pub(crate) fn prefix_end(prefix: &str) -> String {
     let mut s = prefix.to_string();

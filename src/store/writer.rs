@@ -328,23 +328,7 @@ fn rewrite(shared: &Shared) -> Result<(), StoreError> {
         let db = shared.db();
         let from = db.begin_read()?;
         let to = fresh.begin_write()?;
-        {
-            let (src, mut dst) = (from.open_table(OBJECTS)?, to.open_table(OBJECTS)?);
-            for item in src.iter()? {
-                let (k, v) = item?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let (src, mut dst) = (from.open_table(EVENTS)?, to.open_table(EVENTS)?);
-            for item in src.iter()? {
-                let (k, v) = item?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let (src, mut dst) = (from.open_table(META)?, to.open_table(META)?);
-            for item in src.iter()? {
-                let (k, v) = item?;
-                dst.insert(k.value(), v.value())?;
-            }
-        }
+        super::copy_tables(&from, &to)?;
         to.commit()?;
     }
     std::fs::rename(&tmp, path).map_err(|e| StoreError::Storage(format!("replace {}: {e}", path.display())))?;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Operating a server: the configuration file (flags as keys, drop-ins, the command line wins,
-# unknown keys refused).
+# unknown keys refused); snapshots (online under write load, restore onto a fresh data dir,
+# the guard against a second restore, ls/delete/prune).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -46,5 +47,77 @@ check_contains "and the file" "bad.yaml" "$out"
 printf 'https-listen-port: [1, 2]\n' >"$E2E_DIR/bad2.yaml"
 check_contains "a list for a one-value flag is refused" "https-listen-port: takes one value" "$("$FERROKUBE" server --config "$E2E_DIR/bad2.yaml" 2>&1)"
 check_contains "a missing file is named" "$E2E_DIR/none.yaml" "$("$FERROKUBE" server --config "$E2E_DIR/none.yaml" 2>&1)"
+
+# ---- snapshots -----------------------------------------------------------------------------
+start_server || exit 1
+curl_credentials
+k create ns snap >/dev/null
+ack_dir=$E2E_DIR/acks
+mkdir -p "$ack_dir"
+writer() {
+  local w=$1 n=0
+  while [ ! -f "$E2E_DIR/stop-writers" ] && [ $n -lt 2000 ]; do
+    n=$((n + 1))
+    code=$(api -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+      --data "{\"metadata\":{\"name\":\"w$w-$n\"},\"data\":{\"v\":\"$n\"}}" "$BASE/api/v1/namespaces/snap/configmaps")
+    [ "$code" = 201 ] && echo "w$w-$n" >>"$ack_dir/$w"
+  done
+}
+writers=()
+for w in 1 2 3 4; do writer $w & writers+=($!); done
+sleep 1
+cat "$ack_dir"/* | sort >"$E2E_DIR/acked-before"
+out=$("$FERROKUBE" snapshot save --name e2e --data-dir "$E2E_DIR/data" 2>&1)
+sleep 0.5
+touch "$E2E_DIR/stop-writers"
+wait "${writers[@]}"
+check_contains "snapshot save under write load reports the file" "snapshot $E2E_DIR/data/db/snapshots/e2e-" "$out"
+snap_file=$(echo "$out" | sed -n 's/^snapshot \(.*\) saved (revision \([0-9]*\)).*/\1/p')
+snap_rev=$(echo "$out" | sed -n 's/.*saved (revision \([0-9]*\)).*/\1/p')
+check "the snapshot file is private" "600" "$(stat -c %a "$snap_file" 2>&1)"
+check_contains "snapshot ls lists it" "$(basename "$snap_file")" "$("$FERROKUBE" snapshot ls --data-dir "$E2E_DIR/data")"
+check_contains "restore is refused while the server runs" "is running: stop it first" "$("$FERROKUBE" snapshot restore "$snap_file" --data-dir "$E2E_DIR/data" 2>&1)"
+acked_total=$(cat "$ack_dir"/* | wc -l)
+if [ "$(wc -l <"$E2E_DIR/acked-before")" -gt 0 ] && [ "$acked_total" -gt "$(wc -l <"$E2E_DIR/acked-before")" ]; then
+  ok "writes were acknowledged before and during the snapshot ($(wc -l <"$E2E_DIR/acked-before") before, $acked_total in all)"
+else
+  not_ok "writes were acknowledged before and during the snapshot" "$(wc -l <"$E2E_DIR/acked-before") before, $acked_total in all"
+fi
+old_kubeconfig=$E2E_DIR/old-kubeconfig
+cp "$KUBECONFIG" "$old_kubeconfig"
+stop_server TERM
+
+# Onto a fresh data directory.
+fresh=$E2E_DIR/fresh
+out=$("$FERROKUBE" snapshot restore "$snap_file" --data-dir "$fresh" 2>&1)
+check_contains "restore onto a fresh data dir" "restored $snap_file (revision $snap_rev" "$out"
+check_contains "a second restore before the server started is refused" "has not started since" "$("$FERROKUBE" snapshot restore "$snap_file" --data-dir "$fresh" 2>&1)"
+"$FERROKUBE" server --disable-agent --data-dir "$fresh" --https-listen-port "$PORT" --bind-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" >>"$E2E_DIR/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do curl -skf "https://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+check "the restored cluster starts" "ok" "$(curl -skf "https://127.0.0.1:$PORT/readyz")"
+present=$(k -n snap get cm -o name | sed 's|configmap/||' | sort)
+missing=$(comm -23 "$E2E_DIR/acked-before" <(echo "$present") | grep -c . || true)
+check "every object acknowledged before the snapshot started is there" "0" "$missing"
+check "the credentials came with it: the old admin kubeconfig works" "Active" "$(KUBECONFIG=$old_kubeconfig k get ns snap -o jsonpath='{.status.phase}' 2>&1)"
+rv=$(k -n snap create cm after-restore -o jsonpath='{.metadata.resourceVersion}')
+if [ -n "$rv" ] && [ "$rv" -gt "$snap_rev" ]; then ok "resourceVersions continue after the snapshot's ($snap_rev -> $rv)"; else not_ok "resourceVersions continue" "snapshot $snap_rev, new $rv"; fi
+check "a restored server lifts the guard" "" "$(ls "$fresh/db/restore-marker" 2>/dev/null)"
+stop_server TERM
+
+# Offline save, delete and prune.
+for _ in 1 2 3; do "$FERROKUBE" snapshot save --name keep --data-dir "$fresh" >/dev/null 2>&1; sleep 1.1; done
+check "save works with the server stopped" "3" "$("$FERROKUBE" snapshot ls --data-dir "$fresh" | grep -c '^keep-')"
+"$FERROKUBE" snapshot prune --name keep --retention 1 --data-dir "$fresh" >/dev/null
+check "prune keeps the newest" "1" "$("$FERROKUBE" snapshot ls --data-dir "$fresh" | grep -c '^keep-')"
+last=$("$FERROKUBE" snapshot ls --data-dir "$fresh" | awk '/^keep-/ {print $1}')
+check_contains "delete removes one" "deleted snapshot $last" "$("$FERROKUBE" snapshot delete "$last" --data-dir "$fresh")"
+check_contains "delete of a missing one says so" "no snapshot" "$("$FERROKUBE" snapshot delete "$last" --data-dir "$fresh" 2>&1)"
+check_contains "a store file is refused as a snapshot" "is not a ferrokube snapshot" "$("$FERROKUBE" snapshot restore "$fresh/db/state.redb" --data-dir "$E2E_DIR/other" 2>&1)"
+# server --cluster-reset --cluster-reset-restore-path restores, exits, and refuses a second run.
+out=$("$FERROKUBE" server --disable-agent --data-dir "$E2E_DIR/reset" --cluster-reset --cluster-reset-restore-path "$snap_file" 2>&1); rc=$?
+check "server --cluster-reset restores and exits" "0 restored" "$rc $(echo "$out" | grep -o 'restored' | head -1)"
+out=$("$FERROKUBE" server --disable-agent --data-dir "$E2E_DIR/reset" --cluster-reset --cluster-reset-restore-path "$snap_file" 2>&1)
+check_contains "running it again is refused" "has not started since" "$out"
 
 summary
