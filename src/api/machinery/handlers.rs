@@ -75,6 +75,22 @@ impl Selection {
     pub fn matches_bytes(&self, raw: &[u8]) -> bool {
         self.is_everything() || serde_json::from_slice::<Value>(raw).is_ok_and(|o| self.matches(&o))
     }
+
+    /// [`Selection::matches_bytes`] of the object stored at `key`: a selection of names and
+    /// namespaces alone is decided from the key (`.../<namespace>/<name>`), without decoding.
+    pub fn matches_stored(&self, key: &str, raw: &[u8]) -> bool {
+        let by_key = self.labels.is_empty() && self.fields.0.iter().all(|(f, _, _)| f == "metadata.name" || f == "metadata.namespace");
+        if !by_key {
+            return self.matches_bytes(raw);
+        }
+        let mut parts = key.rsplit('/');
+        let name = parts.next().unwrap_or("");
+        let namespace = if self.kind.namespaced { parts.next().unwrap_or("") } else { "" };
+        self.fields.0.iter().all(|(f, eq, want)| {
+            let have = if f == "metadata.name" { name } else { namespace };
+            (have == want) == *eq
+        })
+    }
 }
 
 /// A continue token: the revision of the first page and the last key returned.
@@ -414,8 +430,9 @@ impl Api {
         let Some(stored) = stored else {
             return Err(ApiError::not_found("", "namespaces", ns));
         };
-        let nso = obj::parse_stored(&stored.json)?;
-        if vobj::is_deleting(&nso) {
+        // Only whether it is terminating matters: read just that.
+        let live = obj::liveness(&stored.json).ok_or_else(|| ApiError::internal(format!("stored namespace {ns} does not parse")))?;
+        if live.deleting {
             return Err(ApiError::forbidden(format!(
                 "{} {:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 crate::vocab::status::qualified(rr.kind.plural, rr.kind.group),
@@ -1032,4 +1049,40 @@ enum Deletion {
     After(i64),
     /// It is already being deleted within a period no longer than the one asked for.
     Pending,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(plural: &str, labels: &str, fields: &str) -> Selection {
+        let kind = crate::api::kinds::find("", "v1", plural).expect("a served kind");
+        Selection { labels: LabelSelector::parse(labels).unwrap(), fields: FieldSelector::parse(fields).unwrap(), kind }
+    }
+
+    #[test]
+    fn liveness_reads_uid_and_deletion_only() {
+        let live = obj::liveness(br#"{"kind":"Namespace","metadata":{"name":"a","uid":"u-1","deletionTimestamp":"2026-01-01T00:00:00Z","labels":{"x":"y"}},"spec":{"finalizers":["kubernetes"]}}"#);
+        assert_eq!(live, Some(obj::Liveness { uid: "u-1".into(), deleting: true }));
+        assert_eq!(obj::liveness(br#"{"metadata":{"uid":"u","deletionTimestamp":null}}"#).map(|l| l.deleting), Some(false));
+        assert_eq!(obj::liveness(b"{}").map(|l| l.uid), Some(String::new()));
+        assert_eq!(obj::liveness(b"not json"), None);
+    }
+
+    #[test]
+    fn names_and_namespaces_are_matched_from_the_key_as_from_the_object() {
+        let cm = json!({"metadata": {"name": "kube-root-ca.crt", "namespace": "ns1", "labels": {"a": "b"}}});
+        let raw = serde_json::to_vec(&cm).unwrap();
+        let key = "/core/configmaps/ns1/kube-root-ca.crt";
+        for fields in ["metadata.name=kube-root-ca.crt", "metadata.name=other", "metadata.namespace=ns1", "metadata.namespace!=ns1", "metadata.name=kube-root-ca.crt,metadata.namespace=ns2", ""] {
+            for labels in ["", "a=b", "a=c"] {
+                let s = sel("configmaps", labels, fields);
+                assert_eq!(s.matches_stored(key, &raw), s.matches(&cm), "{fields} / {labels}");
+            }
+        }
+        let ns = json!({"metadata": {"name": "ns1"}});
+        let s = sel("namespaces", "", "metadata.name=ns1,metadata.namespace=");
+        assert!(s.matches_stored("/core/namespaces/ns1", &serde_json::to_vec(&ns).unwrap()));
+        assert_eq!(s.matches_stored("/core/namespaces/ns1", b"{}"), s.matches(&ns));
+    }
 }

@@ -9,6 +9,32 @@ pub fn parse_stored(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object does not parse: {e}")))
 }
 
+/// Who a stored object is and whether it is going: its uid and whether deletion started.
+#[derive(Debug, PartialEq)]
+pub struct Liveness {
+    pub uid: String,
+    pub deleting: bool,
+}
+
+/// Reads only [`Liveness`] from stored JSON (the rest is skipped, not decoded); `None` when
+/// it does not parse.
+pub fn liveness(bytes: &[u8]) -> Option<Liveness> {
+    #[derive(serde::Deserialize)]
+    struct Obj {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        uid: String,
+        #[serde(rename = "deletionTimestamp", default)]
+        deletion: Option<String>,
+    }
+    let o: Obj = serde_json::from_slice(bytes).ok()?;
+    Some(Liveness { uid: o.metadata.uid, deleting: o.metadata.deletion.is_some() })
+}
+
 /// Checks `kind`/`apiVersion` of a body against the target and fills them when absent.
 pub fn check_type(obj: &mut Value, kind: &Kind) -> Result<(), ApiError> {
     let want_av = kind.api_version();

@@ -159,8 +159,8 @@ async fn pump(mut stream: WatchStream, tx: mpsc::Sender<Bytes>, enc: Encoder, se
         let ty = if sel.is_everything() {
             ev.kind.as_str()
         } else {
-            let now = sel.matches_bytes(&ev.object);
-            let before = ev.prev.as_ref().is_some_and(|p| sel.matches_bytes(p));
+            let now = sel.matches_stored(&ev.key, &ev.object);
+            let before = ev.prev.as_ref().is_some_and(|p| sel.matches_stored(&ev.key, p));
             match (ev.kind, before, now) {
                 (EventType::Deleted, true, _) => "DELETED",
                 (EventType::Deleted, false, _) => continue,

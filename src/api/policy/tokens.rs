@@ -233,8 +233,10 @@ impl Api {
         let ns = private["namespace"].as_str()?;
         let still_there = |plural: &str, ns: Option<&str>, who: &Value| -> Option<()> {
             let name = who["name"].as_str()?;
-            let live = self.core_object(plural, ns, name).ok()??;
-            (live["metadata"]["uid"] == who["uid"] && !vobj::is_deleting(&live)).then_some(())
+            let kind = crate::api::kinds::find("", "v1", plural)?;
+            let stored = self.store.get(&kind.key(ns, name)).ok()??;
+            let live = crate::api::object::liveness(&stored.json)?;
+            (who["uid"].as_str() == Some(live.uid.as_str()) && !live.deleting).then_some(())
         };
         still_there("serviceaccounts", Some(ns), &private["serviceaccount"])?;
         for (key, plural) in [("pod", "pods"), ("secret", "secrets")] {
