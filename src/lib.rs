@@ -9,6 +9,7 @@ pub mod control;
 pub mod config;
 pub mod server;
 pub mod snapshot;
+pub mod killall;
 pub mod cri;
 pub mod node;
 pub mod cni;

@@ -20,6 +20,19 @@ enum Command {
         #[arg(long, default_value = "fk0")]
         pod_bridge: String,
     },
+    /// Stop the server, its node's containerd and every pod (containers, shims), then remove
+    /// their mounts, cgroups, iptables chains, bridge, veths, CNI leases and run directory.
+    /// Leaves the data directory (the cluster) in place.
+    Killall {
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        /// The server's --run-dir.
+        #[arg(long, default_value = "/run/ferrokube")]
+        run_dir: std::path::PathBuf,
+        /// The server's --pod-bridge.
+        #[arg(long, default_value = "fk0")]
+        pod_bridge: String,
+    },
     /// Manage container images of the running node.
     Images {
         #[command(subcommand)]
@@ -129,6 +142,17 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
         Command::Cleanup { pod_bridge } => cleanup(&pod_bridge),
+        Command::Killall { data_dir, run_dir, pod_bridge } => {
+            match ferrokube::killall::run(&ferrokube::killall::Target { data_dir, run_dir, pod_bridge }) {
+                Ok(report) => {
+                    for line in report {
+                        println!("{line}");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(ferrokube::server::StartError::Command(format!("killall did not finish:\n{e}"))),
+            }
+        }
         Command::SecretsEncrypt { action, data_dir } => {
             match ferrokube::control::call(&data_dir, &serde_json::json!({"command": "secrets-encrypt", "action": action})) {
                 Ok(out) => {
@@ -216,14 +240,9 @@ fn cleanup(bridge: &str) -> Result<(), ferrokube::server::StartError> {
     for chain in ferrokube::proxy::cleanup_iptables().map_err(fail)? {
         println!("removed iptables chain {chain}");
     }
-    let links = std::process::Command::new("ip").args(["-o", "link", "show"]).output().map_err(|e| fail(format!("ip: {e}")))?;
-    for line in String::from_utf8_lossy(&links.stdout).lines() {
-        let name = line.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
-        if name == bridge || name.starts_with("vethfk") {
-            let ok = std::process::Command::new("ip").args(["link", "del", name]).status().is_ok_and(|s| s.success());
-            if ok {
-                println!("removed link {name}");
-            }
+    for name in ferrokube::killall::our_links(bridge).map_err(fail)? {
+        if ferrokube::killall::delete_link(&name).is_ok() {
+            println!("removed link {name}");
         }
     }
     Ok(())

@@ -119,7 +119,9 @@ use_node() {
   node_cleanup() {
     k delete pods --all --wait --timeout=60s >/dev/null 2>&1
     stop_server TERM
-    # Whatever a failed run left: shims of our containerd, mounts, the bridge, our chains.
+    # Whatever is left (pods of controllers that recreated them, a failed run's shims,
+    # mounts, the bridge, our chains): killall takes it down.
+    "$FERROKUBE" killall --data-dir "$E2E_DIR/data" --run-dir "$RUN" --pod-bridge "$BRIDGE" >/dev/null 2>&1
     pkill -f "containerd-shim.*$RUN" 2>/dev/null
     for m in $(awk -v d="$E2E_DIR" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
     ip link del "$BRIDGE" 2>/dev/null
