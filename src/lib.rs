@@ -10,6 +10,7 @@ pub mod config;
 pub mod server;
 pub mod snapshot;
 pub mod killall;
+pub mod deploy;
 pub mod cri;
 pub mod node;
 pub mod cni;

@@ -271,6 +271,11 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     serving.spawn(async move { hooks_api.webhooks.follow(&hooks_api.store, hooks_scope).await });
     serving.spawn_graceful(http::serve(api.clone(), listener, tls, Some(token), serving.clone()));
     let control_socket = crate::control::socket_path(&cfg.data_dir);
+    serving.spawn(crate::deploy::run(
+        api.client_as(concat!("ferrokube-deploy/", env!("CARGO_PKG_VERSION")), crate::deploy::identity()),
+        cfg.data_dir.clone(),
+        serving.clone(),
+    ));
     if let Some(schedule) = snapshots {
         serving.spawn(crate::snapshot::scheduled(api.store.clone(), cfg.data_dir.clone(), schedule, cfg.snapshot_retention, serving.clone()));
     }

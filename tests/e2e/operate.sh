@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Operating a server: the configuration file (flags as keys, drop-ins, the command line wins,
 # unknown keys refused); snapshots (online under write load, restore onto a fresh data dir,
-# the guard against a second restore, ls/delete/prune).
+# the guard against a second restore, ls/delete/prune); auto-deployed manifests.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -119,5 +119,52 @@ out=$("$FERROKUBE" server --disable-agent --data-dir "$E2E_DIR/reset" --cluster-
 check "server --cluster-reset restores and exits" "0 restored" "$rc $(echo "$out" | grep -o 'restored' | head -1)"
 out=$("$FERROKUBE" server --disable-agent --data-dir "$E2E_DIR/reset" --cluster-reset --cluster-reset-restore-path "$snap_file" 2>&1)
 check_contains "running it again is refused" "has not started since" "$out"
+
+# ---- auto-deployed manifests ----------------------------------------------------------------
+start_server || exit 1
+man=$E2E_DIR/data/server/manifests
+mkdir -p "$man"
+# within SECONDS CMD...: CMD succeeds within SECONDS; prints the milliseconds it took.
+within() {
+  local limit=$1 t0
+  shift
+  t0=$(date +%s%N)
+  while ! "$@" >/dev/null 2>&1; do
+    if [ $((($(date +%s%N) - t0) / 1000000)) -gt $((limit * 1000)) ]; then echo timeout; return 1; fi
+    sleep 0.1
+  done
+  echo $((($(date +%s%N) - t0) / 1000000))
+}
+gone() { ! "$KUBECTL" "$@" >/dev/null 2>&1; }
+timed() { if [ "$2" != timeout ]; then ok "$1 (${2} ms)"; else not_ok "$1"; fi; }
+app() {
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: deployed}\n---\n'
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: one, namespace: deployed}\ndata: {a: "%s"}\n' "$1"
+  [ "${2:-}" = with-two ] && printf -- '---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: two}\ndata: {b: "1"}\n'
+  return 0
+}
+app 1 with-two >"$man/app.yaml"
+timed "a dropped manifest's objects appear within 2 s" "$(within 2 k -n deployed get cm one)"
+check "a namespaced object without a namespace goes to default" "1" "$(k get cm two -o jsonpath='{.data.b}' 2>&1)"
+check_contains "applied server-side by ferrokube-deploy" "ferrokube-deploy Apply" "$(k -n deployed get cm one -o jsonpath='{range .metadata.managedFields[*]}{.manager} {.operation}{"\n"}{end}')"
+app 2 >"$man/app.yaml"
+timed "an edited manifest updates its objects within 2 s" "$(within 2 sh -c "$KUBECTL -n deployed get cm one -o jsonpath='{.data.a}' | grep -qx 2")"
+timed "an object dropped from the manifest is deleted within 2 s" "$(within 2 gone get cm two)"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: skipped}\n' >"$man/skipme.yaml"
+touch "$man/skipme.yaml.skip"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: three}\n' >"$man/later.yml"
+within 3 k get cm three >/dev/null
+check "a file with a .skip beside it is not applied" "NotFound" "$(k get cm skipped 2>&1 | grep -o NotFound)"
+printf 'kind: ConfigMap\nmetadata: {name: broken}\n' >"$man/broken.yaml"
+sleep 1.5
+check_contains "a broken manifest is logged with its name and what is wrong" "needs apiVersion" "$(grep 'manifest not applied' "$E2E_DIR/server.log" | grep broken.yaml)"
+rm "$man/broken.yaml" "$man/app.yaml"
+timed "a removed manifest's objects go within 2 s" "$(within 2 sh -c "! $KUBECTL -n deployed get cm one >/dev/null 2>&1 || $KUBECTL get ns deployed -o jsonpath='{.status.phase}' | grep -q Terminating")"
+# Removed while the server is down: undone at the next start (the record is in the cluster).
+stop_server TERM
+rm "$man/later.yml"
+start_server || exit 1
+timed "a manifest removed while the server was stopped is undone at start" "$(within 3 gone get cm three)"
+stop_server TERM
 
 summary
