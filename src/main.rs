@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// The server's certificates: `check` (file, subject, expiry, days left) and `rotate`.
+    Certificate {
+        #[command(subcommand)]
+        command: CertificateCommand,
+    },
     /// Snapshots of the datastore: `save`, `ls`, `delete`, `prune`, `restore`.
     Snapshot {
         #[command(subcommand)]
@@ -50,6 +55,26 @@ enum Command {
         #[arg(value_parser = ["status", "enable", "disable", "rotate-keys"])]
         action: String,
         /// Data directory of the server (its --data-dir).
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertificateCommand {
+    /// A table of the certificates: file, subject, not-after, days left, what happens next.
+    Check {
+        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Replace leaf certificates (serving, admin, front-proxy-client; all by default) from the
+    /// same CA: the old ones are moved aside and the next start issues new ones and writes the
+    /// admin kubeconfig again. Pods' service-account tokens keep working. The server must be
+    /// stopped.
+    Rotate {
+        /// Only these (repeatable).
+        #[arg(long = "service")]
+        services: Vec<String>,
         #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
         data_dir: std::path::PathBuf,
     },
@@ -166,6 +191,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Snapshot { command } => rt.block_on(snapshot(command)),
+        Command::Certificate { command } => certificate(command),
         Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
             let socket = run_dir.join("containerd").join("containerd.sock");
             for f in &files {
@@ -184,6 +210,38 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ferrokube certificate ...`.
+fn certificate(command: CertificateCommand) -> Result<(), ferrokube::server::StartError> {
+    use ferrokube::server::StartError;
+    match command {
+        CertificateCommand::Check { data_dir } => {
+            let dir = data_dir.join("server").join("tls");
+            let rows = ferrokube::pki::check(&dir)?;
+            if rows.is_empty() {
+                return Err(StartError::Command(format!("no certificates in {} (is --data-dir right?)", dir.display())));
+            }
+            let width = rows.iter().map(|r| r.file.display().to_string().len()).max().unwrap_or(4).max(4);
+            println!("{:<width$}  {:<44}  {:<20}  {:>9}  STATUS", "FILE", "SUBJECT", "NOT AFTER", "DAYS LEFT");
+            for r in rows {
+                println!("{:<width$}  {:<44}  {:<20}  {:>9}  {}", r.file.display(), r.subject, r.not_after, r.days_left, r.verdict());
+            }
+        }
+        CertificateCommand::Rotate { services, data_dir } => {
+            if ferrokube::control::running(&data_dir) {
+                return Err(StartError::Command(format!("the server of {} is running: stop it first, rotate, then start it", data_dir.display())));
+            }
+            let dir = data_dir.join("server").join("tls");
+            if !dir.join("ca.crt").exists() {
+                return Err(StartError::Command(format!("no certificates in {} (is --data-dir right?)", dir.display())));
+            }
+            for n in ferrokube::pki::rotate(&dir, &services)? {
+                println!("rotated {n}: a new certificate is issued at the next start");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `ferrokube snapshot ...`.

@@ -297,3 +297,138 @@ pub fn host_addresses() -> Vec<std::net::IpAddr> {
     out.dedup();
     out
 }
+
+/// Days before renewal at which a start warns that a certificate will soon be renewed.
+pub const WARN_BEFORE_RENEWAL_DAYS: i64 = 30;
+
+/// The leaf certificates the server issues itself (renewed at start, rotated on demand).
+pub const LEAVES: [&str; 3] = ["serving", "admin", "front-proxy-client"];
+
+/// One certificate file as `certificate check` shows it.
+#[derive(Debug, Clone)]
+pub struct CertStatus {
+    pub file: PathBuf,
+    pub subject: String,
+    pub not_after: String,
+    pub days_left: i64,
+    pub is_ca: bool,
+}
+
+impl CertStatus {
+    /// What happens next to it, for the person reading the table.
+    pub fn verdict(&self) -> &'static str {
+        if self.days_left < 0 {
+            "EXPIRED"
+        } else if self.is_ca && self.days_left <= RENEW_BEFORE_DAYS {
+            "CA EXPIRES SOON: replace it"
+        } else if !self.is_ca && self.days_left <= RENEW_BEFORE_DAYS {
+            "renewed at next start"
+        } else if !self.is_ca && self.days_left <= RENEW_BEFORE_DAYS + WARN_BEFORE_RENEWAL_DAYS {
+            "renewal due soon"
+        } else {
+            "OK"
+        }
+    }
+}
+
+/// The certificates (`*.crt`) of the server's TLS directory, by file name.
+pub fn check(dir: &Path) -> Result<Vec<CertStatus>, PkiError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(PkiError::Io { path: dir.to_path_buf(), source: e }),
+    };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "crt") && p.is_file()).collect();
+    files.sort();
+    for file in files {
+        let pem = std::fs::read_to_string(&file).map_err(io(&file))?;
+        let bad = |why: String| PkiError::Parse { path: file.clone(), why };
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let cert = p.parse_x509().map_err(|e| bad(e.to_string()))?;
+        let not_after = cert.validity().not_after.timestamp();
+        let days_left = (not_after - OffsetDateTime::now_utc().unix_timestamp()).div_euclid(86400);
+        let when = OffsetDateTime::from_unix_timestamp(not_after).map(|t| format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second())).unwrap_or_default();
+        out.push(CertStatus { file, subject: cert.subject().to_string(), not_after: when, days_left, is_ca: cert.is_ca() });
+    }
+    Ok(out)
+}
+
+/// Moves the named leaf certificates (all of [`LEAVES`] when `only` is empty) and their keys
+/// into `<dir>/rotated-<unix seconds>/`, so that the next start issues new ones from the same
+/// CA (and writes the admin kubeconfig again). The CA and the service-account key stay:
+/// tokens already given to pods keep working. Returns the names moved.
+pub fn rotate(dir: &Path, only: &[String]) -> Result<Vec<String>, PkiError> {
+    for n in only {
+        if !LEAVES.contains(&n.as_str()) {
+            return Err(PkiError::Parse { path: dir.join(format!("{n}.crt")), why: format!("no certificate service {n:?}; use one of {}", LEAVES.join(", ")) });
+        }
+    }
+    let names: Vec<&str> = if only.is_empty() { LEAVES.to_vec() } else { only.iter().map(String::as_str).collect() };
+    let secs = OffsetDateTime::now_utc().unix_timestamp();
+    let backup = dir.join(format!("rotated-{secs}"));
+    let mut moved = Vec::new();
+    for n in names {
+        for ext in ["crt", "key"] {
+            let from = dir.join(format!("{n}.{ext}"));
+            if from.exists() {
+                std::fs::create_dir_all(&backup).map_err(io(&backup))?;
+                let to = backup.join(format!("{n}.{ext}"));
+                std::fs::rename(&from, &to).map_err(io(&from))?;
+            }
+        }
+        moved.push(n.to_string());
+    }
+    Ok(moved)
+}
+
+/// The leaf certificates of `dir` close to renewal (within [`WARN_BEFORE_RENEWAL_DAYS`] of
+/// the [`RENEW_BEFORE_DAYS`] threshold) and CAs close to expiry: what a start warns about.
+pub fn expiring(dir: &Path) -> Vec<CertStatus> {
+    check(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| if c.is_ca { c.days_left <= RENEW_BEFORE_DAYS } else { c.days_left > RENEW_BEFORE_DAYS && c.days_left <= RENEW_BEFORE_DAYS + WARN_BEFORE_RENEWAL_DAYS })
+        .collect()
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn check_lists_every_certificate_and_rotate_moves_leaves_only() {
+        let d = tempfile::tempdir().unwrap();
+        let sans = vec!["localhost".to_string()];
+        Pki::ensure(d.path(), &sans).unwrap();
+        let rows = check(d.path()).unwrap();
+        let names: Vec<String> = rows.iter().map(|r| r.file.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, vec!["admin.crt", "ca.crt", "front-proxy-ca.crt", "front-proxy-client.crt", "serving.crt"]);
+        let ca = rows.iter().find(|r| r.file.ends_with("ca.crt")).unwrap();
+        assert!(ca.is_ca && (3640..=3650).contains(&ca.days_left), "CA for 10 years: {}", ca.days_left);
+        let admin = rows.iter().find(|r| r.file.ends_with("admin.crt")).unwrap();
+        assert!(!admin.is_ca && (360..=365).contains(&admin.days_left), "leaf for a year: {}", admin.days_left);
+        assert!(admin.subject.contains("system:admin") && admin.subject.contains("system:masters"), "{}", admin.subject);
+        assert_eq!(admin.verdict(), "OK");
+        assert!(expiring(d.path()).is_empty());
+
+        let old_admin = std::fs::read_to_string(d.path().join("admin.crt")).unwrap();
+        let old_ca = std::fs::read_to_string(d.path().join("ca.crt")).unwrap();
+        assert!(rotate(d.path(), &["nonsense".into()]).is_err());
+        assert_eq!(rotate(d.path(), &["admin".into()]).unwrap(), vec!["admin"]);
+        assert!(!d.path().join("admin.crt").exists() && d.path().join("serving.crt").exists());
+        let again = Pki::ensure(d.path(), &sans).unwrap();
+        assert_ne!(again.admin_cert_pem, old_admin, "a new admin certificate");
+        assert_eq!(again.ca_pem, old_ca, "from the same CA");
+    }
+
+    #[test]
+    fn verdicts() {
+        let c = |days_left, is_ca| CertStatus { file: PathBuf::new(), subject: String::new(), not_after: String::new(), days_left, is_ca };
+        assert_eq!(c(-1, false).verdict(), "EXPIRED");
+        assert_eq!(c(30, false).verdict(), "renewed at next start");
+        assert_eq!(c(100, false).verdict(), "renewal due soon");
+        assert_eq!(c(200, false).verdict(), "OK");
+        assert_eq!(c(60, true).verdict(), "CA EXPIRES SOON: replace it");
+    }
+}

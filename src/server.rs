@@ -239,6 +239,10 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     sans.extend(cfg.tls_san.iter().cloned());
     sans.dedup();
     let pki = Pki::ensure(&cfg.data_dir.join("server").join("tls"), &sans)?;
+    let expiring = pki::expiring(&cfg.data_dir.join("server").join("tls"));
+    for c in &expiring {
+        tracing::warn!(file = %c.file.display(), days_left = c.days_left, "certificate {}", c.verdict());
+    }
     let tls = pki.server_config()?;
 
     let host = if cfg.bind_address.is_unspecified() || cfg.bind_address.is_loopback() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
@@ -260,6 +264,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     // Upstream's bootstrap RBAC policy is in place before the API answers ready.
     crate::api::authz::bootstrap::ensure(&apiserver_client(&api)).await;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
+    warn_expiring(&apiserver_client(&api), &expiring).await;
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     // One scope per layer, stopped in order at shutdown.
     let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
@@ -516,6 +521,26 @@ async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api
         endpoint,
     };
     published.publish(&client).await;
+}
+
+/// A Warning event (`CertificateExpirationWarning`, on this host's Node) for each certificate
+/// close to its renewal or, for a CA, to its expiry.
+async fn warn_expiring(client: &Client, certs: &[pki::CertStatus]) {
+    let host = pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase();
+    for c in certs {
+        let now = crate::vocab::object::now();
+        let msg = format!("certificate {} ({}) expires {} ({} days): {}", c.file.display(), c.subject, c.not_after, c.days_left, c.verdict());
+        let ev = serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "ferrokube-certificate-", "namespace": "default"},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": host},
+            "reason": "CertificateExpirationWarning", "message": msg, "type": "Warning",
+            "source": {"component": "ferrokube"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        if let Err(e) = client.create(crate::vocab::resource::builtin::EVENTS.ns("default"), &ev).await {
+            tracing::warn!(error = %e.message, "cannot record the certificate warning event");
+        }
+    }
 }
 
 /// A client of the API in this process, as the API server itself.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Operating a server: the configuration file (flags as keys, drop-ins, the command line wins,
 # unknown keys refused); snapshots (online under write load, restore onto a fresh data dir,
-# the guard against a second restore, ls/delete/prune); auto-deployed manifests.
+# the guard against a second restore, ls/delete/prune); auto-deployed manifests; certificates
+# (check, rotate, the warning before renewal, renewal at start).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -165,6 +166,40 @@ stop_server TERM
 rm "$man/later.yml"
 start_server || exit 1
 timed "a manifest removed while the server was stopped is undone at start" "$(within 3 gone get cm three)"
+stop_server TERM
+
+# ---- certificates ---------------------------------------------------------------------------
+start_server || exit 1
+tls=$E2E_DIR/data/server/tls
+token=$(k create token default 2>&1)
+check_contains "rotate is refused while the server runs" "is running: stop it first" "$("$FERROKUBE" certificate rotate --data-dir "$E2E_DIR/data" 2>&1)"
+stop_server TERM
+table=$("$FERROKUBE" certificate check --data-dir "$E2E_DIR/data")
+check_contains "certificate check is a table" "FILE" "$(echo "$table" | head -1)"
+ca_days=$(echo "$table" | awk -v f="$tls/ca.crt" '$1 == f {print $(NF-1)}')
+admin_days=$(echo "$table" | awk -v f="$tls/admin.crt" '$1 == f {print $(NF-1)}')
+if [ "${ca_days:-0}" -ge 3640 ] && [ "${admin_days:-0}" -ge 360 ] && [ "${admin_days:-999}" -le 365 ]; then ok "CA for 10 years, leaves for 1 ($ca_days, $admin_days days left)"; else not_ok "CA for 10 years, leaves for 1" "$table"; fi
+check_contains "the admin certificate's subject" "O=system:masters" "$(echo "$table" | grep admin.crt)"
+old_admin=$(sha256sum <"$tls/admin.crt")
+old_serving=$(sha256sum <"$tls/serving.crt")
+check_contains "rotate --service admin" "rotated admin" "$("$FERROKUBE" certificate rotate --service admin --data-dir "$E2E_DIR/data")"
+check_contains "an unknown service is refused with the choices" "serving, admin, front-proxy-client" "$("$FERROKUBE" certificate rotate --service nope --data-dir "$E2E_DIR/data" 2>&1)"
+# A leaf 100 days from expiry (warned about), one 20 days from it (renewed at start).
+openssl req -newkey rsa:2048 -nodes -keyout "$E2E_DIR/fp.key" -out "$E2E_DIR/fp.csr" -subj "/CN=front-proxy-client" 2>/dev/null
+openssl x509 -req -in "$E2E_DIR/fp.csr" -CA "$tls/front-proxy-ca.crt" -CAkey "$tls/front-proxy-ca.key" -CAcreateserial -days 100 -out "$tls/front-proxy-client.crt" 2>/dev/null
+cp "$E2E_DIR/fp.key" "$tls/front-proxy-client.key"
+start_server || exit 1
+check "after rotate a new admin certificate" "changed" "$([ "$(sha256sum <"$tls/admin.crt")" != "$old_admin" ] && echo changed)"
+check "the others stay" "$old_serving" "$(sha256sum <"$tls/serving.crt")"
+check "the rewritten admin kubeconfig works" "Active" "$(k get ns default -o jsonpath='{.status.phase}' 2>&1)"
+check "a pod's token from before the rotation still authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "https://127.0.0.1:$PORT/apis")"
+check_contains "a start warns 30 days before a renewal is due (log)" "renewal due soon" "$(grep 'front-proxy-client.crt' "$E2E_DIR/server.log")"
+check_contains "and as a Warning event" "CertificateExpirationWarning" "$(k get events -n default --field-selector type=Warning -o jsonpath='{.items[*].reason}')"
+stop_server TERM
+openssl x509 -req -in "$E2E_DIR/fp.csr" -CA "$tls/front-proxy-ca.crt" -CAkey "$tls/front-proxy-ca.key" -CAcreateserial -days 20 -out "$tls/front-proxy-client.crt" 2>/dev/null
+start_server || exit 1
+days=$("$FERROKUBE" certificate check --data-dir "$E2E_DIR/data" | awk -v f="$tls/front-proxy-client.crt" '$1 == f {print $(NF-1)}')
+if [ "${days:-0}" -ge 360 ]; then ok "a leaf within 90 days of expiry is renewed at start ($days days left)"; else not_ok "a leaf within 90 days of expiry is renewed at start" "$days"; fi
 stop_server TERM
 
 summary
