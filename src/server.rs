@@ -265,6 +265,12 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     crate::api::authz::bootstrap::ensure(&apiserver_client(&api)).await;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
     warn_expiring(&apiserver_client(&api), &expiring).await;
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        // systemd's Type=notify: the service is up once /readyz answers 200, which is now.
+        if let Err(e) = sd_notify(&socket, "READY=1") {
+            tracing::warn!(error = %e, "cannot tell systemd the server is ready");
+        }
+    }
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     // One scope per layer, stopped in order at shutdown.
     let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
@@ -316,6 +322,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
 
     let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api.clone(), node_ip, &agent).await? };
     shutdown_signal().await;
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        let _ = sd_notify(&socket, "STOPPING=1");
+    }
     // Stop accepting (open requests may finish), stop the controllers and the scheduler, stop
     // the node's components (pods keep running), then let the store commit what is queued.
     tracing::info!("shutting down");
@@ -523,6 +532,25 @@ async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api
     published.publish(&client).await;
 }
 
+/// Sends `state` to the service manager's notification socket (`NOTIFY_SOCKET`: a path, or
+/// `@name` for an abstract socket), as sd_notify(3) does.
+pub fn sd_notify(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = socket.as_bytes();
+    match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        None => {
+            sock.send_to(state.as_bytes(), Path::new(socket))?;
+        }
+    }
+    Ok(())
+}
+
 /// A Warning event (`CertificateExpirationWarning`, on this host's Node) for each certificate
 /// close to its renewal or, for a CA, to its expiry.
 async fn warn_expiring(client: &Client, certs: &[pki::CertStatus]) {
@@ -604,5 +632,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sd_notify_sends_the_state_to_a_path_or_an_abstract_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        super::sd_notify(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("ferrokube-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        super::sd_notify(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+        assert!(super::sd_notify(std::ffi::OsStr::new("/nonexistent/notify"), "READY=1").is_err());
     }
 }
