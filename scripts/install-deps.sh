@@ -6,8 +6,9 @@ need=()
 # Build: protoc for the CRI client, a static libc for the pause program.
 # Node: containerd (with ctr), runc, iptables, iproute2, util-linux (nsenter).
 # Tests: curl, python3-venv, busybox-static for test images; tzdata for CronJob time zones;
-# docker-registry for pulls from a local registry; shellcheck for install.sh.
-for p in curl ca-certificates python3-venv protobuf-compiler libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static tzdata docker-registry shellcheck; do
+# docker-registry for pulls from a local registry; shellcheck for install.sh; systemd-container
+# and debootstrap for install.sh in a booted systemd container.
+for p in curl ca-certificates python3-venv protobuf-compiler libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static tzdata docker-registry shellcheck systemd-container debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -146,7 +146,12 @@ fn ensure_bridge(conf: &NetConf) -> Result<(), CniError> {
 /// Forwarding on, forwarding through the bridge accepted, masquerade for traffic that leaves
 /// the pod network. Rules live in ferrokube's own chains.
 fn ensure_host_rules(conf: &NetConf) -> Result<(), CniError> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| CniError::plugin(format!("enable ip_forward: {e}")))?;
+    // Written only when off: in a container /proc/sys may be read-only with forwarding on.
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1");
+    if !forwarding {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| CniError::plugin(format!("IP forwarding is off and cannot be turned on ({e}): set net.ipv4.ip_forward=1 on the host")))?;
+    }
     let subnet = conf.subnet.to_string();
     let br = conf.bridge.as_str();
     ensure_chain("nat", NAT_CHAIN, "POSTROUTING")?;

@@ -245,6 +245,7 @@ impl Kubelet {
                             let entry = f.entry(uid.to_string()).or_insert((now, 0));
                             *entry = (now, entry.1 + 1);
                         }
+                        self.event(pod, None, "Warning", "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {}", e.message()));
                         self.write_status(pod, Observed { sandbox_error: Some(e.message().to_string()), ..Default::default() }).await?;
                         return Ok(());
                     }

@@ -135,6 +135,8 @@ async fn spawn(l: &Layout) -> Result<Child, RuntimeError> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&l.log).map_err(io(&l.log))?;
     let err = log.try_clone().map_err(io(&l.log))?;
     Command::new(which("containerd").ok_or_else(|| RuntimeError::Missing("containerd is not installed (Debian: apt-get install containerd)".into()))?)
+        // Under systemd (Type=notify) the readiness to report is ferrokube's, not containerd's.
+        .env_remove("NOTIFY_SOCKET")
         .arg("--config")
         .arg(&l.config)
         .stdin(Stdio::null())
