@@ -99,6 +99,10 @@ pub struct ServerConfig {
     /// Days a rotated audit log is kept (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxage: u64,
+    /// Registry mirrors, endpoints, credentials and TLS for image pulls (k3s's
+    /// registries.yaml format); read at start.
+    #[arg(long, default_value = "/etc/ferrokube/registries.yaml")]
+    pub private_registry: PathBuf,
     /// When the server snapshots its datastore into `<data-dir>/db/snapshots/` (cron, UTC).
     #[arg(long, default_value = "0 */12 * * *")]
     pub snapshot_cron: String,
@@ -382,7 +386,10 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
         }
         None => {
             let socket = layout.socket.clone();
-            let (runtime, cri) = containerd::Containerd::start(layout, &host).await.map_err(|e| fail(e.to_string()))?;
+            let registries = crate::node::registries::load(&cfg.private_registry).map_err(fail)?;
+            registries.write_hosts(&layout.certs_d).map_err(fail)?;
+            let section = registries.containerd_section(&layout.certs_d);
+            let (runtime, cri) = containerd::Containerd::start(layout, &host, &section).await.map_err(|e| fail(e.to_string()))?;
             (Some(runtime), socket, cri)
         }
     };

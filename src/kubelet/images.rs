@@ -43,7 +43,7 @@ impl Kubelet {
         let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
         let now = chrono::Utc::now().timestamp();
         if let Some((when, count)) = self.state.pull_failures.lock().get(&key).copied() {
-            if now - when < pull_backoff(count) && !present {
+            if now - when < pull_backoff(count) {
                 return Err(("ImagePullBackOff", format!("Back-off pulling image {image:?}")));
             }
         }
@@ -62,10 +62,6 @@ impl Kubelet {
                 }
                 Err(e) => last = e.message().to_string(),
             }
-        }
-        if present {
-            // Present but not pullable (a local image, no registry): run what we have.
-            return Ok(());
         }
         {
             let mut f = self.state.pull_failures.lock();

@@ -4,3 +4,4 @@
 pub mod containerd;
 pub mod host;
 pub mod pause;
+pub mod registries;

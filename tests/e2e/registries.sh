@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# registries.yaml (root, real containerd): docker.io mirrored to a local docker-registry with
+# basic auth; a pod naming `busybox` (implicit :latest, so pulled Always) pulls from the mirror
+# and runs; with the mirror down the pull fails with ErrImagePull and the mirror's error; a
+# bad registries.yaml is refused at start with what to fix. (The image is on the node by
+# then: Always pulls all the same, as upstream's kubelet does.)
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+use_node
+images=$(dirname "$0")/../images
+
+REG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+REG=$E2E_DIR/registry
+mkdir -p "$REG/data"
+python3 -W ignore -c "import crypt; print('alice:' + crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))" >"$REG/htpasswd"
+printf 'version: 0.1\nlog: {level: info}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: "127.0.0.1:%s"}\nauth: {htpasswd: {realm: e2e, path: %s}}\n' \
+  "$REG/data" "$REG_PORT" "$REG/htpasswd" >"$REG/config.yml"
+docker-registry serve "$REG/config.yml" >"$REG/log" 2>&1 &
+REG_PID=$!
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$REG_PORT/v2/" && break; sleep 0.1; done
+check "the mirror wants credentials" "401" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$REG_PORT/v2/")"
+python3 "$images/mkimage.py" "$E2E_DIR/busybox.tar" docker.io/library/busybox:latest >/dev/null
+check_cmd "busybox is pushed to the mirror as library/busybox:latest" python3 "$images/push.py" "$E2E_DIR/busybox.tar" "127.0.0.1:$REG_PORT" library/busybox:latest alice:s3cret
+
+conf=$E2E_DIR/registries.yaml
+cat >"$conf" <<YAML
+mirrors:
+  docker.io:
+    endpoint:
+      - "http://127.0.0.1:$REG_PORT"
+configs:
+  "127.0.0.1:$REG_PORT":
+    auth:
+      username: alice
+      password: s3cret
+YAML
+printf 'mirrors:\n  docker.io:\n    endpoints: [http://x]\n' >"$E2E_DIR/bad.yaml"
+out=$("$FERROKUBE" server --data-dir "$E2E_DIR/bad-data" --https-listen-port "$PORT" --bind-address 127.0.0.1 --write-kubeconfig "$E2E_DIR/bad-kc" \
+  --run-dir "$E2E_DIR/bad-run" --node-name bad --pod-bridge "${BRIDGE}x" --private-registry "$E2E_DIR/bad.yaml" 2>&1)
+check_contains "a bad registries.yaml is refused at start, naming the file" "$E2E_DIR/bad.yaml" "$out"
+check_contains "and the key" "unknown field \`endpoints\`" "$out"
+
+start_node --private-registry "$conf" || exit 1
+check_contains "containerd's hosts.toml for docker.io names the mirror" "[host.\"http://127.0.0.1:$REG_PORT\"]" "$(cat "$E2E_DIR/data/etc/containerd/certs.d/docker.io/hosts.toml" 2>&1)"
+k run mirrored --image=busybox -- sleep 3600 >/dev/null
+check "a pod naming busybox pulls Always (implicit :latest)" "Always" "$(k get pod mirrored -o jsonpath='{.spec.containers[0].imagePullPolicy}')"
+if k wait --for=condition=Ready pod/mirrored --timeout=90s >/dev/null 2>&1; then ok "it pulls from the mirror and runs"; else
+  not_ok "it pulls from the mirror and runs" "$(k get pod mirrored -o jsonpath='{.status.containerStatuses[0].state}')"; fi
+check_contains "the mirror served the manifest to containerd, authenticated" 'useragent="containerd' "$(grep 'authorized request' "$REG/log" | grep 'manifests/latest' | grep containerd | head -1)"
+
+kill "$REG_PID" 2>/dev/null; wait "$REG_PID" 2>/dev/null
+k run mirror-down --image=busybox -- sleep 3600 >/dev/null
+eventually "with the mirror down the pull fails" "yes" 60 sh -c "$KUBECTL get pod mirror-down -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -qE '^(ErrImagePull|ImagePullBackOff)$' && echo yes"
+msg=$(k get events --field-selector involvedObject.name=mirror-down,reason=Failed -o jsonpath='{.items[*].message}')
+check_contains "with ErrImagePull's message naming the mirror" "127.0.0.1:$REG_PORT" "$msg"
+k delete pod mirrored mirror-down --wait=false >/dev/null
+summary
