@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# registries.yaml (root, real containerd): docker.io mirrored to a local docker-registry with
+# registries.yaml (root, real containerd), with containerd's configuration from the user's
+# template: docker.io mirrored to a local docker-registry with
 # basic auth; a pod naming `busybox` (implicit :latest, so pulled Always) pulls from the mirror
 # and runs; with the mirror down the pull fails with ErrImagePull and the mirror's error; a
 # bad registries.yaml is refused at start with what to fix. (The image is on the node by
@@ -40,7 +41,12 @@ out=$("$FERROKUBE" server --data-dir "$E2E_DIR/bad-data" --https-listen-port "$P
 check_contains "a bad registries.yaml is refused at start, naming the file" "$E2E_DIR/bad.yaml" "$out"
 check_contains "and the key" "unknown field \`endpoints\`" "$out"
 
+# The user's own containerd template, here our configuration with a line of theirs on top.
+mkdir -p "$E2E_DIR/data/agent/containerd"
+printf '# e2e: my own containerd template\n{{ferrokube_config}}\n' >"$E2E_DIR/data/agent/containerd/config.toml.tmpl"
 start_node --private-registry "$conf" || exit 1
+check "containerd's configuration comes from the user's template" "# e2e: my own containerd template" "$(head -1 "$E2E_DIR/data/etc/containerd.toml")"
+check "which ferrokube leaves as it was" "{{ferrokube_config}}" "$(sed -n 2p "$E2E_DIR/data/agent/containerd/config.toml.tmpl")"
 check_contains "containerd's hosts.toml for docker.io names the mirror" "[host.\"http://127.0.0.1:$REG_PORT\"]" "$(cat "$E2E_DIR/data/etc/containerd/certs.d/docker.io/hosts.toml" 2>&1)"
 k run mirrored --image=busybox -- sleep 3600 >/dev/null
 check "a pod naming busybox pulls Always (implicit :latest)" "Always" "$(k get pod mirrored -o jsonpath='{.spec.containers[0].imagePullPolicy}')"
