@@ -476,8 +476,9 @@ pub struct SnapshotInfo {
 }
 
 /// Builds a store file at `to` (through a temporary beside it, synced, renamed, the
-/// directory synced) from `from`, with `files` in the snapshot table when given.
-fn write_copy(from: &redb::ReadTransaction, to: &Path, files: Option<&[(String, Vec<u8>)]>) -> Result<(), StoreError> {
+/// directory synced) from `from`, with `files` in the snapshot table when given; `private`:
+/// mode 0600. Returns the new file, open.
+pub(crate) fn write_copy(from: &redb::ReadTransaction, to: &Path, files: Option<&[(String, Vec<u8>)]>, private: bool) -> Result<Database, StoreError> {
     let tmp = rewrite_path(to);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
@@ -490,17 +491,16 @@ fn write_copy(from: &redb::ReadTransaction, to: &Path, files: Option<&[(String, 
                 t.insert(name.as_str(), body.as_slice())?;
             }
         }
-        tx.commit()?;
-        drop(fresh);
-        {
+        if private {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| StoreError::Storage(format!("{}: {e}", tmp.display())))?;
         }
-        std::fs::rename(&tmp, to).map_err(|e| StoreError::Storage(format!("rename to {}: {e}", to.display())))?;
+        tx.commit()?;
+        std::fs::rename(&tmp, to).map_err(|e| StoreError::Storage(format!("replace {}: {e}", to.display())))?;
         if let Some(dir) = to.parent() {
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Storage(format!("sync {}: {e}", dir.display())))?;
         }
-        Ok(())
+        Ok(fresh)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -516,7 +516,7 @@ impl Store {
         let db = self.inner.shared.db();
         let from = db.begin_read()?;
         let revision = from.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
-        write_copy(&from, to, Some(files))?;
+        write_copy(&from, to, Some(files), true)?;
         Ok(revision)
     }
 }
@@ -561,7 +561,7 @@ pub fn restore(snapshot: &Path, store: &Path) -> Result<SnapshotInfo, StoreError
         p.push(".restoring");
         PathBuf::from(p)
     };
-    write_copy(&from, &staged, None)?;
+    write_copy(&from, &staged, None, true)?;
     if store.exists() {
         let mut old = store.as_os_str().to_owned();
         old.push(".before-restore");

@@ -193,13 +193,7 @@ pub(crate) fn replay(db: &Database, path: &Path, sealer: &Sealer, history: u64) 
             }
         }
         if applied > 0 {
-            meta.insert("revision", revision)?;
-            let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
-            if revision.saturating_sub(compacted) > history {
-                let new_compacted = revision - history;
-                log.retain_in(..=new_compacted, |_, _| false)?;
-                meta.insert("compacted", new_compacted)?;
-            }
+            super::writer::advance(&mut meta, &mut log, revision, history)?;
         }
     }
     tx.commit()?;

@@ -320,21 +320,11 @@ fn reseal(shared: &Shared, sealer: Arc<Sealer>) -> Result<Resealed, StoreError> 
 /// syncs the directory, and serves from it from then on. A crash before the rename leaves
 /// the old file whole (the copy is removed at the next open).
 fn rewrite(shared: &Shared) -> Result<(), StoreError> {
-    let path = &shared.path;
-    let tmp = super::rewrite_path(path);
-    let _ = std::fs::remove_file(&tmp);
-    let fresh = Database::builder().set_cache_size(super::CACHE_BYTES).create(&tmp)?;
-    {
+    let fresh = {
         let db = shared.db();
         let from = db.begin_read()?;
-        let to = fresh.begin_write()?;
-        super::copy_tables(&from, &to)?;
-        to.commit()?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| StoreError::Storage(format!("replace {}: {e}", path.display())))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Storage(format!("sync {}: {e}", dir.display())))?;
-    }
+        super::write_copy(&from, &shared.path, None, false)?
+    };
     *shared.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     Ok(())
 }
@@ -377,13 +367,7 @@ fn commit(
                 results.push(outcome);
             }
         }
-        meta.insert("revision", revision)?;
-        let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
-        if revision.saturating_sub(compacted) > history {
-            let new_compacted = revision - history;
-            log.retain_in(..=new_compacted, |_, _| false)?;
-            meta.insert("compacted", new_compacted)?;
-        }
+        advance(&mut meta, &mut log, revision, history)?;
     }
     let mut appended = None;
     if let Some(wal) = wal {
@@ -398,6 +382,19 @@ fn commit(
         return Err(e.into());
     }
     Ok((revision, results))
+}
+
+/// Records `revision` as the newest and drops the history events older than the last
+/// `history` (moving `compacted` forward).
+pub(crate) fn advance(meta: &mut redb::Table<&str, u64>, log: &mut redb::Table<u64, &[u8]>, revision: u64, history: u64) -> Result<(), StoreError> {
+    meta.insert("revision", revision)?;
+    let compacted = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
+    if revision.saturating_sub(compacted) > history {
+        let new_compacted = revision - history;
+        log.retain_in(..=new_compacted, |_, _| false)?;
+        meta.insert("compacted", new_compacted)?;
+    }
+    Ok(())
 }
 
 /// Outer error: storage fault (abort the batch). Inner: this op's outcome.
