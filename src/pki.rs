@@ -250,6 +250,11 @@ fn leaf(
     Ok((cert.pem(), kp.serialize_pem()))
 }
 
+/// The host's name as a node name (lower case; `ferrokube` when the host has none).
+pub fn host_name() -> String {
+    host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase()
+}
+
 /// The host's name and non-loopback addresses, for the serving certificate.
 pub fn host_names() -> Vec<String> {
     let mut out = Vec::new();

@@ -268,7 +268,6 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     // Upstream's bootstrap RBAC policy is in place before the API answers ready.
     crate::api::authz::bootstrap::ensure(&apiserver_client(&api)).await;
     api.ready.store(true, std::sync::atomic::Ordering::Release);
-    warn_expiring(&apiserver_client(&api), &expiring).await;
     if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
         // systemd's Type=notify: the service is up once /readyz answers 200, which is now.
         if let Err(e) = sd_notify(&socket, "READY=1") {
@@ -278,6 +277,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     // One scope per layer, stopped in order at shutdown.
     let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
+    warn_expiring(&apiserver_client(&api), &node_name(&cfg), &expiring, &serving);
     let rbac_api = api.clone();
     let rbac_scope = serving.clone();
     serving.spawn(async move { rbac_api.authz.rbac.follow(rbac_scope).await });
@@ -406,9 +406,7 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
     }
     let version = cri.version().await.map_err(|e| fail(e.to_string()))?;
     let _ = api.cri.set(cri.clone());
-    let node_name = cfg.node_name.clone().unwrap_or_else(|| {
-        crate::pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase()
-    });
+    let node_name = node_name(cfg);
     tracing::info!(node = %node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node starting");
     // The kubelet acts as this node (system:node:<name>): the Node authorizer lets it read
     // only what its pods use and change only its own objects.
@@ -560,22 +558,21 @@ pub fn sd_notify(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
 
 /// A Warning event (`CertificateExpirationWarning`, on this host's Node) for each certificate
 /// close to its renewal or, for a CA, to its expiry.
-async fn warn_expiring(client: &Client, certs: &[pki::CertStatus]) {
-    let host = pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase();
-    for c in certs {
-        let now = crate::vocab::object::now();
-        let msg = format!("certificate {} ({}) expires {} ({} days): {}", c.file.display(), c.subject, c.not_after, c.days_left, c.verdict());
-        let ev = serde_json::json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": "ferrokube-certificate-", "namespace": "default"},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": host},
-            "reason": "CertificateExpirationWarning", "message": msg, "type": "Warning",
-            "source": {"component": "ferrokube"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        });
-        if let Err(e) = client.create(crate::vocab::resource::builtin::EVENTS.ns("default"), &ev).await {
-            tracing::warn!(error = %e.message, "cannot record the certificate warning event");
-        }
+fn warn_expiring(client: &Client, node: &str, certs: &[pki::CertStatus], scope: &Scope) {
+    if certs.is_empty() {
+        return;
     }
+    let recorder = crate::runtime::events::Recorder::new(client.clone(), "ferrokube", Some(node), scope);
+    let involved = crate::runtime::events::Involved { api_version: "v1".into(), kind: "Node".into(), name: node.to_string(), ..Default::default() };
+    for c in certs {
+        let msg = format!("certificate {} ({}) expires {} ({} days): {}", c.file.display(), c.subject, c.not_after, c.days_left, c.verdict());
+        recorder.event(involved.clone(), "Warning", "CertificateExpirationWarning", msg);
+    }
+}
+
+/// This node's name: `--node-name`, or the host's name.
+fn node_name(cfg: &ServerConfig) -> String {
+    cfg.node_name.clone().unwrap_or_else(pki::host_name)
 }
 
 /// A client of the API in this process, as the API server itself.

@@ -80,10 +80,6 @@ fn check_name(name: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-fn host() -> String {
-    crate::pki::host_names().into_iter().next().unwrap_or_else(|| "ferrokube".into()).to_lowercase()
-}
-
 /// Takes a snapshot named `<name>-<host>-<unix seconds>` of the open `store`; returns its
 /// path and revision.
 pub fn save(store: &Store, data_dir: &Path, name: &str) -> Result<(PathBuf, u64), SnapshotError> {
@@ -95,11 +91,11 @@ pub fn save(store: &Store, data_dir: &Path, name: &str) -> Result<(PathBuf, u64)
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).map_err(io(&d))?;
     }
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut path = d.join(format!("{name}-{}-{secs}", host()));
+    let mut path = d.join(format!("{name}-{}-{secs}", crate::pki::host_name()));
     let mut n = 1;
     while path.exists() {
         n += 1;
-        path = d.join(format!("{name}-{}-{secs}-{n}", host()));
+        path = d.join(format!("{name}-{}-{secs}-{n}", crate::pki::host_name()));
     }
     let files = credential_files(data_dir)?;
     let revision = store.snapshot(&path, &files)?;
