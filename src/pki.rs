@@ -89,8 +89,12 @@ fn authority(dir: &Path, name: &str, cn: &str) -> Result<(String, String, Issuer
 fn days_left(pem: &str) -> Option<i64> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     let cert = p.parse_x509().ok()?;
-    let not_after = cert.validity().not_after.timestamp();
-    Some((not_after - OffsetDateTime::now_utc().unix_timestamp()) / 86400)
+    Some(days_until(cert.validity().not_after.timestamp()))
+}
+
+/// Whole days from now until `unix` (negative once past).
+fn days_until(unix: i64) -> i64 {
+    (unix - OffsetDateTime::now_utc().unix_timestamp()).div_euclid(86400)
 }
 
 fn sans_of(pem: &str) -> Vec<String> {
@@ -352,7 +356,7 @@ pub fn check(dir: &Path) -> Result<Vec<CertStatus>, PkiError> {
         let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let cert = p.parse_x509().map_err(|e| bad(e.to_string()))?;
         let not_after = cert.validity().not_after.timestamp();
-        let days_left = (not_after - OffsetDateTime::now_utc().unix_timestamp()).div_euclid(86400);
+        let days_left = days_until(not_after);
         let when = OffsetDateTime::from_unix_timestamp(not_after).map(|t| format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second())).unwrap_or_default();
         out.push(CertStatus { file, subject: cert.subject().to_string(), not_after: when, days_left, is_ca: cert.is_ca() });
     }

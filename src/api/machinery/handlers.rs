@@ -134,9 +134,14 @@ impl Api {
     /// The stored object of a core (`v1`) kind, if it exists (`ns` is ignored for
     /// cluster-scoped kinds).
     pub(crate) fn core_object(&self, plural: &str, ns: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
-        let kind = crate::api::kinds::find("", "v1", plural).ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
-        let Some(stored) = self.store.get(&kind.key(ns.filter(|_| kind.namespaced), name))? else { return Ok(None) };
+        let Some(stored) = self.core_stored(plural, ns, name)? else { return Ok(None) };
         Ok(Some(obj::parse_stored(&stored.json)?))
+    }
+
+    /// [`Api::core_object`] as stored, not decoded.
+    pub(crate) fn core_stored(&self, plural: &str, ns: Option<&str>, name: &str) -> Result<Option<crate::store::Stored>, ApiError> {
+        let kind = crate::api::kinds::find("", "v1", plural).ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
+        Ok(self.store.get(&kind.key(ns.filter(|_| kind.namespaced), name))?)
     }
 
     pub(crate) fn load(&self, rr: &ResourceReq) -> Result<(Value, u64), ApiError> {

@@ -233,8 +233,7 @@ impl Api {
         let ns = private["namespace"].as_str()?;
         let still_there = |plural: &str, ns: Option<&str>, who: &Value| -> Option<()> {
             let name = who["name"].as_str()?;
-            let kind = crate::api::kinds::find("", "v1", plural)?;
-            let stored = self.store.get(&kind.key(ns, name)).ok()??;
+            let stored = self.core_stored(plural, ns, name).ok()??;
             let live = crate::api::object::liveness(&stored.json)?;
             (who["uid"].as_str() == Some(live.uid.as_str()) && !live.deleting).then_some(())
         };
