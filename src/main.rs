@@ -24,8 +24,8 @@ enum Command {
     /// their mounts, cgroups, iptables chains, bridge, veths, CNI leases and run directory.
     /// Leaves the data directory (the cluster) in place.
     Killall {
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
         /// The server's --run-dir.
         #[arg(long, default_value = "/run/ferrokube")]
         run_dir: std::path::PathBuf,
@@ -54,18 +54,25 @@ enum Command {
         /// status, enable, disable or rotate-keys.
         #[arg(value_parser = ["status", "enable", "disable", "rotate-keys"])]
         action: String,
-        /// Data directory of the server (its --data-dir).
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
+}
+
+/// The data directory of the server a command acts on.
+#[derive(clap::Args)]
+struct DataDir {
+    /// Data directory of the server (its --data-dir).
+    #[arg(long = "data-dir", default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
+    data_dir: std::path::PathBuf,
 }
 
 #[derive(Subcommand)]
 enum CertificateCommand {
     /// A table of the certificates: file, subject, not-after, days left, what happens next.
     Check {
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Replace leaf certificates (serving, admin, front-proxy-client; all by default) from the
     /// same CA: the old ones are moved aside and the next start issues new ones and writes the
@@ -75,8 +82,8 @@ enum CertificateCommand {
         /// Only these (repeatable).
         #[arg(long = "service")]
         services: Vec<String>,
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
 }
 
@@ -88,22 +95,22 @@ enum SnapshotCommand {
         /// Name prefix; the file is `<name>-<host>-<unix seconds>`.
         #[arg(long, default_value = ferrokube::snapshot::ON_DEMAND)]
         name: String,
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// List the snapshots (name, size, creation time).
     #[command(alias = "list")]
     Ls {
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Delete snapshots by name.
     #[command(alias = "rm")]
     Delete {
         #[arg(required = true)]
         names: Vec<String>,
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Keep only the newest snapshots of one name prefix.
     Prune {
@@ -113,15 +120,15 @@ enum SnapshotCommand {
         /// The name prefix the snapshots were saved with.
         #[arg(long, default_value = ferrokube::snapshot::ON_DEMAND)]
         name: String,
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Restore a snapshot (a file, or a name from `ls`) into the data directory; the server
     /// must be stopped. Start it afterwards.
     Restore {
         file: std::path::PathBuf,
-        #[arg(long, default_value = "/var/lib/ferrokube", env = "FERROKUBE_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
 }
 
@@ -167,7 +174,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
         Command::Cleanup { pod_bridge } => cleanup(&pod_bridge),
-        Command::Killall { data_dir, run_dir, pod_bridge } => {
+        Command::Killall { data_dir: DataDir { data_dir }, run_dir, pod_bridge } => {
             match ferrokube::killall::run(&ferrokube::killall::Target { data_dir, run_dir, pod_bridge }) {
                 Ok(report) => {
                     for line in report {
@@ -178,7 +185,7 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(ferrokube::server::StartError::Command(format!("killall did not finish:\n{e}"))),
             }
         }
-        Command::SecretsEncrypt { action, data_dir } => {
+        Command::SecretsEncrypt { action, data_dir: DataDir { data_dir } } => {
             match ferrokube::control::call(&data_dir, &serde_json::json!({"command": "secrets-encrypt", "action": action})) {
                 Ok(out) => {
                     print!("{out}");
@@ -216,7 +223,7 @@ fn main() -> std::process::ExitCode {
 fn certificate(command: CertificateCommand) -> Result<(), ferrokube::server::StartError> {
     use ferrokube::server::StartError;
     match command {
-        CertificateCommand::Check { data_dir } => {
+        CertificateCommand::Check { data_dir: DataDir { data_dir } } => {
             let dir = data_dir.join("server").join("tls");
             let rows = ferrokube::pki::check(&dir)?;
             if rows.is_empty() {
@@ -228,7 +235,7 @@ fn certificate(command: CertificateCommand) -> Result<(), ferrokube::server::Sta
                 println!("{:<width$}  {:<44}  {:<20}  {:>9}  {}", r.file.display(), r.subject, r.not_after, r.days_left, r.verdict());
             }
         }
-        CertificateCommand::Rotate { services, data_dir } => {
+        CertificateCommand::Rotate { services, data_dir: DataDir { data_dir } } => {
             if ferrokube::control::running(&data_dir) {
                 return Err(StartError::Command(format!("the server of {} is running: stop it first, rotate, then start it", data_dir.display())));
             }
@@ -250,7 +257,7 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), ferrokube::server::Sta
     use ferrokube::snapshot as snap;
     let fail = |e: snap::SnapshotError| StartError::Command(e.to_string());
     match command {
-        SnapshotCommand::Save { name, data_dir } => {
+        SnapshotCommand::Save { name, data_dir: DataDir { data_dir } } => {
             if ferrokube::control::running(&data_dir) {
                 let out = ferrokube::control::call(&data_dir, &serde_json::json!({"command": "snapshot-save", "name": name})).map_err(StartError::Command)?;
                 println!("{out}");
@@ -266,25 +273,25 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), ferrokube::server::Sta
             store.shutdown().await;
             println!("snapshot {} saved (revision {rev})", path.display());
         }
-        SnapshotCommand::Ls { data_dir } => {
+        SnapshotCommand::Ls { data_dir: DataDir { data_dir } } => {
             println!("{:<60} {:>12} CREATED", "NAME", "SIZE");
             for e in snap::list(&data_dir).map_err(fail)? {
                 let created = chrono::DateTime::<chrono::Utc>::from(e.created).format("%Y-%m-%dT%H:%M:%SZ");
                 println!("{:<60} {:>12} {created}", e.name, e.size);
             }
         }
-        SnapshotCommand::Delete { names, data_dir } => {
+        SnapshotCommand::Delete { names, data_dir: DataDir { data_dir } } => {
             for n in names {
                 snap::delete(&data_dir, &n).map_err(fail)?;
                 println!("deleted snapshot {n}");
             }
         }
-        SnapshotCommand::Prune { retention, name, data_dir } => {
+        SnapshotCommand::Prune { retention, name, data_dir: DataDir { data_dir } } => {
             for n in snap::prune(&data_dir, &name, retention).map_err(fail)? {
                 println!("deleted snapshot {n}");
             }
         }
-        SnapshotCommand::Restore { file, data_dir } => {
+        SnapshotCommand::Restore { file, data_dir: DataDir { data_dir } } => {
             let done = snap::restore(&data_dir, &file).map_err(fail)?;
             println!("restored {} (revision {}, {} credential files) into {}; start the server", file.display(), done.revision, done.files, data_dir.display());
         }
