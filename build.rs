@@ -67,10 +67,35 @@ fn tar_end(out: &mut Vec<u8>) {
     out.extend(std::iter::repeat_n(0u8, 1024));
 }
 
+/// The C compiler for the target, named as the `cc` crate (used by ring) names it: `CC_<target>`,
+/// then `TARGET_CC` when cross-compiling, then `CC`; a cross build of aarch64 defaults to Debian's
+/// `aarch64-linux-gnu-gcc`.
+fn target_cc() -> String {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    let host = std::env::var("HOST").unwrap_or_default();
+    for var in [format!("CC_{target}"), format!("CC_{}", target.replace('-', "_"))] {
+        println!("cargo::rerun-if-env-changed={var}");
+        if let Ok(cc) = std::env::var(&var) {
+            return cc;
+        }
+    }
+    println!("cargo::rerun-if-env-changed=TARGET_CC");
+    println!("cargo::rerun-if-env-changed=CC");
+    if target != host {
+        if let Ok(cc) = std::env::var("TARGET_CC") {
+            return cc;
+        }
+        if target == "aarch64-unknown-linux-gnu" {
+            return "aarch64-linux-gnu-gcc".into();
+        }
+    }
+    std::env::var("CC").unwrap_or_else(|_| "cc".into())
+}
+
 fn pause_image() {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let bin = out_dir.join("pause");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let cc = target_cc();
     let status = std::process::Command::new(&cc)
         .args(["-static", "-Os", "-s", "-o"])
         .arg(&bin)

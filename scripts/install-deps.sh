@@ -7,11 +7,16 @@ need=()
 # Node: containerd (with ctr), runc, iptables, iproute2, util-linux (nsenter).
 # Tests: curl, python3-venv, busybox-static for test images; tzdata for CronJob time zones;
 # docker-registry for pulls from a local registry; shellcheck for install.sh; systemd-container
-# and debootstrap for install.sh in a booted systemd container.
-for p in curl ca-certificates python3-venv protobuf-compiler libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static tzdata docker-registry shellcheck systemd-container debootstrap; do
+# and debootstrap for install.sh in a booted systemd container. Edge boards: the aarch64 cross
+# compiler and C library (ring, the pause program, the linker) and qemu-user-static to run it.
+for p in curl ca-certificates python3-venv protobuf-compiler libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static tzdata docker-registry shellcheck systemd-container debootstrap gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q "${need[@]}"
+fi
+# The aarch64 standard library for the cross build.
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  rustup target add aarch64-unknown-linux-gnu
 fi

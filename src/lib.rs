@@ -10,6 +10,8 @@ pub mod config;
 pub mod server;
 pub mod snapshot;
 pub mod killall;
+pub mod uninstall;
+pub mod checkconfig;
 pub mod deploy;
 pub mod cri;
 pub mod node;

@@ -33,6 +33,53 @@ enum Command {
         #[arg(long, default_value = "fk0")]
         pod_bridge: String,
     },
+    /// killall, then remove the service units, the configuration directory (with the admin
+    /// kubeconfig), the data directory (the cluster), the run directory and this binary. On a
+    /// host installed by install.sh this runs its ferrokube-uninstall.sh.
+    Uninstall {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The server's --run-dir.
+        #[arg(long, default_value = "/run/ferrokube")]
+        run_dir: std::path::PathBuf,
+        /// The server's --pod-bridge.
+        #[arg(long, default_value = "fk0")]
+        pod_bridge: String,
+        /// The configuration directory (config.yaml, registries.yaml).
+        #[arg(long, default_value = "/etc/ferrokube")]
+        config_dir: std::path::PathBuf,
+        /// The server's --write-kubeconfig.
+        #[arg(long, default_value = "/etc/ferrokube/ferrokube.yaml")]
+        kubeconfig: std::path::PathBuf,
+        /// Where the systemd unit is.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        systemd_dir: std::path::PathBuf,
+        /// Keep this binary.
+        #[arg(long)]
+        keep_binary: bool,
+    },
+    /// Check that this host can run a server and its node: kernel features, cgroup
+    /// controllers, iptables, containerd and runc, ports, the data directory. Exits non-zero
+    /// when something needed is missing.
+    CheckConfig {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The server's --bind-address.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_address: std::net::IpAddr,
+        /// The server's --https-listen-port.
+        #[arg(long, default_value_t = 6443)]
+        https_listen_port: u16,
+        /// The server's --cluster-dns-port.
+        #[arg(long, default_value_t = 10053)]
+        cluster_dns_port: u16,
+        /// Check for the control plane only (the server's --disable-agent).
+        #[arg(long)]
+        disable_agent: bool,
+        /// The server's --container-runtime-endpoint (containerd is then not needed here).
+        #[arg(long)]
+        container_runtime_endpoint: Option<String>,
+    },
     /// Manage container images of the running node.
     Images {
         #[command(subcommand)]
@@ -183,6 +230,53 @@ fn main() -> std::process::ExitCode {
                     Ok(())
                 }
                 Err(e) => Err(ferrokube::server::StartError::Command(format!("killall did not finish:\n{e}"))),
+            }
+        }
+        Command::Uninstall { data_dir: DataDir { data_dir }, run_dir, pod_bridge, config_dir, kubeconfig, systemd_dir, keep_binary } => {
+            let exe = std::env::current_exe().ok();
+            let script = exe.as_ref().and_then(|e| e.parent()).map(|d| d.join("ferrokube-uninstall.sh")).filter(|s| s.is_file());
+            match script {
+                Some(script) if !keep_binary => {
+                    println!("running {} (written by install.sh with this installation's paths)", script.display());
+                    match std::process::Command::new(&script).status() {
+                        Ok(st) if st.success() => Ok(()),
+                        Ok(st) => Err(ferrokube::server::StartError::Command(format!("{} failed ({st})", script.display()))),
+                        Err(e) => Err(ferrokube::server::StartError::Command(format!("{}: {e}", script.display()))),
+                    }
+                }
+                _ => {
+                    let t = ferrokube::uninstall::Target {
+                        killall: ferrokube::killall::Target { data_dir, run_dir, pod_bridge },
+                        config_dir,
+                        kubeconfig,
+                        systemd_dir,
+                        binary: if keep_binary { None } else { exe },
+                    };
+                    match ferrokube::uninstall::run(&t) {
+                        Ok(report) => {
+                            report.iter().for_each(|l| println!("{l}"));
+                            Ok(())
+                        }
+                        Err(e) => Err(ferrokube::server::StartError::Command(e)),
+                    }
+                }
+            }
+        }
+        Command::CheckConfig { data_dir: DataDir { data_dir }, bind_address, https_listen_port, cluster_dns_port, disable_agent, container_runtime_endpoint } => {
+            let checks = ferrokube::checkconfig::run(&ferrokube::checkconfig::Options {
+                data_dir,
+                bind_address,
+                https_listen_port,
+                cluster_dns_port,
+                disable_agent,
+                external_runtime: container_runtime_endpoint.is_some(),
+            });
+            let (text, ok) = ferrokube::checkconfig::render(&checks);
+            print!("{text}");
+            if ok {
+                Ok(())
+            } else {
+                Err(ferrokube::server::StartError::Command("this host is missing what the failed checks name".into()))
             }
         }
         Command::SecretsEncrypt { action, data_dir: DataDir { data_dir } } => {

@@ -67,4 +67,25 @@ start_node || exit 1
 check_cmd "after a start the 5 pods run again" k rollout status deployment/five --timeout=120s
 eventually "all five Running" "5" 120 sh -c "$KUBECTL get pods -l app=five --field-selector=status.phase=Running -o name | wc -l"
 iptables -F E2E-FOREIGN; iptables -X E2E-FOREIGN
+
+# ---- ferrokube uninstall (no install.sh here: the binary's own removal) ---------------------
+mkdir -p "$E2E_DIR/bin" "$E2E_DIR/etc" "$E2E_DIR/systemd"
+cp "$FERROKUBE" "$E2E_DIR/bin/ferrokube"
+echo "disable-agent: false" >"$E2E_DIR/etc/config.yaml"
+printf '[Service]\nExecStart=%s server\n' "$E2E_DIR/bin/ferrokube" >"$E2E_DIR/systemd/ferrokube.service"
+out=$("$E2E_DIR/bin/ferrokube" uninstall --data-dir "$E2E_DIR/data" --run-dir "$RUN" --pod-bridge "$BRIDGE" --config-dir "$E2E_DIR/etc" \
+  --kubeconfig "$KUBECONFIG" --systemd-dir "$E2E_DIR/systemd" 2>&1); rc=$?
+check "uninstall succeeds" "0" "$rc"
+[ "$rc" = 0 ] || echo "$out" | sed 's/^/       /'
+check_contains "it stops the server first" "stopped the server" "$out"
+if kill -0 "$SERVER_PID" 2>/dev/null; then not_ok "the server is gone"; else ok "the server is gone"; fi
+wait "$SERVER_PID" 2>/dev/null; SERVER_PID=
+check "no process of ours" "" "$(pgrep -f -- "$RUN|$E2E_DIR/data" | xargs)"
+check "no mount" "0" "$(grep -c "$E2E_DIR" /proc/mounts)"
+check "no iptables chain or jump of ours" "0" "$(iptables-save | grep -c FERROKUBE)"
+check "no veth" "0" "$(ip -o link show | grep -c vethfk)"
+for f in "$E2E_DIR/data" "$RUN" "$E2E_DIR/etc" "$KUBECONFIG" "$E2E_DIR/systemd/ferrokube.service" "$E2E_DIR/bin/ferrokube"; do
+  check "$f is removed" "gone" "$([ -e "$f" ] || echo gone)"
+done
+check_contains "it says so" "ferrokube removed" "$out"
 summary

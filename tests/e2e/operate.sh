@@ -202,4 +202,33 @@ days=$("$FERROKUBE" certificate check --data-dir "$E2E_DIR/data" | awk -v f="$tl
 if [ "${days:-0}" -ge 360 ]; then ok "a leaf within 90 days of expiry is renewed at start ($days days left)"; else not_ok "a leaf within 90 days of expiry is renewed at start" "$days"; fi
 stop_server TERM
 
+
+# ---- check-config ---------------------------------------------------------------------------
+out=$("$FERROKUBE" check-config --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" 2>&1); rc=$?
+check "check-config passes on this host" "0" "$rc"
+[ "$rc" = 0 ] || echo "$out" | grep -A1 FAIL | sed 's/^/       /'
+check_contains "it lists the cgroup controllers" "[pass] memory controller: available" "$out"
+check_contains "the kernel options" "[pass] CONFIG_VETH" "$out"
+check_contains "the iptables variant" "[pass] iptables: $(iptables --version | sed 's/.*(\(.*\)).*/\1/')" "$out"
+check_contains "containerd and runc" "[pass] runc: runc version" "$out"
+check_contains "and the API port" "[pass] port tcp $PORT: API server (--https-listen-port): free" "$out"
+python3 -c 'import socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); time.sleep(30)' "$PORT" &
+squatter=$!
+for _ in $(seq 50); do ss -lnt "sport = :$PORT" | grep -q LISTEN && break; sleep 0.1; done
+out=$("$FERROKUBE" check-config --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" 2>&1); rc=$?
+kill "$squatter"; wait "$squatter" 2>/dev/null
+check "a port taken by another program fails the check" "1" "$rc"
+check_contains "naming the port" "[FAIL] port tcp $PORT: API server (--https-listen-port): in use by another program" "$out"
+check_contains "and what to do" "-> stop what listens on 0.0.0.0:$PORT" "$out"
+check_contains "the summary counts it" "1 failed" "$out"
+start_server || exit 1
+out=$("$FERROKUBE" check-config --data-dir "$E2E_DIR/data" --https-listen-port "$PORT" --bind-address 127.0.0.1 --disable-agent 2>&1); rc=$?
+check "the port of our own running server is no failure" "0" "$rc"
+check_contains "it says whose it is" "in use by the running ferrokube server of $E2E_DIR/data" "$out"
+check "--disable-agent leaves out the node's checks" "" "$(echo "$out" | grep -E 'containerd|controller:')"
+stop_server TERM
+out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$FERROKUBE" check-config --data-dir "$E2E_DIR/data" --disable-agent --https-listen-port "$PORT" 2>&1); rc=$?
+check "not root fails" "1" "$rc"
+check_contains "with what to do" "run ferrokube as root" "$out"
+
 summary
