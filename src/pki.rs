@@ -55,10 +55,16 @@ pub struct Pki {
     serving_key_pem: String,
     /// The CA extension API servers trust for the front-proxy headers (requestheader CA).
     pub front_proxy_ca_pem: String,
+    /// The API server's client certificate towards kubelets (CN [`KUBELET_CLIENT`]) and key.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
     /// The aggregator's client certificate (CN [`FRONT_PROXY_CLIENT`]) and key.
     pub front_proxy_client_cert_pem: String,
     pub front_proxy_client_key_pem: String,
 }
+
+/// The user the API server is to kubelets (bound to `system:kubelet-api-admin`).
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 /// The common name of the aggregator's client certificate (`requestheader-allowed-names`).
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
@@ -163,6 +169,12 @@ impl Pki {
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             Ok(p)
         })?;
+        let (kubelet_client_cert_pem, kubelet_client_key_pem) = leaf(dir, "apiserver-kubelet-client", &issuer, |_| true, || {
+            let mut p = params(KUBELET_CLIENT, None, LEAF_DAYS);
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            Ok(p)
+        })?;
         // The aggregation layer's own CA and the client certificate it presents to extension
         // API servers: they trust requests signed by this CA alone to carry X-Remote-* headers.
         let (front_proxy_ca_pem, _, front_proxy_issuer) = authority(dir, "front-proxy-ca", "ferrokube-front-proxy-ca")?;
@@ -181,8 +193,32 @@ impl Pki {
             serving_cert_pem,
             serving_key_pem,
             front_proxy_ca_pem,
+            kubelet_client_cert_pem,
+            kubelet_client_key_pem,
             front_proxy_client_cert_pem,
             front_proxy_client_key_pem,
+        })
+    }
+
+    /// The serving certificate of node `node`'s kubelet API (`<dir>/kubelet.crt/.key`, CN
+    /// `system:node:<node>` in `system:nodes`, as the `kubernetes.io/kubelet-serving` signer
+    /// issues them), for `sans`; reused while fresh and covering them.
+    pub fn kubelet_serving(&self, dir: &Path, node: &str, sans: &[String]) -> Result<(String, String), PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let signing = KeyPair::from_pem(&self.ca_key_pem).map_err(|e| PkiError::Parse { path: self.dir.join("ca.key"), why: e.to_string() })?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, signing).map_err(|e| PkiError::Parse { path: self.dir.join("ca.crt"), why: e.to_string() })?;
+        leaf(dir, "kubelet", &issuer, |have| sans.iter().all(|s| have.contains(s)), || {
+            let mut p = params(&format!("system:node:{node}"), Some("system:nodes"), LEAF_DAYS);
+            p.subject_alt_names = sans
+                .iter()
+                .map(|s| match s.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Ok(SanType::IpAddress(ip)),
+                    Err(_) => s.clone().try_into().map(SanType::DnsName),
+                })
+                .collect::<Result<_, _>>()?;
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            Ok(p)
         })
     }
 
@@ -412,7 +448,7 @@ mod lifecycle_tests {
         Pki::ensure(d.path(), &sans).unwrap();
         let rows = check(d.path()).unwrap();
         let names: Vec<String> = rows.iter().map(|r| r.file.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, vec!["admin.crt", "ca.crt", "front-proxy-ca.crt", "front-proxy-client.crt", "serving.crt"]);
+        assert_eq!(names, vec!["admin.crt", "apiserver-kubelet-client.crt", "ca.crt", "front-proxy-ca.crt", "front-proxy-client.crt", "serving.crt"]);
         let ca = rows.iter().find(|r| r.file.ends_with("ca.crt")).unwrap();
         assert!(ca.is_ca && (3640..=3650).contains(&ca.days_left), "CA for 10 years: {}", ca.days_left);
         let admin = rows.iter().find(|r| r.file.ends_with("admin.crt")).unwrap();

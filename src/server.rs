@@ -46,6 +46,10 @@ pub struct ServerConfig {
     /// Runtime state (containerd's state and socket); a tmpfs such as /run is best.
     #[arg(long, default_value = "/run/ferrokube")]
     pub run_dir: PathBuf,
+    /// Port of this node's kubelet API (TLS; the API server reaches pods' logs, exec, attach
+    /// and port-forward through it). 0 picks a free port.
+    #[arg(long, default_value_t = crate::kubelet::server::DEFAULT_PORT)]
+    pub kubelet_port: u16,
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -255,9 +259,15 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     write_kubeconfig(&cfg.write_kubeconfig, &pki.admin_kubeconfig(&server_url), cfg.write_kubeconfig_mode)?;
     let token = ensure_token(&cfg.data_dir.join("server").join("token"))?;
 
-    let pod_logs = (!cfg.disable_agent).then(|| cfg.data_dir.join("logs").join("pods"));
     let first = ranges.first();
-    let api = Api::with_node(store, format!("{host}:{}", cfg.https_listen_port), pod_logs);
+    let api = Api::new(store, format!("{host}:{}", cfg.https_listen_port));
+    // Pods are reached through their node's kubelet API, as this client.
+    match crate::api::kubelet::KubeletClient::new(&pki.ca_pem, &pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem) {
+        Ok(c) => {
+            let _ = api.kubelet.set(c);
+        }
+        Err(e) => return Err(StartError::Bootstrap(format!("the kubelet client credentials: {e}"))),
+    }
     let _ = api.service_ranges_set.set(ranges);
     if let Some(auditor) = audit {
         let _ = api.audit.set(std::sync::Arc::new(auditor));
@@ -324,7 +334,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
     publish_kubernetes_service(&cfg, &api, first, node_ip.clone()).await;
 
-    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api.clone(), node_ip, &agent).await? };
+    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api.clone(), &pki, node_ip, &agent).await? };
     shutdown_signal().await;
     if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
         let _ = sd_notify(&socket, "STOPPING=1");
@@ -345,7 +355,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
 
 /// The node: containerd, the CNI configuration, the kubelet and the binder.
 /// Returns the private containerd it started (none with `--container-runtime-endpoint`).
-async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Option<String>, scope: &Scope) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
+async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, pki: &Pki, node_ip: Option<String>, scope: &Scope) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
     use crate::node::{containerd, host::Host};
     let fail = |e: String| StartError::Node(e);
     let external = cfg.container_runtime_endpoint.as_deref().map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
@@ -405,8 +415,18 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
         }
     }
     let version = cri.version().await.map_err(|e| fail(e.to_string()))?;
-    let _ = api.cri.set(cri.clone());
     let node_name = node_name(cfg);
+    // The kubelet API: its serving certificate (names the API server dials it by) and port.
+    let mut kubelet_sans = vec![node_name.clone(), "localhost".to_string(), "127.0.0.1".to_string()];
+    kubelet_sans.extend(node_ip.iter().cloned());
+    kubelet_sans.extend(crate::pki::host_names());
+    kubelet_sans.dedup();
+    let (kcert, kkey) = pki.kubelet_serving(&cfg.data_dir.join("agent").join("tls"), &node_name, &kubelet_sans)?;
+    let kubelet_tls = crate::kubelet::server::tls_config(&crate::kubelet::server::Tls { cert_pem: kcert, key_pem: kkey, ca_pem: pki.ca_pem.clone() }).map_err(|e| fail(format!("kubelet API TLS: {e}")))?;
+    let kubelet_listener = tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), cfg.kubelet_port))
+        .await
+        .map_err(|e| fail(format!("the kubelet API cannot listen on port {} ({e}): choose another --kubelet-port", cfg.kubelet_port)))?;
+    let kubelet_port = kubelet_listener.local_addr().map(|a| a.port()).unwrap_or(cfg.kubelet_port);
     tracing::info!(node = %node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node starting");
     // The kubelet acts as this node (system:node:<name>): the Node authorizer lets it read
     // only what its pods use and change only its own objects.
@@ -420,9 +440,12 @@ async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, node_ip: Optio
             pod_log_dir: cfg.data_dir.join("logs").join("pods"),
             runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
             cluster_dns: Some(cfg.cluster_dns.to_string()),
+            kubelet_port,
         },
         scope,
     );
+    scope.spawn(crate::kubelet::server::serve(kubelet.clone(), kubelet_listener, kubelet_tls, scope.clone()));
+    tracing::info!(port = kubelet_port, "kubelet API serving");
     scope.spawn(kubelet.run());
     let proxy = api.client_as(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")), crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::PROXY));
     crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() }, scope);

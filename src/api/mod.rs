@@ -8,13 +8,12 @@ pub mod aggregator;
 pub mod authz;
 pub mod front;
 pub mod machinery;
-pub mod node;
+pub mod kubelet;
 pub mod policy;
 
 // Each piece by its short name within the API (`crate::api::kinds`, `crate::api::handlers`).
 pub use front::{discovery, http, negotiate, openapi, protobuf, request};
 pub use machinery::{fieldcheck, fieldset, handlers, managed, object, patch, schema, table};
-pub use node::{logs, portforward, streaming};
 pub use policy::{custom, eviction, kinds, services, strategies, tokens};
 
 use crate::store::Store;
@@ -56,10 +55,9 @@ pub struct Api {
     pub ready: std::sync::atomic::AtomicBool,
     /// Handle on itself, for background work started by a request.
     me: std::sync::Weak<Api>,
-    /// Where this process's node writes container logs (none: no node here).
-    pub pod_logs: Option<std::path::PathBuf>,
-    /// The node's container runtime, once it runs (exec and attach go through it).
-    pub cri: std::sync::OnceLock<crate::cri::Cri>,
+    /// The credentials the API server reaches kubelets with (logs, exec, attach, port-forward,
+    /// node proxy); unset, those answer an error.
+    pub kubelet: std::sync::OnceLock<kubelet::KubeletClient>,
     /// The service-account token key (a process-lifetime one unless the server sets it).
     pub tokens: std::sync::OnceLock<tokens::TokenIssuer>,
     /// Read-modify-write requests on the same object queue here (sharded by key) instead of
@@ -204,12 +202,7 @@ impl Api {
     }
 
     pub fn new(store: Store, advertise: String) -> Arc<Api> {
-        Api::with_node(store, advertise, None)
-    }
-
-    /// An API whose node writes container logs under `pod_logs`.
-    pub fn with_node(store: Store, advertise: String, pod_logs: Option<std::path::PathBuf>) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), pod_logs, cri: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), audit: std::sync::OnceLock::new(), store })
+        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), kubelet: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), audit: std::sync::OnceLock::new(), store })
     }
 
     /// The service CIDR and node port range in force.
@@ -309,7 +302,10 @@ impl Api {
             return render(&rr, &q, Reply::Object(201, review(self, c.user, request)?), format);
         }
         let reply = match (c.method, collection) {
-            ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.is("", "pods") => self.logs(&rr, &q).await?,
+            ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.is("", "pods") => {
+                let (pod, _) = self.load(&ResourceReq { sub: None, ..rr.clone() })?;
+                self.logs(&pod, &q).await?
+            }
             ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
             ("GET", true) => self.list(&rr, &q).await?,
             ("GET", false) => self.get(&rr, &q).await?,

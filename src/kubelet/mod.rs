@@ -7,6 +7,8 @@ mod images;
 mod node;
 mod pods;
 mod probes;
+pub mod server;
+mod stats;
 pub(crate) mod status;
 mod volumes;
 
@@ -28,6 +30,8 @@ pub struct Config {
     pub runtime_version: String,
     /// The cluster DNS address pods with dnsPolicy ClusterFirst get as their nameserver.
     pub cluster_dns: Option<String>,
+    /// The port of the kubelet API, published in the Node's `daemonEndpoints`.
+    pub kubelet_port: u16,
 }
 
 /// The running node agent.
@@ -75,6 +79,8 @@ pub(crate) struct State {
     pub(crate) probes: Guarded<HashMap<String, probes::State>>,
     /// Issued service-account tokens: (pod uid, volume path, audience) -> (token, renew after).
     pub(crate) tokens: Guarded<HashMap<TokenKey, (String, i64)>>,
+    /// The last CPU sample per node, pod (`pod/<uid>`) or container id: (time ns, CPU ns).
+    pub(crate) cpu_samples: Guarded<HashMap<String, (i64, u64)>>,
 }
 
 pub(crate) use crate::cri::labels::{CONTAINER_NAME as LABEL_CONTAINER, POD_NAME as LABEL_NAME, POD_NAMESPACE as LABEL_NAMESPACE, POD_UID as LABEL_UID};

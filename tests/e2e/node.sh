@@ -93,6 +93,24 @@ check "the file came out" "hello from ferrokube" "$(cat "$E2E_DIR/down.html" 2>/
 check "echo | exec -i cat ends at EOF" "eof-ok" "$(echo eof-ok | timeout 20 "$KUBECTL" exec -i web -c side -- cat)"
 check_contains "attach streams the container's output" "side web" "$(timeout 4 "$KUBECTL" attach web -c side 2>/dev/null | head -1)"
 
+# The kubelet API: the API server reaches logs, exec, attach and port-forward through it (the
+# checks above), and nodes/<name>/proxy reaches it too.
+check "the Node publishes its kubelet port" "10250" "$(k get node e2e-node -o jsonpath='{.status.daemonEndpoints.kubeletEndpoint.Port}')"
+check "nodes/proxy/healthz" "ok" "$(k get --raw /api/v1/nodes/e2e-node/proxy/healthz)"
+check_contains "nodes/proxy/pods lists the node's pods" '"name":"web"' "$(k get --raw /api/v1/nodes/e2e-node/proxy/pods)"
+summary_json=$(k get --raw /api/v1/nodes/e2e-node/proxy/stats/summary)
+check "stats/summary names the node" "e2e-node" "$(echo "$summary_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["nodeName"])')"
+check "and measures the pod's containers' memory" "yes" "$(echo "$summary_json" | python3 -c 'import json,sys; d = json.load(sys.stdin); p = [p for p in d["pods"] if p["podRef"]["name"] == "web"][0]; print("yes" if p["memory"]["workingSetBytes"] > 0 and {c["name"] for c in p["containers"]} == {"httpd", "side"} else d)')"
+check_contains "nodes/proxy/metrics" "kubelet_running_pods" "$(k get --raw /api/v1/nodes/e2e-node/proxy/metrics)"
+curl_credentials
+KUBELET_IP=$(k get node e2e-node -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+check "the kubelet's serving certificate verifies against the cluster CA for its address" "401" "$(curl -s --cacert "$E2E_DIR/ca.crt" -o /dev/null -w '%{http_code}' "https://$KUBELET_IP:10250/healthz")"
+check "the admin's certificate is authorized there (a SubjectAccessReview)" "ok" "$(api "https://$KUBELET_IP:10250/healthz")"
+sa_token=$(k create token default)
+check "a service account without nodes/proxy is refused as upstream's kubelet says" "Forbidden (user=system:serviceaccount:default:default, verb=get, resource=nodes, subresource=proxy)" \
+  "$(curl -s --cacert "$E2E_DIR/ca.crt" -H "Authorization: Bearer $sa_token" "https://$KUBELET_IP:10250/pods")"
+check "and through the API server it is refused there" "403" "$(curl -s --cacert "$E2E_DIR/ca.crt" -H "Authorization: Bearer $sa_token" -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/api/v1/nodes/e2e-node/proxy/pods")"
+
 # port-forward: kubectl's SPDY tunnelled in a websocket, and the Python client's v4 channels.
 "$KUBECTL" port-forward -v=4 pod/web 18080:8080 >"$E2E_DIR/pf.log" 2>&1 &
 PF=$!

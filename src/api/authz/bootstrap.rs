@@ -103,6 +103,11 @@ pub fn cluster_roles() -> Vec<Value> {
             r(&["storage.k8s.io"], &["storageclasses"], READ),
             r(&[""], &["persistentvolumeclaims"], &["get", "list", "patch", "update", "watch"]),
         ]),
+        // What the API server needs of kubelets (logs, exec, attach, port-forward, stats).
+        role("system:kubelet-api-admin", json!({}), vec![
+            r(&[""], &["nodes"], &["get", "list", "watch", "proxy"]),
+            r(&[""], &["nodes/log", "nodes/metrics", "nodes/proxy", "nodes/stats", "nodes/spec", "nodes/configz", "nodes/healthz", "nodes/pods"], &["*"]),
+        ]),
         role("system:node-proxier", json!({}), vec![
             r(&[""], &["endpoints", "services"], &["list", "watch"]),
             r(&[""], &["nodes"], READ),
@@ -315,6 +320,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         user_binding("system:kube-scheduler", "system:kube-scheduler", SCHEDULER),
         user_binding("system:volume-scheduler", "system:volume-scheduler", SCHEDULER),
         user_binding("system:node-proxier", "system:node-proxier", PROXY),
+        user_binding("system:ferrokube:kube-apiserver-kubelet-client", "system:kubelet-api-admin", crate::pki::KUBELET_CLIENT),
         user_binding("system:ferrokube:service-lb", "system:ferrokube:service-lb", PROXY),
         bound("system:coredns", "system:coredns", vec![json!({"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"})]),
         user_binding(CONTROLLER_MANAGER, CONTROLLER_MANAGER, CONTROLLER_MANAGER),

@@ -139,10 +139,11 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
         }
     }
     let remote = api.aggregator.remote_for(&path);
-    let stream = crate::api::streaming::wants_stream(&req);
-    if upgrade || remote.is_some() {
+    let stream = crate::api::kubelet::wants_stream(&req);
+    let node_proxy = crate::api::kubelet::node_proxy_target(&path);
+    if upgrade || remote.is_some() || node_proxy.is_some() {
         // Upgrades the API serves itself are audited by `Api::call`.
-        let mut rec = if remote.is_some() || stream.is_some() { front.begin(Some(impersonator.unwrap_or(&user)), impersonator.map(|_| &user)).await } else { None };
+        let mut rec = if remote.is_some() || stream.is_some() || node_proxy.is_some() { front.begin(Some(impersonator.unwrap_or(&user)), impersonator.map(|_| &user)).await } else { None };
         // Relayed requests do not pass through the API's own check.
         let allowed = api.authz.check_request(&user, &method, &path, req.uri().query(), upgrade);
         if let Some(rec) = &mut rec {
@@ -162,8 +163,23 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
             }
             return resp;
         }
+        if let Some((node, target)) = node_proxy {
+            let resp = match api.node_proxy(req, &node, &target).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let r = Rendered::error(&e);
+                    finish(rec, &r).await;
+                    return to_response(r, None);
+                }
+            };
+            if let Some(mut rec) = rec {
+                rec.response(resp.status().as_u16(), "", b"");
+                rec.emit(Stage::ResponseComplete).await;
+            }
+            return resp;
+        }
         if let Some(what) = stream {
-            let resp = match crate::api::streaming::upgrade(api.clone(), req, what).await {
+            let resp = match api.pod_stream(req, what).await {
                 Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
                 Err(e) => {
                     let r = Rendered::error(&e);

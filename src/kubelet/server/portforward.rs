@@ -1,4 +1,5 @@
-//! `pods/<name>/portforward`, three ways in and one runtime behind (CRI `PortForward`):
+//! The kubelet API's `/portForward/<ns>/<pod>` (what the API server's `pods/portforward`
+//! reaches), three ways in and one runtime behind (CRI `PortForward`):
 //! - kubectl (1.31 and later) opens a websocket with the subprotocol
 //!   `SPDY/3.1+portforward.k8s.io` and speaks SPDY inside its binary messages;
 //! - older clients, and kubectl's fallback, upgrade HTTP/1.1 to `SPDY/3.1` directly;
@@ -6,14 +7,14 @@
 //!   names no subprotocol (the kubelet's binary channel protocol): two channels per port
 //!   (data `2i`, error `2i+1`), each opened by the port number (2 bytes, little-endian).
 //!
-//! As in kube-apiserver, the SPDY session runs end to end between the client and the
-//! runtime's streaming server; this side only carries its bytes. The v4 websocket is relayed
+//! As in kube-apiserver and the kubelet, the SPDY session runs end to end between the client
+//! and the runtime's streaming server; the API server and this side only carry its bytes. The v4 websocket is relayed
 //! frame by frame to the runtime's own v4 websocket.
 
 use crate::vocab::status::ApiError;
-use crate::api::streaming::{accept, all_values, connect_runtime, load_pod, offered_protocols, pod_of, relay, runtime, switching};
-use crate::api::Api;
+use super::streaming::{accept, all_values, connect_runtime, load_pod, offered_protocols, relay, switching};
 use crate::cri::{v1, Cri};
+use crate::kubelet::Kubelet;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
@@ -35,16 +36,10 @@ const V4: &str = "v4.channel.k8s.io";
 const STREAM_PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
 
 /// Answers a port-forward upgrade and carries the connection in the background.
-pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Response<()>, ApiError> {
-    let path = req.uri().path().to_string();
+pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, ns: &str, name: &str) -> Result<Response<()>, ApiError> {
     let query = req.uri().query().unwrap_or("").to_string();
-    let (ns, name) = pod_of(&path)?;
-    let pod = load_pod(&api, &ns, &name)?;
-    if pod["status"]["phase"] != "Running" {
-        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
-        return Err(ApiError::bad_request(format!("unable to forward ports to pod {name}: its phase is {phase}, not Running")));
-    }
-    let mut cri = runtime(&api, &name)?;
+    let pod = load_pod(&kubelet, ns, name)?;
+    let mut cri = kubelet.cri.clone();
     let sandbox = sandbox_of(&mut cri, pod["metadata"]["uid"].as_str().unwrap_or_default(), &name).await?;
     let websocket = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let client = hyper::upgrade::on(&mut req);
@@ -54,7 +49,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
             return Err(ApiError::bad_request(format!("no supported stream protocol offered in {STREAM_PROTOCOL_HEADER}; this server speaks {STREAM_PROTOCOL}")));
         }
         let upstream = spdy_upstream(&mut cri, sandbox).await?;
-        tokio::spawn(async move {
+        kubelet.scope.spawn(async move {
             let Ok(client) = client.await else { return };
             let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
         });
@@ -70,7 +65,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
     let offered = offered_protocols(&req);
     if offered.iter().any(|p| p == TUNNELED) {
         let upstream = spdy_upstream(&mut cri, sandbox).await?;
-        tokio::spawn(async move {
+        kubelet.scope.spawn(async move {
             let Some(ws) = accept(client).await else { return };
             tunnel(ws, upstream).await;
         });
@@ -83,7 +78,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Result<Respon
         let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: ports }).await;
         let url = url.map_err(|e| ApiError::internal(format!("port-forward: {}", e.message())))?.into_inner().url;
         let backend = connect_runtime(&url, V4).await?;
-        tokio::spawn(async move {
+        kubelet.scope.spawn(async move {
             let Some(ws) = accept(client).await else { return };
             relay(ws, backend).await;
         });
@@ -125,11 +120,11 @@ async fn sandbox_of(cri: &mut Cri, uid: &str, name: &str) -> Result<String, ApiE
 async fn spdy_upstream(cri: &mut Cri, sandbox: String) -> Result<Upgraded, ApiError> {
     let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] }).await;
     let url = url.map_err(|e| ApiError::internal(format!("port-forward: runtime: {}", e.message())))?.into_inner().url;
-    crate::api::streaming::spdy_upgrade(&url, STREAM_PROTOCOL).await
+    super::streaming::spdy_upgrade(&url, STREAM_PROTOCOL).await
 }
 
 /// Carries a byte stream in binary websocket messages, both ways, until either side ends.
-async fn tunnel(ws: crate::api::streaming::ClientSocket, upstream: Upgraded) {
+async fn tunnel(ws: super::streaming::ClientSocket, upstream: Upgraded) {
     let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upstream));
     let (mut tx, mut rx) = ws.split();
     let mut buf = vec![0u8; 32 * 1024];

@@ -1,13 +1,14 @@
-//! `pods/<name>/exec` and `pods/<name>/attach`: the client's websocket (`v5.channel.k8s.io`
-//! from kubectl, `v4.channel.k8s.io` from the Python client) is relayed to the streaming URL
-//! the container runtime hands out (CRI `Exec`/`Attach`), one SPDY stream per channel
-//! ([`super::spdy`]). The first byte of every client message is the channel (0 stdin, 1
+//! The kubelet API's `/exec/<ns>/<pod>/<container>` and `/attach/...` (what the API server's
+//! `pods/exec` and `pods/attach` reach): the client's websocket (`v5.channel.k8s.io` from
+//! kubectl, `v4.channel.k8s.io` from the Python client), carried through by the API server,
+//! is relayed to the streaming URL the container runtime hands out (CRI `Exec`/`Attach`), one
+//! SPDY stream per channel ([`super::spdy`]). The first byte of every client message is the channel (0 stdin, 1
 //! stdout, 2 stderr, 3 error/exit status, 4 terminal resize, 255 close in v5). Clients may
 //! send text messages as well as binary ones (the Python client writes `str` stdin as text,
 //! `chr(0)` first), as upstream accepts.
 
 use crate::vocab::status::ApiError;
-use crate::api::Api;
+use crate::kubelet::Kubelet;
 use crate::cri::v1;
 use super::spdy::Channel;
 use futures_util::{SinkExt, StreamExt};
@@ -21,28 +22,6 @@ use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
 const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// The remote-command protocol spoken with the runtime's streaming server (over SPDY).
 const BACKEND_PROTOCOL: &str = "v4.channel.k8s.io";
-
-/// Whether a request is an upgrade for exec, attach or port-forward of a pod: a websocket
-/// for all three, or (port-forward only) a direct SPDY/3.1 upgrade.
-pub fn wants_stream(req: &Request<Incoming>) -> Option<&'static str> {
-    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok())?;
-    let websocket = upgrade.eq_ignore_ascii_case("websocket");
-    let path = req.uri().path();
-    if !path.starts_with("/api/v1/namespaces/") {
-        return None;
-    }
-    if path.ends_with("/portforward") && (websocket || upgrade.eq_ignore_ascii_case(crate::api::portforward::SPDY)) {
-        Some("portforward")
-    } else if !websocket {
-        None
-    } else if path.ends_with("/exec") {
-        Some("exec")
-    } else if path.ends_with("/attach") {
-        Some("attach")
-    } else {
-        None
-    }
-}
 
 /// Every value of a repeated query parameter, in order (`command=sh&command=-c&...`).
 pub(super) fn all_values(query: &str, key: &str) -> Vec<String> {
@@ -58,22 +37,25 @@ fn flag(query: &str, key: &str) -> bool {
     all_values(query, key).last().is_some_and(|v| v == "true" || v == "1")
 }
 
-/// Answers the upgrade (101) and relays in the background; errors are plain API errors.
-pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static str) -> Result<hyper::Response<()>, ApiError> {
-    if what == "portforward" {
-        return crate::api::portforward::upgrade(api, req).await;
-    }
+/// The stream parameters of an exec or attach: upstream's kubelet names them `input`,
+/// `output`, `error`, `tty` (`stdin`/`stdout`/`stderr` are accepted as well).
+fn stream_flags(query: &str) -> (bool, bool, bool, bool) {
+    let either = |a: &str, b: &str| flag(query, a) || flag(query, b);
+    (either("input", "stdin"), either("output", "stdout"), either("error", "stderr"), flag(query, "tty"))
+}
+
+/// Answers the upgrade of `/exec/<ns>/<pod>/<container>` or `/attach/...` (101) and relays
+/// in the background.
+pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, what: &'static str, ns: &str, pod: &str, container: &str) -> Result<hyper::Response<()>, ApiError> {
     let offered = offered_protocols(&req);
     let protocol = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)).ok_or_else(|| {
-        ApiError::bad_request(format!("no supported websocket subprotocol offered; this server speaks {}", PROTOCOLS.join(", ")))
+        ApiError::bad_request(format!("no supported websocket subprotocol offered; this kubelet speaks {}", PROTOCOLS.join(", ")))
     })?;
     let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
-    let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let (ns, name) = pod_of(&path)?;
-    let container_id = container_id(&api, &ns, &name, all_values(&query, "container").last().map(String::as_str))?;
-    let mut cri = runtime(&api, &name)?;
-    let (stdin, stdout, stderr, tty) = (flag(&query, "stdin"), flag(&query, "stdout"), flag(&query, "stderr"), flag(&query, "tty"));
+    let container_id = container_id(&kubelet, ns, pod, container).await?;
+    let mut cri = kubelet.cri.clone();
+    let (stdin, stdout, stderr, tty) = stream_flags(&query);
     let url = if what == "exec" {
         let cmd = all_values(&query, "command");
         if cmd.is_empty() {
@@ -96,7 +78,7 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>, what: &'static s
         }
     }
     let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    kubelet.scope.spawn(async move {
         let Some(client) = accept(upgrade).await else { return };
         super::spdy::relay(client, backend, &channels, v5).await;
     });
@@ -111,15 +93,6 @@ pub(super) fn offered_protocols(req: &Request<Incoming>) -> Vec<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
         .collect()
-}
-
-/// Namespace and name of `/api/v1/namespaces/<ns>/pods/<name>/<subresource>`.
-pub(super) fn pod_of(path: &str) -> Result<(String, String), ApiError> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, _] => Ok((ns.to_string(), name.to_string())),
-        _ => Err(ApiError::not_found_path(path)),
-    }
 }
 
 /// The `101 Switching Protocols` answer to a websocket upgrade with `key` (`protocol` empty:
@@ -138,14 +111,13 @@ pub(super) fn switching(key: &hyper::header::HeaderValue, protocol: &str) -> Res
     b.body(()).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The stored pod `ns/name`.
-pub(super) fn load_pod(api: &Api, ns: &str, name: &str) -> Result<Value, ApiError> {
-    api.core_object("pods", Some(ns), name)?.ok_or_else(|| ApiError::not_found("", "pods", name))
-}
-
-/// The node's container runtime, which serves the streams of pod `name`.
-pub(super) fn runtime(api: &Api, name: &str) -> Result<crate::cri::Cri, ApiError> {
-    api.cri.get().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no runtime on this server: it runs no node")))
+/// The pod `ns/name` as this kubelet runs it.
+pub(super) fn load_pod(kubelet: &Kubelet, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+    kubelet
+        .pods()
+        .into_iter()
+        .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
+        .ok_or_else(|| ApiError::not_found("", "pods", name))
 }
 
 /// Opens the runtime's websocket at the streaming `url` it handed out (http://; the same
@@ -176,7 +148,7 @@ pub(crate) async fn spdy_upgrade(url: &str, protocol: &'static str) -> Result<hy
     let req = hyper::Request::post(path)
         .header(hyper::header::HOST, authority.as_str())
         .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, crate::api::portforward::SPDY)
+        .header(hyper::header::UPGRADE, super::portforward::SPDY)
         .header("X-Stream-Protocol-Version", protocol)
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| fail("request", &e))?;
@@ -198,25 +170,24 @@ pub(super) async fn accept(upgrade: hyper::upgrade::OnUpgrade) -> Option<ClientS
     Some(tokio_tungstenite::WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await)
 }
 
-/// The runtime container id of `container` (default: the only one) of a pod.
-fn container_id(api: &Api, ns: &str, name: &str, container: Option<&str>) -> Result<String, ApiError> {
-    let pod = load_pod(api, ns, name)?;
-    let statuses: Vec<Value> = ["containerStatuses", "initContainerStatuses"].iter().flat_map(|f| pod["status"][*f].as_array().cloned().unwrap_or_default()).collect();
-    let want = match container {
-        Some(c) => c.to_string(),
-        None => match pod["spec"]["containers"].as_array().map(Vec::as_slice) {
-            Some([only]) => only["name"].as_str().unwrap_or("").to_string(),
-            _ => {
-                let names: Vec<&str> = pod["spec"]["containers"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
-                return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", names.join(" "))));
-            }
-        },
-    };
-    let status = statuses.iter().find(|s| s["name"] == want.as_str()).ok_or_else(|| ApiError::bad_request(format!("container {want} is not valid for pod {name}")))?;
-    if !status["state"]["running"].is_object() {
-        return Err(ApiError::bad_request(format!("container {want} is not running in pod {name}")));
+/// The runtime id of the running `container` of pod `ns/name`, asked of the runtime (the
+/// pod's uid and the container's name are labels on it).
+async fn container_id(kubelet: &Kubelet, ns: &str, name: &str, container: &str) -> Result<String, ApiError> {
+    let pod = load_pod(kubelet, ns, name)?;
+    let known = ["containers", "initContainers", "ephemeralContainers"].iter().any(|f| pod["spec"][*f].as_array().into_iter().flatten().any(|c| c["name"] == container));
+    if !known {
+        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
     }
-    Ok(status["containerID"].as_str().unwrap_or("").trim_start_matches("containerd://").to_string())
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let filter = v1::ContainerFilter {
+        state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+        label_selector: [(crate::cri::labels::POD_UID.to_string(), uid.to_string()), (crate::cri::labels::CONTAINER_NAME.to_string(), container.to_string())].into(),
+        ..Default::default()
+    };
+    let mut cri = kubelet.cri.clone();
+    let list = cri.runtime.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await;
+    let list = list.map_err(|e| ApiError::internal(format!("listing containers: {}", e.message())))?.into_inner();
+    list.containers.into_iter().next().map(|c| c.id).ok_or_else(|| ApiError::bad_request(format!("container {container} is not running in pod {name}")))
 }
 
 /// A client's text message as the binary one it stands for (same bytes).
