@@ -26,12 +26,8 @@ enum Command {
     Killall {
         #[command(flatten)]
         data_dir: DataDir,
-        /// The server's --run-dir.
-        #[arg(long, default_value = "/run/ferrokube")]
-        run_dir: std::path::PathBuf,
-        /// The server's --pod-bridge.
-        #[arg(long, default_value = "fk0")]
-        pod_bridge: String,
+        #[command(flatten)]
+        node: NodeHost,
     },
     /// killall, then remove the service units, the configuration directory (with the admin
     /// kubeconfig), the data directory (the cluster), the run directory and this binary. On a
@@ -39,12 +35,8 @@ enum Command {
     Uninstall {
         #[command(flatten)]
         data_dir: DataDir,
-        /// The server's --run-dir.
-        #[arg(long, default_value = "/run/ferrokube")]
-        run_dir: std::path::PathBuf,
-        /// The server's --pod-bridge.
-        #[arg(long, default_value = "fk0")]
-        pod_bridge: String,
+        #[command(flatten)]
+        node: NodeHost,
         /// The configuration directory (config.yaml, registries.yaml).
         #[arg(long, default_value = "/etc/ferrokube")]
         config_dir: std::path::PathBuf,
@@ -104,6 +96,17 @@ enum Command {
         #[command(flatten)]
         data_dir: DataDir,
     },
+}
+
+/// What a server's node holds on the host besides its data directory.
+#[derive(clap::Args)]
+struct NodeHost {
+    /// The server's --run-dir.
+    #[arg(long, default_value = "/run/ferrokube")]
+    run_dir: std::path::PathBuf,
+    /// The server's --pod-bridge.
+    #[arg(long, default_value = "fk0")]
+    pod_bridge: String,
 }
 
 /// The data directory of the server a command acts on.
@@ -221,7 +224,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
         Command::Cleanup { pod_bridge } => cleanup(&pod_bridge),
-        Command::Killall { data_dir: DataDir { data_dir }, run_dir, pod_bridge } => {
+        Command::Killall { data_dir: DataDir { data_dir }, node: NodeHost { run_dir, pod_bridge } } => {
             match ferrokube::killall::run(&ferrokube::killall::Target { data_dir, run_dir, pod_bridge }) {
                 Ok(report) => {
                     for line in report {
@@ -232,7 +235,7 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(ferrokube::server::StartError::Command(format!("killall did not finish:\n{e}"))),
             }
         }
-        Command::Uninstall { data_dir: DataDir { data_dir }, run_dir, pod_bridge, config_dir, kubeconfig, systemd_dir, keep_binary } => {
+        Command::Uninstall { data_dir: DataDir { data_dir }, node: NodeHost { run_dir, pod_bridge }, config_dir, kubeconfig, systemd_dir, keep_binary } => {
             let exe = std::env::current_exe().ok();
             let script = exe.as_ref().and_then(|e| e.parent()).map(|d| d.join("ferrokube-uninstall.sh")).filter(|s| s.is_file());
             match script {

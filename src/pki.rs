@@ -136,6 +136,29 @@ fn params(cn: &str, org: Option<&str>, days: i64) -> CertificateParams {
     p
 }
 
+/// A leaf for TLS servers, valid for `sans` (IP addresses and DNS names).
+fn server_params(cn: &str, org: Option<&str>, sans: &[String]) -> Result<CertificateParams, rcgen::Error> {
+    let mut p = params(cn, org, LEAF_DAYS);
+    p.subject_alt_names = sans
+        .iter()
+        .map(|s| match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => s.clone().try_into().map(SanType::DnsName),
+        })
+        .collect::<Result<_, _>>()?;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    Ok(p)
+}
+
+/// A leaf for TLS clients: user `cn` in group `org`.
+fn client_params(cn: &str, org: Option<&str>) -> CertificateParams {
+    let mut p = params(cn, org, LEAF_DAYS);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p
+}
+
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
@@ -151,38 +174,19 @@ impl Pki {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (ca_pem, ca_key_pem, issuer) = authority(dir, "ca", "ferrokube-ca")?;
         let (serving_cert_pem, serving_key_pem) = leaf(dir, "serving", &issuer, |have| sans.iter().all(|s| have.contains(s)), || {
-            let mut p = params("ferrokube-apiserver", None, LEAF_DAYS);
-            p.subject_alt_names = sans
-                .iter()
-                .map(|s| match s.parse::<std::net::IpAddr>() {
-                    Ok(ip) => Ok(SanType::IpAddress(ip)),
-                    Err(_) => s.clone().try_into().map(SanType::DnsName),
-                })
-                .collect::<Result<_, _>>()?;
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            Ok(p)
+            server_params("ferrokube-apiserver", None, sans)
         })?;
         let (admin_cert_pem, admin_key_pem) = leaf(dir, "admin", &issuer, |_| true, || {
-            let mut p = params("system:admin", Some("system:masters"), LEAF_DAYS);
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            Ok(p)
+            Ok(client_params("system:admin", Some("system:masters")))
         })?;
         let (kubelet_client_cert_pem, kubelet_client_key_pem) = leaf(dir, "apiserver-kubelet-client", &issuer, |_| true, || {
-            let mut p = params(KUBELET_CLIENT, None, LEAF_DAYS);
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            Ok(p)
+            Ok(client_params(KUBELET_CLIENT, None))
         })?;
         // The aggregation layer's own CA and the client certificate it presents to extension
         // API servers: they trust requests signed by this CA alone to carry X-Remote-* headers.
         let (front_proxy_ca_pem, _, front_proxy_issuer) = authority(dir, "front-proxy-ca", "ferrokube-front-proxy-ca")?;
         let (front_proxy_client_cert_pem, front_proxy_client_key_pem) = leaf(dir, "front-proxy-client", &front_proxy_issuer, |_| true, || {
-            let mut p = params(FRONT_PROXY_CLIENT, None, LEAF_DAYS);
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            Ok(p)
+            Ok(client_params(FRONT_PROXY_CLIENT, None))
         })?;
         Ok(Pki {
             dir: dir.to_path_buf(),
@@ -208,17 +212,7 @@ impl Pki {
         let signing = KeyPair::from_pem(&self.ca_key_pem).map_err(|e| PkiError::Parse { path: self.dir.join("ca.key"), why: e.to_string() })?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, signing).map_err(|e| PkiError::Parse { path: self.dir.join("ca.crt"), why: e.to_string() })?;
         leaf(dir, "kubelet", &issuer, |have| sans.iter().all(|s| have.contains(s)), || {
-            let mut p = params(&format!("system:node:{node}"), Some("system:nodes"), LEAF_DAYS);
-            p.subject_alt_names = sans
-                .iter()
-                .map(|s| match s.parse::<std::net::IpAddr>() {
-                    Ok(ip) => Ok(SanType::IpAddress(ip)),
-                    Err(_) => s.clone().try_into().map(SanType::DnsName),
-                })
-                .collect::<Result<_, _>>()?;
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            Ok(p)
+            server_params(&format!("system:node:{node}"), Some("system:nodes"), sans)
         })
     }
 

@@ -8,6 +8,7 @@
 //! bytes.
 
 use crate::api::{Api, Reply};
+use crate::vocab::query::all_values;
 use crate::vocab::status::ApiError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -80,15 +81,6 @@ pub fn node_proxy_target(path: &str) -> Option<(String, String)> {
     Some((name.to_string(), if tail.is_empty() { "/".to_string() } else { tail.to_string() }))
 }
 
-/// Every value of a repeated query parameter, in order.
-fn all_values(query: &str, key: &str) -> Vec<String> {
-    query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| *k == key)
-        .map(|(_, v)| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
-        .collect()
-}
 
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -123,6 +115,21 @@ pub fn container_of(pod: &Value, wanted: Option<&str>, init: bool) -> Result<Str
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// The data of a kubelet's streamed answer, as it comes, until it ends or the reader goes.
+fn pump(mut body: Incoming) -> tokio::sync::mpsc::Receiver<Bytes> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                if tx.send(data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
 
 impl Api {
     /// Address and port of node `name`'s kubelet API.
@@ -181,18 +188,7 @@ impl Api {
             let body = resp.into_body().collect().await.map_err(|e| ApiError::internal(format!("the kubelet of node {node}: {e}")))?.to_bytes();
             return Ok(Reply::Text(body));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-        let mut body = resp.into_body();
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    if tx.send(data).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Reply::TextStream(rx))
+        Ok(Reply::TextStream(pump(resp.into_body())))
     }
 
     /// `nodes/<name>/proxy/<path>`: the request forwarded to the node's kubelet, its answer
@@ -214,17 +210,7 @@ impl Api {
         let fwd = b.body(Full::new(body)).map_err(|e| ApiError::internal(e.to_string()))?;
         let resp = sender.send_request(fwd).await.map_err(|e| ApiError::internal(format!("the kubelet of node {node}: {e}")))?;
         let (parts, body) = resp.into_parts();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        tokio::spawn(async move {
-            let mut body = body;
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    if tx.send(data).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let rx = pump(body);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)), rx)) });
         let mut out = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
         *out.status_mut() = parts.status;

@@ -10,6 +10,7 @@ pub mod csr;
 pub mod hash;
 pub mod object;
 pub mod quantity;
+pub mod query;
 pub mod quota;
 pub mod resource;
 pub mod scheduling;

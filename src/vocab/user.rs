@@ -34,6 +34,16 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
+    /// The user a client certificate (DER) names: its subject's CN, its O's as groups (as
+    /// upstream's x509 authenticator reads it); None when it has no CN.
+    pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+        let groups: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
+        Some(UserInfo::authenticated(user, &groups))
+    }
+
     /// An authenticated user with `groups` (`system:authenticated` is added, as upstream's
     /// authenticators do).
     pub fn authenticated(name: impl Into<String>, groups: &[&str]) -> UserInfo {

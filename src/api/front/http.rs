@@ -20,13 +20,6 @@ type RespBody = BoxBody<Bytes, Infallible>;
 use crate::vocab::user::UserInfo;
 
 /// The user of a verified client certificate: its subject's CN, in the groups its O names.
-fn identity_from_cert(der: &[u8]) -> Option<UserInfo> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let groups: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
-    Some(UserInfo::authenticated(user, &groups))
-}
 
 /// Who a request without credentials is.
 fn anonymous() -> UserInfo {
@@ -64,7 +57,7 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::Server
                     return;
                 }
             };
-            let cert_identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_from_cert(c.as_ref()));
+            let cert_identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| UserInfo::from_certificate(c.as_ref()));
             let svc = hyper::service::service_fn(move |req| {
                 let (api, token, id) = (api.clone(), token.clone(), cert_identity.clone());
                 async move { Ok::<_, Infallible>(handle(api, req, id, &token, peer).await) }

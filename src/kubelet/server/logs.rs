@@ -3,7 +3,8 @@
 //! (`<rfc3339nano> <stream> <F|P> <text>` per line), with `follow`, `tailLines`,
 //! `timestamps`, `previous`, `sinceSeconds` and `limitBytes`.
 
-use super::streaming::{all_values, load_pod};
+use super::streaming::load_pod;
+use crate::vocab::query::all_values;
 use crate::kubelet::Kubelet;
 use crate::vocab::status::ApiError;
 use bytes::Bytes;

@@ -103,7 +103,7 @@ pub async fn serve(kubelet: Arc<Kubelet>, listener: tokio::net::TcpListener, tls
                     return;
                 }
             };
-            let cert_user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_of_cert(c.as_ref()));
+            let cert_user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| UserInfo::from_certificate(c.as_ref()));
             let svc = hyper::service::service_fn(move |req| {
                 let (kubelet, decisions, cert_user) = (kubelet.clone(), decisions.clone(), cert_user.clone());
                 async move { Ok::<_, Infallible>(handle(kubelet, &decisions, req, cert_user).await) }
@@ -117,13 +117,6 @@ pub async fn serve(kubelet: Arc<Kubelet>, listener: tokio::net::TcpListener, tls
     }
 }
 
-fn user_of_cert(der: &[u8]) -> Option<UserInfo> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let groups: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
-    Some(UserInfo::authenticated(user, &groups))
-}
 
 fn text(code: u16, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());

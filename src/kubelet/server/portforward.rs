@@ -12,7 +12,8 @@
 //! frame by frame to the runtime's own v4 websocket.
 
 use crate::vocab::status::ApiError;
-use super::streaming::{accept, all_values, connect_runtime, load_pod, offered_protocols, relay, switching};
+use crate::vocab::query::all_values;
+use super::streaming::{accept, connect_runtime, load_pod, offered_protocols, relay, switching};
 use crate::cri::{v1, Cri};
 use crate::kubelet::Kubelet;
 use bytes::Bytes;

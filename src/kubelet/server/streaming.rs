@@ -7,6 +7,7 @@
 //! send text messages as well as binary ones (the Python client writes `str` stdin as text,
 //! `chr(0)` first), as upstream accepts.
 
+use crate::vocab::query::all_values;
 use crate::vocab::status::ApiError;
 use crate::kubelet::Kubelet;
 use crate::cri::v1;
@@ -23,15 +24,6 @@ const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// The remote-command protocol spoken with the runtime's streaming server (over SPDY).
 const BACKEND_PROTOCOL: &str = "v4.channel.k8s.io";
 
-/// Every value of a repeated query parameter, in order (`command=sh&command=-c&...`).
-pub(super) fn all_values(query: &str, key: &str) -> Vec<String> {
-    query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| *k == key)
-        .map(|(_, v)| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
-        .collect()
-}
 
 fn flag(query: &str, key: &str) -> bool {
     all_values(query, key).last().is_some_and(|v| v == "true" || v == "1")
