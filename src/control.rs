@@ -1,6 +1,6 @@
 //! The server's control socket, `<data-dir>/server/control.sock` (mode 0600, so only the
 //! data directory's owner may use it): what a local operator asks the running server of
-//! that data directory (`ferrokube secrets-encrypt ...`, `ferrokube snapshot save`). One JSON request line
+//! that data directory (`ferrokube secrets-encrypt ...`, `ferrokube snapshot save`, `ferrokube token ...`). One JSON request line
 //! (`{"command": "secrets-encrypt", "action": "status"}`), one JSON answer line
 //! (`{"ok": true, "output": "..."}` or `{"ok": false, "error": "..."}`).
 
@@ -21,6 +21,9 @@ pub struct Handler {
     pub encryption: Arc<crate::encryption::Encryption>,
     pub store: crate::store::Store,
     pub data_dir: PathBuf,
+    /// The server's own client (for `token` commands) and the cluster CA they pin.
+    pub client: crate::runtime::Client,
+    pub ca_pem: String,
 }
 
 impl Handler {
@@ -40,6 +43,9 @@ impl Handler {
                     .map_err(|e| e.to_string())?;
                 Ok(format!("snapshot {} saved (revision {rev})", path.display()))
             }
+            Some("token-create") => crate::jointokens::create(&self.client, &self.ca_pem, req).await,
+            Some("token-list") => crate::jointokens::list(&self.client).await,
+            Some("token-delete") => crate::jointokens::delete(&self.client, req).await,
             other => Err(format!("unknown command {other:?}")),
         }
     }

@@ -72,6 +72,12 @@ enum Command {
         #[arg(long)]
         container_runtime_endpoint: Option<String>,
     },
+    /// Bootstrap tokens for joining nodes (kubeadm's `token` commands): `create`, `list`,
+    /// `delete` on the running server of --data-dir; `generate` prints a new token only.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Manage container images of the running node.
     Images {
         #[command(subcommand)]
@@ -180,6 +186,58 @@ enum SnapshotCommand {
         #[command(flatten)]
         data_dir: DataDir,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token (random, or the one given) and print the join token
+    /// (`K10<CA hash>::<id>.<secret>`) as the last line.
+    Create {
+        /// The token to create (`<6 of [a-z0-9]>.<16 of [a-z0-9]>`); default: a random one.
+        token: Option<String>,
+        /// How long it is valid (such as 30m, 24h, 7d; 0: forever).
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// What it is for, shown by `list`.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Extra groups it authenticates in (each `system:bootstrappers:...`; repeatable).
+        #[arg(long = "groups")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// List the bootstrap tokens: token, time left, expiry, usages, description, groups.
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Delete bootstrap tokens (by id or whole token): nodes can no longer join with them.
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        tokens: Vec<String>,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Print a new random token (nothing is created).
+    Generate,
+}
+
+/// `30m`, `24h`, `7d`, `90s` or plain seconds, as seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a duration such as 30m, 24h or 7d (0 for no expiry)");
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 #[derive(Subcommand)]
@@ -295,6 +353,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Snapshot { command } => rt.block_on(snapshot(command)),
+        Command::Token { command } => token(command),
         Command::Certificate { command } => certificate(command),
         Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
             let socket = run_dir.join("containerd").join("containerd.sock");
@@ -314,6 +373,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ferrokube token ...`: through the running server's control socket.
+fn token(command: TokenCommand) -> Result<(), ferrokube::server::StartError> {
+    let (data_dir, req) = match command {
+        TokenCommand::Generate => {
+            println!("{}", ferrokube::vocab::jointoken::BootstrapToken::generate());
+            return Ok(());
+        }
+        TokenCommand::Create { token, ttl, description, groups, data_dir: DataDir { data_dir } } => {
+            (data_dir, serde_json::json!({"command": "token-create", "token": token, "ttl_secs": ttl, "description": description, "groups": groups}))
+        }
+        TokenCommand::List { data_dir: DataDir { data_dir } } => (data_dir, serde_json::json!({"command": "token-list"})),
+        TokenCommand::Delete { tokens, data_dir: DataDir { data_dir } } => (data_dir, serde_json::json!({"command": "token-delete", "tokens": tokens})),
+    };
+    let out = ferrokube::control::call(&data_dir, &req).map_err(ferrokube::server::StartError::Command)?;
+    println!("{out}");
+    Ok(())
 }
 
 /// `ferrokube certificate ...`.

@@ -257,7 +257,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     let server_url = format!("https://{host}:{}", cfg.https_listen_port);
     write_kubeconfig(&cfg.write_kubeconfig, &pki.admin_kubeconfig(&server_url), cfg.write_kubeconfig_mode)?;
-    let token = ensure_token(&cfg.data_dir.join("server").join("token"))?;
+    let token = ensure_token(&cfg.data_dir.join("server"))?;
 
     let first = ranges.first();
     let api = Api::new(store, format!("{host}:{}", cfg.https_listen_port));
@@ -305,8 +305,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
         serving.spawn(crate::snapshot::scheduled(api.store.clone(), cfg.data_dir.clone(), schedule, cfg.snapshot_retention, serving.clone()));
     }
     let control_scope = serving.clone();
+    let (control_client, control_ca) = (apiserver_client(&api), pki.ca_pem.clone());
     serving.spawn(async move {
-        let handler = std::sync::Arc::new(crate::control::Handler { store: encryption.store.clone(), data_dir: encryption.data_dir.clone(), encryption });
+        let handler = std::sync::Arc::new(crate::control::Handler { store: encryption.store.clone(), data_dir: encryption.data_dir.clone(), encryption, client: control_client, ca_pem: control_ca });
         if let Err(e) = crate::control::serve(control_socket.clone(), handler, control_scope).await {
             tracing::warn!(socket = %control_socket.display(), error = %e, "the control socket is not served: `ferrokube secrets-encrypt` will not reach this server");
         }
@@ -316,6 +317,20 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     api.aggregator.set_identity(crate::api::aggregator::backend::Identity { cert_pem: pki.front_proxy_client_cert_pem.clone(), key_pem: pki.front_proxy_client_key_pem.clone() });
     crate::api::aggregator::available::start(&api, &serving);
     publish_authentication_info(&api, &pki).await;
+    // Discovery for joining nodes, and the server's own join token.
+    let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
+    let advertise = match (&node_ip, cfg.bind_address) {
+        (Some(ip), a) if a.is_unspecified() => ip.clone(),
+        _ => host.clone(),
+    };
+    let advertise_url = format!("https://{advertise}:{}", cfg.https_listen_port);
+    publish_cluster_info(&api, &pki, &advertise_url).await;
+    let token_file = cfg.data_dir.join("server").join("token");
+    match crate::jointokens::ensure_server_token(&apiserver_client(&api), &token_file, &pki.ca_pem).await {
+        Ok((join, true)) => tracing::info!(command = %format!("ferrokube agent --server {advertise_url} --token {join}"), "join a node to this cluster with"),
+        Ok((_, false)) => tracing::info!(command = %format!("ferrokube agent --server {advertise_url} --token $(cat {})", token_file.display()), "join a node to this cluster with"),
+        Err(e) => tracing::warn!(error = %e, "no join token: nodes cannot join until `ferrokube token create` makes one"),
+    }
     // The controller manager and the scheduler, each while it leads (with one embedded store
     // there is one server, so always).
     let leadership = Leadership::Always;
@@ -330,8 +345,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
         let me = crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::SCHEDULER);
         crate::scheduler::start(scheduler_api.client_as(concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION")), me), scope);
     });
-    // This host's address: the endpoint of the kubernetes and kube-dns Services.
-    let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
+    // This host's address is the endpoint of the kubernetes and kube-dns Services.
     publish_kubernetes_service(&cfg, &api, first, node_ip.clone()).await;
 
     let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api.clone(), &pki, node_ip, &agent).await? };
@@ -627,6 +641,25 @@ async fn publish_authentication_info(api: &std::sync::Arc<Api>, pki: &Pki) {
     }
 }
 
+/// `kube-public/cluster-info` as kubeadm publishes it: a kubeconfig with this cluster's
+/// address and CA, readable without credentials, which a joining node checks against the
+/// CA pin of its token before it sends the token.
+async fn publish_cluster_info(api: &std::sync::Arc<Api>, pki: &Pki, server_url: &str) {
+    use base64::Engine;
+    let client = apiserver_client(api);
+    let ca = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
+    let kubeconfig = format!("apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {ca}\n    server: {server_url}\ncontexts: []\ncurrent-context: \"\"\npreferences: {{}}\nusers: []\n");
+    let data = serde_json::json!({"kubeconfig": kubeconfig});
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info", "namespace": "kube-public"}, "data": data});
+    let result = match client.create(CONFIGMAPS.ns("kube-public"), &cm).await {
+        Err(e) if e.code == 409 => client.merge_patch(CONFIGMAPS.named("kube-public", "cluster-info"), &serde_json::json!({"data": data})).await,
+        other => other,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "kube-public/cluster-info not written: nodes cannot join");
+    }
+}
+
 fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartError> {
     let fail = |e: String| StartError::Kubeconfig(path.to_path_buf(), e);
     if let Some(parent) = path.parent() {
@@ -635,8 +668,14 @@ fn write_kubeconfig(path: &Path, content: &str, mode: u32) -> Result<(), StartEr
     pki::write_private(path, content.as_bytes(), mode).map_err(|e| fail(e.to_string()))
 }
 
-/// A random bearer token for the admin, kept in the data directory.
-fn ensure_token(path: &Path) -> Result<String, StartError> {
+/// A random bearer token for the admin, kept in `<server dir>/admin-token` (before join
+/// tokens, `token` held it: moved once).
+fn ensure_token(server_dir: &Path) -> Result<String, StartError> {
+    let path = &server_dir.join("admin-token");
+    let old = server_dir.join("token");
+    if !path.exists() && std::fs::read_to_string(&old).is_ok_and(|t| !t.trim().is_empty() && !t.starts_with("K10")) {
+        let _ = std::fs::rename(&old, path);
+    }
     if let Ok(t) = std::fs::read_to_string(path) {
         let t = t.trim().to_string();
         if !t.is_empty() {

@@ -65,9 +65,11 @@ fn credential_files(data_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, SnapshotE
             }
         }
     }
-    let token = data_dir.join("server/token");
-    if token.is_file() {
-        out.push(("server/token".into(), std::fs::read(&token).map_err(io(&token))?));
+    for name in ["server/token", "server/admin-token"] {
+        let token = data_dir.join(name);
+        if token.is_file() {
+            out.push((name.into(), std::fs::read(&token).map_err(io(&token))?));
+        }
     }
     out.sort();
     Ok(out)
@@ -193,7 +195,8 @@ pub fn restore(data_dir: &Path, file: &Path) -> Result<Restored, SnapshotError> 
     for (name, body) in &info.files {
         // Only the directories a snapshot is made from; nothing else is written.
         let safe = CREDENTIALS.iter().any(|c| name.strip_prefix(c).is_some_and(|rest| rest.starts_with('/') && !rest[1..].contains('/')))
-            || name == "server/token";
+            || name == "server/token"
+            || name == "server/admin-token";
         if !safe || name.contains("..") {
             tracing::warn!(file = name, "snapshot file outside the credential directories ignored");
             continue;

@@ -8,6 +8,7 @@
 pub mod certificates;
 pub mod clusterroleaggregation;
 pub mod cronjob;
+pub mod csrapproving;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -20,6 +21,7 @@ pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod tokencleaner;
 pub mod volume;
 
 use crate::vocab::user::{UserInfo, CONTROLLER_MANAGER, CONTROLLER_NAMESPACE};
@@ -71,6 +73,8 @@ const ACCOUNTS: &[(&str, &str)] = &[
     ("clusterrole-aggregation", "clusterrole-aggregation-controller"),
     ("resourcequota", "resourcequota-controller"),
     ("certificate-signer", "certificate-controller"),
+    ("csrapproving", "certificate-controller"),
+    ("token-cleaner", "token-cleaner"),
     ("replicaset", "replicaset-controller"),
     ("deployment", "deployment-controller"),
     ("job", "job-controller"),
@@ -121,6 +125,8 @@ pub fn start(clients: &dyn Fn(&str, UserInfo) -> Client, scope: &Scope, cfg: Con
     clusterroleaggregation::start(s.ctl("clusterrole-aggregation", "clusterrole-aggregation-controller"), &mut s);
     resourcequota::start(s.ctl("resourcequota", "resourcequota-controller"), &mut s);
     certificates::start(s.ctl("certificate-signer", "certificatesigningrequest-signing-controller"), &mut s, cfg.ca);
+    csrapproving::start(s.ctl("csrapproving", "certificatesigningrequest-approving-controller"), &mut s);
+    tokencleaner::start(s.ctl("token-cleaner", "tokencleaner"), &mut s);
     replicaset::start(s.ctl("replicaset", "replicaset-controller"), &mut s);
     deployment::start(s.ctl("deployment", "deployment-controller"), &mut s);
     job::start(s.ctl("job", "job-controller"), &mut s);

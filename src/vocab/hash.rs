@@ -61,6 +61,11 @@ pub fn stable_hash(v: &Value) -> String {
     safe_encode(fnv32(s.as_bytes()) as u64)
 }
 
+/// Whether two secrets are equal, in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

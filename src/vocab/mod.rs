@@ -8,6 +8,7 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub mod cron;
 pub mod csr;
 pub mod hash;
+pub mod jointoken;
 pub mod object;
 pub mod quantity;
 pub mod query;

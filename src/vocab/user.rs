@@ -15,6 +15,11 @@ pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
 /// How a service account's user name starts.
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
+/// The group every node (kubelet) is in, as `system:node:<name>`.
+pub const NODES: &str = "system:nodes";
+/// How a node's user name starts.
+pub const NODE_PREFIX: &str = "system:node:";
+
 /// The controller manager's own user: its shared informers and leader election.
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
 /// Where upstream's controllers keep their service accounts.

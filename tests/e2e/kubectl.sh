@@ -131,7 +131,7 @@ check_contains "403 carries a Status" '"message":"namespaces is forbidden: User 
 check_contains "401 carries a Status" '"reason":"Unauthorized"' "$(curl -sk -H 'Authorization: Bearer nope' "https://127.0.0.1:$PORT/api/v1/namespaces")"
 check "HTTP/2 is negotiated" "2" "$(curl -sk -o /dev/null -w '%{http_version}' "https://127.0.0.1:$PORT/version")"
 check "HTTP/1.1 is served too" "1.1 200" "$(curl -sk --http1.1 -o /dev/null -w '%{http_version} %{http_code}' "https://127.0.0.1:$PORT/version")"
-TOKEN=$(cat "$E2E_DIR/data/server/token")
+TOKEN=$(cat "$E2E_DIR/data/server/admin-token")
 check "bearer token authenticates" "200" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces")"
 check "wrong bearer token is 401" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer nope" "https://127.0.0.1:$PORT/api/v1/namespaces")"
 

@@ -9,7 +9,8 @@
 //! DNS (`system:coredns`, as the coredns add-on binds it).
 
 use crate::runtime::Client;
-use crate::vocab::resource::builtin::{CLUSTERROLEBINDINGS, CLUSTERROLES};
+use crate::vocab::jointoken::NODE_TOKEN_GROUP;
+use crate::vocab::resource::builtin::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
 use serde_json::{json, Value};
 
 /// The scheduler's user.
@@ -114,6 +115,12 @@ pub fn cluster_roles() -> Vec<Value> {
             r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
             r(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
         ]),
+        // Nodes that join: the bootstrap token may request a client certificate
+        // (`system:node-bootstrapper`); requests for a new node's client certificate and a
+        // node's renewal of its own are approved automatically for who holds these.
+        role("system:node-bootstrapper", json!({}), vec![r(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"])]),
+        role("system:certificates.k8s.io:certificatesigningrequests:nodeclient", json!({}), vec![r(&["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"], &["create"])]),
+        role("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", json!({}), vec![r(&["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"], &["create"])]),
         // The node's service load balancer (LoadBalancer Services get the node address).
         role("system:ferrokube:service-lb", json!({}), vec![r(&[""], &["services/status"], &["get", "patch", "update"])]),
         // The cluster DNS, as the coredns add-on's role reads it.
@@ -324,6 +331,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         user_binding("system:ferrokube:service-lb", "system:ferrokube:service-lb", PROXY),
         bound("system:coredns", "system:coredns", vec![json!({"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"})]),
         user_binding(CONTROLLER_MANAGER, CONTROLLER_MANAGER, CONTROLLER_MANAGER),
+        // kubeadm's bindings for joining nodes, for ferrokube's node-join tokens.
+        binding("system:ferrokube:kubelet-bootstrap", "system:node-bootstrapper", &[NODE_TOKEN_GROUP]),
+        binding("system:ferrokube:node-autoapprove-bootstrap", "system:certificates.k8s.io:certificatesigningrequests:nodeclient", &[NODE_TOKEN_GROUP]),
+        binding("system:ferrokube:node-autoapprove-certificate-rotation", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", &[crate::api::authz::node::NODES_GROUP]),
         bound("system:ferrokube:local-path-provisioner", "system:ferrokube:local-path-provisioner", vec![controller_sa("persistent-volume-binder")]),
     ];
     for (account, _) in controller_roles() {
@@ -333,6 +344,35 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         out.push(bound(&name, &name, subjects));
     }
     out
+}
+
+/// The bootstrap Roles and RoleBindings of one namespace: (namespace, roles, bindings). The
+/// token cleaner deletes expired bootstrap tokens in kube-system; anyone may read
+/// `kube-public/cluster-info` (the CA and address a joining node checks against its token's
+/// pin, as kubeadm's discovery reads it).
+pub fn namespaced() -> Vec<(&'static str, Vec<Value>, Vec<Value>)> {
+    let in_ns = |mut o: Value, ns: &str, kind: &str| {
+        o["kind"] = json!(kind);
+        o["metadata"]["namespace"] = json!(ns);
+        if o["roleRef"].is_object() {
+            o["roleRef"]["kind"] = json!("Role");
+        }
+        o
+    };
+    let cleaner = "system:controller:token-cleaner";
+    let clusterinfo = "system:ferrokube:bootstrap-signer-clusterinfo";
+    vec![
+        (
+            "kube-system",
+            vec![in_ns(role(cleaner, json!({}), vec![r(&[""], &["secrets"], &["delete", "get", "list", "watch"]), r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"])]), "kube-system", "Role")],
+            vec![in_ns(bound(cleaner, cleaner, vec![controller_sa("token-cleaner")]), "kube-system", "RoleBinding")],
+        ),
+        (
+            "kube-public",
+            vec![in_ns(role(clusterinfo, json!({}), vec![json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]})]), "kube-public", "Role")],
+            vec![in_ns(user_binding(clusterinfo, clusterinfo, "system:anonymous"), "kube-public", "RoleBinding")],
+        ),
+    ]
 }
 
 /// `want`'s entries missing from `live` appended to it (None: nothing missing).
@@ -352,14 +392,23 @@ fn union(live: &Value, want: &Value) -> Option<Value> {
 /// autoupdate annotation is `false`).
 pub async fn ensure(client: &Client) {
     let mut writes = Vec::new();
-    for (res, objects, field) in [(&CLUSTERROLES, cluster_roles(), "rules"), (&CLUSTERROLEBINDINGS, cluster_role_bindings(), "subjects")] {
+    let mut sets = vec![(&CLUSTERROLES, None, cluster_roles(), "rules"), (&CLUSTERROLEBINDINGS, None, cluster_role_bindings(), "subjects")];
+    for (ns, roles, bindings) in namespaced() {
+        sets.push((&ROLES, Some(ns), roles, "rules"));
+        sets.push((&ROLEBINDINGS, Some(ns), bindings, "subjects"));
+    }
+    for (res, ns, objects, field) in sets {
         for want in objects {
             writes.push(async move {
                 let name = want["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let collection = match ns {
+                    Some(ns) => res.ns(ns),
+                    None => res.all(),
+                };
                 // Read first: at every start after the first, everything is there already.
-                let result = match reconcile(client, res, &name, &want, field).await {
-                    Err(e) if e.code == 404 => match client.create(res.all(), &want).await {
-                        Err(e) if e.code == 409 => reconcile(client, res, &name, &want, field).await,
+                let result = match reconcile(client, res, ns, &name, &want, field).await {
+                    Err(e) if e.code == 404 => match client.create(collection, &want).await {
+                        Err(e) if e.code == 409 => reconcile(client, res, ns, &name, &want, field).await,
                         other => other.map(|_| ()),
                     },
                     other => other,
@@ -373,8 +422,12 @@ pub async fn ensure(client: &Client) {
     futures_util::future::join_all(writes).await;
 }
 
-async fn reconcile(client: &Client, res: &crate::vocab::resource::Resource, name: &str, want: &Value, field: &str) -> Result<(), crate::vocab::status::ApiError> {
-    let live = client.get(res.name(name)).await?;
+async fn reconcile(client: &Client, res: &crate::vocab::resource::Resource, ns: Option<&str>, name: &str, want: &Value, field: &str) -> Result<(), crate::vocab::status::ApiError> {
+    let target = match ns {
+        Some(ns) => res.named(ns, name),
+        None => res.name(name),
+    };
+    let live = client.get(target.clone()).await?;
     if live["metadata"]["annotations"][AUTOUPDATE] == "false" {
         return Ok(());
     }
@@ -394,7 +447,7 @@ async fn reconcile(client: &Client, res: &crate::vocab::resource::Resource, name
     if patch.is_empty() {
         return Ok(());
     }
-    client.merge_patch(res.name(name), &Value::Object(patch)).await.map(|_| ())
+    client.merge_patch(target, &Value::Object(patch)).await.map(|_| ())
 }
 
 #[cfg(test)]

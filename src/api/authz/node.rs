@@ -13,7 +13,7 @@ use crate::vocab::user::UserInfo;
 use serde_json::Value;
 
 /// The group every node is in.
-pub const NODES_GROUP: &str = "system:nodes";
+pub const NODES_GROUP: &str = crate::vocab::user::NODES;
 
 /// The node a user is, if it is one.
 pub fn node_name(user: &UserInfo) -> Option<&str> {

@@ -3,6 +3,7 @@
 
 pub mod admissionregistration;
 pub mod apiservices;
+pub mod bootstraptokens;
 pub mod certificates;
 pub mod custom;
 pub mod eviction;

@@ -145,7 +145,7 @@ pub fn token(api: &Api, _user: &UserInfo, mut request: Value) -> Result<Value, A
     let token = spec["token"].as_str().unwrap_or("");
     let ours = crate::api::tokens::ISSUER;
     let wanted: Vec<Value> = spec["audiences"].as_array().cloned().unwrap_or_default();
-    let status = match api.service_account_identity(token) {
+    let status = match api.bearer_identity(token) {
         // Tokens are issued for this API's audience only.
         Some(_) if !wanted.is_empty() && !wanted.iter().any(|a| a == ours) => json!({"user": {}, "error": "token audiences [\"https://kubernetes.default.svc.cluster.local\"] is invalid for the target audiences"}),
         Some(u) => json!({"authenticated": true, "user": u.to_json(), "audiences": [ours]}),
