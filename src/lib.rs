@@ -8,6 +8,7 @@ pub mod encryption;
 pub mod control;
 pub mod config;
 pub mod server;
+pub mod agent;
 pub mod jointokens;
 pub mod snapshot;
 pub mod killall;

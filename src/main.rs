@@ -13,6 +13,10 @@ struct Cli {
 enum Command {
     /// Run the API server (and, unless disabled, the node) on this machine.
     Server(ferrokube::server::ServerConfig),
+    /// Join a cluster as a node: check the server's CA against the token's pin, get the
+    /// node's certificates through CertificateSigningRequests, then run the kubelet, its
+    /// containerd, the CNI, the service proxy and the cluster DNS.
+    Agent(ferrokube::agent::AgentConfig),
     /// Remove what a stopped server leaves on the host: its iptables chains and rules
     /// (service proxy, pod networking, host ports), the pod bridge and pod veths.
     Cleanup {
@@ -281,6 +285,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Server(cfg) => rt.block_on(ferrokube::server::run(cfg)),
+        Command::Agent(cfg) => rt.block_on(ferrokube::agent::run(cfg)),
         Command::Cleanup { pod_bridge } => cleanup(&pod_bridge),
         Command::Killall { data_dir: DataDir { data_dir }, node: NodeHost { run_dir, pod_bridge } } => {
             match ferrokube::killall::run(&ferrokube::killall::Target { data_dir, run_dir, pod_bridge }) {

@@ -43,43 +43,23 @@ pub struct ServerConfig {
     /// Store events kept for watch resumption.
     #[arg(long, default_value_t = crate::store::DEFAULT_HISTORY)]
     pub event_history: u64,
-    /// Runtime state (containerd's state and socket); a tmpfs such as /run is best.
-    #[arg(long, default_value = "/run/ferrokube")]
-    pub run_dir: PathBuf,
-    /// Port of this node's kubelet API (TLS; the API server reaches pods' logs, exec, attach
-    /// and port-forward through it). 0 picks a free port.
-    #[arg(long, default_value_t = crate::kubelet::server::DEFAULT_PORT)]
-    pub kubelet_port: u16,
-    /// This node's name (default: the host name).
+    #[command(flatten)]
+    pub node: crate::agent::node::NodeArgs,
+    /// The pod network: each node gets a range of it (`spec.podCIDR`, `--node-cidr-mask-size`).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// The prefix length of each node's pod range.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// This server's node's pod range (default: the first free one of --cluster-cidr).
     #[arg(long)]
-    pub node_name: Option<String>,
-    /// Addresses for this node's pods.
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pub pod_cidr: String,
-    /// Name of the bridge the pods attach to.
-    #[arg(long, default_value = "fk0")]
-    pub pod_bridge: String,
+    pub pod_cidr: Option<String>,
     /// Addresses for Service ClusterIPs.
     #[arg(long, default_value = "10.43.0.0/16")]
     pub service_cidr: String,
     /// Ports for NodePort Services.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
-    /// ClusterIP of the cluster DNS (the `kube-dns` Service), pods' nameserver.
-    #[arg(long, default_value = "10.43.0.10")]
-    pub cluster_dns: std::net::Ipv4Addr,
-    /// Port the embedded DNS server listens on (UDP, on the node address); the `kube-dns`
-    /// Service carries port 53 there.
-    #[arg(long, default_value_t = 10053)]
-    pub cluster_dns_port: u16,
-    /// Resolver for names outside the cluster (default: the host's, from /etc/resolv.conf).
-    #[arg(long)]
-    pub dns_upstream: Option<SocketAddr>,
-    /// An existing CRI socket (`unix:///run/containerd/containerd.sock`) to use instead of
-    /// starting a private containerd. That runtime must find ferrokube's CNI plugin and
-    /// configuration (their directories are logged at start) and have a pause image.
-    #[arg(long)]
-    pub container_runtime_endpoint: Option<String>,
     /// Encrypt Secrets at rest with a key ferrokube generates and manages
     /// (`<data-dir>/server/cred/encryption-config.json`; see `ferrokube secrets-encrypt`).
     #[arg(long)]
@@ -103,10 +83,6 @@ pub struct ServerConfig {
     /// Days a rotated audit log is kept (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxage: u64,
-    /// Registry mirrors, endpoints, credentials and TLS for image pulls (k3s's
-    /// registries.yaml format); read at start.
-    #[arg(long, default_value = "/etc/ferrokube/registries.yaml")]
-    pub private_registry: PathBuf,
     /// When the server snapshots its datastore into `<data-dir>/db/snapshots/` (cron, UTC).
     #[arg(long, default_value = "0 */12 * * *")]
     pub snapshot_cron: String,
@@ -287,7 +263,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     tracing::info!(%addr, kubeconfig = %cfg.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "ferrokube API server ready");
     // One scope per layer, stopped in order at shutdown.
     let (serving, control, agent) = (Scope::new(), Scope::new(), Scope::new());
-    warn_expiring(&apiserver_client(&api), &node_name(&cfg), &expiring, &serving);
+    warn_expiring(&apiserver_client(&api), &cfg.node.name(), &expiring, &serving);
     let rbac_api = api.clone();
     let rbac_scope = serving.clone();
     serving.spawn(async move { rbac_api.authz.rbac.follow(rbac_scope).await });
@@ -318,7 +294,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     crate::api::aggregator::available::start(&api, &serving);
     publish_authentication_info(&api, &pki).await;
     // Discovery for joining nodes, and the server's own join token.
-    let node_ip = crate::node::host::node_ipv4(&cfg.pod_cidr).map(|a| a.to_string());
+    let node_ip = cfg.node.ip(&cfg.cluster_cidr);
     let advertise = match (&node_ip, cfg.bind_address) {
         (Some(ip), a) if a.is_unspecified() => ip.clone(),
         _ => host.clone(),
@@ -336,8 +312,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let leadership = Leadership::Always;
     let (controllers_api, storage_dir) = (api.clone(), cfg.data_dir.join("storage"));
     let ca = crate::controllers::certificates::Ca { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() };
+    let cluster_cidr = crate::controllers::nodeipam::ClusterCidr::parse(&cfg.cluster_cidr, cfg.node_cidr_mask_size).map_err(|e| StartError::Command(format!("--cluster-cidr {} / --node-cidr-mask-size {}: {e}", cfg.cluster_cidr, cfg.node_cidr_mask_size)))?;
     leadership.run("kube-controller-manager", &control, move |scope| {
-        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone() };
+        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone(), cluster_cidr: cluster_cidr.clone() };
         crate::controllers::start(&|agent, user| controllers_api.client_as(agent, user), scope, cfg);
     });
     let scheduler_api = api.clone();
@@ -348,7 +325,10 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     // This host's address is the endpoint of the kubernetes and kube-dns Services.
     publish_kubernetes_service(&cfg, &api, first, node_ip.clone()).await;
 
-    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, api.clone(), &pki, node_ip, &agent).await? };
+    let runtime = if cfg.disable_agent { None } else { start_node(&cfg, &api, &pki, node_ip.clone(), &agent).await? };
+    if !cfg.disable_agent {
+        publish_dns_service(&cfg, &api, node_ip).await;
+    }
     shutdown_signal().await;
     if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
         let _ = sd_notify(&socket, "STOPPING=1");
@@ -367,119 +347,33 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The node: containerd, the CNI configuration, the kubelet and the binder.
-/// Returns the private containerd it started (none with `--container-runtime-endpoint`).
-async fn start_node(cfg: &ServerConfig, api: std::sync::Arc<Api>, pki: &Pki, node_ip: Option<String>, scope: &Scope) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
-    use crate::node::{containerd, host::Host};
-    let fail = |e: String| StartError::Node(e);
-    let external = cfg.container_runtime_endpoint.as_deref().map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
-    if let Some(missing) = Host::missing_tools(external.is_some()) {
-        return Err(fail(missing));
-    }
-    let subnet: crate::cni::ipam::Subnet = cfg.pod_cidr.parse().map_err(|e: String| fail(format!("--pod-cidr: {e}")))?;
-    let host = Host::detect();
-    tracing::info!(
-        cgroup = if host.cgroup_v2 { "v2 (unified)" } else { "v1" },
-        oom_score_adj = if host.sys_resource { "allowed" } else { "restricted (no CAP_SYS_RESOURCE): containerd told not to lower it" },
-        iptables = %crate::node::host::iptables_variant(),
-        "host"
-    );
-    let layout = containerd::Layout::new(&cfg.data_dir, &cfg.run_dir);
-    // The CNI plugin is this binary, reached through a link containerd finds in its bin dir.
-    std::fs::create_dir_all(&layout.cni_bin).map_err(|e| fail(format!("{}: {e}", layout.cni_bin.display())))?;
-    std::fs::create_dir_all(&layout.cni_conf).map_err(|e| fail(format!("{}: {e}", layout.cni_conf.display())))?;
-    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find this binary: {e}")))?;
-    for plugin in [crate::cni::PLUGIN, crate::cni::LOOPBACK] {
-        let link = layout.cni_bin.join(plugin);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&exe, &link).map_err(|e| fail(format!("{}: {e}", link.display())))?;
-    }
-    let conflist = crate::cni::conflist(&subnet.to_string(), &cfg.pod_bridge, &cfg.data_dir.join("cni").join("ipam"));
-    let conf_path = layout.cni_conf.join("10-ferrokube.conflist");
-    std::fs::write(&conf_path, serde_json::to_vec_pretty(&conflist).unwrap_or_default()).map_err(|e| fail(format!("{}: {e}", conf_path.display())))?;
-
-    let (runtime, socket, mut cri) = match external {
-        Some(socket) => {
-            let endpoint = cfg.container_runtime_endpoint.clone().unwrap_or_default();
-            let cri = containerd::wait_ready(&socket, std::time::Duration::from_secs(30)).await.map_err(|e| fail(format!("--container-runtime-endpoint {endpoint}: {e}")))?;
-            if let Err(e) = containerd::import_pause(&socket, &layout.root, cri.clone()).await {
-                tracing::warn!(error = %e, image = crate::node::pause::IMAGE, "the pause image could not be imported into the existing runtime; its own sandbox image must be available");
-            }
-            tracing::info!(%endpoint, cni_bin = %layout.cni_bin.display(), cni_conf = %layout.cni_conf.display(), sandbox_image = crate::node::pause::IMAGE, "using an existing container runtime; its CNI bin_dir and conf_dir must be these");
-            (None, socket, cri)
-        }
-        None => {
-            let socket = layout.socket.clone();
-            let registries = crate::node::registries::load(&cfg.private_registry).map_err(fail)?;
-            registries.write_hosts(&layout.certs_d).map_err(fail)?;
-            let section = registries.containerd_section(&layout.certs_d);
-            let (runtime, cri) = containerd::Containerd::start(layout, &host, &section).await.map_err(|e| fail(e.to_string()))?;
-            (Some(runtime), socket, cri)
-        }
+/// This server's node: its components act through the API in this process, each as its own
+/// identity; the kubelet API's serving certificate is signed by the CA here.
+async fn start_node(cfg: &ServerConfig, api: &std::sync::Arc<Api>, pki: &Pki, node_ip: Option<String>, scope: &Scope) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
+    use crate::api::authz::bootstrap::{component, DNS, PROXY};
+    let name = cfg.node.name();
+    let (cert_pem, key_pem) = pki.kubelet_serving(&cfg.data_dir.join("agent").join("tls"), &name, &cfg.node.serving_names(node_ip.as_deref()))?;
+    let clients = crate::agent::node::Clients {
+        kubelet: api.client_as(concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION")), crate::api::authz::node::identity(&name)),
+        proxy: api.client_as(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")), component(PROXY)),
+        dns: api.client_as(concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")), component(DNS)),
     };
-    // Airgap: image archives dropped in <data-dir>/images are imported at every start.
-    let images = cfg.data_dir.join("images");
-    let _ = std::fs::create_dir_all(&images);
-    let mut archives: Vec<PathBuf> = std::fs::read_dir(&images).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
-    archives.sort();
-    for archive in archives {
-        match containerd::import_archive(&socket, &archive).await {
-            Ok(()) => tracing::info!(archive = %archive.display(), "imported image archive"),
-            Err(e) => tracing::warn!(archive = %archive.display(), error = %e, "image archive not imported"),
-        }
-    }
-    let version = cri.version().await.map_err(|e| fail(e.to_string()))?;
-    let node_name = node_name(cfg);
-    // The kubelet API: its serving certificate (names the API server dials it by) and port.
-    let mut kubelet_sans = vec![node_name.clone(), "localhost".to_string(), "127.0.0.1".to_string()];
-    kubelet_sans.extend(node_ip.iter().cloned());
-    kubelet_sans.extend(crate::pki::host_names());
-    kubelet_sans.dedup();
-    let (kcert, kkey) = pki.kubelet_serving(&cfg.data_dir.join("agent").join("tls"), &node_name, &kubelet_sans)?;
-    let kubelet_tls = crate::kubelet::server::tls_config(&crate::kubelet::server::Tls { cert_pem: kcert, key_pem: kkey, ca_pem: pki.ca_pem.clone() }).map_err(|e| fail(format!("kubelet API TLS: {e}")))?;
-    let kubelet_listener = tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), cfg.kubelet_port))
-        .await
-        .map_err(|e| fail(format!("the kubelet API cannot listen on port {} ({e}): choose another --kubelet-port", cfg.kubelet_port)))?;
-    let kubelet_port = kubelet_listener.local_addr().map(|a| a.port()).unwrap_or(cfg.kubelet_port);
-    tracing::info!(node = %node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node starting");
-    // The kubelet acts as this node (system:node:<name>): the Node authorizer lets it read
-    // only what its pods use and change only its own objects.
-    let kubelet = crate::kubelet::Kubelet::new(
-        api.client_as(concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION")), crate::api::authz::node::identity(&node_name)),
-        cri,
-        crate::kubelet::Config {
-            node_name: node_name.clone(),
-            pod_cidr: subnet.to_string(),
-            data_dir: cfg.data_dir.clone(),
-            pod_log_dir: cfg.data_dir.join("logs").join("pods"),
-            runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
-            cluster_dns: Some(cfg.cluster_dns.to_string()),
-            kubelet_port,
-        },
-        scope,
-    );
-    scope.spawn(crate::kubelet::server::serve(kubelet.clone(), kubelet_listener, kubelet_tls, scope.clone()));
-    tracing::info!(port = kubelet_port, "kubelet API serving");
-    scope.spawn(kubelet.run());
-    let proxy = api.client_as(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")), crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::PROXY));
-    crate::proxy::start(proxy, crate::proxy::Config { node_name: node_name.clone(), node_ip: node_ip.clone(), pod_cidr: subnet.to_string() }, scope);
-    start_dns(cfg, &api, node_ip, scope).await;
-    Ok(runtime)
+    let start = crate::agent::node::Start {
+        args: &cfg.node,
+        data_dir: &cfg.data_dir,
+        node_ip,
+        pod_cidr: cfg.pod_cidr.clone(),
+        cluster_cidr: cfg.cluster_cidr.parse::<crate::cni::ipam::Subnet>().map(|c| c.to_string()).map_err(|e| StartError::Command(format!("--cluster-cidr {}: {e}", cfg.cluster_cidr)))?,
+        control_plane: true,
+        clients,
+        serving: crate::kubelet::server::Tls { cert_pem, key_pem, ca_pem: pki.ca_pem.clone() },
+    };
+    crate::agent::node::start(start, scope).await
 }
 
-/// The embedded cluster DNS, and the `kube-dns` Service (with its one endpoint, this node)
-/// through which pods reach it.
-async fn start_dns(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Option<String>, scope: &Scope) {
-    let client = api.client_as(concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")), crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::DNS));
-    let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
-    // Bound to the node address (the kube-dns endpoint), so replies leave from the address
-    // the proxy translated the query to; a wildcard socket would answer from whichever
-    // address routes back to the pod, which connection tracking does not match.
-    let bind_ip: IpAddr = node_ip.as_deref().and_then(|ip| ip.parse().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let listen = SocketAddr::new(bind_ip, cfg.cluster_dns_port);
-    if let Err(e) = crate::dns::serve(client.clone(), listen, upstream, scope).await {
-        tracing::error!(%listen, error = %e, "cluster DNS cannot listen; pods will not resolve cluster names (choose another --cluster-dns-port)");
-    }
+/// The `kube-dns` Service (with its one endpoint, this node) through which pods reach the
+/// embedded DNS, published by the server as a deployer of the DNS add-on would.
+async fn publish_dns_service(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Option<String>) {
     if node_ip.is_none() {
         tracing::warn!("no IPv4 address on this host: the kube-dns Service has no endpoint");
     }
@@ -487,11 +381,10 @@ async fn start_dns(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Optio
         namespace: "kube-system",
         name: "kube-dns",
         labels: serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}),
-        cluster_ip: cfg.cluster_dns.to_string(),
-        port: ("dns", 53, "UDP", cfg.cluster_dns_port),
+        cluster_ip: cfg.node.cluster_dns.to_string(),
+        port: ("dns", 53, "UDP", cfg.node.cluster_dns_port),
         endpoint: node_ip,
     };
-    // Published by the server (as a deployer of the DNS add-on would), not by the DNS itself.
     published.publish(&apiserver_client(api)).await;
 }
 
@@ -607,11 +500,6 @@ fn warn_expiring(client: &Client, node: &str, certs: &[pki::CertStatus], scope: 
     }
 }
 
-/// This node's name: `--node-name`, or the host's name.
-fn node_name(cfg: &ServerConfig) -> String {
-    cfg.node_name.clone().unwrap_or_else(pki::host_name)
-}
-
 /// A client of the API in this process, as the API server itself.
 fn apiserver_client(api: &std::sync::Arc<Api>) -> Client {
     api.client(concat!("ferrokube-apiserver/", env!("CARGO_PKG_VERSION")))
@@ -687,7 +575,7 @@ fn ensure_token(server_dir: &Path) -> Result<String, StartError> {
     Ok(token)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

@@ -152,14 +152,24 @@ fn ensure_host_rules(conf: &NetConf) -> Result<(), CniError> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| CniError::plugin(format!("IP forwarding is off and cannot be turned on ({e}): set net.ipv4.ip_forward=1 on the host")))?;
     }
-    let subnet = conf.subnet.to_string();
+    let (subnet, cluster) = (conf.subnet.to_string(), conf.cluster.to_string());
     let br = conf.bridge.as_str();
     ensure_chain("nat", NAT_CHAIN, "POSTROUTING")?;
-    ensure_rule("nat", NAT_CHAIN, &["-s", &subnet, "!", "-d", &subnet, "-j", "MASQUERADE", "-m", "comment", "--comment", "ferrokube pod egress"])?;
+    // Only traffic leaving the pod network is masqueraded: pods on other nodes see pod
+    // addresses.
+    ensure_rule("nat", NAT_CHAIN, &["-s", &subnet, "!", "-d", &cluster, "-j", "MASQUERADE", "-m", "comment", "--comment", "ferrokube pod egress"])?;
     ensure_chain("filter", FILTER_CHAIN, "FORWARD")?;
     ensure_rule("filter", FILTER_CHAIN, &["-i", br, "-j", "ACCEPT", "-m", "comment", "--comment", "ferrokube pods out"])?;
     ensure_rule("filter", FILTER_CHAIN, &["-o", br, "-j", "ACCEPT", "-m", "comment", "--comment", "ferrokube pods in"])?;
     Ok(())
+}
+
+/// Removes the egress rule of a node that ran alone (everything but its own subnet
+/// masqueraded), once the node knows the whole pod network.
+pub fn forget_single_node_egress(subnet: &str, cluster: &str) {
+    if subnet != cluster {
+        let _ = run("iptables", &["-w", "-t", "nat", "-D", NAT_CHAIN, "-s", subnet, "!", "-d", subnet, "-j", "MASQUERADE", "-m", "comment", "--comment", "ferrokube pod egress"]);
+    }
 }
 
 fn ensure_chain(table: &str, chain: &str, from: &str) -> Result<(), CniError> {

@@ -43,6 +43,9 @@ pub struct NetConf {
     pub name: String,
     pub bridge: String,
     pub subnet: ipam::Subnet,
+    /// The whole pod network (`clusterNetwork`, default the node's subnet): traffic to it
+    /// keeps its pod source address.
+    pub cluster: ipam::Subnet,
     pub data_dir: std::path::PathBuf,
     /// `runtimeConfig.portMappings` (hostPort) containerd passes for the pod.
     pub port_mappings: Vec<bridge::PortMapping>,
@@ -56,6 +59,7 @@ impl NetConf {
             name: field("name")?,
             bridge: v["bridge"].as_str().unwrap_or("fk0").to_string(),
             subnet: field("subnet")?.parse().map_err(|e: String| CniError::new(7, e, ""))?,
+            cluster: field("clusterNetwork").or_else(|_| field("subnet"))?.parse().map_err(|e: String| CniError::new(7, e, ""))?,
             data_dir: field("dataDir")?.into(),
             port_mappings: v["runtimeConfig"]["portMappings"]
                 .as_array()
@@ -81,11 +85,11 @@ impl NetConf {
 }
 
 /// The network configuration list ferrokube writes for containerd.
-pub fn conflist(subnet: &str, bridge: &str, data_dir: &std::path::Path) -> Value {
+pub fn conflist(subnet: &str, cluster: &str, bridge: &str, data_dir: &std::path::Path) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": "ferrokube",
-        "plugins": [{"type": PLUGIN, "bridge": bridge, "subnet": subnet, "dataDir": data_dir, "capabilities": {"portMappings": true}}],
+        "plugins": [{"type": PLUGIN, "bridge": bridge, "subnet": subnet, "clusterNetwork": cluster, "dataDir": data_dir, "capabilities": {"portMappings": true}}],
     })
 }
 

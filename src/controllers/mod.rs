@@ -16,7 +16,9 @@ pub mod endpoints;
 pub mod gc;
 pub mod history;
 pub mod job;
+pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccount;
@@ -84,6 +86,8 @@ const ACCOUNTS: &[(&str, &str)] = &[
     ("disruption", "disruption-controller"),
     ("endpoints", "endpoint-controller"),
     ("node-lifecycle", "node-controller"),
+    ("node-ipam", "node-controller"),
+    ("podgc", "pod-garbage-collector"),
     ("persistentvolume", "persistent-volume-binder"),
 ];
 
@@ -113,6 +117,8 @@ pub struct Config {
     /// The cluster CA, published to every namespace as `kube-root-ca.crt`, and its key, with
     /// which approved certificate requests are signed.
     pub ca: certificates::Ca,
+    /// The pod network the node IPAM controller hands out node ranges from.
+    pub cluster_cidr: nodeipam::ClusterCidr,
 }
 
 /// Starts every controller in `scope`; `clients(agent, user)` makes each one its own client,
@@ -136,6 +142,8 @@ pub fn start(clients: &dyn Fn(&str, UserInfo) -> Client, scope: &Scope, cfg: Con
     disruption::start(s.ctl("disruption", "controllermanager"), &mut s);
     endpoints::start(s.ctl("endpoints", "endpoint-controller"), &mut s);
     nodelifecycle::start(s.ctl("node-lifecycle", "node-controller"), &mut s);
+    nodeipam::start(s.ctl("node-ipam", "node-controller"), &mut s, cfg.cluster_cidr);
+    podgc::start(s.ctl("podgc", "pod-garbage-collector"), &mut s);
     volume::start(s.ctl("persistentvolume", "persistentvolume-controller"), &mut s, volume::Storage { dir: cfg.storage_dir });
     informers.run(&clients("ferrokube-controller", UserInfo::authenticated(CONTROLLER_MANAGER, &[])), scope);
 }

@@ -24,6 +24,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_name: String,
+    /// The node's InternalIP.
+    pub node_ip: Option<String>,
     pub pod_cidr: String,
     pub data_dir: std::path::PathBuf,
     pub pod_log_dir: std::path::PathBuf,
@@ -32,6 +34,11 @@ pub struct Config {
     pub cluster_dns: Option<String>,
     /// The port of the kubelet API, published in the Node's `daemonEndpoints`.
     pub kubelet_port: u16,
+    /// Labels and taints the Node registers with (`--node-label`, `--node-taint`).
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub taints: Vec<serde_json::Value>,
+    /// Whether the node runs the control plane (`node-role.kubernetes.io/control-plane`).
+    pub control_plane: bool,
 }
 
 /// The running node agent.

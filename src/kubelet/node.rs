@@ -61,8 +61,8 @@ impl Kubelet {
         let t = now();
         let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t});
         let mut addresses = vec![json!({"type": "Hostname", "address": self.cfg.node_name})];
-        if let Some(ip) = crate::node::host::node_ipv4(&self.cfg.pod_cidr) {
-            addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
+        if let Some(ip) = &self.cfg.node_ip {
+            addresses.insert(0, json!({"type": "InternalIP", "address": ip}));
         }
         json!({
             "capacity": capacity,
@@ -93,21 +93,27 @@ impl Kubelet {
     /// Creates the Node (or takes over the existing one) and writes its status.
     pub(super) async fn register(&self) -> Result<(), ApiError> {
         let name = &self.cfg.node_name;
-        let node = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
-                "node-role.kubernetes.io/control-plane": "true",
-            }},
-            "spec": {"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]},
-        });
+        let mut labels = self.cfg.labels.clone();
+        labels.insert("kubernetes.io/hostname".into(), json!(name));
+        labels.insert("kubernetes.io/os".into(), json!("linux"));
+        labels.insert("kubernetes.io/arch".into(), json!(if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }));
+        if self.cfg.control_plane {
+            labels.insert("node-role.kubernetes.io/control-plane".into(), json!("true"));
+        }
+        let mut spec = json!({"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]});
+        if !self.cfg.taints.is_empty() {
+            spec["taints"] = json!(self.cfg.taints);
+        }
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": spec});
         match self.client.create(NODES.all(), &node).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {
-                self.client.merge_patch(NODES.name(name), &json!({"metadata": {"labels": node["metadata"]["labels"]}, "spec": node["spec"]})).await?;
+                // Taints are registered once: later ones are the administrator's (kubectl taint).
+                let mut spec = node["spec"].clone();
+                if let Some(s) = spec.as_object_mut() {
+                    s.remove("taints");
+                }
+                self.client.merge_patch(NODES.name(name), &json!({"metadata": {"labels": node["metadata"]["labels"]}, "spec": spec})).await?;
             }
             Err(e) => return Err(e),
         }

@@ -5,3 +5,4 @@ pub mod containerd;
 pub mod host;
 pub mod pause;
 pub mod registries;
+pub mod routes;

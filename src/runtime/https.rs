@@ -80,6 +80,29 @@ impl Https {
         Ok(Https { authority, server_name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer, conn: Mutex::new(None) })
     }
 
+    /// A transport to `url` that accepts any server certificate and sends no credentials:
+    /// only for a joining node's discovery, whose answer (the cluster CA) is checked against
+    /// the pin of its token before anything is trusted or sent.
+    pub fn unverified(url: &str) -> Result<Https, HttpsError> {
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| HttpsError::Url(url.into(), e.to_string()))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(HttpsError::Url(url.into(), "only https:// is served".into()));
+        }
+        let host = uri.host().ok_or_else(|| HttpsError::Url(url.into(), "no host".into()))?.trim_matches(['[', ']']).to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.clone()).map_err(|e| HttpsError::Url(url.into(), e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HttpsError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        Ok(Https { authority, server_name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer: None, conn: Mutex::new(None) })
+    }
+
     /// A transport from a kubeconfig's current context (embedded CA and client
     /// certificate/key data, or a token), with the server URL it names.
     pub fn from_kubeconfig(path: &Path) -> Result<Https, HttpsError> {
@@ -186,5 +209,25 @@ impl Transport for Https {
                 r => r,
             }
         })
+    }
+}
+
+/// Accepts whatever certificate the server shows (the handshake's signatures are still
+/// checked): see [`Https::unverified`].
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: rustls_pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -256,6 +256,11 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             r(&[""], &["pods"], &["delete", "list"]),
             events.clone(),
         ]),
+        ("pod-garbage-collector", vec![
+            r(&[""], &["pods"], &["delete", "list", "watch"]),
+            r(&[""], &["pods/status"], &["patch"]),
+            r(&[""], &["nodes"], &["get", "list"]),
+        ]),
         ("persistent-volume-binder", vec![
             r(&[""], &["persistentvolumes"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
             r(&[""], &["persistentvolumes/status"], upd),

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# A server and two agents on one machine: each agent in its own network namespace, joined
+# to the host by a veth pair on a test bridge that plays the LAN, with its own data dir, run
+# dir and containerd. Joining with tokens (and refusals), pod CIDRs and host-gw routes,
+# pods on every node reaching each other, Services and DNS across nodes, logs/exec/
+# port-forward to an agent's pod, DaemonSets, node deletion, drain, kill -9 and adoption.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+use_node
+
+LAN=fklan$((RANDOM % 100))
+SUB=172.31.$((200 + RANDOM % 50))
+SERVER_IP=$SUB.1
+CLUSTER_CIDR=10.$((60 + RANDOM % 30)).0.0/16
+AGENTS="a1 a2"
+declare -A AGENT_PID
+
+net_cleanup() {
+  for a in $AGENTS; do
+    [ -n "${AGENT_PID[$a]:-}" ] && kill -KILL "${AGENT_PID[$a]}" 2>/dev/null
+    if [ -e "/run/netns/fk-$a-$LAN" ]; then
+      in_ns "$a" "$FERROKUBE" killall --data-dir "$E2E_DIR/$a" --run-dir "$E2E_DIR/$a-run" --pod-bridge "fkp$a" >/dev/null 2>&1
+      ip netns del "fk-$a-$LAN" 2>/dev/null
+    fi
+    ip link del "v$LAN$a" 2>/dev/null
+  done
+  ip link del "$LAN" 2>/dev/null
+  ip route | awk '/proto 107/ {print $1}' | while read -r r; do ip route del "$r" proto 107 2>/dev/null; done
+  node_cleanup
+}
+trap net_cleanup EXIT
+
+# in_ns AGENT CMD...: CMD in the agent's network namespace only (its mounts stay the host's:
+# `ip netns exec` would remount /sys and hide the cgroup hierarchy from containerd and runc).
+in_ns() {
+  local a=$1
+  shift
+  nsenter --net="/run/netns/fk-$a-$LAN" "$@"
+}
+
+ip link add "$LAN" type bridge && ip addr add "$SERVER_IP/24" dev "$LAN" && ip link set "$LAN" up
+n=2
+for a in $AGENTS; do
+  ip netns add "fk-$a-$LAN"
+  ip link add "v$LAN$a" type veth peer name eth0 netns "fk-$a-$LAN"
+  ip link set "v$LAN$a" master "$LAN" up
+  in_ns "$a" ip addr add "$SUB.$n/24" dev eth0
+  in_ns "$a" ip link set lo up
+  in_ns "$a" ip link set eth0 up
+  in_ns "$a" ip route add default via "$SERVER_IP"
+  eval "IP_$a=$SUB.$n"
+  n=$((n + 1))
+done
+
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >/dev/null
+for d in data a1 a2; do mkdir -p "$E2E_DIR/$d/images" && cp "$E2E_DIR/busybox.tar" "$E2E_DIR/$d/images/"; done
+# The server's node takes its pod range from the cluster CIDR like the agents (no --pod-cidr).
+BIND_ADDRESS=0.0.0.0 launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
+  --run-dir "$RUN" --node-name e2e-node --pod-bridge "$BRIDGE" --node-ip "$SERVER_IP" --cluster-cidr "$CLUSTER_CIDR" || exit 1
+URL="https://$SERVER_IP:$PORT"
+JOIN=$(cat "$E2E_DIR/data/server/token")
+check_contains "the server writes a K10 join token" "K10" "${JOIN:0:3}"
+check "the token file is private" "600" "$(stat -c %a "$E2E_DIR/data/server/token")"
+check_contains "the server logs the join command" "ferrokube agent --server" "$(cat "$E2E_DIR/server.log")"
+
+# start_agent NAME EXTRA-ARGS...: runs `ferrokube agent` for NAME in its namespace.
+start_agent() {
+  local a=$1
+  shift
+  local ip_var="IP_$a"
+  nsenter --net="/run/netns/fk-$a-$LAN" "$FERROKUBE" agent --server "$URL" --data-dir "$E2E_DIR/$a" --run-dir "$E2E_DIR/$a-run" --node-name "$a" \
+    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" "$@" >>"$E2E_DIR/$a.log" 2>&1 &
+  AGENT_PID[$a]=$!
+}
+
+# Refusals: a wrong CA hash, a deleted token and an expired one.
+BARE=${JOIN##*::}
+WRONG="K10$(printf '0%.0s' $(seq 64))::$BARE"
+out=$(in_ns a1 timeout 20 "$FERROKUBE" agent --server "$URL" --token "$WRONG" --data-dir "$E2E_DIR/x" --run-dir "$E2E_DIR/x-run" --node-name x 2>&1)
+check_contains "a wrong CA hash is refused" "is not the one the token pins" "$out"
+check "nothing was requested with it" "" "$(k get csr -o name)"
+DEL=$("$FERROKUBE" token create --data-dir "$E2E_DIR/data" --description doomed | tail -1)
+"$FERROKUBE" token delete --data-dir "$E2E_DIR/data" "${DEL##*::}" >/dev/null
+out=$(in_ns a1 timeout 20 "$FERROKUBE" agent --server "$URL" --token "$DEL" --data-dir "$E2E_DIR/x" --run-dir "$E2E_DIR/x-run" --node-name x 2>&1)
+check_contains "a deleted token is refused" "the server refused the token" "$out"
+EXP=$("$FERROKUBE" token create --data-dir "$E2E_DIR/data" --ttl 1s | tail -1)
+sleep 2
+out=$(in_ns a1 timeout 20 "$FERROKUBE" agent --server "$URL" --token "$EXP" --data-dir "$E2E_DIR/x" --run-dir "$E2E_DIR/x-run" --node-name x 2>&1)
+check_contains "an expired token is refused" "the server refused the token" "$out"
+eventually "the token cleaner deletes the expired token's Secret" "" 10 "$KUBECTL" -n kube-system get secret "bootstrap-token-$(echo "${EXP##*::}" | cut -d. -f1)" -o name --ignore-not-found
+
+# Join: a1 with the server's token, a2 with a fresh one.
+A2TOKEN=$("$FERROKUBE" token create --data-dir "$E2E_DIR/data" --description "for a2" | tail -1)
+T0=$(date +%s%N)
+start_agent a1 --token "$JOIN"
+start_agent a2 --token "$A2TOKEN"
+eventually "agent a1 joins and turns Ready" "True" 60 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+T1=$(date +%s%N)
+echo "# a1: agent start -> Ready in $(((T1 - T0) / 1000000)) ms"
+eventually "agent a2 joins and turns Ready" "True" 60 "$KUBECTL" get node a2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+check "three nodes" "3" "$(k get nodes -o name | wc -l)"
+check "every node has a pod CIDR of the cluster CIDR" "3" "$(k get nodes -o jsonpath='{range .items[*]}{.spec.podCIDR}{"\n"}{end}' | grep -c "^${CLUSTER_CIDR%.0.0/16}\.")"
+check "pod CIDRs are distinct" "3" "$(k get nodes -o jsonpath='{range .items[*]}{.spec.podCIDR}{"\n"}{end}' | sort -u | wc -l)"
+check "a1's InternalIP is its LAN address" "$IP_a1" "$(k get node a1 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
+check "a1 is no control-plane node" "" "$(k get node a1 -o jsonpath='{.metadata.labels.node-role\.kubernetes\.io/control-plane}')"
+check "the node client certificates were auto-approved" "2" "$(k get csr -o jsonpath='{range .items[*]}{.spec.signerName} {.status.conditions[0].reason}{"\n"}{end}' | grep -c 'kube-apiserver-client-kubelet AutoApproved')"
+check "a1 authenticates as system:node:a1" "system:node:a1" "$(openssl x509 -noout -subject -nameopt multiline -in "$E2E_DIR/a1/agent/tls/client-kubelet.crt" | awk -F' = ' '/commonName/ {print $2}')"
+check "the agent's key is private" "600" "$(stat -c %a "$E2E_DIR/a1/agent/tls/client-kubelet.key")"
+
+
+# Pods on every node, reaching each other by address across nodes (host-gw routes).
+for n in e2e-node a1 a2; do
+  cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: web-$n, labels: {app: web}}
+spec:
+  nodeName: $n
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'mkdir -p /www && echo "hello from \$(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080}]
+YAML
+done
+for n in e2e-node a1 a2; do
+  check_cmd "a pod runs on $n" k wait --for=condition=Ready "pod/web-$n" --timeout=90s
+done
+pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
+# (busybox's static wget crashes in getaddrinfo; nc speaks HTTP well enough)
+http_get() { k exec "$1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $2 ${3:-8080}" 2>&1 | tail -1 | tr -d '\r'; }
+lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; next} found && /^Address/ {print $NF}' | sort | xargs; }
+for n in e2e-node a1 a2; do
+  cidr=$(k get node "$n" -o jsonpath='{.spec.podCIDR}')
+  check_contains "web-$n has an address of $n's range" "${cidr%.0/24}." "$(pod_ip "web-$n")"
+done
+check_contains "the server routes a1's pods via a1" "via $IP_a1" "$(ip route show "$(k get node a1 -o jsonpath='{.spec.podCIDR}')")"
+check "pod on a1 -> pod on a2 by IP" "hello from web-a2" "$(http_get web-a1 "$(pod_ip web-a2)")"
+check "pod on a2 -> pod on a1 by IP" "hello from web-a1" "$(http_get web-a2 "$(pod_ip web-a1)")"
+check "pod on a1 -> pod on the server's node" "hello from web-e2e-node" "$(http_get web-a1 "$(pod_ip web-e2e-node)")"
+check "pod on the server's node -> pod on a1" "hello from web-a1" "$(http_get web-e2e-node "$(pod_ip web-a1)")"
+# The receiver sees the sender's pod address: no masquerade inside the pod network.
+k exec web-a2 -- sh -c "setsid sh -c 'sleep 30 | nc -l -p 9001' </dev/null >/dev/null 2>&1 &"
+k exec web-a1 -- sh -c "setsid sh -c 'sleep 30 | nc $(pod_ip web-a2) 9001' </dev/null >/dev/null 2>&1 &"
+peer_of_9001() { k exec web-a2 -- netstat -tn 2>/dev/null | awk '$4 ~ /:9001$/ && $6 == "ESTABLISHED" {sub(/:[0-9]+$/, "", $5); sub(/^::ffff:/, "", $5); print $5}' | head -1; }
+eventually "the receiver on a2 sees the sender's pod address (no masquerade inside the cluster)" "$(pod_ip web-a1)" 10 peer_of_9001
+
+# A ClusterIP Service from a pod on a1 reaches backends on a2 and on the server's node.
+k expose pod web-a2 --name web-a2 --port 80 --target-port 8080 >/dev/null
+k expose pod web-e2e-node --name web-srv --port 80 --target-port 8080 >/dev/null
+k label pod web-e2e-node only=srv >/dev/null
+k patch svc web-srv -p '{"spec":{"selector":{"only":"srv"}}}' >/dev/null
+eventually "a Service's backend on a2, from a pod on a1" "hello from web-a2" 30 http_get web-a1 "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 80
+eventually "a Service's backend on the server's node, from a pod on a1" "hello from web-e2e-node" 30 http_get web-a1 "$(k get svc web-srv -o jsonpath='{.spec.clusterIP}')" 80
+eventually "DNS names resolve from a pod on an agent" "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 30 lookup web-a1 web-a2.default.svc.cluster.local
+
+# The API reaches an agent's pod through that agent's kubelet API.
+check "kubectl logs of a pod on an agent" "side 3" "$(k run logger --image "$IMAGE" --image-pull-policy IfNotPresent --restart Never --overrides '{"spec":{"nodeName":"a1"}}' -- sh -c 'for i in 1 2 3; do echo side $i; done; sleep 30' >/dev/null; k wait --for=condition=Ready pod/logger --timeout=60s >/dev/null; sleep 1; k logs logger | tail -1)"
+LOGF=$E2E_DIR/logf
+(timeout 5 "$KUBECTL" logs -f logger >"$LOGF" 2>&1 &)
+sleep 2
+check_contains "kubectl logs -f on an agent's pod streams" "side 1" "$(cat "$LOGF")"
+check "kubectl exec on an agent's pod" "web-a1" "$(k exec web-a1 -- hostname)"
+check "kubectl exec -i on an agent's pod" "piped" "$(echo piped | k exec -i web-a1 -- cat)"
+echo "copied file" >"$E2E_DIR/cp.txt"
+k cp "$E2E_DIR/cp.txt" web-a1:/tmp/cp.txt >/dev/null 2>&1
+check "kubectl cp into an agent's pod" "copied file" "$(k exec web-a1 -- cat /tmp/cp.txt)"
+PF=$((20000 + RANDOM % 10000))
+(k port-forward pod/web-a2 "$PF:8080" >/dev/null 2>&1 &)
+eventually "kubectl port-forward to an agent's pod" "hello from web-a2" 20 curl -s --max-time 2 "http://127.0.0.1:$PF/"
+pkill -f "port-forward pod/web-a2 $PF" 2>/dev/null
+
+# A DaemonSet runs one pod on each of the three nodes.
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: everywhere}
+spec:
+  selector: {matchLabels: {app: everywhere}}
+  template:
+    metadata: {labels: {app: everywhere}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations: [{operator: Exists}]
+      containers:
+      - {name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}
+YAML
+eventually "a DaemonSet pod runs on each node" "a1 a2 e2e-node" 90 sh -c "$KUBECTL get pods -l app=everywhere --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.spec.nodeName}{\"\\n\"}{end}' | sort | xargs"
+
+# Drain a2: its pods go (the DaemonSet's stay), it is cordoned.
+k create deployment spread --image "$IMAGE" --replicas 4 -- sleep 3600 >/dev/null
+k patch deployment spread -p '{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":1,"containers":[{"name":"busybox","imagePullPolicy":"IfNotPresent"}],"tolerations":[{"key":"node.kubernetes.io/unreachable","operator":"Exists","effect":"NoExecute","tolerationSeconds":5},{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":5}]}}}}' >/dev/null
+check_cmd "a Deployment spreads over the nodes" k rollout status deployment/spread --timeout=90s
+check_cmd "kubectl drain an agent" k drain a2 --ignore-daemonsets --delete-emptydir-data --force --timeout=60s
+check "the drained node is unschedulable" "true" "$(k get node a2 -o jsonpath='{.spec.unschedulable}')"
+check "only DaemonSet pods stay on the drained node" "everywhere" "$(k get pods -o jsonpath='{range .items[*]}{.spec.nodeName} {.metadata.name}{"\n"}{end}' | awk '$1 == "a2" {print $2}' | sed 's/-[a-z0-9]*$//' | sort -u | xargs)"
+k uncordon a2 >/dev/null
+
+# kill -9 an agent: its Node turns Unknown, its Deployment pods are recreated elsewhere
+# after their tolerationSeconds (5 s here); started again, it adopts its running containers.
+k scale deployment spread --replicas 0 >/dev/null
+k wait --for=delete pod -l app=spread --timeout=60s >/dev/null 2>&1
+k cordon e2e-node a2 >/dev/null
+k scale deployment spread --replicas 3 >/dev/null
+check_cmd "the Deployment runs on a1 (the others cordoned)" k rollout status deployment/spread --timeout=90s
+k uncordon e2e-node a2 >/dev/null
+check "all its pods are on a1" "a1" "$(k get pods -l app=spread -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | xargs)"
+DS_A1=$(k get pods -l app=everywhere -o jsonpath='{range .items[?(@.spec.nodeName=="a1")]}{.metadata.name}{end}')
+CID_BEFORE=$(k get pod "$DS_A1" -o jsonpath='{.status.containerStatuses[0].containerID}')
+kill -KILL "${AGENT_PID[a1]}"
+eventually "a killed agent's node turns Unknown" "Unknown" 90 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+running_elsewhere() { k get pods -l app=spread -o jsonpath='{range .items[*]}{.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{"\n"}{end}' | awk '$1 != "a1" && $2 == "Running" && NF == 2' | wc -l; }
+eventually "its Deployment pods run on the other nodes after tolerationSeconds" "3" 90 running_elsewhere
+start_agent a1
+eventually "the restarted agent is Ready again (no token needed)" "True" 60 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+eventually "it adopts its running containers (same container ID)" "$CID_BEFORE" 30 "$KUBECTL" get pod "$DS_A1" -o jsonpath='{.status.containerStatuses[0].containerID}'
+check "it ran again without the token" "0" "$(grep -c 'the server refused' "$E2E_DIR/a1.log")"
+
+# A Node deleted takes its pods with it.
+k delete node a2 >/dev/null
+eventually "a deleted Node's pods are removed" "" 60 sh -c "$KUBECTL get pods -A -o jsonpath='{range .items[*]}{.spec.nodeName}{\"\\n\"}{end}' | grep '^a2\$'"
+
+summary
