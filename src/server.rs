@@ -54,9 +54,6 @@ pub struct ServerConfig {
     /// This server's node's pod range (default: the first free one of --cluster-cidr).
     #[arg(long)]
     pub pod_cidr: Option<String>,
-    /// Addresses for Service ClusterIPs.
-    #[arg(long, default_value = "10.43.0.0/16")]
-    pub service_cidr: String,
     /// Ports for NodePort Services.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
@@ -218,7 +215,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
     }
-    let ranges = crate::api::services::ServiceRanges::parse(&cfg.service_cidr, &cfg.service_node_port_range).map_err(StartError::Bootstrap)?;
+    let ranges = crate::api::services::ServiceRanges::parse(&cfg.node.service_cidr, &cfg.service_node_port_range).map_err(StartError::Bootstrap)?;
     sans.push(ranges.first().to_string());
     sans.extend(cfg.tls_san.iter().cloned());
     sans.dedup();

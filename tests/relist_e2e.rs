@@ -161,7 +161,7 @@ async fn a_service_deleted_while_the_node_was_cut_off_loses_its_rules_and_name()
     let relay = Relay::start(format!("127.0.0.1:{port}").parse().unwrap()).await;
     let remote = Client::new(Arc::new(Https::new(&format!("https://{}", relay.addr), &ca, Credentials::Certificate { cert_pem: cert, key_pem: key }).unwrap()), "relist-node");
     let scope = Scope::new();
-    let proxy = ferrokube::proxy::start(remote.clone(), ferrokube::proxy::Config { node_name: "relist".into(), node_ip: None, pod_cidr: "10.99.0.0/24".into() }, &scope);
+    let proxy = ferrokube::proxy::start(remote.clone(), ferrokube::proxy::Config { node_name: "relist".into(), node_ip: None, pod_cidr: "10.99.0.0/24".into(), service_cidr: "10.43.0.0/16".into() }, &scope);
     let dns_addr: SocketAddr = format!("127.0.0.1:{}", std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
     ferrokube::dns::serve(remote.clone(), dns_addr, Vec::new(), &scope).await.unwrap();
     eventually(20, "rules and names for both services", || async {

@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// Taints this node registers with (`key=value:Effect` or `key:Effect`, repeatable).
     #[arg(long = "node-taint")]
     pub node_taint: Vec<String>,
+    /// Addresses for Service ClusterIPs (on the server: where they are allocated from; on
+    /// every node: traffic to one no Service owns is rejected).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
     /// Name of the bridge the pods attach to.
     #[arg(long, default_value = "fk0")]
     pub pod_bridge: String,
@@ -237,7 +241,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     scope.spawn(crate::kubelet::server::serve(kubelet.clone(), kubelet_listener, kubelet_tls, scope.clone()));
     tracing::info!(port = kubelet_port, "kubelet API serving");
     scope.spawn(kubelet.run());
-    crate::proxy::start(s.clients.proxy.clone(), crate::proxy::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), pod_cidr: subnet.to_string() }, scope);
+    crate::proxy::start(s.clients.proxy.clone(), crate::proxy::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), pod_cidr: subnet.to_string(), service_cidr: cfg.service_cidr.clone() }, scope);
     crate::node::routes::start(s.clients.proxy.clone(), crate::node::routes::Config { node_name: node_name.clone(), bridge: cfg.pod_bridge.clone() }, scope);
     let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
     // Bound to the node address (the kube-dns endpoint), so replies leave from the address

@@ -88,6 +88,9 @@ pub(crate) struct State {
     pub(crate) tokens: Guarded<HashMap<TokenKey, (String, i64)>>,
     /// The last CPU sample per node, pod (`pod/<uid>`) or container id: (time ns, CPU ns).
     pub(crate) cpu_samples: Guarded<HashMap<String, (i64, u64)>>,
+    /// The resourceVersion of this kubelet's last status write per pod uid: the watch event
+    /// echoing it is no reason to sync again.
+    pub(crate) own_writes: Arc<Guarded<HashMap<String, String>>>,
 }
 
 pub(crate) use crate::cri::labels::{CONTAINER_NAME as LABEL_CONTAINER, POD_NAME as LABEL_NAME, POD_NAMESPACE as LABEL_NAMESPACE, POD_UID as LABEL_UID};

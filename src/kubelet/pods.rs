@@ -96,7 +96,13 @@ impl Kubelet {
     pub(super) async fn pod_loop(self: Arc<Self>) {
         let (poke, mut poked) = mpsc::channel::<()>(1);
         let mine = PODS.all().fields(&format!("spec.nodeName={}", self.cfg.node_name));
-        let cache = crate::runtime::informer::follow(&self.client, mine, &self.scope, move |_| {
+        let own = self.state.own_writes.clone();
+        let cache = crate::runtime::informer::follow(&self.client, mine, &self.scope, move |c| {
+            let meta = &c.object()["metadata"];
+            let (uid, rv) = (meta["uid"].as_str().unwrap_or(""), meta["resourceVersion"].as_str().unwrap_or(""));
+            if !c.is_delete() && own.lock().get(uid).is_some_and(|w| w == rv) {
+                return;
+            }
             let _ = poke.try_send(());
         });
         let _ = self.pods.set(cache.clone());
@@ -153,10 +159,8 @@ impl Kubelet {
 
     /// Stops and removes a sandbox and its containers; removes the pod's cgroups.
     async fn teardown(&self, sandbox: &str, containers: &[String], grace: i64, uid: &str) {
+        self.stop_containers(containers, grace).await;
         let mut cri = self.cri.clone();
-        for c in containers {
-            let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: c.clone(), timeout: grace }).await;
-        }
         for c in containers {
             let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c.clone() }).await;
         }
@@ -164,6 +168,21 @@ impl Kubelet {
         let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
         remove_pod_cgroups(uid);
         self.cleanup_volumes(uid);
+    }
+
+    /// Stops containers all at once: each gets the whole grace period, as upstream's kubelet
+    /// kills a pod's containers in parallel.
+    async fn stop_containers(&self, containers: &[String], grace: i64) {
+        let stops = containers.iter().map(|c| {
+            let mut cri = self.cri.clone();
+            let id = c.clone();
+            async move {
+                if let Err(e) = cri.runtime.stop_container(v1::StopContainerRequest { container_id: id.clone(), timeout: grace }).await {
+                    tracing::debug!(container = %id, error = %e.message(), "stop container");
+                }
+            }
+        });
+        futures_util::future::join_all(stops).await;
     }
 
     async fn sync_pod(&self, pod: &Value, sandboxes: Vec<v1::PodSandbox>, containers: Vec<v1::Container>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -188,14 +207,28 @@ impl Kubelet {
                 grace = (grace - spent.as_secs() as i64).max(2);
             }
             let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+            self.stop_containers(&ids, grace).await;
+            // The final status before the object goes (as the kubelet since 1.27): containers
+            // terminated with their exit codes, not ready, a terminal phase.
+            let mut statuses = Vec::new();
+            for c in &ids {
+                if let Ok(r) = cri.runtime.container_status(v1::ContainerStatusRequest { container_id: c.clone(), verbose: false }).await {
+                    statuses.extend(r.into_inner().status);
+                }
+            }
+            let pod_ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+            if let Err(e) = self.write_status(pod, Observed { pod_ip, statuses, terminating: true, ..Default::default() }).await {
+                tracing::debug!(pod = name, error = %e, "final status not written");
+            }
             for sb in &sandboxes {
                 let mine: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == sb.id).map(|c| c.id.clone()).collect();
-                self.teardown(&sb.id, &mine, grace, uid).await;
+                self.teardown(&sb.id, &mine, 0, uid).await;
             }
             for c in ids {
                 let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c }).await;
             }
             self.state.waiting.lock().retain(|(u, _), _| u != uid);
+            self.state.own_writes.lock().remove(uid);
             self.forget_pulls(uid);
             self.cleanup_volumes(uid);
             let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
@@ -345,7 +378,8 @@ impl Kubelet {
     #[allow(clippy::too_many_arguments)]
     async fn maybe_restart(&self, pod: &Value, c: &Value, st: &v1::ContainerStatus, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, now: i64, volumes: &HashMap<String, std::path::PathBuf>) {
         let attempt = st.metadata.as_ref().map_or(0, |m| m.attempt);
-        let backoff = (FIRST_BACKOFF << attempt.min(10)).min(MAX_BACKOFF);
+        // As upstream: the first restart is immediate, the back-off doubles from there.
+        let backoff = if attempt == 0 { 0 } else { (FIRST_BACKOFF << (attempt - 1).min(10)).min(MAX_BACKOFF) };
         let finished = st.finished_at / 1_000_000_000;
         let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
         if now - finished < backoff {

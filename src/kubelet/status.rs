@@ -15,6 +15,8 @@ pub(super) struct Observed {
     pub sandbox_error: Option<String>,
     /// Readiness by container name, from the probes.
     pub ready: std::collections::HashMap<String, bool>,
+    /// The pod is being deleted and its containers have stopped: a terminal phase.
+    pub terminating: bool,
 }
 
 fn rfc3339(nanos: i64) -> Value {
@@ -141,7 +143,14 @@ impl Kubelet {
         let all_exited = !app.is_empty() && app.iter().all(|(_, _, _, e)| e.is_some());
         let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
         let init_failed = policy == "Never" && init.iter().any(|(_, _, _, e)| e.is_some_and(|c| c != 0));
-        let phase = if init_failed {
+        let phase = if o.terminating {
+            // Deleted: Succeeded only if every container ended well.
+            if all_exited && app.iter().all(|(_, _, _, e)| *e == Some(0)) {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if init_failed {
             "Failed"
         } else if all_exited && policy != "Always" {
             if app.iter().all(|(_, _, _, e)| *e == Some(0)) {
@@ -156,7 +165,7 @@ impl Kubelet {
         } else {
             "Pending"
         };
-        let host_ip = crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4()).map(|a| a.to_string()).unwrap_or_default();
+        let host_ip = self.cfg.node_ip.clone().or_else(|| crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4()).map(|a| a.to_string())).unwrap_or_default();
         let mut status = json!({
             "phase": phase,
             "conditions": [
@@ -194,7 +203,13 @@ impl Kubelet {
             }
         }
         match self.client.merge_patch(crate::vocab::resource::builtin::PODS.of(pod).sub("status"), &json!({"status": patch})).await {
-            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
+            Ok(written) => {
+                if let Some(rv) = written["metadata"]["resourceVersion"].as_str() {
+                    self.state.own_writes.lock().insert(uid.to_string(), rv.to_string());
+                }
+                Ok(())
+            }
+            Err(ApiError { code: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -24,6 +24,8 @@ pub struct Config {
     pub node_name: String,
     pub node_ip: Option<String>,
     pub pod_cidr: String,
+    /// The Service ClusterIP range: what no Service owns there is rejected.
+    pub service_cidr: String,
 }
 
 /// The jumps from the built-in chains into ours: (table, built-in chain, our chain).
@@ -120,7 +122,7 @@ pub fn start(client: Client, cfg: Config, scope: &Scope) -> Handle {
             let set = {
                 let (svcs, sls) = (services.list(), slices.list());
                 let (svcs, sls): (Vec<&Value>, Vec<&Value>) = (svcs.iter().map(|v| v.as_ref()).collect(), sls.iter().map(|v| v.as_ref()).collect());
-                rules::build(&svcs, &sls, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr }, &chains)
+                rules::build(&svcs, &sls, &rules::Node { name: &cfg.node_name, pod_cidr: &cfg.pod_cidr, service_cidr: &cfg.service_cidr }, &chains)
             };
             // After the first full write, only the chains that changed are written.
             let text = match &applied {

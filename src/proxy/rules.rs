@@ -19,6 +19,9 @@ const MASQ_MARK: &str = "0x4000";
 pub struct Node<'a> {
     pub name: &'a str,
     pub pod_cidr: &'a str,
+    /// The ClusterIP range: packets to it that no rule translated are rejected (as
+    /// kube-proxy's nftables mode does) instead of leaving by the default route.
+    pub service_cidr: &'a str,
 }
 
 /// One endpoint a service port can reach.
@@ -168,6 +171,9 @@ pub fn build(services: &[&Value], slices: &[&Value], node: &Node, stale: &BTreeS
     text.push_str("COMMIT\n*filter\n");
     let _ = writeln!(text, ":{REJECT} - [0:0]");
     text.push_str(&filter);
+    if !node.service_cidr.is_empty() {
+        let _ = writeln!(text, "-A {REJECT} -d {} -m conntrack ! --ctstate DNAT -m comment --comment \"no Service has this address\" -j REJECT", node.service_cidr);
+    }
     text.push_str("COMMIT\n");
     RuleSet { text, chains }
 }
@@ -240,7 +246,7 @@ mod tests {
         json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "", "port": 8080, "protocol": "TCP"}], "endpoints": eps})
     }
 
-    const NODE: Node = Node { name: "n1", pod_cidr: "10.42.0.0/24" };
+    const NODE: Node = Node { name: "n1", pod_cidr: "10.42.0.0/24", service_cidr: "10.43.0.0/16" };
 
     #[test]
     fn cluster_ip_balances_over_ready_endpoints() {
@@ -253,7 +259,8 @@ mod tests {
         assert!(r.text.contains("-j DNAT --to-destination 10.42.0.6:8080"));
         assert!(!r.text.contains("10.42.0.7"), "not-ready endpoints are left out");
         assert!(r.text.contains("-A FERROKUBE-NODEPORTS -p tcp -m tcp --dport 30080"));
-        assert!(!r.text.contains("REJECT\n"), "{}", r.text);
+        assert!(!r.text.lines().any(|l| l.ends_with("-j REJECT") && !l.contains("no Service has this address")), "{}", r.text);
+        assert!(r.text.contains("-A FERROKUBE-SVC-REJECT -d 10.43.0.0/16 -m conntrack ! --ctstate DNAT"), "addresses no Service owns are rejected: {}", r.text);
         assert_eq!(r.chains.len(), 3, "one service chain, two endpoint chains");
     }
 
@@ -292,6 +299,6 @@ mod tests {
         assert_eq!(local.len(), 2, "affinity check + one local endpoint: {local:?}");
         assert!(!r.text.lines().any(|l| l.starts_with("-A FERROKUBE-NODEPORTS") && l.contains(MARK_MASQ)), "Local keeps the client address");
         let headless = svc(json!({"clusterIP": "None"}));
-        assert!(!build(&[&headless], &[&sl], &NODE, &BTreeSet::new()).text.contains("DNAT"));
+        assert!(!build(&[&headless], &[&sl], &NODE, &BTreeSet::new()).text.contains("-j DNAT"));
     }
 }

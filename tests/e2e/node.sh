@@ -460,6 +460,31 @@ check "pods have veths on the bridge while they run" "yes" "$([ "$(ip -br link s
 # silent (it reads the Leases from its informer) and marked no pod NotReady.
 check "the node stays Ready past the grace period" "True" "$(k get node e2e-node -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
 check "no NodeNotReady event" "" "$(k get events -A --field-selector reason=NodeNotReady -o name)"
+# Kubelet timing as upstream's: a pod's containers stop in parallel (two that ignore SIGTERM
+# take one grace period), the final status is written before the object goes (terminated
+# containers, Ready=False, a terminal phase), and the first restart after a crash is immediate.
+cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - {name: a, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "trap '' TERM; while true; do sleep 1; done"]}
+  - {name: b, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sh, -c, "trap '' TERM; while true; do sleep 1; done"]}
+YAML
+k wait --for=condition=Ready pod/stubborn --timeout=60s >/dev/null
+(timeout 30 "$KUBECTL" get pod stubborn -w -o jsonpath='{.status.phase} {.status.conditions[?(@.type=="Ready")].status} {.status.containerStatuses[*].state.terminated.exitCode}{"\n"}' >"$E2E_DIR/final" 2>&1 &)
+sleep 0.5
+t0=$(date +%s%N)
+k delete pod stubborn --wait --timeout=60s >/dev/null
+elapsed=$((($(date +%s%N) - t0) / 1000000))
+echo "# two SIGTERM-ignoring containers deleted in $elapsed ms (grace period 5 s)"
+check "two containers that ignore SIGTERM are gone in one grace period (+ 2 s)" "yes" "$([ "$elapsed" -le 7000 ] && echo yes)"
+check_contains "a deleted pod's final status comes before it goes" "Failed False 137 137" "$(cat "$E2E_DIR/final")"
+k run crashfast --image "$IMAGE" --image-pull-policy IfNotPresent -- sh -c 'sleep 1; exit 3' >/dev/null
+k wait --for=jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}'=3 pod/crashfast --timeout=60s >/dev/null 2>&1 &
+eventually "the first restart after a crash is immediate" "1" 6 "$KUBECTL" get pod crashfast -o jsonpath='{.status.containerStatuses[0].restartCount}'
 check_cmd "delete all pods" k delete pods --all --wait --timeout=90s
 sleep 1
 check "a deleted pod's token no longer authenticates" "401" "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $PODTOKEN" "https://127.0.0.1:$PORT/api/v1/namespaces/default/pods")"
