@@ -323,9 +323,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     publish_kubernetes_service(&cfg, &api, first, node_ip.clone()).await;
 
     let runtime = if cfg.disable_agent { None } else { start_node(&cfg, &api, &pki, node_ip.clone(), &agent).await? };
-    if !cfg.disable_agent {
-        publish_dns_service(&cfg, &api, node_ip).await;
-    }
+    follow_dns_endpoints(&cfg, &api, &serving);
     shutdown_signal().await;
     if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
         let _ = sd_notify(&socket, "STOPPING=1");
@@ -368,25 +366,53 @@ async fn start_node(cfg: &ServerConfig, api: &std::sync::Arc<Api>, pki: &Pki, no
     crate::agent::node::start(start, scope).await
 }
 
-/// The `kube-dns` Service (with its one endpoint, this node) through which pods reach the
-/// embedded DNS, published by the server as a deployer of the DNS add-on would.
-async fn publish_dns_service(cfg: &ServerConfig, api: &std::sync::Arc<Api>, node_ip: Option<String>) {
-    if node_ip.is_none() {
-        tracing::warn!("no IPv4 address on this host: the kube-dns Service has no endpoint");
-    }
-    let published = Published {
-        namespace: "kube-system",
-        name: "kube-dns",
-        labels: serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}),
-        cluster_ip: cfg.node.cluster_dns.to_string(),
-        port: ("dns", 53, "UDP", cfg.node.cluster_dns_port),
-        endpoint: node_ip,
-    };
-    published.publish(&apiserver_client(api)).await;
+/// The `kube-dns` Service through which pods reach the embedded DNS of their own node
+/// (`internalTrafficPolicy: Local`, one endpoint per node at its InternalIP), kept in step
+/// with the Nodes, as a deployer of the DNS add-on would publish it.
+fn follow_dns_endpoints(cfg: &ServerConfig, api: &std::sync::Arc<Api>, scope: &Scope) {
+    use crate::vocab::resource::builtin::NODES;
+    let client = apiserver_client(api);
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let c = changed.clone();
+    let nodes = crate::runtime::informer::follow(&client, NODES.all(), scope, move |_| c.notify_one());
+    let (cluster_ip, port) = (cfg.node.cluster_dns.to_string(), cfg.node.cluster_dns_port);
+    let s = scope.clone();
+    scope.spawn(async move {
+        nodes.synced().await;
+        let mut last: Option<Vec<(String, Option<String>)>> = None;
+        loop {
+            let mut endpoints: Vec<(String, Option<String>)> = nodes
+                .list()
+                .iter()
+                .filter_map(|n| {
+                    let ip = n["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str()?.to_string();
+                    Some((ip, n["metadata"]["name"].as_str().map(String::from)))
+                })
+                .collect();
+            endpoints.sort();
+            if last.as_ref() != Some(&endpoints) {
+                let published = Published {
+                    namespace: "kube-system",
+                    name: "kube-dns",
+                    labels: serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}),
+                    cluster_ip: cluster_ip.clone(),
+                    port: ("dns", 53, "UDP", port),
+                    endpoints: endpoints.clone(),
+                    node_local: true,
+                };
+                published.publish(&client).await;
+                last = Some(endpoints);
+            }
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = s.cancelled() => return,
+            }
+        }
+    });
 }
 
-/// A Service whose one endpoint is this server itself (`kubernetes`, `kube-dns`), with its
-/// EndpointSlice and Endpoints, written at every start (the address may have changed).
+/// A Service the server publishes (`kubernetes`: this server; `kube-dns`: every node's DNS),
+/// with its EndpointSlice and Endpoints, written at every start (addresses may have changed).
 struct Published {
     namespace: &'static str,
     name: &'static str,
@@ -394,35 +420,65 @@ struct Published {
     cluster_ip: String,
     /// Port name, service port, protocol, target (endpoint) port.
     port: (&'static str, u16, &'static str, u16),
-    endpoint: Option<String>,
+    /// Addresses, with the node each is on.
+    endpoints: Vec<(String, Option<String>)>,
+    /// `internalTrafficPolicy: Local`: every node uses its own endpoint.
+    node_local: bool,
 }
 
 impl Published {
     async fn publish(&self, client: &Client) {
         let (ns, name) = (self.namespace, self.name);
         let (pname, port, protocol, target) = self.port;
+        let policy = if self.node_local { "Local" } else { "Cluster" };
         let svc = serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": ns, "labels": self.labels},
-            "spec": {"clusterIP": self.cluster_ip, "ports": [{"name": pname, "port": port, "protocol": protocol, "targetPort": target}]},
+            "spec": {"clusterIP": self.cluster_ip, "internalTrafficPolicy": policy, "ports": [{"name": pname, "port": port, "protocol": protocol, "targetPort": target}]},
         });
         match client.create(SERVICES.ns(ns), &svc).await {
-            Ok(_) | Err(crate::vocab::status::ApiError { code: 409, .. }) => {}
+            Ok(_) => {}
+            Err(crate::vocab::status::ApiError { code: 409, .. }) => {
+                if let Err(e) = client.merge_patch(SERVICES.named(ns, name), &serde_json::json!({"spec": {"internalTrafficPolicy": policy}})).await {
+                    tracing::warn!(service = name, error = %e, "Service not updated");
+                }
+            }
             Err(e) => tracing::warn!(service = name, error = %e, "Service not created"),
         }
-        let Some(ip) = &self.endpoint else { return };
+        if self.endpoints.is_empty() {
+            return;
+        }
         let slice_name = format!("{name}-ferrokube");
+        let slice_eps: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|(ip, node)| {
+                let mut e = serde_json::json!({"addresses": [ip], "conditions": {"ready": true}});
+                if let Some(n) = node {
+                    e["nodeName"] = serde_json::json!(n);
+                }
+                e
+            })
+            .collect();
         let slice = serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": slice_name, "namespace": ns, "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "ferrokube"}},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "endpoints": slice_eps,
             "ports": [{"name": pname, "port": target, "protocol": protocol}],
         });
+        let addresses: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|(ip, node)| match node {
+                Some(n) => serde_json::json!({"ip": ip, "nodeName": n}),
+                None => serde_json::json!({"ip": ip}),
+            })
+            .collect();
         let endpoints = serde_json::json!({
             "apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": name, "namespace": ns, "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": pname, "port": target, "protocol": protocol}]}],
+            "subsets": [{"addresses": addresses, "ports": [{"name": pname, "port": target, "protocol": protocol}]}],
         });
         let writes = [(ENDPOINTSLICES, slice_name.as_str(), slice, ["endpoints", "ports"]), (ENDPOINTS, name, endpoints, ["subsets", "metadata"])];
         for (res, object, body, fields) in writes {
@@ -459,7 +515,8 @@ async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api
         labels: serde_json::json!({"component": "apiserver", "provider": "kubernetes"}),
         cluster_ip: first.to_string(),
         port: ("https", 443, "TCP", cfg.https_listen_port),
-        endpoint,
+        endpoints: endpoint.into_iter().map(|ip| (ip, None)).collect(),
+        node_local: false,
     };
     published.publish(&client).await;
 }

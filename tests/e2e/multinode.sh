@@ -154,6 +154,17 @@ k label pod web-e2e-node only=srv >/dev/null
 k patch svc web-srv -p '{"spec":{"selector":{"only":"srv"}}}' >/dev/null
 eventually "a Service's backend on a2, from a pod on a1" "hello from web-a2" 30 http_get web-a1 "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 80
 eventually "a Service's backend on the server's node, from a pod on a1" "hello from web-e2e-node" 30 http_get web-a1 "$(k get svc web-srv -o jsonpath='{.spec.clusterIP}')" 80
+check "kube-dns has one endpoint per node" "a1 a2 e2e-node" "$(k -n kube-system get endpointslice kube-dns-ferrokube -o jsonpath='{range .endpoints[*]}{.nodeName}{"\n"}{end}' | sort | xargs)"
+# What a1's proxy sends 10.43.0.10:53/udp to: only a1's own DNS.
+dns_target() {
+  local rules svc
+  rules=$(in_ns "$1" iptables-save -t nat)
+  svc=$(echo "$rules" | awk '/^-A FERROKUBE-SERVICES -d 10.43.0.10\/32 -p udp/ {print $NF}')
+  for sep in $(echo "$rules" | awk -v c="$svc" '$2 == c && /-j FKSEP-/ {print $NF}'); do
+    echo "$rules" | awk -v c="$sep" '$2 == c && /DNAT/ {print $NF}'
+  done | sort -u | xargs
+}
+check "an agent's pods ask the DNS of their own node" "$IP_a1:10053" "$(dns_target a1)"
 eventually "DNS names resolve from a pod on an agent" "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 30 lookup web-a1 web-a2.default.svc.cluster.local
 
 # The API reaches an agent's pod through that agent's kubelet API.
