@@ -163,11 +163,17 @@ pub fn run(t: &Target) -> Result<Report, String> {
     let state = t.run_dir.join("containerd");
     let socket = state.join("containerd.sock");
 
-    // The server first: it would restart what follows.
+    // The server (or an agent) first: it would restart what follows.
     let servers = holding(&store);
     if !servers.is_empty() {
         let clean = stop(&servers, Duration::from_secs(15));
         report.push(format!("stopped the server (pid {}){}", join(&servers), if clean { "" } else { " (killed)" }));
+    }
+    let lock = crate::agent::lock_file(&t.data_dir);
+    let agents = holding(&lock.canonicalize().unwrap_or(lock));
+    if !agents.is_empty() {
+        let clean = stop(&agents, Duration::from_secs(15));
+        report.push(format!("stopped the agent (pid {}){}", join(&agents), if clean { "" } else { " (killed)" }));
     }
     // The node's containerd, and whatever else of ours runs: shims and their containers.
     let layout = crate::node::containerd::Layout::new(&t.data_dir, &t.run_dir);

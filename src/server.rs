@@ -216,6 +216,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
         sans.push(cfg.bind_address.to_string());
     }
     let ranges = crate::api::services::ServiceRanges::parse(&cfg.node.service_cidr, &cfg.service_node_port_range).map_err(StartError::Bootstrap)?;
+    let cluster_cidr = crate::controllers::nodeipam::ClusterCidr::parse(&cfg.cluster_cidr, cfg.node_cidr_mask_size).map_err(|e| StartError::Command(format!("--cluster-cidr {} / --node-cidr-mask-size {}: {e}", cfg.cluster_cidr, cfg.node_cidr_mask_size)))?;
     sans.push(ranges.first().to_string());
     sans.extend(cfg.tls_san.iter().cloned());
     sans.dedup();
@@ -309,7 +310,6 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let leadership = Leadership::Always;
     let (controllers_api, storage_dir) = (api.clone(), cfg.data_dir.join("storage"));
     let ca = crate::controllers::certificates::Ca { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() };
-    let cluster_cidr = crate::controllers::nodeipam::ClusterCidr::parse(&cfg.cluster_cidr, cfg.node_cidr_mask_size).map_err(|e| StartError::Command(format!("--cluster-cidr {} / --node-cidr-mask-size {}: {e}", cfg.cluster_cidr, cfg.node_cidr_mask_size)))?;
     leadership.run("kube-controller-manager", &control, move |scope| {
         let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone(), cluster_cidr: cluster_cidr.clone() };
         crate::controllers::start(&|agent, user| controllers_api.client_as(agent, user), scope, cfg);

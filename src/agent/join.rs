@@ -48,6 +48,29 @@ pub struct NodeCredentials {
     pub dns: (String, String),
 }
 
+impl NodeCredentials {
+    /// Whether one of the certificates is due for renewal now.
+    pub fn due(&self) -> bool {
+        [&self.kubelet, &self.serving, &self.proxy, &self.dns].iter().any(|(c, _)| renew_after(c).is_zero())
+    }
+
+    /// How long until the first of these certificates is due for renewal (checked again at
+    /// least daily, so a clock that jumps is noticed).
+    pub fn renew_in(&self) -> Duration {
+        let day = Duration::from_secs(86400);
+        [&self.kubelet, &self.serving, &self.proxy, &self.dns].iter().map(|(c, _)| renew_after(c)).min().unwrap_or(day).min(day)
+    }
+}
+
+/// How long until `cert_pem` has [`RENEW_AT`] of its life left.
+fn renew_after(cert_pem: &str) -> Duration {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return Duration::ZERO };
+    let Ok(cert) = pem.parse_x509() else { return Duration::ZERO };
+    let (from, to) = (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
+    let due = to - ((to - from) as f64 * RENEW_AT) as i64;
+    Duration::from_secs((due - chrono::Utc::now().timestamp()).max(0) as u64)
+}
+
 /// Where a node keeps its credentials.
 pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("agent").join("tls")
@@ -282,5 +305,8 @@ mod tests {
         p.not_after = now + time::Duration::days(99);
         assert!(usable(&Some((p.self_signed(&key).unwrap().pem(), String::new()))));
         assert!(!usable(&Some(("garbage".into(), String::new()))));
+        let fresh = p.self_signed(&key).unwrap().pem();
+        let due = renew_after(&fresh).as_secs() as i64;
+        assert!((due - 79 * 86400).abs() < 120, "renewed at 80% of a 100-day life: {due}");
     }
 }

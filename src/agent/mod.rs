@@ -45,7 +45,9 @@ pub struct AgentConfig {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cfg: AgentConfig) -> Result<(), StartError> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StartError::DataDir(cfg.data_dir.clone(), e.to_string()))?;
+    std::fs::create_dir_all(cfg.data_dir.join("agent")).map_err(|e| StartError::DataDir(cfg.data_dir.clone(), e.to_string()))?;
+    // Held while the agent runs: one agent per data directory, and `killall` finds it.
+    let _lock = lock(&cfg.data_dir)?;
     let token = match (&cfg.token, &cfg.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
         (None, Some(f)) => Some(std::fs::read_to_string(f).map_err(|e| StartError::Command(format!("--token-file {}: {e}", f.display())))?.trim().to_string()),
@@ -57,37 +59,102 @@ pub async fn run(cfg: AgentConfig) -> Result<(), StartError> {
     let node_ip = cfg.node.node_ip.map(|a| a.to_string()).or_else(|| source_address(&server)).or_else(|| cfg.node.ip(&cfg.cluster_cidr));
     let names = cfg.node.serving_names(node_ip.as_deref());
     let join = join::Join { server: &server, token: token.as_deref(), ca_cert_hash: cfg.ca_cert_hash.as_deref(), data_dir: &cfg.data_dir, node_name: &name, serving_names: &names };
-    let creds = join::credentials(&join).await.map_err(|e| StartError::Command(e.to_string()))?;
-    tracing::info!(node = %name, %server, elapsed_ms = started.elapsed().as_millis() as u64, "node credentials ready");
-    let client = |pair: &(String, String), agent: &str| join::client(&server, &creds.ca_pem, Credentials::Certificate { cert_pem: pair.0.clone().into_bytes(), key_pem: pair.1.clone().into_bytes() }, agent).map_err(|e| StartError::Command(e.to_string()));
-    let clients = node::Clients {
-        kubelet: client(&creds.kubelet, concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION")))?,
-        proxy: client(&creds.proxy, concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")))?,
-        dns: client(&creds.dns, concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")))?,
-    };
     let cluster_cidr: crate::cni::ipam::Subnet = cfg.cluster_cidr.parse().map_err(|e: String| StartError::Command(format!("--cluster-cidr {}: {e}", cfg.cluster_cidr)))?;
-    let cluster_cidr = cluster_cidr.to_string();
-    let scope = Scope::new();
-    let start = node::Start {
-        args: &cfg.node,
-        data_dir: &cfg.data_dir,
-        node_ip,
-        pod_cidr: None,
-        cluster_cidr,
-        control_plane: false,
-        clients,
-        serving: crate::kubelet::server::Tls { cert_pem: creds.serving.0.clone(), key_pem: creds.serving.1.clone(), ca_pem: creds.ca_pem.clone() },
-    };
-    let runtime = node::start(start, &scope).await?;
-    tracing::info!(node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "agent running");
-    crate::server::shutdown_signal().await;
-    tracing::info!("shutting down");
-    scope.stop().await;
-    if let Some(containerd) = runtime {
-        containerd.stop().await;
+    let mut notified = false;
+    let shutdown = crate::server::shutdown_signal();
+    tokio::pin!(shutdown);
+    // Each turn runs the node with one set of credentials; when one of them is due for
+    // renewal the node's components stop (pods keep running), new certificates are
+    // requested with the node's identity, and the node starts again and adopts its pods.
+    let mut creds = join::credentials(&join).await.map_err(|e| StartError::Command(e.to_string()))?;
+    loop {
+        tracing::info!(node = %name, %server, elapsed_ms = started.elapsed().as_millis() as u64, "node credentials ready");
+        let client = |pair: &(String, String), agent: &str| join::client(&server, &creds.ca_pem, Credentials::Certificate { cert_pem: pair.0.clone().into_bytes(), key_pem: pair.1.clone().into_bytes() }, agent).map_err(|e| StartError::Command(e.to_string()));
+        let clients = node::Clients {
+            kubelet: client(&creds.kubelet, concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION")))?,
+            proxy: client(&creds.proxy, concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")))?,
+            dns: client(&creds.dns, concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")))?,
+        };
+        let scope = Scope::new();
+        let start = node::Start {
+            args: &cfg.node,
+            data_dir: &cfg.data_dir,
+            node_ip: node_ip.clone(),
+            pod_cidr: None,
+            cluster_cidr: cluster_cidr.to_string(),
+            control_plane: false,
+            clients,
+            serving: crate::kubelet::server::Tls { cert_pem: creds.serving.0.clone(), key_pem: creds.serving.1.clone(), ca_pem: creds.ca_pem.clone() },
+        };
+        let runtime = node::start(start, &scope).await?;
+        tracing::info!(node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "agent running");
+        if let (false, Some(socket)) = (notified, std::env::var_os("NOTIFY_SOCKET")) {
+            let _ = crate::server::sd_notify(&socket, "READY=1");
+            notified = true;
+        }
+        // The new credentials are in hand before the node stops; a failed renewal is retried
+        // while the node keeps running on the old ones.
+        let mut next = None;
+        let stop = loop {
+            let renew = creds.renew_in();
+            tracing::debug!(secs = renew.as_secs(), "next certificate check");
+            tokio::select! {
+                _ = &mut shutdown => break true,
+                _ = tokio::time::sleep(renew) => {}
+            }
+            if !creds.due() {
+                continue;
+            }
+            match join::credentials(&join).await {
+                Ok(c) => {
+                    next = Some(c);
+                    break false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate renewal failed; retrying in 5 minutes");
+                    tokio::select! {
+                        _ = &mut shutdown => break true,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
+                    }
+                }
+            }
+        };
+        if stop {
+            if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+                let _ = crate::server::sd_notify(&socket, "STOPPING=1");
+            }
+            tracing::info!("shutting down");
+        } else {
+            tracing::info!("renewing the node's certificates: the node's components restart, pods keep running");
+        }
+        scope.stop().await;
+        if let Some(containerd) = runtime {
+            containerd.stop().await;
+        }
+        match next {
+            Some(c) => creds = c,
+            None => {
+                tracing::info!("stopped");
+                return Ok(());
+            }
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// The file an agent holds open (and locked) while it runs.
+pub fn lock_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("agent").join("lock")
+}
+
+fn lock(data_dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::os::fd::AsRawFd;
+    let path = lock_file(data_dir);
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| StartError::DataDir(path.clone(), e.to_string()))?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StartError::DataDir(data_dir.to_path_buf(), "another ferrokube agent runs on this data directory".into()));
+    }
+    Ok(file)
 }
 
 /// The local address this host uses to reach `server` (a UDP "connection" sends nothing).

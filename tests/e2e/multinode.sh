@@ -228,9 +228,16 @@ start_agent a1
 eventually "the restarted agent is Ready again (no token needed)" "True" 60 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
 eventually "it adopts its running containers (same container ID)" "$CID_BEFORE" 30 "$KUBECTL" get pod "$DS_A1" -o jsonpath='{.status.containerStatuses[0].containerID}'
 check "it ran again without the token" "0" "$(grep -c 'the server refused' "$E2E_DIR/a1.log")"
+out=$(in_ns a1 timeout 20 "$FERROKUBE" agent --server "$URL" --data-dir "$E2E_DIR/a1" --run-dir "$E2E_DIR/a1-run2" --node-name a1 2>&1)
+check_contains "a second agent on the same data directory is refused" "another ferrokube agent runs on this data directory" "$out"
 
 # A Node deleted takes its pods with it.
 k delete node a2 >/dev/null
 eventually "a deleted Node's pods are removed" "" 60 sh -c "$KUBECTL get pods -A -o jsonpath='{range .items[*]}{.spec.nodeName}{\"\\n\"}{end}' | grep '^a2\$'"
+
+# killall on an agent's host stops the agent, its containerd and its pods.
+out=$(in_ns a1 "$FERROKUBE" killall --data-dir "$E2E_DIR/a1" --run-dir "$E2E_DIR/a1-run" --pod-bridge fkpa1 2>&1)
+check_contains "killall stops the agent" "stopped the agent" "$out"
+check "the agent process is gone" "gone" "$(kill -0 "${AGENT_PID[a1]}" 2>/dev/null && echo running || echo gone)"
 
 summary
