@@ -67,7 +67,7 @@ fn main() {
     }
     let _ = Command::new("ip").args(["netns", "del", NETNS]).stderr(std::process::Stdio::null()).status();
     assert!(Command::new("ip").args(["netns", "add", NETNS]).status().unwrap().success());
-    let node = Node { name: "n1", pod_cidr: "10.42.0.0/16" };
+    let node = Node { name: "n1", pod_cidr: "10.42.0.0/16", service_cidr: "10.43.0.0/16" };
     let setup = "*nat\n:FERROKUBE-SERVICES - [0:0]\n:FERROKUBE-NODEPORTS - [0:0]\n:FERROKUBE-MARK-MASQ - [0:0]\n:FERROKUBE-SVC-POSTRTG - [0:0]\nCOMMIT\n*filter\n:FERROKUBE-SVC-REJECT - [0:0]\nCOMMIT\n";
     in_netns("iptables-restore", &["--noflush"], Some(setup));
 
