@@ -42,6 +42,12 @@ impl BootstrapToken {
         Ok(BootstrapToken { id: id.to_string(), secret: secret.to_string() })
     }
 
+    /// Whether `s` has a bootstrap token's shape (checked before anything is allocated: most
+    /// bearer tokens are service-account JWTs).
+    pub fn shaped(s: &str) -> bool {
+        s.len() == 23 && s.split_once('.').is_some_and(|(id, secret)| valid(id, 6) && valid(secret, 16))
+    }
+
     /// A new random token.
     pub fn generate() -> BootstrapToken {
         BootstrapToken { id: random(6), secret: random(16) }
@@ -240,6 +246,7 @@ mod tests {
         for bad in ["abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde", "abcdef.0123456789abcdeff", "abc-ef.0123456789abcdef"] {
             assert!(BootstrapToken::parse(bad).is_err(), "{bad}");
         }
+        assert!(BootstrapToken::shaped("abcdef.0123456789abcdef") && !BootstrapToken::shaped("eyJhbGciOi.eyJpc3Mi.c2ln"));
         let g = BootstrapToken::generate();
         assert!(BootstrapToken::parse(&g.to_string()).is_ok());
         assert_ne!(g, BootstrapToken::generate());

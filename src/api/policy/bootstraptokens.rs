@@ -11,6 +11,9 @@ use crate::vocab::user::UserInfo;
 impl Api {
     /// The identity a bootstrap token authenticates, if it is a valid one.
     pub fn bootstrap_token_identity(&self, presented: &str) -> Option<UserInfo> {
+        if !BootstrapToken::shaped(presented) {
+            return None;
+        }
         let token = BootstrapToken::parse(presented).ok()?;
         let secret = self.core_object("secrets", Some(NAMESPACE), &token.secret_name()).ok()??;
         if secret["metadata"]["deletionTimestamp"].is_string() {
