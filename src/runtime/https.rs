@@ -48,13 +48,6 @@ pub struct Https {
 impl Https {
     /// A transport to `url` (`https://host:port`), trusting only `ca_pem`.
     pub fn new(url: &str, ca_pem: &[u8], creds: Credentials) -> Result<Https, HttpsError> {
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| HttpsError::Url(url.into(), e.to_string()))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(HttpsError::Url(url.into(), "only https:// is served".into()));
-        }
-        let host = uri.host().ok_or_else(|| HttpsError::Url(url.into(), "no host".into()))?.trim_matches(['[', ']']).to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let server_name = ServerName::try_from(host.clone()).map_err(|e| HttpsError::Url(url.into(), e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(c.map_err(|e| HttpsError::Tls(format!("CA certificate: {e}")))?).map_err(|e| HttpsError::Tls(format!("CA certificate: {e}")))?;
@@ -66,7 +59,7 @@ impl Https {
             .with_safe_default_protocol_versions()
             .map_err(|e| HttpsError::Tls(e.to_string()))?
             .with_root_certificates(roots);
-        let (mut config, bearer) = match creds {
+        let (config, bearer) = match creds {
             Credentials::Certificate { cert_pem, key_pem } => {
                 let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>().map_err(|e| HttpsError::Tls(format!("client certificate: {e}")))?;
                 let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| HttpsError::Tls(format!("client key: {e}")))?;
@@ -75,15 +68,26 @@ impl Https {
             Credentials::Token(t) => (builder.with_no_client_auth(), Some(t)),
             Credentials::None => (builder.with_no_client_auth(), None),
         };
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        Ok(Https { authority, server_name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer, conn: Mutex::new(None) })
+        Https::with_config(url, config, bearer)
     }
 
     /// A transport to `url` that accepts any server certificate and sends no credentials:
     /// only for a joining node's discovery, whose answer (the cluster CA) is checked against
     /// the pin of its token before anything is trusted or sent.
     pub fn unverified(url: &str) -> Result<Https, HttpsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HttpsError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        Https::with_config(url, config, None)
+    }
+
+    /// A transport to `url` (`https://host[:port]`) with this TLS configuration (h2 is
+    /// offered) and bearer token.
+    fn with_config(url: &str, mut config: rustls::ClientConfig, bearer: Option<String>) -> Result<Https, HttpsError> {
         let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| HttpsError::Url(url.into(), e.to_string()))?;
         if uri.scheme_str() != Some("https") {
             return Err(HttpsError::Url(url.into(), "only https:// is served".into()));
@@ -91,16 +95,9 @@ impl Https {
         let host = uri.host().ok_or_else(|| HttpsError::Url(url.into(), "no host".into()))?.trim_matches(['[', ']']).to_string();
         let port = uri.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(host.clone()).map_err(|e| HttpsError::Url(url.into(), e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HttpsError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
         let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        Ok(Https { authority, server_name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer: None, conn: Mutex::new(None) })
+        Ok(Https { authority, server_name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer, conn: Mutex::new(None) })
     }
 
     /// A transport from a kubeconfig's current context (embedded CA and client

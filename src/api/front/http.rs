@@ -146,42 +146,14 @@ async fn handle(api: Arc<Api>, req: Request<Incoming>, cert: Option<UserInfo>, t
         if let Some(target) = remote {
             let resp = crate::api::aggregator::proxy::forward(&api.aggregator, target, req, &user).await;
             tracing::debug!(%peer, %method, %path, code = resp.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "proxied request");
-            if let Some(mut rec) = rec {
-                rec.response(resp.status().as_u16(), "", b"");
-                rec.emit(Stage::ResponseComplete).await;
-            }
-            return resp;
+            return relayed(rec, Ok(resp), &[Stage::ResponseComplete]).await;
         }
         if let Some((node, target)) = node_proxy {
-            let resp = match api.node_proxy(req, &node, &target).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    let r = Rendered::error(&e);
-                    finish(rec, &r).await;
-                    return to_response(r, None);
-                }
-            };
-            if let Some(mut rec) = rec {
-                rec.response(resp.status().as_u16(), "", b"");
-                rec.emit(Stage::ResponseComplete).await;
-            }
-            return resp;
+            return relayed(rec, api.node_proxy(req, &node, &target).await, &[Stage::ResponseComplete]).await;
         }
         if let Some(what) = stream {
-            let resp = match api.pod_stream(req, what).await {
-                Ok(resp) => resp.map(|_| Full::new(Bytes::new()).boxed()),
-                Err(e) => {
-                    let r = Rendered::error(&e);
-                    finish(rec, &r).await;
-                    return to_response(r, None);
-                }
-            };
-            if let Some(mut rec) = rec {
-                rec.response(resp.status().as_u16(), "", b"");
-                rec.emit(Stage::ResponseStarted).await;
-                rec.emit(Stage::ResponseComplete).await;
-            }
-            return resp;
+            let resp = api.pod_stream(req, what).await.map(|r| r.map(|_| Full::new(Bytes::new()).boxed()));
+            return relayed(rec, resp, &[Stage::ResponseStarted, Stage::ResponseComplete]).await;
         }
     }
     let header = |n: hyper::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
@@ -239,6 +211,27 @@ impl Front<'_> {
 }
 
 /// Completes an audit record of an answer given here.
+/// The answer of a request relayed elsewhere (an extension server, a kubelet), audited with
+/// its status at `stages`; a failure to relay is answered with its `Status`.
+async fn relayed(rec: Option<Record>, result: Result<Response<RespBody>, ApiError>, stages: &[Stage]) -> Response<RespBody> {
+    match result {
+        Ok(resp) => {
+            if let Some(mut rec) = rec {
+                rec.response(resp.status().as_u16(), "", b"");
+                for stage in stages {
+                    rec.emit(*stage).await;
+                }
+            }
+            resp
+        }
+        Err(e) => {
+            let r = Rendered::error(&e);
+            finish(rec, &r).await;
+            to_response(r, None)
+        }
+    }
+}
+
 async fn finish(rec: Option<Record>, r: &Rendered) {
     if let Some(mut rec) = rec {
         if let Body::Full(b) = &r.body {
