@@ -59,6 +59,11 @@ pub struct NodeArgs {
     /// registries.yaml format); read at start.
     #[arg(long, default_value = "/etc/ferrokube/registries.yaml")]
     pub private_registry: PathBuf,
+    /// The cgroup every pod's cgroup is made under (`<root>/pod<uid>`), as the kubelet's
+    /// `--cgroup-root`: nodes sharing a machine each need their own. `ferrokube killall`
+    /// stops what runs under `/ferrokube`.
+    #[arg(long, default_value = "/ferrokube")]
+    pub cgroup_root: String,
 }
 
 impl NodeArgs {
@@ -79,6 +84,11 @@ impl NodeArgs {
         sans.extend(crate::pki::host_names());
         sans.dedup();
         sans
+    }
+
+    /// `--cgroup-root` as a relative cgroup path (`ferrokube`, `ferrokube/agent-a`), checked.
+    pub fn cgroup_root(&self) -> Result<String, StartError> {
+        cgroup_root(&self.cgroup_root).map_err(|e| StartError::Command(format!("--cgroup-root {:?}: {e}", self.cgroup_root)))
     }
 
     /// `--node-label`s and `--node-taint`s, checked.
@@ -112,6 +122,20 @@ impl NodeArgs {
         }
         Ok((labels, taints))
     }
+}
+
+/// A cgroup path made relative to the hierarchy's root: absolute, of plain names, not the
+/// root itself.
+fn cgroup_root(path: &str) -> Result<String, String> {
+    let rel = path.strip_prefix('/').ok_or("must be an absolute cgroup path, such as /ferrokube")?;
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("pods may not be placed in the root cgroup; give a cgroup such as /ferrokube".into());
+    }
+    if let Some(bad) = parts.iter().find(|p| **p == "." || **p == ".." || !p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))) {
+        return Err(format!("{bad:?} is not a cgroup name (letters, digits, '-', '_' and '.')"));
+    }
+    Ok(parts.join("/"))
 }
 
 /// The clients a node's components act through, each as its own identity.
@@ -153,6 +177,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     }
     let node_name = cfg.name();
     let (labels, taints) = cfg.labels_and_taints()?;
+    let cgroup_root = cfg.cgroup_root()?;
     let pod_cidr = match s.pod_cidr {
         Some(c) => c,
         None => wait_for_pod_cidr(&s.clients.kubelet, &node_name, &labels, &taints, scope).await?,
@@ -222,7 +247,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     // only what its pods use and change only its own objects.
     let kubelet = crate::kubelet::Kubelet::new(
         s.clients.kubelet.clone(),
-        cri,
+        std::sync::Arc::new(cri),
         crate::kubelet::Config {
             node_name: node_name.clone(),
             node_ip: s.node_ip.clone(),
@@ -235,6 +260,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
             labels,
             taints,
             control_plane: s.control_plane,
+            cgroup_root,
         },
         scope,
     );
@@ -284,5 +310,20 @@ async fn wait_for_pod_cidr(client: &Client, name: &str, labels: &serde_json::Map
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             _ = scope.cancelled() => return Err(StartError::Node("stopped while waiting for a pod range".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroup_root;
+
+    #[test]
+    fn cgroup_roots_are_checked() {
+        assert_eq!(cgroup_root("/ferrokube").unwrap(), "ferrokube");
+        assert_eq!(cgroup_root("/ferrokube/agent-a/").unwrap(), "ferrokube/agent-a");
+        assert!(cgroup_root("ferrokube").unwrap_err().contains("absolute"));
+        assert!(cgroup_root("/").unwrap_err().contains("root cgroup"));
+        assert!(cgroup_root("/ferrokube/../x").unwrap_err().contains("\"..\""));
+        assert!(cgroup_root("/a b").is_err());
     }
 }

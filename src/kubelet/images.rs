@@ -25,9 +25,13 @@ impl Kubelet {
     pub(super) async fn ensure_image(&self, pod: &Value, c: &Value) -> Result<(), (&'static str, String)> {
         let image = c["image"].as_str().unwrap_or("");
         let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
-        let mut cri = self.cri.clone();
-        let spec = v1::ImageSpec { image: image.to_string(), ..Default::default() };
-        let present = cri.images.image_status(v1::ImageStatusRequest { image: Some(spec.clone()), verbose: false }).await.map(|r| r.into_inner().image.is_some()).unwrap_or(false);
+        let present = match self.cri.image_status(image).await {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::debug!(image, error = %e, "image status");
+                false
+            }
+        };
         match (policy, present) {
             ("Never", false) => {
                 let msg = format!("Container image {image:?} is not present with pull policy of Never");
@@ -54,13 +58,13 @@ impl Kubelet {
         attempts.push(None);
         let mut last = String::new();
         for auth in attempts {
-            match cri.images.pull_image(v1::PullImageRequest { image: Some(spec.clone()), auth, sandbox_config: None }).await {
+            match self.cri.pull_image(image, auth).await {
                 Ok(_) => {
                     self.state.pull_failures.lock().remove(&key);
                     self.event(pod, c["name"].as_str(), "Normal", "Pulled", format!("Successfully pulled image {image:?} in {}ms", started.elapsed().as_millis()));
                     return Ok(());
                 }
-                Err(e) => last = e.message().to_string(),
+                Err(e) => last = e.message(),
             }
         }
         {

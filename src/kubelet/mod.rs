@@ -10,9 +10,11 @@ mod probes;
 pub mod server;
 mod stats;
 pub(crate) mod status;
+#[cfg(test)]
+mod tests;
 mod volumes;
 
-use crate::cri::Cri;
+use crate::cri::Runtime;
 use crate::runtime::cache::Cache;
 use crate::runtime::events::{Involved, Recorder};
 use crate::runtime::{Client, Scope};
@@ -39,12 +41,14 @@ pub struct Config {
     pub taints: Vec<serde_json::Value>,
     /// Whether the node runs the control plane (`node-role.kubernetes.io/control-plane`).
     pub control_plane: bool,
+    /// The cgroup pods are made under, relative to the hierarchy's root (`ferrokube`).
+    pub cgroup_root: String,
 }
 
 /// The running node agent.
 pub struct Kubelet {
     pub(crate) client: Client,
-    pub(crate) cri: Cri,
+    pub(crate) cri: Arc<dyn Runtime>,
     pub(crate) cfg: Config,
     /// Events about pods, written in order (and aggregated) by the recorder's task.
     events: Recorder,
@@ -97,7 +101,7 @@ pub(crate) use crate::cri::labels::{CONTAINER_NAME as LABEL_CONTAINER, POD_NAME 
 
 impl Kubelet {
     /// The agent, whose tasks (event writer, heartbeat, pod workers) run in `scope`.
-    pub fn new(client: Client, cri: Cri, cfg: Config, scope: &Scope) -> Arc<Kubelet> {
+    pub fn new(client: Client, cri: Arc<dyn Runtime>, cfg: Config, scope: &Scope) -> Arc<Kubelet> {
         let events = Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name), scope);
         Arc::new(Kubelet { client, cri, cfg, events, state: State::default(), pods: OnceLock::new(), scope: scope.clone() })
     }

@@ -3,7 +3,8 @@
 
 use super::status::{self, Observed};
 use super::{Kubelet, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
-use crate::cri::v1;
+use crate::cri::{v1, CriError};
+use crate::vocab::status::ApiError;
 use crate::vocab::resource::builtin::{CONFIGMAPS, PODS, SECRETS, SERVICES};
 use crate::vocab::resource::Resource;
 use serde_json::{json, Value};
@@ -34,6 +35,76 @@ fn go_duration(secs: i64) -> String {
         (0, _) => format!("{m}m{s}s"),
         _ => format!("{h}h{m}m{s}s"),
     }
+}
+
+/// A pod's running sandbox, as its containers are made in it.
+pub(super) struct Sandbox {
+    id: String,
+    config: v1::PodSandboxConfig,
+    ip: String,
+    /// The pod's volumes on the host, by name.
+    volumes: HashMap<String, std::path::PathBuf>,
+}
+
+/// Why a sync did not finish.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SyncError {
+    #[error(transparent)]
+    Runtime(#[from] CriError),
+    #[error("API: {0}")]
+    Api(#[from] ApiError),
+}
+
+/// A cleanup step whose failure changes nothing but is worth a line in the log (one on
+/// something already gone is not).
+fn best_effort(what: &str, id: &str, r: Result<(), CriError>) {
+    match r {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => tracing::warn!(id, error = %e, "{what} failed"),
+    }
+}
+
+/// The key of a container's remembered state: (pod uid, container name).
+fn container_key(pod: &Value, c: &Value) -> (String, String) {
+    (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string())
+}
+
+/// Init and app containers of a pod's spec.
+fn containers_of(pod: &Value) -> impl Iterator<Item = &Value> {
+    let spec = &pod["spec"];
+    spec["initContainers"].as_array().into_iter().flatten().chain(spec["containers"].as_array().into_iter().flatten())
+}
+
+/// The mounts of container `c` from the pod's volumes on the host; the reason when one
+/// cannot be made.
+fn mounts(c: &Value, volumes: &HashMap<String, std::path::PathBuf>) -> Result<Vec<v1::Mount>, String> {
+    let mut out = Vec::new();
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let Some(host) = m["name"].as_str().and_then(|n| volumes.get(n)) else {
+            return Err(format!("volume {:?} is not declared by the pod", m["name"].as_str().unwrap_or("")));
+        };
+        let host = match m["subPath"].as_str().filter(|s| !s.is_empty()) {
+            Some(sub) if sub.split('/').any(|c| c == "..") => return Err(format!("subPath {sub:?} may not contain '..'")),
+            Some(sub) => {
+                let p = host.join(sub);
+                if !p.exists() {
+                    if let Err(e) = std::fs::create_dir_all(&p) {
+                        return Err(format!("subPath {sub:?}: {e}"));
+                    }
+                }
+                p
+            }
+            None => host.clone(),
+        };
+        out.push(v1::Mount {
+            container_path: m["mountPath"].as_str().unwrap_or("").to_string(),
+            host_path: host.to_string_lossy().into_owned(),
+            readonly: m["readOnly"] == true,
+            ..Default::default()
+        });
+    }
+    Ok(out)
 }
 
 fn labels_of(pod: &Value) -> HashMap<String, String> {
@@ -118,11 +189,10 @@ impl Kubelet {
         }
     }
 
-    async fn sync_all(self: Arc<Self>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    pub(super) async fn sync_all(self: Arc<Self>) -> Result<(), SyncError> {
         let pods: Vec<Value> = self.pods().iter().map(|p| p.as_ref().clone()).collect();
-        let mut cri = self.cri.clone();
-        let sandboxes = cri.runtime.list_pod_sandbox(v1::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
-        let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: None }).await?.into_inner().containers;
+        let sandboxes = self.cri.list_pod_sandbox(None).await?;
+        let containers = self.cri.list_containers(None).await?;
         self.forget_probes(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
         let uids: HashSet<String> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(String::from)).collect();
         // Sandboxes whose pod is gone (deleted while we were down, or force-deleted).
@@ -160,98 +230,119 @@ impl Kubelet {
     /// Stops and removes a sandbox and its containers; removes the pod's cgroups.
     async fn teardown(&self, sandbox: &str, containers: &[String], grace: i64, uid: &str) {
         self.stop_containers(containers, grace).await;
-        let mut cri = self.cri.clone();
         for c in containers {
-            let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c.clone() }).await;
+            best_effort("remove container", c, self.cri.remove_container(c).await);
         }
-        let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
-        let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: sandbox.to_string() }).await;
-        remove_pod_cgroups(uid);
+        best_effort("stop sandbox", sandbox, self.cri.stop_pod_sandbox(sandbox).await);
+        best_effort("remove sandbox", sandbox, self.cri.remove_pod_sandbox(sandbox).await);
+        remove_pod_cgroups(&self.cfg.cgroup_root, uid);
         self.cleanup_volumes(uid);
     }
 
     /// Stops containers all at once: each gets the whole grace period, as upstream's kubelet
     /// kills a pod's containers in parallel.
     async fn stop_containers(&self, containers: &[String], grace: i64) {
-        let stops = containers.iter().map(|c| {
-            let mut cri = self.cri.clone();
-            let id = c.clone();
-            async move {
-                if let Err(e) = cri.runtime.stop_container(v1::StopContainerRequest { container_id: id.clone(), timeout: grace }).await {
-                    tracing::debug!(container = %id, error = %e.message(), "stop container");
-                }
-            }
-        });
+        let stops = containers.iter().map(|id| async move { best_effort("stop container", id, self.cri.stop_container(id, grace).await) });
         futures_util::future::join_all(stops).await;
     }
 
-    async fn sync_pod(&self, pod: &Value, sandboxes: Vec<v1::PodSandbox>, containers: Vec<v1::Container>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let meta = &pod["metadata"];
-        let (ns, name, uid) = (meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap_or(""), meta["uid"].as_str().unwrap_or(""));
-        let mut cri = self.cri.clone();
-
-        if meta["deletionTimestamp"].is_string() {
-            let mut grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(30);
-            // preStop hooks first, within the grace period; the containers get what is left
-            // (at least 2 s, as upstream gives after hooks).
-            let running: Vec<(String, String)> = containers
-                .iter()
-                .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
-                .filter_map(|c| Some((c.metadata.as_ref()?.name.clone(), c.id.clone())))
-                .collect();
-            for (name, _) in &running {
-                self.event(pod, Some(name), "Normal", "Killing", format!("Stopping container {name}"));
-            }
-            if grace > 0 && !running.is_empty() {
-                let spent = self.run_pre_stop(pod, &running, grace).await;
-                grace = (grace - spent.as_secs() as i64).max(2);
-            }
-            let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
-            self.stop_containers(&ids, grace).await;
-            // The final status before the object goes (as the kubelet since 1.27): containers
-            // terminated with their exit codes, not ready, a terminal phase.
-            let mut statuses = Vec::new();
-            for c in &ids {
-                if let Ok(r) = cri.runtime.container_status(v1::ContainerStatusRequest { container_id: c.clone(), verbose: false }).await {
-                    statuses.extend(r.into_inner().status);
-                }
-            }
-            let pod_ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
-            if let Err(e) = self.write_status(pod, Observed { pod_ip, statuses, terminating: true, ..Default::default() }).await {
-                tracing::debug!(pod = name, error = %e, "final status not written");
-            }
-            for sb in &sandboxes {
-                let mine: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == sb.id).map(|c| c.id.clone()).collect();
-                self.teardown(&sb.id, &mine, 0, uid).await;
-            }
-            for c in ids {
-                let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: c }).await;
-            }
-            self.state.waiting.lock().retain(|(u, _), _| u != uid);
-            self.state.own_writes.lock().remove(uid);
-            self.forget_pulls(uid);
-            self.cleanup_volumes(uid);
-            let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
-            match self.client.delete(PODS.named(ns, name), &opts).await {
-                Ok(_) => {}
-                Err(e) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-            return Ok(());
+    /// Makes one pod's containers what its spec and phase ask for, then reports its status.
+    pub(super) async fn sync_pod(&self, pod: &Value, sandboxes: Vec<v1::PodSandbox>, containers: Vec<v1::Container>) -> Result<(), SyncError> {
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            return self.terminate(pod, &sandboxes, &containers).await;
         }
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
         if phase == "Succeeded" || phase == "Failed" {
             for sb in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
-                let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
+                best_effort("stop sandbox", &sb.id, self.cri.stop_pod_sandbox(&sb.id).await);
             }
             return Ok(());
         }
+        let Some(mut sandbox) = self.ensure_sandbox(pod, &sandboxes).await? else { return Ok(()) };
+        let latest = self.latest_containers(&sandbox.id, &containers).await;
+        sandbox.volumes = match self.prepare_volumes(pod).await {
+            Ok(v) => v,
+            Err(msg) => {
+                // As upstream: the pod waits in ContainerCreating until its volumes can be set up.
+                let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+                {
+                    let mut w = self.state.waiting.lock();
+                    for c in containers_of(pod) {
+                        w.insert((uid.to_string(), c["name"].as_str().unwrap_or("").to_string()), ("ContainerCreating".into(), format!("MountVolume.SetUp failed: {msg}")));
+                    }
+                }
+                self.write_status(pod, Observed { pod_ip: sandbox.ip, sandbox_ready: true, ..Default::default() }).await?;
+                return Ok(());
+            }
+        };
+        if self.run_init_containers(pod, &latest, &sandbox).await {
+            self.run_app_containers(pod, &latest, &sandbox).await;
+        }
+        self.report(pod, &sandbox).await
+    }
 
-        // The sandbox: reuse the ready one, else start a new one (containers restart with it).
+    /// A pod being deleted: preStop hooks, its containers stopped (in parallel, within the
+    /// grace period), the final status, its sandboxes and local state removed, and the object
+    /// deleted for good.
+    async fn terminate(&self, pod: &Value, sandboxes: &[v1::PodSandbox], containers: &[v1::Container]) -> Result<(), SyncError> {
+        let meta = &pod["metadata"];
+        let (ns, name, uid) = (meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap_or(""), meta["uid"].as_str().unwrap_or(""));
+        let mut grace = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(30);
+        // preStop hooks first, within the grace period; the containers get what is left
+        // (at least 2 s, as upstream gives after hooks).
+        let running: Vec<(String, String)> = containers
+            .iter()
+            .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
+            .filter_map(|c| Some((c.metadata.as_ref()?.name.clone(), c.id.clone())))
+            .collect();
+        for (name, _) in &running {
+            self.event(pod, Some(name), "Normal", "Killing", format!("Stopping container {name}"));
+        }
+        if grace > 0 && !running.is_empty() {
+            let spent = self.run_pre_stop(pod, &running, grace).await;
+            grace = (grace - spent.as_secs() as i64).max(2);
+        }
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        self.stop_containers(&ids, grace).await;
+        // The final status before the object goes (as the kubelet since 1.27): containers
+        // terminated with their exit codes, not ready, a terminal phase.
+        let mut statuses = Vec::new();
+        for c in &ids {
+            if let Ok(st) = self.cri.container_status(c).await {
+                statuses.extend(st);
+            }
+        }
+        let pod_ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+        if let Err(e) = self.write_status(pod, Observed { pod_ip, statuses, terminating: true, ..Default::default() }).await {
+            tracing::debug!(pod = name, error = %e, "final status not written");
+        }
+        for sb in sandboxes {
+            let mine: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == sb.id).map(|c| c.id.clone()).collect();
+            self.teardown(&sb.id, &mine, 0, uid).await;
+        }
+        for c in &ids {
+            best_effort("remove container", c, self.cri.remove_container(c).await);
+        }
+        self.state.waiting.lock().retain(|(u, _), _| u != uid);
+        self.state.own_writes.lock().remove(uid);
+        self.forget_pulls(uid);
+        self.cleanup_volumes(uid);
+        let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+        match self.client.delete(PODS.named(ns, name), &opts).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The pod's ready sandbox, or a new one (the containers restart with it). None while a
+    /// failed sandbox start backs off (the failure is in the pod's status and events).
+    async fn ensure_sandbox(&self, pod: &Value, sandboxes: &[v1::PodSandbox]) -> Result<Option<Sandbox>, SyncError> {
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
         let ready = sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32).max_by_key(|s| s.created_at);
         let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref().map(|m| m.attempt)).max().map_or(0, |a| a + 1);
-        let sandbox_config = self.sandbox_config(pod, ready.and_then(|s| s.metadata.as_ref().map(|m| m.attempt)).unwrap_or(attempt));
-        let sandbox_id = match ready {
+        let config = self.sandbox_config(pod, ready.and_then(|s| s.metadata.as_ref().map(|m| m.attempt)).unwrap_or(attempt));
+        let id = match ready {
             Some(s) => s.id.clone(),
             None => {
                 // After a failure, wait (doubling, at most 5 minutes) before trying again.
@@ -259,18 +350,17 @@ impl Kubelet {
                 let last_failure = self.state.sandbox_failures.lock().get(uid).copied();
                 if let Some((when, count)) = last_failure {
                     if now - when < (1i64 << count.min(8)).min(MAX_BACKOFF) {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
-                for old in &sandboxes {
-                    let _ = cri.runtime.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: old.id.clone() }).await;
-                    let _ = cri.runtime.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: old.id.clone() }).await;
+                for old in sandboxes {
+                    best_effort("stop sandbox", &old.id, self.cri.stop_pod_sandbox(&old.id).await);
+                    best_effort("remove sandbox", &old.id, self.cri.remove_pod_sandbox(&old.id).await);
                 }
-                let resp = cri.runtime.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() }).await;
-                match resp {
-                    Ok(r) => {
+                match self.cri.run_pod_sandbox(config.clone()).await {
+                    Ok(id) => {
                         self.state.sandbox_failures.lock().remove(uid);
-                        r.into_inner().pod_sandbox_id
+                        id
                     }
                     Err(e) => {
                         {
@@ -279,110 +369,100 @@ impl Kubelet {
                             *entry = (now, entry.1 + 1);
                         }
                         self.event(pod, None, "Warning", "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {}", e.message()));
-                        self.write_status(pod, Observed { sandbox_error: Some(e.message().to_string()), ..Default::default() }).await?;
-                        return Ok(());
+                        self.write_status(pod, Observed { sandbox_error: Some(e.message()), ..Default::default() }).await?;
+                        return Ok(None);
                     }
                 }
             }
         };
-        let sb_status = cri.runtime.pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false }).await?.into_inner().status;
-        let pod_ip = sb_status.as_ref().and_then(|s| s.network.as_ref()).map(|n| n.ip.clone()).unwrap_or_default();
+        let status = self.cri.pod_sandbox_status(&id).await?;
+        let ip = status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+        Ok(Some(Sandbox { id, config, ip, volumes: HashMap::new() }))
+    }
 
-        // Latest container of each name in this sandbox, with its full status.
+    /// The latest instance of each container (by name) in `sandbox`, with its full status.
+    async fn latest_containers(&self, sandbox: &str, containers: &[v1::Container]) -> HashMap<String, v1::ContainerStatus> {
         let mut latest: HashMap<String, v1::ContainerStatus> = HashMap::new();
-        for c in containers.iter().filter(|c| c.pod_sandbox_id == sandbox_id) {
+        for c in containers.iter().filter(|c| c.pod_sandbox_id == sandbox) {
             let Some(cname) = c.labels.get(LABEL_CONTAINER) else { continue };
-            let st = match cri.runtime.container_status(v1::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
-                Ok(r) => r.into_inner().status,
-                Err(_) => None,
-            };
-            let Some(st) = st else { continue };
+            let Ok(Some(st)) = self.cri.container_status(&c.id).await else { continue };
             let newer = latest.get(cname).is_none_or(|cur| st.metadata.as_ref().map_or(0, |m| m.attempt) >= cur.metadata.as_ref().map_or(0, |m| m.attempt));
             if newer {
                 latest.insert(cname.clone(), st);
             }
         }
-        let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
-        let now = chrono::Utc::now().timestamp();
-        let volumes = match self.prepare_volumes(pod).await {
-            Ok(v) => v,
-            Err(msg) => {
-                // As upstream: the pod waits in ContainerCreating until its volumes can be set up.
-                {
-                    let mut w = self.state.waiting.lock();
-                    for c in pod["spec"]["containers"].as_array().into_iter().flatten().chain(pod["spec"]["initContainers"].as_array().into_iter().flatten()) {
-                        w.insert((uid.to_string(), c["name"].as_str().unwrap_or("").to_string()), ("ContainerCreating".into(), format!("MountVolume.SetUp failed: {msg}")));
-                    }
-                }
-                self.write_status(pod, Observed { pod_ip, sandbox_ready: true, ..Default::default() }).await?;
-                return Ok(());
-            }
-        };
+        latest
+    }
 
-        // Init containers, in order: each must succeed before the next (and the app) starts.
-        let mut initialized = true;
+    /// Init containers, in order: each must succeed before the next starts. Whether all have.
+    async fn run_init_containers(&self, pod: &Value, latest: &HashMap<String, v1::ContainerStatus>, sandbox: &Sandbox) -> bool {
+        let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
         for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
             let cname = c["name"].as_str().unwrap_or("");
             match latest.get(cname) {
                 Some(st) if st.state == v1::ContainerState::ContainerExited as i32 && st.exit_code == 0 => continue,
-                Some(st) if st.state == v1::ContainerState::ContainerRunning as i32 || st.state == v1::ContainerState::ContainerCreated as i32 => {
-                    initialized = false;
-                    break;
-                }
+                Some(st) if st.state == v1::ContainerState::ContainerRunning as i32 || st.state == v1::ContainerState::ContainerCreated as i32 => return false,
                 Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
-                    initialized = false;
                     if restart_policy != "Never" {
-                        self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now, &volumes).await;
+                        self.maybe_restart(pod, c, st, sandbox).await;
                     }
-                    break;
+                    return false;
                 }
                 _ => {
-                    initialized = false;
-                    self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip, &volumes).await;
-                    break;
+                    self.start_container(pod, c, 0, sandbox).await;
+                    return false;
                 }
             }
         }
-        if initialized {
-            for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
-                let cname = c["name"].as_str().unwrap_or("");
-                match latest.get(cname) {
-                    None => self.start_container(pod, c, 0, &sandbox_id, &sandbox_config, &pod_ip, &volumes).await,
-                    Some(st) if st.state == v1::ContainerState::ContainerCreated as i32 => {
-                        let _ = cri.runtime.start_container(v1::StartContainerRequest { container_id: st.id.clone() }).await;
+        true
+    }
+
+    /// The app containers: started if missing, restarted as the restart policy says.
+    async fn run_app_containers(&self, pod: &Value, latest: &HashMap<String, v1::ContainerStatus>, sandbox: &Sandbox) {
+        let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            let cname = c["name"].as_str().unwrap_or("");
+            match latest.get(cname) {
+                None => self.start_container(pod, c, 0, sandbox).await,
+                Some(st) if st.state == v1::ContainerState::ContainerCreated as i32 => {
+                    if let Err(e) = self.cri.start_container(&st.id).await {
+                        self.state.waiting.lock().insert(container_key(pod, c), ("RunContainerError".into(), e.message()));
                     }
-                    Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
-                        let again = restart_policy == "Always" || (restart_policy == "OnFailure" && st.exit_code != 0);
-                        if again {
-                            self.maybe_restart(pod, c, st, &sandbox_id, &sandbox_config, &pod_ip, now, &volumes).await;
-                        }
-                    }
-                    _ => {}
                 }
+                Some(st) if st.state == v1::ContainerState::ContainerExited as i32 => {
+                    let again = restart_policy == "Always" || (restart_policy == "OnFailure" && st.exit_code != 0);
+                    if again {
+                        self.maybe_restart(pod, c, st, sandbox).await;
+                    }
+                }
+                _ => {}
             }
         }
-        // Read back what the runtime has now, for the status.
-        let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: Some(v1::ContainerFilter { pod_sandbox_id: sandbox_id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+    }
+
+    /// Reads back what the runtime has now, runs the probes and writes the pod's status.
+    async fn report(&self, pod: &Value, sandbox: &Sandbox) -> Result<(), SyncError> {
+        let filter = v1::ContainerFilter { pod_sandbox_id: sandbox.id.clone(), ..Default::default() };
+        let containers = self.cri.list_containers(Some(filter)).await?;
         let mut statuses: Vec<v1::ContainerStatus> = Vec::new();
         for c in containers {
-            if let Ok(r) = cri.runtime.container_status(v1::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
-                statuses.extend(r.into_inner().status);
+            if let Ok(st) = self.cri.container_status(&c.id).await {
+                statuses.extend(st);
             }
         }
-        let ready = self.run_probes(pod, &statuses, &pod_ip).await;
-        self.write_status(pod, Observed { pod_ip, statuses, sandbox_ready: true, ready, ..Default::default() }).await?;
+        let ready = self.run_probes(pod, &statuses, &sandbox.ip).await;
+        self.write_status(pod, Observed { pod_ip: sandbox.ip.clone(), statuses, sandbox_ready: true, ready, ..Default::default() }).await?;
         Ok(())
     }
 
     /// Restarts an exited container once its back-off has passed.
-    #[allow(clippy::too_many_arguments)]
-    async fn maybe_restart(&self, pod: &Value, c: &Value, st: &v1::ContainerStatus, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, now: i64, volumes: &HashMap<String, std::path::PathBuf>) {
+    async fn maybe_restart(&self, pod: &Value, c: &Value, st: &v1::ContainerStatus, sandbox: &Sandbox) {
         let attempt = st.metadata.as_ref().map_or(0, |m| m.attempt);
         // As upstream: the first restart is immediate, the back-off doubles from there.
         let backoff = if attempt == 0 { 0 } else { (FIRST_BACKOFF << (attempt - 1).min(10)).min(MAX_BACKOFF) };
         let finished = st.finished_at / 1_000_000_000;
-        let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
-        if now - finished < backoff {
+        let key = container_key(pod, c);
+        if chrono::Utc::now().timestamp() - finished < backoff {
             // As upstream: the container waits in CrashLoopBackOff, and every sync that finds
             // it waiting reports BackOff (the recorder folds repeats into one event's count).
             let who = pod_ref(pod);
@@ -393,23 +473,24 @@ impl Kubelet {
         }
         // Keep the instance that just exited (it is the container's lastState, and
         // `logs --previous` reads it); drop the ones before it.
-        let mut cri = self.cri.clone();
-        let filter = v1::ContainerFilter { pod_sandbox_id: sandbox.to_string(), ..Default::default() };
-        if let Ok(list) = cri.runtime.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await {
-            for old in list.into_inner().containers {
-                let same = old.labels.get(LABEL_CONTAINER).map(String::as_str) == c["name"].as_str();
-                if same && old.metadata.as_ref().is_some_and(|m| m.attempt < attempt) {
-                    let _ = cri.runtime.remove_container(v1::RemoveContainerRequest { container_id: old.id }).await;
+        let filter = v1::ContainerFilter { pod_sandbox_id: sandbox.id.clone(), ..Default::default() };
+        match self.cri.list_containers(Some(filter)).await {
+            Ok(list) => {
+                for old in list {
+                    let same = old.labels.get(LABEL_CONTAINER).map(String::as_str) == c["name"].as_str();
+                    if same && old.metadata.as_ref().is_some_and(|m| m.attempt < attempt) {
+                        best_effort("remove container", &old.id, self.cri.remove_container(&old.id).await);
+                    }
                 }
             }
+            Err(e) => tracing::debug!(error = %e, "listing a pod's old containers"),
         }
-        self.start_container(pod, c, attempt + 1, sandbox, sb_config, pod_ip, volumes).await;
+        self.start_container(pod, c, attempt + 1, sandbox).await;
     }
 
     /// Pulls the image if needed, then creates and starts one container.
-    #[allow(clippy::too_many_arguments)]
-    async fn start_container(&self, pod: &Value, c: &Value, attempt: u32, sandbox: &str, sb_config: &v1::PodSandboxConfig, pod_ip: &str, volumes: &HashMap<String, std::path::PathBuf>) {
-        let key = (pod["metadata"]["uid"].as_str().unwrap_or("").to_string(), c["name"].as_str().unwrap_or("").to_string());
+    async fn start_container(&self, pod: &Value, c: &Value, attempt: u32, sandbox: &Sandbox) {
+        let key = container_key(pod, c);
         let set_waiting = |reason: &str, msg: String| {
             self.state.waiting.lock().insert(key.clone(), (reason.to_string(), msg));
         };
@@ -417,7 +498,7 @@ impl Kubelet {
             set_waiting(reason, msg);
             return;
         }
-        let mut config = self.container_config(pod, c, attempt, pod_ip);
+        let mut config = self.container_config(pod, c, attempt, &sandbox.ip);
         match self.env_from_sources(pod, c).await {
             Ok(extra) => {
                 // Explicit `env` entries win over `envFrom`, and later entries over earlier ones.
@@ -435,49 +516,25 @@ impl Kubelet {
                 return;
             }
         }
-        for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            let Some(host) = m["name"].as_str().and_then(|n| volumes.get(n)) else {
-                set_waiting("CreateContainerConfigError", format!("volume {:?} is not declared by the pod", m["name"].as_str().unwrap_or("")));
+        match mounts(c, &sandbox.volumes) {
+            Ok(m) => config.mounts.extend(m),
+            Err(msg) => {
+                set_waiting("CreateContainerConfigError", msg);
                 return;
-            };
-            let host = match m["subPath"].as_str().filter(|s| !s.is_empty()) {
-                Some(sub) if sub.split('/').any(|c| c == "..") => {
-                    set_waiting("CreateContainerConfigError", format!("subPath {sub:?} may not contain '..'"));
-                    return;
-                }
-                Some(sub) => {
-                    let p = host.join(sub);
-                    if !p.exists() {
-                        let _ = std::fs::create_dir_all(&p);
-                    }
-                    p
-                }
-                None => host.clone(),
-            };
-            config.mounts.push(v1::Mount {
-                container_path: m["mountPath"].as_str().unwrap_or("").to_string(),
-                host_path: host.to_string_lossy().into_owned(),
-                readonly: m["readOnly"] == true,
-                ..Default::default()
-            });
+            }
         }
-        let mut cri = self.cri.clone();
-        let created = cri
-            .runtime
-            .create_container(v1::CreateContainerRequest { pod_sandbox_id: sandbox.to_string(), config: Some(config), sandbox_config: Some(sb_config.clone()) })
-            .await;
-        let id = match created {
-            Ok(r) => r.into_inner().container_id,
+        let id = match self.cri.create_container(&sandbox.id, config, sandbox.config.clone()).await {
+            Ok(id) => id,
             Err(e) => {
                 self.event(pod, Some(&key.1), "Warning", "Failed", format!("Error: {}", e.message()));
-                set_waiting("CreateContainerError", e.message().to_string());
+                set_waiting("CreateContainerError", e.message());
                 return;
             }
         };
         self.event(pod, Some(&key.1), "Normal", "Created", format!("Created container: {}", key.1));
-        if let Err(e) = cri.runtime.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+        if let Err(e) = self.cri.start_container(&id).await {
             self.event(pod, Some(&key.1), "Warning", "Failed", format!("Error: {}", e.message()));
-            set_waiting("RunContainerError", e.message().to_string());
+            set_waiting("RunContainerError", e.message());
             return;
         }
         self.event(pod, Some(&key.1), "Normal", "Started", format!("Started container {}", key.1));
@@ -485,10 +542,10 @@ impl Kubelet {
         // A postStart hook runs right after the start; the container counts as started only
         // once it returns, and a failed hook kills the container (restartPolicy decides next).
         let hook = &c["lifecycle"]["postStart"];
-        if hook.is_object() && !self.run_hook(c, &id, hook, pod_ip, POST_START_LIMIT).await {
+        if hook.is_object() && !self.run_hook(c, &id, hook, &sandbox.ip, POST_START_LIMIT).await {
             tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = %key.1, "postStart hook failed; killing the container");
             self.event(pod, Some(&key.1), "Warning", "FailedPostStartHook", format!("PostStartHook failed for container {}", key.1));
-            let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: id, timeout: 0 }).await;
+            best_effort("stop container", &id, self.cri.stop_container(&id, 0).await);
         }
     }
 
@@ -591,7 +648,7 @@ impl Kubelet {
             labels: labels_of(pod),
             annotations: HashMap::new(),
             linux: Some(v1::LinuxPodSandboxConfig {
-                cgroup_parent: format!("/ferrokube/pod{uid}"),
+                cgroup_parent: format!("/{}/pod{uid}", self.cfg.cgroup_root),
                 security_context: Some(v1::LinuxSandboxSecurityContext {
                     namespace_options: Some(v1::NamespaceOption { network: mode(host_network), pid, ipc: mode(spec["hostIPC"] == true), ..Default::default() }),
                     // The runtime admits privileged containers only in a privileged sandbox.
@@ -713,10 +770,10 @@ fn service_links(services: &[Value]) -> Vec<(String, String)> {
     out
 }
 
-fn remove_pod_cgroups(uid: &str) {
+fn remove_pod_cgroups(root: &str, uid: &str) {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
     for e in entries.flatten() {
-        let dir = e.path().join("ferrokube").join(format!("pod{uid}"));
+        let dir = e.path().join(root).join(format!("pod{uid}"));
         if dir.is_dir() {
             // Children (per-container cgroups) first; rmdir fails harmlessly if still in use.
             if let Ok(children) = std::fs::read_dir(&dir) {
@@ -729,7 +786,7 @@ fn remove_pod_cgroups(uid: &str) {
             let _ = std::fs::remove_dir(&dir);
         }
     }
-    let unified = std::path::Path::new("/sys/fs/cgroup/ferrokube").join(format!("pod{uid}"));
+    let unified = std::path::Path::new("/sys/fs/cgroup").join(root).join(format!("pod{uid}"));
     let _ = std::fs::remove_dir(unified);
 }
 

@@ -72,9 +72,8 @@ impl Kubelet {
         let timeout = Duration::from_secs(secs(probe, "timeoutSeconds", 1).max(1));
         if let Some(cmd) = probe["exec"]["command"].as_array() {
             let cmd: Vec<String> = cmd.iter().filter_map(|c| c.as_str().map(String::from)).collect();
-            let mut cri = self.cri.clone();
-            let r = cri.runtime.exec_sync(v1::ExecSyncRequest { container_id: id.to_string(), cmd, timeout: timeout.as_secs() as i64 }).await;
-            return r.is_ok_and(|r| r.into_inner().exit_code == 0);
+            let r = self.cri.exec_sync(id, cmd, timeout.as_secs() as i64).await;
+            return r.is_ok_and(|r| r.exit_code == 0);
         }
         let host = |p: &Value| p["host"].as_str().filter(|h| !h.is_empty()).unwrap_or(pod_ip).to_string();
         if let Some(get) = probe.get("httpGet") {
@@ -178,8 +177,9 @@ impl Kubelet {
             if kill {
                 tracing::info!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), container = name, "probe failed; restarting the container");
                 let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
-                let mut cri = self.cri.clone();
-                let _ = cri.runtime.stop_container(v1::StopContainerRequest { container_id: st.id.clone(), timeout: grace }).await;
+                if let Err(e) = self.cri.stop_container(&st.id, grace).await {
+                    tracing::warn!(container = %st.id, error = %e, "stopping a container whose liveness probe failed");
+                }
                 self.state.probes.lock().remove(&st.id);
                 ready.insert(name.to_string(), false);
                 continue;

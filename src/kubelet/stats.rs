@@ -1,5 +1,5 @@
 //! What the kubelet API's `/stats/summary` and `/metrics` report: CPU and memory of the node
-//! (from `/proc`) and of each pod and container (from their cgroups, `/ferrokube/pod<uid>/
+//! (from `/proc`) and of each pod and container (from their cgroups, `<cgroup-root>/pod<uid>/
 //! <container id>`, v1 or v2), in upstream's Summary API shape (`stats/v1alpha1`).
 
 use super::Kubelet;
@@ -90,12 +90,11 @@ impl Kubelet {
         let (cpu, mut memory) = self.usage_json("node", &now, now_ns, Usage { cpu_ns: node_cpu, memory_bytes: used, working_set_bytes: used });
         memory["availableBytes"] = json!(available);
         // Containers by pod uid, from the runtime.
-        let mut cri = self.cri.clone();
-        let containers = cri.runtime.list_containers(v1::ListContainersRequest { filter: None }).await.map(|r| r.into_inner().containers).unwrap_or_default();
+        let containers = self.cri.list_containers(None).await.unwrap_or_default();
         let mut pods = Vec::new();
         for pod in self.pods() {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-            let rel = format!("ferrokube/pod{uid}");
+            let rel = format!("{}/pod{uid}", self.cfg.cgroup_root);
             let Some(u) = cgroup_usage(&root, &rel, v2) else { continue };
             let (pcpu, pmem) = self.usage_json(&format!("pod/{uid}"), &now, now_ns, u);
             let mut list = Vec::new();

@@ -69,7 +69,7 @@ start_agent() {
   shift
   local ip_var="IP_$a"
   nsenter --net="/run/netns/fk-$a-$LAN" "$FERROKUBE" agent --server "$URL" --data-dir "$E2E_DIR/$a" --run-dir "$E2E_DIR/$a-run" --node-name "$a" \
-    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" "$@" >>"$E2E_DIR/$a.log" 2>&1 &
+    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" --cgroup-root "/ferrokube/$a" "$@" >>"$E2E_DIR/$a.log" 2>&1 &
   AGENT_PID[$a]=$!
 }
 
@@ -136,6 +136,11 @@ for n in e2e-node a1 a2; do
   cidr=$(k get node "$n" -o jsonpath='{.spec.podCIDR}')
   check_contains "web-$n has an address of $n's range" "${cidr%.0/24}." "$(pod_ip "web-$n")"
 done
+# Each agent keeps its pods under its own cgroup root (two nodes share this machine).
+cg_of() { ls -d /sys/fs/cgroup/memory/ferrokube/$1/pod"$(k get pod "$2" -o jsonpath='{.metadata.uid}')" 2>/dev/null | wc -l; }
+check "web-a1's cgroup is under a1's cgroup root" "1" "$(cg_of a1 web-a1)"
+check "web-a2's cgroup is under a2's cgroup root" "1" "$(cg_of a2 web-a2)"
+check "the server's pods are not under an agent's root" "0" "$(cg_of a1 web-e2e-node)"
 check_contains "the server routes a1's pods via a1" "via $IP_a1" "$(ip route show "$(k get node a1 -o jsonpath='{.spec.podCIDR}')")"
 check "pod on a1 -> pod on a2 by IP" "hello from web-a2" "$(http_get web-a1 "$(pod_ip web-a2)")"
 check "pod on a2 -> pod on a1 by IP" "hello from web-a1" "$(http_get web-a2 "$(pod_ip web-a1)")"

@@ -14,7 +14,7 @@
 use crate::vocab::status::ApiError;
 use crate::vocab::query::all_values;
 use super::streaming::{accept, connect_runtime, load_pod, offered_protocols, relay, switching};
-use crate::cri::{v1, Cri};
+use crate::cri::{v1, Runtime};
 use crate::kubelet::Kubelet;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -40,8 +40,8 @@ const STREAM_PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
 pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, ns: &str, name: &str) -> Result<Response<()>, ApiError> {
     let query = req.uri().query().unwrap_or("").to_string();
     let pod = load_pod(&kubelet, ns, name)?;
-    let mut cri = kubelet.cri.clone();
-    let sandbox = sandbox_of(&mut cri, pod["metadata"]["uid"].as_str().unwrap_or_default(), &name).await?;
+    let cri = kubelet.cri.clone();
+    let sandbox = sandbox_of(cri.as_ref(), pod["metadata"]["uid"].as_str().unwrap_or_default(), &name).await?;
     let websocket = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let client = hyper::upgrade::on(&mut req);
     if !websocket {
@@ -49,7 +49,7 @@ pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, ns: &str
         if !offered.contains(&STREAM_PROTOCOL) {
             return Err(ApiError::bad_request(format!("no supported stream protocol offered in {STREAM_PROTOCOL_HEADER}; this server speaks {STREAM_PROTOCOL}")));
         }
-        let upstream = spdy_upstream(&mut cri, sandbox).await?;
+        let upstream = spdy_upstream(cri.as_ref(), sandbox).await?;
         kubelet.scope.spawn(async move {
             let Ok(client) = client.await else { return };
             let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
@@ -65,7 +65,7 @@ pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, ns: &str
     let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
     let offered = offered_protocols(&req);
     if offered.iter().any(|p| p == TUNNELED) {
-        let upstream = spdy_upstream(&mut cri, sandbox).await?;
+        let upstream = spdy_upstream(cri.as_ref(), sandbox).await?;
         kubelet.scope.spawn(async move {
             let Some(ws) = accept(client).await else { return };
             tunnel(ws, upstream).await;
@@ -76,8 +76,8 @@ pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, ns: &str
     let plain = offered.is_empty();
     if plain || offered.iter().any(|p| p == V4) {
         let ports = ports_of(&query)?;
-        let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: ports }).await;
-        let url = url.map_err(|e| ApiError::internal(format!("port-forward: {}", e.message())))?.into_inner().url;
+        let url = cri.port_forward(&sandbox, ports).await;
+        let url = url.map_err(|e| ApiError::internal(format!("port-forward: {}", e.message())))?;
         let backend = connect_runtime(&url, V4).await?;
         kubelet.scope.spawn(async move {
             let Some(ws) = accept(client).await else { return };
@@ -106,21 +106,21 @@ fn ports_of(query: &str) -> Result<Vec<i32>, ApiError> {
 }
 
 /// The ready sandbox of the pod with `uid`.
-async fn sandbox_of(cri: &mut Cri, uid: &str, name: &str) -> Result<String, ApiError> {
+async fn sandbox_of(cri: &dyn Runtime, uid: &str, name: &str) -> Result<String, ApiError> {
     let filter = v1::PodSandboxFilter {
         state: Some(v1::PodSandboxStateValue { state: v1::PodSandboxState::SandboxReady as i32 }),
         label_selector: [(crate::cri::labels::POD_UID.to_string(), uid.to_string())].into(),
         ..Default::default()
     };
-    let list = cri.runtime.list_pod_sandbox(v1::ListPodSandboxRequest { filter: Some(filter) }).await;
-    let list = list.map_err(|e| ApiError::internal(format!("listing sandboxes: {}", e.message())))?.into_inner();
-    list.items.into_iter().next().map(|s| s.id).ok_or_else(|| ApiError::bad_request(format!("pod {name} has no running sandbox on this node")))
+    let list = cri.list_pod_sandbox(Some(filter)).await;
+    let list = list.map_err(|e| ApiError::internal(format!("listing sandboxes: {}", e.message())))?;
+    list.into_iter().next().map(|s| s.id).ok_or_else(|| ApiError::bad_request(format!("pod {name} has no running sandbox on this node")))
 }
 
 /// Asks the runtime for a port-forward URL and upgrades a connection to it to SPDY.
-async fn spdy_upstream(cri: &mut Cri, sandbox: String) -> Result<Upgraded, ApiError> {
-    let url = cri.runtime.port_forward(v1::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] }).await;
-    let url = url.map_err(|e| ApiError::internal(format!("port-forward: runtime: {}", e.message())))?.into_inner().url;
+async fn spdy_upstream(cri: &dyn Runtime, sandbox: String) -> Result<Upgraded, ApiError> {
+    let url = cri.port_forward(&sandbox, vec![]).await;
+    let url = url.map_err(|e| ApiError::internal(format!("port-forward: runtime: {}", e.message())))?;
     super::streaming::spdy_upgrade(&url, STREAM_PROTOCOL).await
 }
 

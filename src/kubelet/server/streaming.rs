@@ -46,18 +46,18 @@ pub async fn upgrade(kubelet: Arc<Kubelet>, mut req: Request<Incoming>, what: &'
     let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
     let query = req.uri().query().unwrap_or("").to_string();
     let container_id = container_id(&kubelet, ns, pod, container).await?;
-    let mut cri = kubelet.cri.clone();
+    let cri = &kubelet.cri;
     let (stdin, stdout, stderr, tty) = stream_flags(&query);
     let url = if what == "exec" {
         let cmd = all_values(&query, "command");
         if cmd.is_empty() {
             return Err(ApiError::bad_request("you must specify at least 1 command"));
         }
-        let r = cri.runtime.exec(v1::ExecRequest { container_id, cmd, tty, stdin, stdout, stderr: stderr && !tty }).await;
-        r.map_err(|e| ApiError::internal(format!("exec: {}", e.message())))?.into_inner().url
+        let r = cri.exec(v1::ExecRequest { container_id, cmd, tty, stdin, stdout, stderr: stderr && !tty }).await;
+        r.map_err(|e| ApiError::internal(format!("exec: {}", e.message())))?
     } else {
-        let r = cri.runtime.attach(v1::AttachRequest { container_id, stdin, tty, stdout, stderr: stderr && !tty }).await;
-        r.map_err(|e| ApiError::internal(format!("attach: {}", e.message())))?.into_inner().url
+        let r = cri.attach(v1::AttachRequest { container_id, stdin, tty, stdout, stderr: stderr && !tty }).await;
+        r.map_err(|e| ApiError::internal(format!("attach: {}", e.message())))?
     };
     // SPDY to the runtime: its streams end one by one (stdin first, the exit status last),
     // which the runtime's websocket protocol cannot express.
@@ -176,10 +176,9 @@ async fn container_id(kubelet: &Kubelet, ns: &str, name: &str, container: &str) 
         label_selector: [(crate::cri::labels::POD_UID.to_string(), uid.to_string()), (crate::cri::labels::CONTAINER_NAME.to_string(), container.to_string())].into(),
         ..Default::default()
     };
-    let mut cri = kubelet.cri.clone();
-    let list = cri.runtime.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await;
-    let list = list.map_err(|e| ApiError::internal(format!("listing containers: {}", e.message())))?.into_inner();
-    list.containers.into_iter().next().map(|c| c.id).ok_or_else(|| ApiError::bad_request(format!("container {container} is not running in pod {name}")))
+    let list = kubelet.cri.list_containers(Some(filter)).await;
+    let list = list.map_err(|e| ApiError::internal(format!("listing containers: {}", e.message())))?;
+    list.into_iter().next().map(|c| c.id).ok_or_else(|| ApiError::bad_request(format!("container {container} is not running in pod {name}")))
 }
 
 /// A client's text message as the binary one it stands for (same bytes).
