@@ -261,14 +261,15 @@ pub fn run(t: &Target) -> Result<Report, String> {
     }
 }
 
-/// The pod bridge and the pods' host-side veths (`vethfk*`), as they exist now.
+/// The pod bridge, the pods' host-side veths (`vethfk*`) and the VXLAN device, as they exist
+/// now.
 pub fn our_links(bridge: &str) -> Result<Vec<String>, String> {
     let out = std::process::Command::new("ip").args(["-o", "link", "show"]).output().map_err(|e| format!("ip: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or("").to_string())
-        .filter(|n| n == bridge || n.starts_with("vethfk"))
+        .filter(|n| n == bridge || n.starts_with("vethfk") || n == crate::node::vxlan::DEVICE)
         .collect())
 }
 

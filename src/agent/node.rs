@@ -64,6 +64,18 @@ pub struct NodeArgs {
     /// stops what runs under `/ferrokube`.
     #[arg(long, default_value = "/ferrokube")]
     pub cgroup_root: String,
+    /// How pods reach pods on other nodes: `host-gw` (routes via the nodes' addresses; the
+    /// nodes share one L2 segment) or `vxlan` (encapsulated in UDP 8472 to the nodes'
+    /// addresses, over any IP network). Every node of a cluster uses the same.
+    #[arg(long, value_enum, default_value_t = PodNetwork::HostGw)]
+    pub pod_network: PodNetwork,
+}
+
+/// `--pod-network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodNetwork {
+    HostGw,
+    Vxlan,
 }
 
 impl NodeArgs {
@@ -201,7 +213,20 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&exe, &link).map_err(|e| fail(format!("{}: {e}", link.display())))?;
     }
-    let conflist = crate::cni::conflist(&subnet.to_string(), &s.cluster_cidr, &cfg.pod_bridge, &s.data_dir.join("cni").join("ipam"));
+    // VXLAN first: the pods' interfaces get the device's MTU.
+    let vxlan = match cfg.pod_network {
+        PodNetwork::HostGw => None,
+        PodNetwork::Vxlan => {
+            let ip: std::net::Ipv4Addr = s.node_ip.as_deref().and_then(|ip| ip.parse().ok()).ok_or_else(|| fail(crate::node::vxlan::VxlanError::NoNodeIp.to_string()))?;
+            let dev = crate::node::vxlan::ensure(ip, subnet.network).await.map_err(|e| fail(format!("--pod-network vxlan: {e}")))?;
+            tracing::info!(device = crate::node::vxlan::DEVICE, mac = %crate::node::vxlan::format_mac(&dev.mac), mtu = dev.mtu, "VXLAN device ready");
+            Some(dev)
+        }
+    };
+    let mut conflist = crate::cni::conflist(&subnet.to_string(), &s.cluster_cidr, &cfg.pod_bridge, &s.data_dir.join("cni").join("ipam"));
+    if let Some(dev) = &vxlan {
+        conflist["plugins"][0]["mtu"] = serde_json::json!(dev.mtu);
+    }
     crate::cni::bridge::forget_single_node_egress(&subnet.to_string(), &s.cluster_cidr);
     let conf_path = layout.cni_conf.join("10-ferrokube.conflist");
     std::fs::write(&conf_path, serde_json::to_vec_pretty(&conflist).unwrap_or_default()).map_err(|e| fail(format!("{}: {e}", conf_path.display())))?;
@@ -268,7 +293,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     tracing::info!(port = kubelet_port, "kubelet API serving");
     scope.spawn(kubelet.run());
     crate::proxy::start(s.clients.proxy.clone(), crate::proxy::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), pod_cidr: subnet.to_string(), service_cidr: cfg.service_cidr.clone() }, scope);
-    crate::node::routes::start(s.clients.proxy.clone(), crate::node::routes::Config { node_name: node_name.clone(), bridge: cfg.pod_bridge.clone() }, scope);
+    crate::node::routes::start(s.clients.proxy.clone(), s.clients.kubelet.clone(), crate::node::routes::Config { node_name: node_name.clone(), bridge: cfg.pod_bridge.clone(), vxlan }, scope);
     let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
     // Bound to the node address (the kube-dns endpoint), so replies leave from the address
     // the proxy translated the query to; a wildcard socket would answer from whichever

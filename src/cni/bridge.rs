@@ -243,7 +243,13 @@ fn attach(conf: &NetConf, a: &Args, ip: std::net::Ipv4Addr) -> Result<String, Cn
     if ok("ip", &["link", "show", &host]) {
         run("ip", &["link", "del", &host])?;
     }
-    run("ip", &["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+    match conf.mtu {
+        Some(mtu) => {
+            let mtu = mtu.to_string();
+            run("ip", &["link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", &peer, "mtu", &mtu])?;
+        }
+        None => run("ip", &["link", "add", &host, "type", "veth", "peer", "name", &peer]).map(drop)?,
+    }
     run("ip", &["link", "set", &peer, "netns", &a.netns])?;
     in_netns(&a.netns, &["link", "set", &peer, "name", &a.ifname])?;
     in_netns(&a.netns, &["addr", "add", &format!("{ip}/{}", conf.subnet.prefix), "dev", &a.ifname])?;

@@ -49,6 +49,8 @@ pub struct NetConf {
     pub data_dir: std::path::PathBuf,
     /// `runtimeConfig.portMappings` (hostPort) containerd passes for the pod.
     pub port_mappings: Vec<bridge::PortMapping>,
+    /// The pods' interface MTU (`mtu`; default the kernel's): below the link's over VXLAN.
+    pub mtu: Option<u32>,
 }
 
 impl NetConf {
@@ -61,6 +63,10 @@ impl NetConf {
             subnet: field("subnet")?.parse().map_err(|e: String| CniError::new(7, e, ""))?,
             cluster: field("clusterNetwork").or_else(|_| field("subnet"))?.parse().map_err(|e: String| CniError::new(7, e, ""))?,
             data_dir: field("dataDir")?.into(),
+            mtu: match &v["mtu"] {
+                Value::Null => None,
+                m => Some(m.as_u64().filter(|m| (576..=65535).contains(m)).ok_or_else(|| CniError::new(7, format!("mtu {m} is not a number from 576 to 65535"), ""))? as u32),
+            },
             port_mappings: v["runtimeConfig"]["portMappings"]
                 .as_array()
                 .into_iter()

@@ -18,7 +18,7 @@ use crate::cri::Runtime;
 use crate::runtime::cache::Cache;
 use crate::runtime::events::{Involved, Recorder};
 use crate::runtime::{Client, Scope};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -78,8 +78,9 @@ type TokenKey = (String, String, String);
 /// The kubelet's memory between syncs (everything else is read back from the runtime).
 #[derive(Default)]
 pub(crate) struct State {
-    /// Pods (by uid) and orphaned sandboxes (`orphan/<uid>`) being worked on.
-    pub(crate) in_flight: Guarded<HashSet<String>>,
+    /// The pod workers running, by pod uid, each with whether it must sync once more (a
+    /// change came during its sync).
+    pub(crate) workers: Guarded<HashMap<String, bool>>,
     /// Sandbox start failures per pod uid: when the last one happened and how many in a row.
     pub(crate) sandbox_failures: Guarded<HashMap<String, (i64, u32)>>,
     /// Why a container is waiting (image pulls, back-off), by (pod uid, container).

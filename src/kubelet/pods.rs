@@ -164,8 +164,11 @@ fn host_dns() -> v1::DnsConfig {
 }
 
 impl Kubelet {
+    /// Follows the pods bound to this node: each change is synced at once by that pod's own
+    /// worker (one per pod at a time; a change during a sync runs it again after), and every
+    /// [`RESYNC`] all pods are synced and sandboxes without a pod torn down.
     pub(super) async fn pod_loop(self: Arc<Self>) {
-        let (poke, mut poked) = mpsc::channel::<()>(1);
+        let (changed, mut changes) = mpsc::unbounded_channel::<(String, String)>();
         let mine = PODS.all().fields(&format!("spec.nodeName={}", self.cfg.node_name));
         let own = self.state.own_writes.clone();
         let cache = crate::runtime::informer::follow(&self.client, mine, &self.scope, move |c| {
@@ -174,57 +177,89 @@ impl Kubelet {
             if !c.is_delete() && own.lock().get(uid).is_some_and(|w| w == rv) {
                 return;
             }
-            let _ = poke.try_send(());
+            let _ = changed.send((crate::vocab::object::key_of(c.object()), uid.to_string()));
         });
         let _ = self.pods.set(cache.clone());
         cache.synced().await;
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Err(e) = self.clone().sync_all().await {
-                tracing::warn!(error = %e, "pod sync");
-            }
             tokio::select! {
-                _ = poked.recv() => {}
-                _ = tokio::time::sleep(RESYNC) => {}
+                Some((key, uid)) = changes.recv() => self.dispatch(key, uid),
+                _ = resync.tick() => {
+                    if let Err(e) = self.sync_all().await {
+                        tracing::warn!(error = %e, "pod sync");
+                    }
+                }
+                _ = self.scope.cancelled() => return,
             }
         }
     }
 
-    pub(super) async fn sync_all(self: Arc<Self>) -> Result<(), SyncError> {
-        let pods: Vec<Value> = self.pods().iter().map(|p| p.as_ref().clone()).collect();
+    /// Every pod synced, and every sandbox whose pod is gone (deleted while the kubelet was
+    /// down, or force-deleted) torn down.
+    pub(super) async fn sync_all(self: &Arc<Self>) -> Result<(), SyncError> {
         let sandboxes = self.cri.list_pod_sandbox(None).await?;
         let containers = self.cri.list_containers(None).await?;
         self.forget_probes(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
-        let uids: HashSet<String> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str().map(String::from)).collect();
-        // Sandboxes whose pod is gone (deleted while we were down, or force-deleted).
-        for sb in sandboxes.iter().filter(|s| s.labels.get(LABEL_UID).is_some_and(|u| !uids.contains(u))) {
-            let uid = sb.labels.get(LABEL_UID).cloned().unwrap_or_default();
-            let key = format!("orphan/{uid}");
-            if self.state.in_flight.lock().insert(key.clone()) {
-                let me = self.clone();
-                let id = sb.id.clone();
-                let ctrs: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == id).map(|c| c.id.clone()).collect();
-                self.scope.spawn(async move {
-                    me.teardown(&id, &ctrs, 0, &uid).await;
-                    me.state.in_flight.lock().remove(&key);
-                });
-            }
+        let pods = self.pods();
+        let uids: HashSet<&str> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str()).collect();
+        for sb in &sandboxes {
+            let Some(uid) = sb.labels.get(LABEL_UID).filter(|u| !uids.contains(u.as_str())) else { continue };
+            let key = format!("{}/{}", sb.labels.get(LABEL_NAMESPACE).map_or("", String::as_str), sb.labels.get(LABEL_NAME).map_or("", String::as_str));
+            self.dispatch(key, uid.clone());
         }
-        for pod in pods {
-            let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            if !self.state.in_flight.lock().insert(uid.clone()) {
-                continue;
-            }
-            let sbs: Vec<v1::PodSandbox> = sandboxes.iter().filter(|s| s.labels.get(LABEL_UID) == Some(&uid)).cloned().collect();
-            let ctrs: Vec<v1::Container> = containers.iter().filter(|c| c.labels.get(LABEL_UID) == Some(&uid)).cloned().collect();
-            let me = self.clone();
-            self.scope.spawn(async move {
-                if let Err(e) = me.sync_pod(&pod, sbs, ctrs).await {
-                    tracing::warn!(pod = %pod["metadata"]["name"].as_str().unwrap_or(""), error = %e, "pod sync failed");
-                }
-                me.state.in_flight.lock().remove(&uid);
-            });
+        for p in &pods {
+            self.dispatch(crate::vocab::object::key_of(p), p["metadata"]["uid"].as_str().unwrap_or("").to_string());
         }
         Ok(())
+    }
+
+    /// Syncs the pod `key` with `uid` in its worker, starting one if it has none.
+    fn dispatch(self: &Arc<Self>, key: String, uid: String) {
+        {
+            let mut workers = self.state.workers.lock();
+            if let Some(again) = workers.get_mut(&uid) {
+                *again = true;
+                return;
+            }
+            workers.insert(uid.clone(), false);
+        }
+        let me = self.clone();
+        self.scope.spawn(async move {
+            loop {
+                if let Err(e) = me.sync_uid(&key, &uid).await {
+                    tracing::warn!(pod = %key, error = %e, "pod sync failed");
+                }
+                let mut workers = me.state.workers.lock();
+                match workers.get_mut(&uid) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        workers.remove(&uid);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// One sync of the pod `key` with `uid`: the runtime's objects labelled with the uid made
+    /// what the pod asks, or torn down if there is no such pod.
+    async fn sync_uid(&self, key: &str, uid: &str) -> Result<(), SyncError> {
+        let labels: HashMap<String, String> = [(LABEL_UID.to_string(), uid.to_string())].into();
+        let sandboxes = self.cri.list_pod_sandbox(Some(v1::PodSandboxFilter { label_selector: labels.clone(), ..Default::default() })).await?;
+        let containers = self.cri.list_containers(Some(v1::ContainerFilter { label_selector: labels, ..Default::default() })).await?;
+        let pod = self.pods.get().and_then(|c| c.get(key)).filter(|p| p["metadata"]["uid"] == uid);
+        match pod {
+            Some(pod) => self.sync_pod(&pod, sandboxes, containers).await,
+            None => {
+                for sb in &sandboxes {
+                    let ids: Vec<String> = containers.iter().filter(|c| c.pod_sandbox_id == sb.id).map(|c| c.id.clone()).collect();
+                    self.teardown(&sb.id, &ids, 0, uid).await;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Stops and removes a sandbox and its containers; removes the pod's cgroups.

@@ -262,7 +262,7 @@ async fn a_sandbox_whose_pod_is_gone_is_torn_down() {
     let sb = t.fake.run_pod_sandbox(config.clone()).await.unwrap();
     let c = t.fake.create_container(&sb, v1::ContainerConfig { metadata: Some(v1::ContainerMetadata { name: "c".into(), attempt: 0 }), labels, ..Default::default() }, config).await.unwrap();
     t.fake.start_container(&c).await.unwrap();
-    t.kubelet.clone().sync_all().await.unwrap();
+    t.kubelet.sync_all().await.unwrap();
     for _ in 0..100 {
         if t.fake.sandboxes().is_empty() {
             break;

@@ -6,3 +6,4 @@ pub mod host;
 pub mod pause;
 pub mod registries;
 pub mod routes;
+pub mod vxlan;
