@@ -77,6 +77,13 @@ impl Fake {
         }
     }
 
+    /// Changes what the runtime says about why container `id` ended.
+    pub fn set_reason(&self, id: &str, reason: &str) {
+        if let Some((c, _)) = self.world().containers.get_mut(id) {
+            c.reason = reason.to_string();
+        }
+    }
+
     /// The calls that changed something, in order (`start_container <id>`, ...).
     pub fn calls(&self) -> Vec<String> {
         self.world().calls.clone()

@@ -288,7 +288,18 @@ impl Kubelet {
         }
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
         if phase == "Succeeded" || phase == "Failed" {
-            for sb in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
+            let ready: Vec<&v1::PodSandbox> = sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32).collect();
+            // The runtime's last word on the containers before the sandbox goes: an exit's
+            // reason can come late (containerd reports an OOM kill after the exit at times).
+            if let Some(sb) = ready.iter().max_by_key(|s| s.created_at) {
+                let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+                let attempt = sb.metadata.as_ref().map_or(0, |m| m.attempt);
+                let last = Sandbox { id: sb.id.clone(), config: self.sandbox_config(pod, attempt), ip, volumes: HashMap::new() };
+                if let Err(e) = self.report(pod, &last).await {
+                    tracing::debug!(pod = %pod_ref(pod), error = %e, "final status of a finished pod");
+                }
+            }
+            for sb in ready {
                 best_effort("stop sandbox", &sb.id, self.cri.stop_pod_sandbox(&sb.id).await);
             }
             return Ok(());

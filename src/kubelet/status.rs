@@ -165,6 +165,11 @@ impl Kubelet {
         } else {
             "Pending"
         };
+        // A terminal phase is final (as upstream's kubelet enforces), whoever wrote it.
+        let phase = match old["phase"].as_str() {
+            Some(p @ ("Succeeded" | "Failed")) => p,
+            _ => phase,
+        };
         let host_ip = self.cfg.node_ip.clone().or_else(|| crate::pki::host_addresses().into_iter().find(|a| a.is_ipv4()).map(|a| a.to_string())).unwrap_or_default();
         let mut status = json!({
             "phase": phase,

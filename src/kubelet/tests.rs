@@ -180,10 +180,34 @@ async fn restart_policy_decides_whether_an_exited_container_comes_back() {
     assert_eq!(once["status"]["phase"], "Failed");
     assert_eq!(status_of(&once, "c")["state"]["terminated"]["exitCode"], 3);
     assert_eq!(retry["status"]["phase"], "Succeeded");
-    // A finished pod's sandbox is stopped.
+    // A finished pod's sandbox is stopped, after a last look at its containers.
     t.sync("once").await;
     t.sync("retry").await;
     assert!(t.fake.sandboxes().iter().all(|(_, ready)| !ready));
+}
+
+#[tokio::test]
+async fn a_finished_pod_stays_finished_and_gets_the_runtimes_last_word() {
+    let t = T::new().await;
+    t.pod("job", json!({"restartPolicy": "Never", "containers": [{"name": "c"}]})).await;
+    t.sync("job").await;
+    t.fake.exit(&t.id_of("c"), 137);
+    let pod = t.sync("job").await;
+    assert_eq!(pod["status"]["phase"], "Failed");
+    assert_eq!(status_of(&pod, "c")["state"]["terminated"]["reason"], "Error");
+    // The runtime learns late that it was an OOM kill: the next sync reports it.
+    t.fake.set_reason(&t.id_of("c"), "OOMKilled");
+    let pod = t.sync("job").await;
+    assert_eq!(status_of(&pod, "c")["state"]["terminated"]["reason"], "OOMKilled");
+    // Someone else's terminal phase is kept too: a running pod marked Failed stays Failed.
+    t.pod("evicted", json!({"containers": [{"name": "c"}]})).await;
+    t.sync("evicted").await;
+    let mut p = t.client.get(PODS.named("default", "evicted")).await.unwrap();
+    p["status"]["phase"] = json!("Failed");
+    p["status"]["reason"] = json!("Evicted");
+    t.client.replace(PODS.named("default", "evicted").sub("status"), &p).await.unwrap();
+    let pod = t.sync("evicted").await;
+    assert_eq!(pod["status"]["phase"], "Failed");
 }
 
 #[tokio::test]

@@ -222,7 +222,8 @@ wide=$(k get events -o wide --field-selector involvedObject.name=crash)
 check_contains "kubectl get events -o wide shows COUNT" "COUNT" "$(echo "$wide" | head -1)"
 check_contains "with upstream's BackOff message" "Back-off restarting failed container crash in pod crash_default(" "$wide"
 k wait --for=jsonpath='{.status.phase}'=Failed pod/hog --timeout=60s >/dev/null
-check "a memory hog is OOMKilled" "OOMKilled" "$(k get pod hog -o jsonpath='{.status.containerStatuses[0].state.terminated.reason}')"
+# (containerd may report the OOM kill just after the exit: the reason follows within a sync)
+eventually "a memory hog is OOMKilled" "OOMKilled" 10 k get pod hog -o jsonpath='{.status.containerStatuses[0].state.terminated.reason}'
 k wait --for=jsonpath='{.status.containerStatuses[0].state.waiting.reason}'=ImagePullBackOff pod/nopull --timeout=60s >/dev/null
 check "an unpullable image shows ImagePullBackOff between attempts" "ImagePullBackOff" "$(k get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
 check_contains "the failed pull (ErrImagePull) is reported as an event" "Failed to pull image \"127.0.0.1:9/none:1\"" "$(k get events --field-selector involvedObject.name=nopull -o jsonpath='{.items[*].message}')"
