@@ -348,11 +348,16 @@ impl Api {
             Target::GroupVersion(g, v) => Rendered::json(200, &discovery::resource_list(&g, &v).ok_or_else(|| ApiError::not_found_path(c.path))?),
             Target::OpenApi(p) => match p.trim_end_matches('/') {
                 "/openapi/v3" => Rendered::json(200, &openapi::index(&self.aggregator)),
-                "/openapi/v2" => {
-                    // Served as JSON only; a protobuf-only client gets 406 and falls back.
-                    response_format(c.accept)?;
-                    Rendered { code: 200, content_type: "application/json", body: Body::Full(openapi::v2()), warnings: Vec::new() }
-                }
+                "/openapi/v2" => match front::openapi_v2pb::wanted(c.accept) {
+                    // client-go's OpenAPISchema() (kubectl's validation of a List, helm).
+                    // kube-apiserver answers it as application/octet-stream (Go's MIME
+                    // parser refuses the `@` of the asked-for type).
+                    Some(_) => Rendered { code: 200, content_type: "application/octet-stream", body: Body::Full(openapi::v2_protobuf()), warnings: Vec::new() },
+                    None => {
+                        response_format(c.accept)?;
+                        Rendered { code: 200, content_type: "application/json", body: Body::Full(openapi::v2()), warnings: Vec::new() }
+                    }
+                },
                 other => match other.strip_prefix("/openapi/v3/").and_then(openapi::group_version) {
                     Some(text) => Rendered { code: 200, content_type: "application/json", body: Body::Full(text), warnings: Vec::new() },
                     None => return Err(ApiError::not_found_path(c.path)),

@@ -170,4 +170,17 @@ check_contains "a body over 3 MiB is 413 with a Status over HTTP/1.1" '"reason":
  413' "$out"
 check_fails "the oversized object was not stored" k get cm big
 
+# A List file (what `kubectl get -o yaml` writes) is validated by kubectl against
+# /openapi/v2 in protobuf before it is applied.
+k create configmap listed-a --from-literal=k=a >/dev/null
+k create configmap listed-b --from-literal=k=b >/dev/null
+k get cm listed-a listed-b -o yaml > "$E2E_DIR/list.yaml"
+k delete cm listed-a listed-b >/dev/null
+check_contains "kubectl apply -f of a List (get -o yaml output)" "configmap/listed-b created" "$(k apply -f "$E2E_DIR/list.yaml" 2>&1)"
+check "both items are back" "a b" "$(k get cm listed-a listed-b -o jsonpath='{.items[*].data.k}')"
+printf '%s' '{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"listed-c"},"bogus":1}]}' > "$E2E_DIR/badlist.json"
+check_contains "a List item's unknown field is caught by kubectl's validation" 'unknown field "bogus" in io.k8s.api.core.v1.ConfigMap' "$(k create -f "$E2E_DIR/badlist.json" 2>&1)"
+curl_credentials
+check_contains "/openapi/v2 answers protobuf as kube-apiserver does" "application/octet-stream" "$(api -s -o /dev/null -w '%{content_type}' -H 'Accept: application/com.github.proto-openapi.spec.v2@v1.0+protobuf' "https://127.0.0.1:$PORT/openapi/v2")"
+
 summary

@@ -6,5 +6,6 @@ pub mod discovery;
 pub mod http;
 pub mod negotiate;
 pub mod openapi;
+pub mod openapi_v2pb;
 pub mod protobuf;
 pub mod request;

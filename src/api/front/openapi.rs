@@ -389,6 +389,21 @@ pub fn group_version(gv: &str) -> Option<bytes::Bytes> {
     docs().docs.get(gv.trim_matches('/')).map(|(_, t)| t.clone())
 }
 
+/// `/openapi/v2` in protobuf (gnostic's Document; see [`super::openapi_v2pb`]).
+pub fn v2_protobuf() -> bytes::Bytes {
+    static CACHE: Mutex<Option<(u64, bytes::Bytes)>> = Mutex::new(None);
+    let generation = crate::api::kinds::generation();
+    if let Some((g, b)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if *g == generation {
+            return b.clone();
+        }
+    }
+    let doc: Value = serde_json::from_slice(&v2()).unwrap_or(Value::Null);
+    let b = bytes::Bytes::from(super::openapi_v2pb::encode(&doc));
+    *CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, b.clone()));
+    b
+}
+
 /// `/openapi/v2` (Swagger 2.0) as JSON: every served kind's paths and the same definitions,
 /// for clients that still read v2.
 pub fn v2() -> bytes::Bytes {
