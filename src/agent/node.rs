@@ -5,6 +5,7 @@
 //! from (the server's CA signs them in-process; an agent gets them through
 //! CertificateSigningRequests) and how the clients reach the API (in-process or HTTPS).
 
+use crate::cri::Runtime;
 use crate::runtime::{Client, Scope};
 use crate::server::StartError;
 use std::net::{IpAddr, SocketAddr};
@@ -231,11 +232,11 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     let conf_path = layout.cni_conf.join("10-ferrokube.conflist");
     std::fs::write(&conf_path, serde_json::to_vec_pretty(&conflist).unwrap_or_default()).map_err(|e| fail(format!("{}: {e}", conf_path.display())))?;
 
-    let (runtime, socket, mut cri) = match external {
+    let (runtime, socket, cri) = match external {
         Some(socket) => {
             let endpoint = cfg.container_runtime_endpoint.clone().unwrap_or_default();
             let cri = containerd::wait_ready(&socket, std::time::Duration::from_secs(30)).await.map_err(|e| fail(format!("--container-runtime-endpoint {endpoint}: {e}")))?;
-            if let Err(e) = containerd::import_pause(&socket, &layout.root, cri.clone()).await {
+            if let Err(e) = containerd::import_pause(&socket, &layout.root, &cri).await {
                 tracing::warn!(error = %e, image = crate::node::pause::IMAGE, "the pause image could not be imported into the existing runtime; its own sandbox image must be available");
             }
             tracing::info!(%endpoint, cni_bin = %layout.cni_bin.display(), cni_conf = %layout.cni_conf.display(), sandbox_image = crate::node::pause::IMAGE, "using an existing container runtime; its CNI bin_dir and conf_dir must be these");

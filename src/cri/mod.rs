@@ -56,6 +56,7 @@ pub type Answer<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Resu
 /// What the kubelet asks of a container runtime: CRI's runtime and image services, one
 /// method per call it makes, with the requests' plumbing left out.
 pub trait Runtime: Send + Sync + 'static {
+    /// The runtime's name and version, which also proves it answers.
     fn version(&self) -> Answer<'_, v1::VersionResponse>;
     /// Starts a sandbox; its id.
     fn run_pod_sandbox(&self, config: v1::PodSandboxConfig) -> Answer<'_, String>;
@@ -183,11 +184,6 @@ impl Cri {
         let runtime = RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         let images = ImageServiceClient::new(channel).max_decoding_message_size(64 << 20);
         Ok(Cri { runtime, images })
-    }
-
-    /// The runtime's name and version (`Version`), which also proves it answers.
-    pub async fn version(&mut self) -> Result<v1::VersionResponse, CriError> {
-        Ok(self.runtime.version(v1::VersionRequest { version: "v1".into() }).await?.into_inner())
     }
 }
 

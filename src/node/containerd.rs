@@ -3,7 +3,7 @@
 //! ferrokube. Containers keep running across restarts of either (the shims hold them).
 
 use super::host::{which, Host};
-use crate::cri::{Cri, CriError};
+use crate::cri::{Cri, CriError, Runtime};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -190,7 +190,7 @@ pub async fn wait_ready(socket: &Path, timeout: Duration) -> Result<Cri, CriErro
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let attempt = async {
-            let mut cri = Cri::connect(socket).await?;
+            let cri = Cri::connect(socket).await?;
             cri.version().await?;
             Ok::<_, CriError>(cri)
         };
@@ -226,7 +226,7 @@ impl Containerd {
         let cri = wait_ready(&l.socket, Duration::from_secs(30))
             .await
             .map_err(|_| RuntimeError::NotReady { socket: l.socket.clone(), secs: 30, log: l.log.clone() })?;
-        import_pause(&l.socket, &l.root, cri.clone()).await?;
+        import_pause(&l.socket, &l.root, &cri).await?;
         let (stop, stop_rx) = watch::channel(false);
         let done = tokio::spawn(supervise(l.clone(), child, stop_rx));
         Ok((Containerd { layout: l, stop, done }, cri))
@@ -273,14 +273,8 @@ async fn supervise(l: Layout, mut child: Child, mut stop: watch::Receiver<bool>)
 
 /// Imports the embedded pause image into the containerd at `socket` unless it has it
 /// already (`scratch`: a directory for the archive).
-pub async fn import_pause(socket: &Path, scratch: &Path, mut cri: Cri) -> Result<(), RuntimeError> {
-    use crate::cri::v1::{ImageSpec, ImageStatusRequest};
-    let have = cri
-        .images
-        .image_status(ImageStatusRequest { image: Some(ImageSpec { image: super::pause::IMAGE.into(), ..Default::default() }), verbose: false })
-        .await
-        .map(|r| r.into_inner().image.is_some())
-        .unwrap_or(false);
+pub async fn import_pause(socket: &Path, scratch: &Path, cri: &dyn Runtime) -> Result<(), RuntimeError> {
+    let have = cri.image_status(super::pause::IMAGE).await.is_ok_and(|i| i.is_some());
     if have {
         return Ok(());
     }

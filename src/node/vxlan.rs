@@ -80,8 +80,8 @@ async fn ensure_with(handle: &rtnetlink::Handle, node_ip: Ipv4Addr, pod_range: I
     // The device is bound to the address only, not to its interface: the outer packets
     // follow the host's routes to each node (which may leave by different interfaces).
     let parent = interface_of(handle, node_ip).await?.ok_or(VxlanError::NoInterface(node_ip))?;
-    let parent_mtu = link(handle, parent).await?.and_then(|l| mtu_of(&l)).unwrap_or(1500);
-    let mut existing = link_named(handle, DEVICE).await?;
+    let parent_mtu = link(handle.link().get().match_index(parent)).await?.and_then(|l| mtu_of(&l)).unwrap_or(1500);
+    let mut existing = link(handle.link().get().match_name(DEVICE.to_string())).await?;
     if let Some(l) = &existing {
         if vxlan_local(l) != Some(node_ip) || vxlan_id(l) != Some(VNI) {
             tracing::info!(device = DEVICE, "the VXLAN device is not on this node's address; making it again");
@@ -93,7 +93,7 @@ async fn ensure_with(handle: &rtnetlink::Handle, node_ip: Ipv4Addr, pod_range: I
         let msg = rtnetlink::LinkVxlan::new(DEVICE, VNI).port(PORT).local(node_ip).learning(false).mtu(parent_mtu.saturating_sub(OVERHEAD)).up().build();
         handle.link().add(msg).execute().await?;
     }
-    let l = link_named(handle, DEVICE).await?.ok_or(VxlanError::NoInterface(node_ip))?;
+    let l = link(handle.link().get().match_name(DEVICE.to_string())).await?.ok_or(VxlanError::NoInterface(node_ip))?;
     let index = l.header.index;
     handle.link().set(rtnetlink::LinkUnspec::new_with_index(index).up().build()).execute().await?;
     let mut addrs = handle.address().get().set_link_index_filter(index).execute();
@@ -122,16 +122,9 @@ async fn interface_of(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> Result<Option
     Ok(None)
 }
 
-async fn link(handle: &rtnetlink::Handle, index: u32) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match handle.link().get().match_index(index).execute().try_next().await {
-        Ok(l) => Ok(l),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-async fn link_named(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match handle.link().get().match_name(name.to_string()).execute().try_next().await {
+/// The link `req` asks for; None if there is no such device.
+async fn link(req: rtnetlink::LinkGetRequest) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match req.execute().try_next().await {
         Ok(l) => Ok(l),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(e),

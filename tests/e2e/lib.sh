@@ -130,6 +130,47 @@ use_node() {
   trap node_cleanup EXIT
 }
 
+# Pods across nodes (multinode.sh, vxlan.sh).
+# web_pods NODE...: a pod web-NODE on each node, serving "hello from web-NODE" at / and 300 kB
+# of x at /big on port 8080; checks that each runs.
+web_pods() {
+  local n
+  for n in "$@"; do
+    cat <<YAML | k apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: web-$n, labels: {app: web}}
+spec:
+  nodeName: $n
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: $IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'mkdir -p /www && echo "hello from \$(hostname)" > /www/index.html && head -c 300000 /dev/zero | tr "\\\\0" x > /www/big && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080}]
+YAML
+  done
+  for n in "$@"; do
+    check_cmd "a pod runs on $n" k wait --for=condition=Ready "pod/web-$n" --timeout=90s
+  done
+}
+pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
+# http_get POD ADDRESS [PORT] [PATH]: the last line of the answer, fetched from inside POD
+# (busybox's static wget crashes in getaddrinfo; nc speaks HTTP well enough).
+http_get() { k exec "$1" -- sh -c "printf 'GET /${4:-} HTTP/1.0\r\n\r\n' | nc -w 3 $2 ${3:-8080}" 2>&1 | tail -1 | tr -d '\r'; }
+# lookup POD NAME: the addresses NAME resolves to from inside POD.
+lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; next} found && /^Address/ {print $NF}' | sort | xargs; }
+# check_sender_address DESCRIPTION FROM TO: a connection from pod FROM to pod TO (port 9001)
+# arrives from FROM's pod address (no masquerade inside the pod network).
+check_sender_address() {
+  local to=$3
+  k exec "$to" -- sh -c "setsid sh -c 'sleep 30 | nc -l -p 9001' </dev/null >/dev/null 2>&1 &"
+  k exec "$2" -- sh -c "setsid sh -c 'sleep 30 | nc $(pod_ip "$to") 9001' </dev/null >/dev/null 2>&1 &"
+  peer_of_9001() { k exec "$to" -- netstat -tn 2>/dev/null | awk '$4 ~ /:9001$/ && $6 == "ESTABLISHED" {sub(/:[0-9]+$/, "", $5); sub(/^::ffff:/, "", $5); print $5}' | head -1; }
+  eventually "$1" "$(pod_ip "$2")" 10 peer_of_9001
+}
+
 # eventually NAME EXPECTED TIMEOUT CMD... : CMD prints EXPECTED within TIMEOUT seconds.
 eventually() {
   local name=$1 want=$2 limit=$3 got

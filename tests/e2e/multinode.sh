@@ -109,29 +109,7 @@ check "the agent's key is private" "600" "$(stat -c %a "$E2E_DIR/a1/agent/tls/cl
 
 
 # Pods on every node, reaching each other by address across nodes (host-gw routes).
-for n in e2e-node a1 a2; do
-  cat <<YAML | k apply -f - >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: web-$n, labels: {app: web}}
-spec:
-  nodeName: $n
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: $IMAGE
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, 'mkdir -p /www && echo "hello from \$(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www']
-    ports: [{containerPort: 8080}]
-YAML
-done
-for n in e2e-node a1 a2; do
-  check_cmd "a pod runs on $n" k wait --for=condition=Ready "pod/web-$n" --timeout=90s
-done
-pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
-# (busybox's static wget crashes in getaddrinfo; nc speaks HTTP well enough)
-http_get() { k exec "$1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $2 ${3:-8080}" 2>&1 | tail -1 | tr -d '\r'; }
-lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; next} found && /^Address/ {print $NF}' | sort | xargs; }
+web_pods e2e-node a1 a2
 for n in e2e-node a1 a2; do
   cidr=$(k get node "$n" -o jsonpath='{.spec.podCIDR}')
   check_contains "web-$n has an address of $n's range" "${cidr%.0/24}." "$(pod_ip "web-$n")"
@@ -147,10 +125,7 @@ check "pod on a2 -> pod on a1 by IP" "hello from web-a1" "$(http_get web-a2 "$(p
 check "pod on a1 -> pod on the server's node" "hello from web-e2e-node" "$(http_get web-a1 "$(pod_ip web-e2e-node)")"
 check "pod on the server's node -> pod on a1" "hello from web-a1" "$(http_get web-e2e-node "$(pod_ip web-a1)")"
 # The receiver sees the sender's pod address: no masquerade inside the pod network.
-k exec web-a2 -- sh -c "setsid sh -c 'sleep 30 | nc -l -p 9001' </dev/null >/dev/null 2>&1 &"
-k exec web-a1 -- sh -c "setsid sh -c 'sleep 30 | nc $(pod_ip web-a2) 9001' </dev/null >/dev/null 2>&1 &"
-peer_of_9001() { k exec web-a2 -- netstat -tn 2>/dev/null | awk '$4 ~ /:9001$/ && $6 == "ESTABLISHED" {sub(/:[0-9]+$/, "", $5); sub(/^::ffff:/, "", $5); print $5}' | head -1; }
-eventually "the receiver on a2 sees the sender's pod address (no masquerade inside the cluster)" "$(pod_ip web-a1)" 10 peer_of_9001
+check_sender_address "the receiver on a2 sees the sender's pod address (no masquerade inside the cluster)" web-a1 web-a2
 
 # A ClusterIP Service from a pod on a1 reaches backends on a2 and on the server's node.
 k expose pod web-a2 --name web-a2 --port 80 --target-port 8080 >/dev/null

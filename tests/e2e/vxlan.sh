@@ -81,27 +81,7 @@ check_contains "a1 resolves a2's gateway to a2's device" "$(mac_of a2)" "$(in_ns
 check_contains "a1 sends a2's device frames to a2's address" "dst $IP_a2" "$(in_ns a1 bridge fdb show dev fkvxlan0 | grep "$(mac_of a2)")"
 check_contains "the device is VNI 1 on UDP 8472 from the node address" "vxlan id 1 local $IP_a1" "$(in_ns a1 ip -d link show fkvxlan0)"
 
-for n in e2e-node a1 a2; do
-  cat <<YAML | k apply -f - >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: web-$n, labels: {app: web}}
-spec:
-  nodeName: $n
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: $IMAGE
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, 'mkdir -p /www && echo "hello from \$(hostname)" > /www/index.html && head -c 300000 /dev/zero | tr "\\\\0" x > /www/big && exec httpd -f -p 8080 -h /www']
-    ports: [{containerPort: 8080}]
-YAML
-done
-for n in e2e-node a1 a2; do
-  check_cmd "a pod runs on $n" k wait --for=condition=Ready "pod/web-$n" --timeout=90s
-done
-pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
-http_get() { k exec "$1" -- sh -c "printf 'GET /${4:-} HTTP/1.0\r\n\r\n' | nc -w 3 $2 ${3:-8080}" 2>&1 | tail -1 | tr -d '\r'; }
+web_pods e2e-node a1 a2
 link_mtu() { in_ns a1 ip -o link show eth0 | awk '{for (i = 1; i < NF; i++) if ($i == "mtu") print $(i + 1)}'; }
 check "the pods' MTU leaves room for VXLAN" "$(($(link_mtu) - 50))" "$(k exec web-a1 -- cat /sys/class/net/eth0/mtu)"
 check "pod on a1 -> pod on a2 by IP" "hello from web-a2" "$(http_get web-a1 "$(pod_ip web-a2)")"
@@ -112,13 +92,9 @@ big() { k exec web-a1 -- sh -c "printf 'GET /big HTTP/1.0\r\n\r\n' | nc -w 5 $(p
 check "300 kB across nodes arrive whole (full-size packets fit)" "0" "$(big | tr -d ' ')"
 host_get() { timeout 5 bash -c "exec 3<>/dev/tcp/$1/8080; printf 'GET / HTTP/1.0\r\n\r\n' >&3; cat <&3" 2>&1 | tail -1 | tr -d '\r'; }
 check "the host reaches a pod on a2" "hello from web-a2" "$(host_get "$(pod_ip web-a2)")"
-k exec web-a2 -- sh -c "setsid sh -c 'sleep 30 | nc -l -p 9001' </dev/null >/dev/null 2>&1 &"
-k exec web-a1 -- sh -c "setsid sh -c 'sleep 30 | nc $(pod_ip web-a2) 9001' </dev/null >/dev/null 2>&1 &"
-peer_of_9001() { k exec web-a2 -- netstat -tn 2>/dev/null | awk '$4 ~ /:9001$/ && $6 == "ESTABLISHED" {sub(/:[0-9]+$/, "", $5); sub(/^::ffff:/, "", $5); print $5}' | head -1; }
-eventually "the receiver on a2 sees the sender's pod address (no masquerade)" "$(pod_ip web-a1)" 10 peer_of_9001
+check_sender_address "the receiver on a2 sees the sender's pod address (no masquerade)" web-a1 web-a2
 k expose pod web-a2 --name web-a2 --port 80 --target-port 8080 >/dev/null
 eventually "a Service's backend on a2, from a pod on a1" "hello from web-a2" 30 http_get web-a1 "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 80
-lookup() { k exec "$1" -- nslookup "$2" 2>/dev/null | awk '/^Name:/ {found=1; next} found && /^Address/ {print $NF}' | sort | xargs; }
 eventually "DNS names resolve from a pod on a2" "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 30 lookup web-a2 web-a2.default.svc.cluster.local
 
 # A Node deleted: the others forget its route, neighbour and forwarding entries.

@@ -344,17 +344,24 @@ struct Docs {
     docs: BTreeMap<String, (String, bytes::Bytes)>,
 }
 
+/// What `make` builds, kept until the served kinds change (their generation moves on).
+fn per_generation<T: Clone>(cache: &Mutex<Option<(u64, T)>>, make: impl FnOnce() -> T) -> T {
+    let generation = crate::api::kinds::generation();
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, v)) = cache.as_ref() {
+        if *g == generation {
+            return v.clone();
+        }
+    }
+    let v = make();
+    *cache = Some((generation, v.clone()));
+    v
+}
+
 /// The documents for the kinds served now; rebuilt when custom kinds change.
 fn docs() -> Arc<Docs> {
     static DOCS: Mutex<Option<(u64, Arc<Docs>)>> = Mutex::new(None);
-    let generation = crate::api::kinds::generation();
-    let mut cache = DOCS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((g, d)) = cache.as_ref() {
-        if *g == generation {
-            return d.clone();
-        }
-    }
-    let built = Arc::new({
+    per_generation(&DOCS, || Arc::new({
         let mut docs = BTreeMap::new();
         let mut paths = Map::new();
         for (g, v) in groups() {
@@ -367,9 +374,7 @@ fn docs() -> Arc<Docs> {
             docs.insert(p, (hash, bytes::Bytes::from(text)));
         }
         Docs { index: json!({"paths": paths}), docs }
-    });
-    *cache = Some((generation, built.clone()));
-    built
+    }))
 }
 
 /// The `/openapi/v3` index.
@@ -392,29 +397,20 @@ pub fn group_version(gv: &str) -> Option<bytes::Bytes> {
 /// `/openapi/v2` in protobuf (gnostic's Document; see [`super::openapi_v2pb`]).
 pub fn v2_protobuf() -> bytes::Bytes {
     static CACHE: Mutex<Option<(u64, bytes::Bytes)>> = Mutex::new(None);
-    let generation = crate::api::kinds::generation();
-    if let Some((g, b)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        if *g == generation {
-            return b.clone();
-        }
-    }
-    let doc: Value = serde_json::from_slice(&v2()).unwrap_or(Value::Null);
-    let b = bytes::Bytes::from(super::openapi_v2pb::encode(&doc));
-    *CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, b.clone()));
-    b
+    per_generation(&CACHE, || {
+        let doc: Value = serde_json::from_slice(&v2()).unwrap_or(Value::Null);
+        bytes::Bytes::from(super::openapi_v2pb::encode(&doc))
+    })
 }
 
 /// `/openapi/v2` (Swagger 2.0) as JSON: every served kind's paths and the same definitions,
 /// for clients that still read v2.
 pub fn v2() -> bytes::Bytes {
     static CACHE: Mutex<Option<(u64, bytes::Bytes)>> = Mutex::new(None);
-    let generation = crate::api::kinds::generation();
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((g, b)) = cache.as_ref() {
-        if *g == generation {
-            return b.clone();
-        }
-    }
+    per_generation(&CACHE, v2_document)
+}
+
+fn v2_document() -> bytes::Bytes {
     let mut paths = Map::new();
     let mut definitions = Map::new();
     for (g, v) in groups() {
@@ -449,7 +445,5 @@ pub fn v2() -> bytes::Bytes {
     let text = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": paths, "definitions": definitions})
         .to_string()
         .replace("#/components/schemas/", "#/definitions/");
-    let bytes = bytes::Bytes::from(text);
-    *cache = Some((generation, bytes.clone()));
-    bytes
+    bytes::Bytes::from(text)
 }
