@@ -10,6 +10,7 @@ pub mod config;
 pub mod server;
 pub mod agent;
 pub mod jointokens;
+pub mod cluster;
 pub mod snapshot;
 pub mod killall;
 pub mod uninstall;

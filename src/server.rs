@@ -43,6 +43,39 @@ pub struct ServerConfig {
     /// Store events kept for watch resumption.
     #[arg(long, default_value_t = crate::store::DEFAULT_HISTORY)]
     pub event_history: u64,
+    /// Keep the cluster in this etcd v3 cluster instead of the embedded datastore:
+    /// comma-separated `https://host:2379` (or `http://`) endpoints. Several servers may share
+    /// one etcd; each answers any request, one at a time runs the scheduler and controllers.
+    #[arg(long, env = "FERROKUBE_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+    /// CA certificate the etcd members' serving certificates chain to.
+    #[arg(long, requires = "datastore_endpoint")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (with --datastore-keyfile).
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_keyfile"])]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Client key for etcd (with --datastore-certfile).
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_certfile"])]
+    pub datastore_keyfile: Option<PathBuf>,
+    /// How often the servers compact etcd's history (`5m`, `30s`, `0` for never), as
+    /// kube-apiserver's flag of that name.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub etcd_compaction_interval: std::time::Duration,
+    /// How long one datastore call may take before the request fails with a 5xx.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub datastore_timeout: std::time::Duration,
+    /// Another server of the cluster this one joins (`https://HOST:6443`), with --token and
+    /// the same --datastore-endpoint: the cluster's CAs and keys come from the datastore.
+    #[arg(long, env = "FERROKUBE_URL", requires_all = ["token", "datastore_endpoint"])]
+    pub server: Option<String>,
+    /// The join token of the cluster this server joins (the first server's
+    /// `<data-dir>/server/token`).
+    #[arg(long, env = "FERROKUBE_TOKEN", hide_env_values = true, requires = "datastore_endpoint")]
+    pub token: Option<String>,
+    /// The address other servers, nodes and pods reach this server at (the `kubernetes`
+    /// Service's endpoint), when not the one it binds or its node's.
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
     #[command(flatten)]
     pub node: crate::agent::node::NodeArgs,
     /// The pod network: each node gets a range of it (`spec.podCIDR`, `--node-cidr-mask-size`).
@@ -112,6 +145,33 @@ fn auditor(cfg: &ServerConfig) -> Result<Option<crate::api::front::audit::Audito
     }
 }
 
+/// `300`, `30s`, `5m`, `1h`, `1m30s` (kube's duration flags, whole seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 30s, 5m or 1h");
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let (mut total, mut num) = (0u64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || s.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -174,6 +234,24 @@ pub fn open_store(data_dir: &Path, history: u64, sealer: crate::store::crypt::Se
     })
 }
 
+/// The etcd cluster of `--datastore-endpoint`, if given.
+fn etcd_config(cfg: &ServerConfig) -> Result<Option<crate::store::EtcdConfig>, StartError> {
+    let Some(endpoints) = &cfg.datastore_endpoint else { return Ok(None) };
+    let mut etcd = crate::store::EtcdConfig::new(endpoints);
+    etcd.ca_file = cfg.datastore_cafile.clone();
+    etcd.cert_file = cfg.datastore_certfile.clone();
+    etcd.key_file = cfg.datastore_keyfile.clone();
+    etcd.timeout = cfg.datastore_timeout;
+    etcd.compaction_interval = cfg.etcd_compaction_interval;
+    if etcd.endpoints.is_empty() {
+        return Err(StartError::Command("--datastore-endpoint is empty: give etcd endpoints as https://host:2379, comma-separated".into()));
+    }
+    if let Some(bad) = etcd.endpoints.iter().find(|e| !(e.starts_with("https://") || e.starts_with("http://"))) {
+        return Err(StartError::Command(format!("--datastore-endpoint {bad:?}: give etcd endpoints as https://host:2379 or http://host:2379, comma-separated")));
+    }
+    Ok(Some(etcd))
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let started = std::time::Instant::now();
@@ -189,9 +267,22 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
         Some(crate::vocab::cron::Schedule::parse(&cfg.snapshot_cron).map_err(|e| StartError::Command(format!("--snapshot-cron {:?}: {e}", cfg.snapshot_cron)))?)
     };
     let audit = auditor(&cfg)?;
+    if let Some(etcd) = etcd_config(&cfg)? {
+        // Another server's CAs and keys, before this one would make its own.
+        match crate::cluster::adopt(&etcd, &cfg.data_dir, cfg.token.as_deref()).await {
+            Ok(true) => tracing::info!(server = cfg.server.as_deref().unwrap_or("-"), "credentials of the cluster in etcd in place"),
+            Ok(false) => tracing::info!("no cluster in etcd yet: this server starts one"),
+            Err(e) => return Err(StartError::Bootstrap(e.to_string())),
+        }
+    }
     let (encryption_source, sealer, created) = crate::encryption::load(&cfg.data_dir, cfg.encryption_provider_config.as_deref(), cfg.secrets_encryption)?;
     let sealer_for_start = created.then(|| sealer.clone());
-    let store = open_store(&cfg.data_dir, cfg.event_history, sealer)?;
+    let store = match etcd_config(&cfg)? {
+        None => open_store(&cfg.data_dir, cfg.event_history, sealer)?,
+        Some(etcd) => Store::open_etcd(&etcd, cfg.event_history, sealer).await.map_err(|e| {
+            StartError::Command(format!("datastore etcd at {} cannot be used: {e}; check --datastore-endpoint, --datastore-cafile, --datastore-certfile and --datastore-keyfile", etcd.endpoints.join(",")))
+        })?,
+    };
     crate::snapshot::started(&cfg.data_dir);
     if let Some(sealer) = sealer_for_start {
         // Encryption was just turned on: the Secrets already stored are encrypted now.
@@ -227,7 +318,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     }
     let tls = pki.server_config()?;
 
-    let host = if cfg.bind_address.is_unspecified() || cfg.bind_address.is_loopback() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
+    let host = if cfg.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     let server_url = format!("https://{host}:{}", cfg.https_listen_port);
     write_kubeconfig(&cfg.write_kubeconfig, &pki.admin_kubeconfig(&server_url), cfg.write_kubeconfig_mode)?;
@@ -293,21 +384,37 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     publish_authentication_info(&api, &pki).await;
     // Discovery for joining nodes, and the server's own join token.
     let node_ip = cfg.node.ip(&cfg.cluster_cidr);
-    let advertise = match (&node_ip, cfg.bind_address) {
-        (Some(ip), a) if a.is_unspecified() => ip.clone(),
+    let advertise = match (cfg.advertise_address, &node_ip, cfg.bind_address) {
+        (Some(a), _, _) if a.is_ipv6() => format!("[{a}]"),
+        (Some(a), _, _) => a.to_string(),
+        (None, Some(ip), a) if a.is_unspecified() => ip.clone(),
         _ => host.clone(),
     };
     let advertise_url = format!("https://{advertise}:{}", cfg.https_listen_port);
     publish_cluster_info(&api, &pki, &advertise_url).await;
     let token_file = cfg.data_dir.join("server").join("token");
     match crate::jointokens::ensure_server_token(&apiserver_client(&api), &token_file, &pki.ca_pem).await {
-        Ok((join, true)) => tracing::info!(command = %format!("ferrokube agent --server {advertise_url} --token {join}"), "join a node to this cluster with"),
-        Ok((_, false)) => tracing::info!(command = %format!("ferrokube agent --server {advertise_url} --token $(cat {})", token_file.display()), "join a node to this cluster with"),
+        Ok((join, fresh)) => {
+            if fresh {
+                tracing::info!(command = %format!("ferrokube agent --server {advertise_url} --token {join}"), "join a node to this cluster with");
+            } else {
+                tracing::info!(command = %format!("ferrokube agent --server {advertise_url} --token $(cat {})", token_file.display()), "join a node to this cluster with");
+            }
+            // On etcd: what a second server needs, sealed with this token.
+            crate::cluster::publish(&api.store, &cfg.data_dir, &join).await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        }
         Err(e) => tracing::warn!(error = %e, "no join token: nodes cannot join until `ferrokube token create` makes one"),
     }
-    // The controller manager and the scheduler, each while it leads (with one embedded store
-    // there is one server, so always).
-    let leadership = Leadership::Always;
+    // This server as a candidate and a member of the cluster: `<node name>_<uuid>`, as
+    // upstream's components name themselves.
+    let identity = format!("{}_{}", cfg.node.name(), uuid::Uuid::new_v4());
+    // The controller manager and the scheduler, each while it leads: with one embedded
+    // store there is one server, so always; on etcd, while this server holds its Lease.
+    let elect = |user: crate::vocab::user::UserInfo, agent: &str| match api.store.etcd() {
+        None => Leadership::Always,
+        Some(_) => Leadership::Lease { client: api.client_as(agent, user), namespace: "kube-system".into(), identity: identity.clone(), timing: Default::default() },
+    };
+    let leadership = elect(crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::CONTROLLER_MANAGER), concat!("ferrokube-controller-manager/", env!("CARGO_PKG_VERSION")));
     let (controllers_api, storage_dir) = (api.clone(), cfg.data_dir.join("storage"));
     let ca = crate::controllers::certificates::Ca { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() };
     leadership.run("kube-controller-manager", &control, move |scope| {
@@ -315,12 +422,14 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
         crate::controllers::start(&|agent, user| controllers_api.client_as(agent, user), scope, cfg);
     });
     let scheduler_api = api.clone();
+    let leadership = elect(crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::SCHEDULER), concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION")));
     leadership.run("kube-scheduler", &control, move |scope| {
         let me = crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::SCHEDULER);
         crate::scheduler::start(scheduler_api.client_as(concat!("ferrokube-scheduler/", env!("CARGO_PKG_VERSION")), me), scope);
     });
-    // This host's address is the endpoint of the kubernetes and kube-dns Services.
-    publish_kubernetes_service(&cfg, &api, first, node_ip.clone()).await;
+    // This host's address is the endpoint of the kubernetes and kube-dns Services (on etcd:
+    // every live server's).
+    publish_kubernetes_service(&cfg, &api, first, node_ip.clone(), &identity, &serving).await;
 
     let runtime = if cfg.disable_agent { None } else { start_node(&cfg, &api, &pki, node_ip.clone(), &agent).await? };
     follow_dns_endpoints(&cfg, &api, &serving);
@@ -427,6 +536,20 @@ struct Published {
 }
 
 impl Published {
+    /// The `kubernetes` Service at `first` (the service range's first address), its
+    /// endpoints the servers at `servers` on `port`.
+    fn kubernetes(first: std::net::Ipv4Addr, port: u16, servers: Vec<String>) -> Published {
+        Published {
+            namespace: "default",
+            name: "kubernetes",
+            labels: serde_json::json!({"component": "apiserver", "provider": "kubernetes"}),
+            cluster_ip: first.to_string(),
+            port: ("https", 443, "TCP", port),
+            endpoints: servers.into_iter().map(|ip| (ip, None)).collect(),
+            node_local: false,
+        }
+    }
+
     async fn publish(&self, client: &Client) {
         let (ns, name) = (self.namespace, self.name);
         let (pname, port, protocol, target) = self.port;
@@ -499,26 +622,28 @@ impl Published {
 /// The `kubernetes` Service (the first address of the service range, port 443) with this
 /// API server as its endpoint, at an address pods can reach: the node address when the
 /// server listens on all addresses, else the address it listens on (none for loopback).
-async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api>, first: std::net::Ipv4Addr, node_ip: Option<String>) {
+async fn publish_kubernetes_service(cfg: &ServerConfig, api: &std::sync::Arc<Api>, first: std::net::Ipv4Addr, node_ip: Option<String>, identity: &str, scope: &Scope) {
     let client = apiserver_client(api);
-    let endpoint = match cfg.bind_address {
-        a if a.is_unspecified() => node_ip,
-        IpAddr::V4(a) if !a.is_loopback() => Some(a.to_string()),
+    let endpoint = match (cfg.advertise_address, cfg.bind_address) {
+        (Some(a), _) => Some(a.to_string()),
+        (None, a) if a.is_unspecified() => node_ip,
+        (None, IpAddr::V4(a)) if !a.is_loopback() => Some(a.to_string()),
         _ => None,
     };
     if endpoint.is_none() {
         tracing::info!(bind = %cfg.bind_address, "the API listens on no address pods can reach: the kubernetes Service has no endpoint");
     }
-    let published = Published {
-        namespace: "default",
-        name: "kubernetes",
-        labels: serde_json::json!({"component": "apiserver", "provider": "kubernetes"}),
-        cluster_ip: first.to_string(),
-        port: ("https", 443, "TCP", cfg.https_listen_port),
-        endpoints: endpoint.into_iter().map(|ip| (ip, None)).collect(),
-        node_local: false,
-    };
-    published.publish(&client).await;
+    let port = cfg.https_listen_port;
+    match (api.store.etcd(), endpoint) {
+        (Some(_), Some(address)) => {
+            let c = client.clone();
+            crate::cluster::follow_servers(client, identity.to_string(), address, scope, move |live| {
+                let c = c.clone();
+                async move { Published::kubernetes(first, port, live).publish(&c).await }
+            });
+        }
+        (_, endpoint) => Published::kubernetes(first, port, endpoint.into_iter().collect()).publish(&client).await,
+    }
 }
 
 /// Sends `state` to the service manager's notification socket (`NOTIFY_SOCKET`: a path, or

@@ -37,6 +37,9 @@ impl From<crate::store::StoreError> for ApiError {
                 "Too large resource version: {requested}, current: {current}"
             ))
             .with_retry(1),
+            // As kube-apiserver answers when etcd does not: 504 for a deadline, 503 else.
+            E::Timeout(m) => ApiError::timeout(format!("Timeout: request did not complete within requested timeout - {m}")),
+            E::Unavailable(m) => ApiError::unavailable(m),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -29,10 +29,15 @@
 
 mod codec;
 pub mod crypt;
+pub mod etcd;
+mod handle;
+mod mirror;
 mod wal;
 mod watch;
 mod writer;
 
+pub use etcd::EtcdConfig;
+pub use handle::Store;
 pub use watch::{WatchEvent, WatchStream};
 pub use writer::Op;
 
@@ -79,6 +84,14 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("store is shut down")]
     Closed,
+    /// The datastore did not answer in time (etcd down or without quorum).
+    #[error("{0}")]
+    Timeout(String),
+    /// The datastore cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("not possible here: {0}")]
+    Unsupported(&'static str),
 }
 
 macro_rules! from_redb {
@@ -152,9 +165,9 @@ impl ListPage {
     }
 }
 
-/// Handle to the store; cheap to clone.
+/// The embedded engine: the redb file, its log and writer thread.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Embedded {
     inner: Arc<Inner>,
 }
 
@@ -199,15 +212,11 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
 }
 
-impl Store {
-    /// Opens (or creates) the store file at `path`, keeping `history` events.
-    pub fn open(path: &Path, history: u64) -> Result<Store, StoreError> {
-        Store::open_sealed(path, history, crypt::Sealer::default())
-    }
+impl Embedded {
 
     /// Opens (or creates) the store file at `path`, keeping `history` events, values sealed
     /// (and opened) by `sealer`.
-    pub fn open_sealed(path: &Path, history: u64, sealer: crypt::Sealer) -> Result<Store, StoreError> {
+    pub fn open_sealed(path: &Path, history: u64, sealer: crypt::Sealer) -> Result<Embedded, StoreError> {
         // A rewrite that did not finish left its copy; the file itself is whole.
         let _ = std::fs::remove_file(rewrite_path(path));
         let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
@@ -231,7 +240,7 @@ impl Store {
         let shared = Arc::new(Shared { db: RwLock::new(Arc::new(db)), sealer: RwLock::new(Arc::new(sealer)), path: path.to_path_buf() });
         let (events, _) = broadcast::channel(8192);
         let ops = writer::spawn(shared.clone(), events.clone(), revision, history.max(1), wal)?;
-        Ok(Store { inner: Arc::new(Inner { shared, ops, events, closed: Default::default() }) })
+        Ok(Embedded { inner: Arc::new(Inner { shared, ops, events, closed: Default::default() }) })
     }
 
     /// How values are sealed now.
@@ -406,14 +415,14 @@ impl Store {
 
     /// Watches keys under `prefix` for changes after revision `from` (0 = from now).
     pub fn watch(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError> {
-        watch::WatchStream::start(self.inner.shared.clone(), &self.inner.events, prefix, from)
+        watch::WatchStream::start(watch::Source::Embedded(self.inner.shared.clone()), &self.inner.events, prefix, from)
     }
 
 }
 
 /// Merges the current entries (sorted) with an overlay of older states (sorted): where both
 /// have a key the overlay wins; overlay keys absent from the current entries are inserted.
-fn merge_overlay(
+pub(crate) fn merge_overlay(
     current: impl Iterator<Item = Result<(String, Bytes), StoreError>>,
     overlay: BTreeMap<String, Option<Bytes>>,
 ) -> impl Iterator<Item = Result<(String, Option<Bytes>), StoreError>> {
@@ -508,7 +517,7 @@ pub(crate) fn write_copy(from: &redb::ReadTransaction, to: &Path, files: Option<
     result
 }
 
-impl Store {
+impl Embedded {
     /// Writes a snapshot of the store to `to`: one read transaction, so it holds exactly the
     /// writes acknowledged before it began (a consistent state while writes go on), with
     /// `files` saved beside the data. Returns the snapshot's revision.

@@ -1,6 +1,8 @@
-//! Watch streams: replay from the on-disk history, then follow live events.
+//! Watch streams: replay from the history (the embedded store's on disk, the etcd
+//! replica's in memory), then follow live events.
 
 use super::codec;
+use super::mirror::Mirror;
 use super::{Event, Shared, StoreError, EVENTS, META};
 use redb::{Database, ReadableDatabase};
 use std::collections::VecDeque;
@@ -12,7 +14,7 @@ pub type WatchEvent = Arc<Event>;
 
 /// Changes under one key prefix, in revision order, each exactly once.
 pub struct WatchStream {
-    shared: Arc<Shared>,
+    source: Source,
     rx: broadcast::Receiver<Arc<Event>>,
     prefix: String,
     /// Highest revision already delivered or passed over.
@@ -20,9 +22,15 @@ pub struct WatchStream {
     backlog: VecDeque<Arc<Event>>,
 }
 
+/// Where a watcher that is behind reads the events it missed.
+pub(crate) enum Source {
+    Embedded(Arc<Shared>),
+    Mirror(Arc<Mirror>),
+}
+
 impl WatchStream {
     pub(crate) fn start(
-        shared: Arc<Shared>,
+        source: Source,
         events: &broadcast::Sender<Arc<Event>>,
         prefix: &str,
         from: u64,
@@ -30,14 +38,17 @@ impl WatchStream {
         // Subscribe before reading the disk so nothing falls between the two.
         let rx = events.subscribe();
         let mut w = WatchStream {
-            shared,
+            source,
             rx,
             prefix: prefix.to_string(),
             last: from,
             backlog: VecDeque::new(),
         };
         if from == 0 {
-            w.last = read_meta(&w.shared.db())?.0;
+            w.last = match &w.source {
+                Source::Embedded(shared) => read_meta(&shared.db())?.0,
+                Source::Mirror(m) => m.revision(),
+            };
         } else {
             w.fill_from_disk()?;
         }
@@ -66,15 +77,31 @@ impl WatchStream {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => self.fill_from_disk()?,
-                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(match &self.source {
+                        // The replica was loaded again (its watch could not resume): what
+                        // happened in between is unknown here, so the watcher starts over.
+                        Source::Mirror(m) if !m.is_closed() => StoreError::Expired { requested: self.last, oldest: m.oldest() },
+                        _ => StoreError::Closed,
+                    })
+                }
             }
         }
     }
 
     /// Loads events after `last` from the history into the backlog.
     fn fill_from_disk(&mut self) -> Result<(), StoreError> {
-        let db = self.shared.db();
-        let sealer = self.shared.sealer();
+        let shared = match &self.source {
+            Source::Embedded(shared) => shared,
+            Source::Mirror(m) => {
+                let (events, current) = m.events_after(self.last, &self.prefix)?;
+                self.backlog.extend(events);
+                self.last = self.last.max(current);
+                return Ok(());
+            }
+        };
+        let db = shared.db();
+        let sealer = shared.sealer();
         let tx = db.begin_read()?;
         let meta = tx.open_table(META)?;
         let current = meta.get("revision")?.map(|v| v.value()).unwrap_or(0);

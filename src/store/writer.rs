@@ -449,7 +449,7 @@ fn apply(objects: &mut redb::Table<&str, &[u8]>, rev: u64, op: Staged, sealer: &
 }
 
 /// Sets `metadata.resourceVersion` and serializes.
-fn stamp(object: &mut Value, rev: u64) -> Bytes {
+pub(crate) fn stamp(object: &mut Value, rev: u64) -> Bytes {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
     }

@@ -202,6 +202,10 @@ impl ApiError {
     pub fn timeout(message: impl Into<String>) -> ApiError {
         ApiError::new(504, "Timeout", message)
     }
+    /// 503 ServiceUnavailable (the datastore cannot be reached), retry after a second.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(503, "ServiceUnavailable", message).with_retry(1)
+    }
 
     /// The `Status` object for this error, fields in upstream's order (kind, apiVersion,
     /// metadata, status, message, reason, details, code): clients compare the text.

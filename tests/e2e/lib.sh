@@ -242,3 +242,63 @@ standin_stop() {
     update-ca-certificates --fresh >/dev/null 2>&1
   fi
 }
+
+# A three-member etcd cluster on loopback, TLS for clients and peers (etcd.sh).
+# etcd_cluster DIR: CA, member and client certificates in DIR/pki (ca.crt, member.crt/key,
+# client.crt/key), members m1..m3 with client ports ETCD_PORT[1..3]; ETCD_ENDPOINTS lists them.
+etcd_cluster() {
+  ETCD_DIR=$1
+  local pki=$ETCD_DIR/pki i
+  mkdir -p "$pki"
+  ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$pki/$1.key" -subj "/CN=$2" "${@:3}" 2>/dev/null; }
+  ec ca etcd-ca -x509 -days 30 -out "$pki/ca.crt" -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+  for who in member client; do
+    ec "$who" "etcd-$who" -out "$pki/$who.csr"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$pki/$who.ext"
+    openssl x509 -req -in "$pki/$who.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 30 -extfile "$pki/$who.ext" -out "$pki/$who.crt" 2>/dev/null
+  done
+  ETCD_PORT=()
+  ETCD_PEER=()
+  local cluster=
+  for i in 1 2 3; do
+    ETCD_PORT[i]=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    ETCD_PEER[i]=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cluster+=${cluster:+,}m$i=https://127.0.0.1:${ETCD_PEER[i]}
+  done
+  ETCD_CLUSTER=$cluster
+  ETCD_ENDPOINTS=https://127.0.0.1:${ETCD_PORT[1]},https://127.0.0.1:${ETCD_PORT[2]},https://127.0.0.1:${ETCD_PORT[3]}
+  ETCD_PIDS=()
+  for i in 1 2 3; do etcd_start "$i" new; done
+  for _ in $(seq 100); do etcdctl_ endpoint health >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "etcd did not become healthy" >&2
+  tail -5 "$ETCD_DIR"/m*.log >&2
+  return 1
+}
+
+# etcd_start I [new|existing]: (re)starts member I.
+etcd_start() {
+  local i=$1 pki=$ETCD_DIR/pki
+  etcd --name "m$i" --data-dir "$ETCD_DIR/m$i" \
+    --listen-client-urls "https://127.0.0.1:${ETCD_PORT[$i]}" --advertise-client-urls "https://127.0.0.1:${ETCD_PORT[$i]}" \
+    --listen-peer-urls "https://127.0.0.1:${ETCD_PEER[$i]}" --initial-advertise-peer-urls "https://127.0.0.1:${ETCD_PEER[$i]}" \
+    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state "${2:-existing}" --initial-cluster-token ferrokube-e2e \
+    --cert-file "$pki/member.crt" --key-file "$pki/member.key" --trusted-ca-file "$pki/ca.crt" --client-cert-auth \
+    --peer-cert-file "$pki/member.crt" --peer-key-file "$pki/member.key" --peer-trusted-ca-file "$pki/ca.crt" --peer-client-cert-auth \
+    >>"$ETCD_DIR/m$i.log" 2>&1 &
+  ETCD_PIDS[i]=$!
+}
+
+# etcd_stop I [SIGNAL]
+etcd_stop() {
+  kill -"${2:-TERM}" "${ETCD_PIDS[$1]}" 2>/dev/null
+  wait "${ETCD_PIDS[$1]}" 2>/dev/null
+}
+
+etcdctl_() {
+  ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" --cacert "$ETCD_DIR/pki/ca.crt" --cert "$ETCD_DIR/pki/client.crt" --key "$ETCD_DIR/pki/client.key" "$@"
+}
+
+# The flags that put a server's datastore on this cluster.
+etcd_flags() {
+  echo --datastore-endpoint "$ETCD_ENDPOINTS" --datastore-cafile "$ETCD_DIR/pki/ca.crt" --datastore-certfile "$ETCD_DIR/pki/client.crt" --datastore-keyfile "$ETCD_DIR/pki/client.key"
+}

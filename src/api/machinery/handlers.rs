@@ -152,6 +152,7 @@ impl Api {
 
     pub async fn get(&self, rr: &ResourceReq, q: &Query) -> Result<Reply, ApiError> {
         let key = self.key(rr)?;
+        self.store.sync().await?;
         let stored = self.store.get(&key)?.ok_or_else(|| Self::not_found(rr))?;
         if let Some(rv) = vobj::parse_rv(q.get("resourceVersion"))? {
             let current = self.store.revision()?;
@@ -198,6 +199,7 @@ impl Api {
                 _ => (None, None),
             },
         };
+        self.store.sync().await?;
         let filter = |raw: &[u8]| sel.matches_bytes(raw);
         let page = self.store.list(&prefix, after.as_deref(), limit, at, &filter).map_err(|e| match e {
             StoreError::Expired { .. } if q.get("continue").is_some() => ApiError::expired(

@@ -97,6 +97,7 @@ impl Api {
         // Initial state first (a consistent list), then changes after its revision.
         let mut initial = Vec::new();
         let from = if send_initial {
+            self.store.sync().await?;
             let filter = |raw: &[u8]| sel.matches_bytes(raw);
             let page = self.store.list(&prefix, None, 0, None, &filter)?;
             initial = page.items;
