@@ -6,10 +6,10 @@ need=()
 # Build: protoc for the CRI client, a static libc for the pause program.
 # Node: containerd (with ctr), runc, iptables, iproute2, util-linux (nsenter).
 # Tests: curl, python3-venv, busybox-static for test images; tzdata for CronJob time zones;
-# docker-registry for pulls from a local registry; shellcheck for install.sh; systemd-container
+# docker-registry for pulls from a local registry; etcd-server and etcd-client for servers on etcd; shellcheck for install.sh; systemd-container
 # and debootstrap for install.sh in a booted systemd container. Edge boards: the aarch64 cross
 # compiler and C library (ring, the pause program, the linker) and qemu-user-static to run it.
-for p in curl ca-certificates python3-venv protobuf-compiler libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static tzdata docker-registry shellcheck systemd-container debootstrap gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file; do
+for p in curl ca-certificates python3-venv protobuf-compiler etcd-server etcd-client libc6-dev gcc containerd runc iptables iproute2 util-linux busybox-static tzdata docker-registry shellcheck systemd-container debootstrap gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

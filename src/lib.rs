@@ -11,6 +11,7 @@ pub mod server;
 pub mod agent;
 pub mod jointokens;
 pub mod cluster;
+pub mod datastore;
 pub mod snapshot;
 pub mod killall;
 pub mod uninstall;

@@ -97,6 +97,12 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Move a cluster between the embedded datastore and etcd (`migrate`), or print what a
+    /// datastore holds (`dump`).
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
     /// Secrets encryption at rest of the running server: `status`, `enable`, `disable`,
     /// `rotate-keys` (each change re-encrypts every stored Secret).
     SecretsEncrypt {
@@ -189,6 +195,34 @@ enum SnapshotCommand {
         file: std::path::PathBuf,
         #[command(flatten)]
         data_dir: DataDir,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatastoreCommand {
+    /// Copy every object from one datastore into an empty other: a data directory (its
+    /// server stopped) and etcd endpoints (`https://host:2379,...`), either way round. Then
+    /// start the server with (or without) --datastore-endpoint on the same data directory.
+    Migrate {
+        /// Where the objects are: a data directory or etcd endpoints.
+        #[arg(long)]
+        from: String,
+        /// Where they go: etcd endpoints or a data directory.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        tls: ferrokube::datastore::EtcdTls,
+    },
+    /// Print every object as `<key> <JSON>` (resourceVersion left out), sorted by key.
+    Dump {
+        /// A data directory or etcd endpoints.
+        #[arg(long)]
+        from: String,
+        /// The data directory whose encryption config opens Secrets sealed in etcd.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        tls: ferrokube::datastore::EtcdTls,
     },
 }
 
@@ -357,6 +391,31 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(ferrokube::server::StartError::Command(e)),
             }
         }
+        Command::Datastore { command: DatastoreCommand::Migrate { from, to, tls } } => rt.block_on(async {
+            use ferrokube::datastore::{migrate, Location};
+            let (src, dst) = (Location::parse(&from, &tls), Location::parse(&to, &tls));
+            match migrate(&src, &dst).await {
+                Ok(n) => {
+                    println!("migrated {n} objects from {from} to {to}");
+                    Ok(())
+                }
+                Err(e) => Err(ferrokube::server::StartError::Command(e.to_string())),
+            }
+        }),
+        Command::Datastore { command: DatastoreCommand::Dump { from, data_dir, tls } } => rt.block_on(async {
+            use ferrokube::datastore::{dump, Location};
+            match dump(&Location::parse(&from, &tls), data_dir.as_deref()).await {
+                Ok(lines) => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    for l in lines {
+                        let _ = writeln!(out, "{l}");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(ferrokube::server::StartError::Command(e.to_string())),
+            }
+        }),
         Command::Snapshot { command } => rt.block_on(snapshot(command)),
         Command::Token { command } => token(command),
         Command::Certificate { command } => certificate(command),

@@ -771,6 +771,16 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn durations_read_as_kube_flags_write_them() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(super::parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(super::parse_duration("0"), Ok(Duration::ZERO));
+        assert!(super::parse_duration("5x").is_err() && super::parse_duration("").is_err() && super::parse_duration("m").is_err());
+    }
+
+    #[test]
     fn sd_notify_sends_the_state_to_a_path_or_an_abstract_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");

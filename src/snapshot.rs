@@ -83,7 +83,8 @@ fn check_name(name: &str) -> Result<(), SnapshotError> {
 }
 
 /// Takes a snapshot named `<name>-<host>-<unix seconds>` of the open `store`; returns its
-/// path and revision.
+/// path and revision. On etcd, the file is etcd's snapshot; call it from a blocking thread of
+/// the server's runtime.
 pub fn save(store: &Store, data_dir: &Path, name: &str) -> Result<(PathBuf, u64), SnapshotError> {
     check_name(name)?;
     let d = dir(data_dir);
@@ -99,8 +100,14 @@ pub fn save(store: &Store, data_dir: &Path, name: &str) -> Result<(PathBuf, u64)
         n += 1;
         path = d.join(format!("{name}-{}-{secs}-{n}", crate::pki::host_name()));
     }
-    let files = credential_files(data_dir)?;
-    let revision = store.snapshot(&path, &files)?;
+    let revision = match store.etcd() {
+        // etcd's own snapshot (what `etcdctl snapshot restore` reads); the credentials are
+        // in it already, sealed with the join token (the cluster's bootstrap data).
+        Some(_) => tokio::runtime::Handle::try_current()
+            .map_err(|_| SnapshotError::Store(StoreError::Unsupported("an etcd snapshot outside the server")))?
+            .block_on(store.etcd_snapshot(&path))?,
+        None => store.snapshot(&path, &credential_files(data_dir)?)?,
+    };
     tracing::info!(snapshot = %path.display(), revision, "snapshot saved");
     Ok((path, revision))
 }

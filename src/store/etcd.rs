@@ -133,6 +133,13 @@ fn fault(e: etcd_client::Error) -> StoreError {
     }
 }
 
+/// Whether a call failed before any member got it (no connection), so that trying again
+/// cannot apply a write twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("tcp connect error") || text.contains("Connection refused") || text.contains("error trying to connect")
+}
+
 /// `metadata.resourceVersion` set to `revision`, as the object's JSON.
 fn stamped(json: &[u8], revision: u64) -> Option<Bytes> {
     let mut v: Value = serde_json::from_slice(json).ok()?;
@@ -220,6 +227,29 @@ impl Etcd {
         }
     }
 
+    /// Runs a KV call within the request timeout, again (on whichever member the balancer
+    /// picks next) while it fails before reaching any: with one member down, requests go to
+    /// the others instead of failing.
+    async fn kv<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(etcd_client::KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, f(self.client.kv_client())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if never_sent(&e) && left > Duration::from_millis(200) => {
+                    tracing::debug!(error = %e, what, "etcd member unreachable; trying again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => return Err(fault(e)),
+                Err(_) => return Err(StoreError::Timeout(format!("etcd did not answer {what} within {}s", self.timeout.as_secs()))),
+            }
+        }
+    }
+
     /// The object a key-value holds, stamped with its revision.
     fn decode(&self, key: &str, kv: &KeyValue) -> Option<Bytes> {
         let sealer = self.sealer();
@@ -248,8 +278,11 @@ impl Etcd {
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let mut kv = self.client.kv_client();
-            let resp = self.call("a list", kv.get(from.clone(), Some(opts))).await?;
+            let resp = self.kv("a list", |mut kv| {
+                let (from, opts) = (from.clone(), opts.clone());
+                async move { kv.get(from, Some(opts)).await }
+            })
+            .await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -372,8 +405,7 @@ impl Etcd {
 
     /// Waits until the replica holds every write etcd had committed when this was called.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call("a read", kv.get(COMPACT_KEY, Some(GetOptions::new().with_count_only()))).await?;
+        let resp = self.kv("a read", |mut kv| async move { kv.get(COMPACT_KEY, Some(GetOptions::new().with_count_only())).await }).await?;
         let current = resp.header().map(|h| h.revision() as u64).unwrap_or(0);
         if self.mirror.revision() >= current {
             return Ok(());
@@ -422,8 +454,11 @@ impl Etcd {
                 (key, txn)
             }
         };
-        let mut kv = self.client.kv_client();
-        let resp = self.call("a write", kv.txn(txn)).await?;
+        let resp = self.kv("a write", |mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         let revision = resp.header().map(|h| h.revision() as u64).unwrap_or(0);
         if !resp.succeeded() {
             // What is there instead; the replica catches up first, so a retry reads it.

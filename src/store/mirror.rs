@@ -71,15 +71,17 @@ impl Mirror {
         self.applied.send_replace(revision);
     }
 
-    /// Applies events in revision order (those at or below the applied revision are
-    /// skipped: a resumed watch may repeat some).
+    /// Applies one watch response's events, in revision order (those at or below the
+    /// applied revision are skipped: a resumed watch may repeat some).
     pub(crate) fn apply(&self, events: Vec<Event>) {
         let mut top = 0;
         {
             let mut st = self.write();
             let tx = self.events.read().unwrap_or_else(|e| e.into_inner()).clone();
+            // One etcd transaction may change several keys at one revision: those all apply.
+            let floor = st.revision;
             for ev in events {
-                if ev.revision <= st.revision {
+                if ev.revision <= floor {
                     continue;
                 }
                 match ev.kind {
