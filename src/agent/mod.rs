@@ -18,7 +18,8 @@ pub struct AgentConfig {
     /// then `<file>.d/*.yaml`; default /etc/ferrokube/config.yaml when it exists).
     #[arg(long, env = "FERROKUBE_CONFIG_FILE")]
     pub config: Option<PathBuf>,
-    /// The server to join (`https://HOST:6443`).
+    /// The server to join (`https://HOST:6443`); several, comma-separated, for servers
+    /// sharing one etcd: the node talks to one and fails over to the next that answers.
     #[arg(long, env = "FERROKUBE_URL")]
     pub server: String,
     /// The join token (`K10<CA hash>::<id>.<secret>`, or `<id>.<secret>` with
@@ -159,7 +160,7 @@ fn lock(data_dir: &std::path::Path) -> Result<std::fs::File, StartError> {
 
 /// The local address this host uses to reach `server` (a UDP "connection" sends nothing).
 fn source_address(server: &str) -> Option<String> {
-    let uri: http::Uri = server.parse().ok()?;
+    let uri: http::Uri = server.split(',').next()?.trim().parse().ok()?;
     let host = uri.host()?.trim_matches(['[', ']']);
     let port = uri.port_u16().unwrap_or(6443);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).ok()?.find(|a| a.is_ipv4())?;

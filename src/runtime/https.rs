@@ -2,7 +2,9 @@
 //! reaches the API over TLS (rustls, ring), verifying the server against the cluster CA and
 //! authenticating with a client certificate or a bearer token. All requests share ONE
 //! HTTP/2 connection, as client-go does; a broken connection is replaced on the next
-//! request.
+//! request. Given several servers (`https://a:6443,https://b:6443`), a new connection goes
+//! to the one that answered last, else to the next that answers: an agent fails over
+//! between the servers of an HA control plane.
 
 use super::client::{unreachable, BoxFuture, Request, Response, ResponseBody, Transport};
 use crate::vocab::status::ApiError;
@@ -38,11 +40,14 @@ pub enum HttpsError {
 
 /// An API server reached over HTTPS.
 pub struct Https {
-    authority: String,
-    server_name: ServerName<'static>,
+    /// Where the servers are (`host:port`) and the name each certificate must carry.
+    targets: Vec<(String, ServerName<'static>)>,
+    /// The target that answered last.
+    current: std::sync::atomic::AtomicUsize,
     connector: tokio_rustls::TlsConnector,
     bearer: Option<String>,
-    conn: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// The shared connection and the target it goes to.
+    conn: Mutex<Option<(SendRequest<Full<Bytes>>, usize)>>,
 }
 
 impl Https {
@@ -87,17 +92,24 @@ impl Https {
 
     /// A transport to `url` (`https://host[:port]`) with this TLS configuration (h2 is
     /// offered) and bearer token.
-    fn with_config(url: &str, mut config: rustls::ClientConfig, bearer: Option<String>) -> Result<Https, HttpsError> {
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| HttpsError::Url(url.into(), e.to_string()))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(HttpsError::Url(url.into(), "only https:// is served".into()));
+    fn with_config(urls: &str, mut config: rustls::ClientConfig, bearer: Option<String>) -> Result<Https, HttpsError> {
+        let mut targets = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| HttpsError::Url(url.into(), e.to_string()))?;
+            if uri.scheme_str() != Some("https") {
+                return Err(HttpsError::Url(url.into(), "only https:// is served".into()));
+            }
+            let host = uri.host().ok_or_else(|| HttpsError::Url(url.into(), "no host".into()))?.trim_matches(['[', ']']).to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let server_name = ServerName::try_from(host.clone()).map_err(|e| HttpsError::Url(url.into(), e.to_string()))?;
+            let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            targets.push((authority, server_name));
         }
-        let host = uri.host().ok_or_else(|| HttpsError::Url(url.into(), "no host".into()))?.trim_matches(['[', ']']).to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let server_name = ServerName::try_from(host.clone()).map_err(|e| HttpsError::Url(url.into(), e.to_string()))?;
+        if targets.is_empty() {
+            return Err(HttpsError::Url(urls.into(), "no server URL".into()));
+        }
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        Ok(Https { authority, server_name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer, conn: Mutex::new(None) })
+        Ok(Https { targets, current: Default::default(), connector: tokio_rustls::TlsConnector::from(Arc::new(config)), bearer, conn: Mutex::new(None) })
     }
 
     /// A transport from a kubeconfig's current context (embedded CA and client
@@ -129,11 +141,36 @@ impl Https {
         Https::new(server, &ca, creds)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ApiError> {
-        let tcp = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| unreachable(format!("{}: {e}", self.authority)))?;
+    /// A connection to the target that answered last, else to the next one that answers.
+    async fn connect(&self) -> Result<(SendRequest<Full<Bytes>>, usize), ApiError> {
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.targets.len() {
+            let i = (first + k) % self.targets.len();
+            match self.connect_to(i).await {
+                Ok(send) => {
+                    if i != first {
+                        tracing::info!(server = %self.targets[i].0, "API server reached (failed over)");
+                    }
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((send, i));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| unreachable("no API server")))
+    }
+
+    async fn connect_to(&self, i: usize) -> Result<SendRequest<Full<Bytes>>, ApiError> {
+        let (authority, server_name) = &self.targets[i];
+        // A server that is down may not even refuse: do not wait on it for long.
+        let tcp = match tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(authority)).await {
+            Ok(r) => r.map_err(|e| unreachable(format!("{authority}: {e}")))?,
+            Err(_) => return Err(unreachable(format!("{authority}: connect timed out"))),
+        };
         let _ = tcp.set_nodelay(true);
-        let tls = self.connector.connect(self.server_name.clone(), tcp).await.map_err(|e| unreachable(format!("TLS with {}: {e}", self.authority)))?;
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| unreachable(format!("HTTP/2 with {}: {e}", self.authority)))?;
+        let tls = self.connector.connect(server_name.clone(), tcp).await.map_err(|e| unreachable(format!("TLS with {authority}: {e}")))?;
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| unreachable(format!("HTTP/2 with {authority}: {e}")))?;
         // The connection task ends when every request handle is gone or the peer closes.
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -144,9 +181,9 @@ impl Https {
     }
 
     /// The shared connection, opened (again) if needed.
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ApiError> {
+    async fn sender(&self) -> Result<(SendRequest<Full<Bytes>>, usize), ApiError> {
         let mut conn = self.conn.lock().await;
-        if let Some(s) = conn.as_ref().filter(|s| !s.is_closed()) {
+        if let Some(s) = conn.as_ref().filter(|(s, _)| !s.is_closed()) {
             return Ok(s.clone());
         }
         let s = self.connect().await?;
@@ -160,8 +197,9 @@ impl Https {
     }
 
     async fn send_once(&self, req: &Request<'_>) -> Result<Response, ApiError> {
-        let mut sender = self.sender().await?;
-        let uri = if req.query.is_empty() { format!("https://{}{}", self.authority, req.path) } else { format!("https://{}{}?{}", self.authority, req.path, req.query) };
+        let (mut sender, target) = self.sender().await?;
+        let authority = &self.targets[target].0;
+        let uri = if req.query.is_empty() { format!("https://{authority}{}", req.path) } else { format!("https://{authority}{}?{}", req.path, req.query) };
         let mut b = http::Request::builder().method(req.method).uri(uri).header(http::header::USER_AGENT, req.user_agent).header(http::header::ACCEPT, "application/json");
         if let Some(ct) = req.content_type {
             b = b.header(http::header::CONTENT_TYPE, ct);

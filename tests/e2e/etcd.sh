@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Servers on an external etcd (root: the second server runs this machine's node). A
-# three-member etcd cluster on loopback with TLS for clients and peers; server A (control
-# plane only, 127.0.0.2) and server B (with the node, 127.0.0.3) joined to it with A's
-# token. Shared objects, CA and Endpoints; leader election and failover after kill -9;
+# Servers on an external etcd (root: this machine runs a node). A three-member etcd
+# cluster on loopback with TLS for clients and peers; server A (127.0.0.2) and server B
+# (127.0.0.3) joined to it with A's token; an agent that knows both. Shared objects, CA and
+# Endpoints; leader election and failover after kill -9 (servers and the agent);
 # acknowledged writes survive losing a server and an etcd member; without quorum requests
 # fail in time with a 5xx Status; watches across servers and after compaction (410);
 # migration redb -> etcd -> redb with every object identical.
@@ -16,8 +16,12 @@ KA=$E2E_DIR/a.kubeconfig
 A_PID=
 ka() { "$KUBECTL" --kubeconfig "$KA" "$@"; }
 etcd_cleanup() {
+  k delete deployment --all --wait --timeout=30s >/dev/null 2>&1
+  k delete pods --all --wait --timeout=30s >/dev/null 2>&1
   [ -n "$A_PID" ] && kill -9 "$A_PID" 2>/dev/null
   [ -n "${M_PID:-}" ] && kill -9 "$M_PID" 2>/dev/null
+  [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
+  if [ "$FAIL" -gt 0 ] && [ -f "$E2E_DIR/agent.log" ]; then cp "$E2E_DIR/agent.log" /tmp/etcd-agent.log && echo "agent log: /tmp/etcd-agent.log" >&2; fi
   for i in 1 2 3; do etcd_stop "$i" KILL; done
   [ -n "${SOLO_PID:-}" ] && kill -9 "$SOLO_PID" 2>/dev/null
   if [ "$FAIL" -gt 0 ] && [ -f "$E2E_DIR/a.log" ]; then cp "$E2E_DIR/a.log" /tmp/etcd-a-server.log && echo "server A log: /tmp/etcd-a-server.log" >&2; fi
@@ -56,15 +60,26 @@ for _ in $(seq 100); do [ -s "$E2E_DIR/a/server/token" ] && break; sleep 0.1; do
 check_fails "a server with a wrong token does not join" "$FERROKUBE" server --data-dir "$E2E_DIR/wrong" --https-listen-port "$PORT" --bind-address 127.0.0.4 --disable-agent --write-kubeconfig "$E2E_DIR/wrong.kubeconfig" $ETCD --token abcdef.0123456789abcdef
 check_contains "and says which token to give" "first server's <data-dir>/server/token" "$("$FERROKUBE" server --data-dir "$E2E_DIR/wrong" --https-listen-port "$PORT" --bind-address 127.0.0.4 --disable-agent --write-kubeconfig "$E2E_DIR/wrong.kubeconfig" $ETCD --token abcdef.0123456789abcdef 2>&1 | tail -1)"
 
+# Server B: the same etcd, A's token.
+# shellcheck disable=SC2086
+"$FERROKUBE" server --data-dir "$E2E_DIR/b" --https-listen-port "$PORT" --bind-address $B --advertise-address $B \
+  --write-kubeconfig "$KUBECONFIG" --disable-agent $ETCD $TIMINGS --server "https://$A:$PORT" --token "$(cat "$E2E_DIR/a/server/token")" >>"$E2E_DIR/server.log" 2>&1 &
+SERVER_PID=$!
+ready_at $B $SERVER_PID "$E2E_DIR/server.log" || exit 1
+# This machine's node: an agent that knows both servers.
 mkdir -p "$E2E_DIR/data/images"
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox.tar" "$IMAGE" >/dev/null || exit 1
-# shellcheck disable=SC2086
-BIND_ADDRESS=$B start_node --advertise-address $B $ETCD $TIMINGS --server "https://$A:$PORT" --token "$(cat "$E2E_DIR/a/server/token")" || exit 1
+NODE_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
+NODE_IP=${NODE_IP:-$(hostname -I | awk '{print $1}')}
+"$FERROKUBE" agent --server "https://$A:$PORT,https://$B:$PORT" --token "$(cat "$E2E_DIR/a/server/token")" --data-dir "$E2E_DIR/data" \
+  --run-dir "$RUN" --node-name e2e-node --node-ip "$NODE_IP" --pod-bridge "$BRIDGE" >>"$E2E_DIR/agent.log" 2>&1 &
+AGENT_PID=$!
+eventually "an agent given both servers joins" "e2e-node" 60 k get nodes -o jsonpath='{.items[*].metadata.name}'
 
 # --- One cluster, two servers.
-check "server B took server A's CA from etcd" "$(sha256sum <"$E2E_DIR/a/server/tls/ca.crt")" "$(sha256sum <"$E2E_DIR/data/server/tls/ca.crt")"
+check "server B took server A's CA from etcd" "$(sha256sum <"$E2E_DIR/a/server/tls/ca.crt")" "$(sha256sum <"$E2E_DIR/b/server/tls/ca.crt")"
 check "A's admin credentials work against B" "namespace/default" "$(ka --server "https://$B:$PORT" get ns default -o name 2>&1)"
-check "B's node is seen through A" "e2e-node" "$(ka get nodes -o jsonpath='{.items[*].metadata.name}')"
+check "the node is seen through A" "e2e-node" "$(ka get nodes -o jsonpath='{.items[*].metadata.name}')"
 ka create configmap from-a --from-literal=k=v >/dev/null
 check "an object written through A is read through B at once" "v" "$(k get cm from-a -o jsonpath='{.data.k}')"
 rv=$(ka get cm from-a -o jsonpath='{.metadata.resourceVersion}')
@@ -86,7 +101,7 @@ spec:
       containers: [{name: c, image: $IMAGE, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}]
 YAML
 check_contains "a Deployment is stored under its group" "/registry/apps/deployments/default/web" "$(etcdctl_ get --prefix /registry/apps --keys-only)"
-eventually "the Deployment applied through A runs its pod on B's node" "Running" 60 ka get pods -l app=web -o jsonpath='{.items[*].status.phase}'
+eventually "the Deployment applied through A runs its pod on the node" "Running" 60 ka get pods -l app=web -o jsonpath='{.items[*].status.phase}'
 eventually "the kubernetes Endpoints lists both servers" "$A $B" 20 endpoints
 A_ID=$(holder apiserver-endpoint-127-0-0-2)
 B_ID=$(holder apiserver-endpoint-127-0-0-3)
@@ -112,6 +127,12 @@ eventually "and the scheduler's" "$B_ID" $((20 - (SECONDS - killed) > 1 ? 20 - (
 k scale deployment web --replicas=3 >/dev/null
 eventually "a Deployment scaled through B reconciles: 3 pods run" "Running Running Running" 60 k get pods -l app=web -o jsonpath='{.items[*].status.phase}'
 eventually "A leaves the kubernetes Endpoints once its presence expires" "$B" 30 endpoints
+renewed() { k -n kube-node-lease get lease e2e-node -o jsonpath='{.spec.renewTime}'; }
+before=$(renewed)
+sleep 11
+check_cmd "the agent renews its node Lease through B" test "$(renewed)" != "$before"
+check "and stays Ready" "True" "$(k get node e2e-node -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+check_contains "it failed over from A to B" "failed over" "$(cat "$E2E_DIR/agent.log")"
 touch "$E2E_DIR/stop-probe"
 wait $PROBE
 check "kubectl against B answered every request during the failover" "0" "$(cat "$E2E_DIR/probe-fails")"
@@ -186,9 +207,9 @@ eventually "once etcd is compacted past it, a watch from it gets 410 Expired" "E
 relist_rv=$(k get --raw "/api/v1/namespaces/load/configmaps?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["metadata"]["resourceVersion"])')
 ka -n load create configmap watch-4 >/dev/null
 check "the client relists and watches from the list's resourceVersion" "ADDED:watch-4" "$(api -m 2 "https://$B:$PORT/api/v1/namespaces/load/configmaps?watch=1&resourceVersion=$relist_rv" | events)"
-out=$("$FERROKUBE" snapshot save --name etcd --data-dir "$E2E_DIR/data" 2>&1)
-check_contains "snapshot save on an etcd datastore reports the file" "snapshot $E2E_DIR/data/db/snapshots/etcd-" "$out"
-snap=$(ls "$E2E_DIR"/data/db/snapshots/etcd-* 2>/dev/null | head -1)
+out=$("$FERROKUBE" snapshot save --name etcd --data-dir "$E2E_DIR/b" 2>&1)
+check_contains "snapshot save on an etcd datastore reports the file" "snapshot $E2E_DIR/b/db/snapshots/etcd-" "$out"
+snap=$(ls "$E2E_DIR"/b/db/snapshots/etcd-* 2>/dev/null | head -1)
 check_cmd "etcdctl reads it as an etcd snapshot of the cluster" sh -c "ETCDCTL_API=3 etcdctl snapshot status '$snap' -w json | python3 -c 'import json,sys; assert json.load(sys.stdin)[\"totalKey\"] > 100'"
 check_contains "the servers compacted etcd" "etcd compacted" "$(cat "$E2E_DIR/a.log" "$E2E_DIR/server.log")"
 
