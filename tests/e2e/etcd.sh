@@ -190,6 +190,13 @@ eventually "after the members return, writes resume" "configmap/resumed" 60 resu
 
 # --- Watches: across servers, and from a compacted revision.
 start_a || exit 1
+# A list paged across servers: the continue token A gave reads the same snapshot on B.
+total=$(k -n load get configmaps -o name | wc -l)
+page1=$(api "https://$A:$PORT/api/v1/namespaces/load/configmaps?limit=7")
+token=$(echo "$page1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["metadata"]["continue"])')
+ka -n load create configmap after-the-first-page >/dev/null
+rest=$(api "https://$B:$PORT/api/v1/namespaces/load/configmaps?limit=1000&continue=$token" | python3 -c 'import json,sys; o=json.load(sys.stdin); print(len(o["items"]), "after-the-first-page" in [i["metadata"]["name"] for i in o["items"]])')
+check "a list paged through A continues on B at the same revision" "$((total - 7)) False" "$rest"
 rv1=$(ka -n load create configmap watch-1 -o jsonpath='{.metadata.resourceVersion}')
 ka -n load create configmap watch-2 >/dev/null
 ka -n load create configmap watch-3 >/dev/null
