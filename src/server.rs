@@ -310,6 +310,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let cluster_cidr = crate::controllers::nodeipam::ClusterCidr::parse(&cfg.cluster_cidr, cfg.node_cidr_mask_size).map_err(|e| StartError::Command(format!("--cluster-cidr {} / --node-cidr-mask-size {}: {e}", cfg.cluster_cidr, cfg.node_cidr_mask_size)))?;
     sans.push(ranges.first().to_string());
     sans.extend(cfg.tls_san.iter().cloned());
+    // Clients, nodes and the other servers reach this one at its advertised address.
+    sans.extend(cfg.advertise_address.map(|a| a.to_string()));
     sans.dedup();
     let pki = Pki::ensure(&cfg.data_dir.join("server").join("tls"), &sans)?;
     let expiring = pki::expiring(&cfg.data_dir.join("server").join("tls"));
