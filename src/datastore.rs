@@ -67,6 +67,8 @@ pub enum DatastoreError {
     Running(PathBuf),
     #[error("{0} already holds {1} objects: migrate into an empty datastore")]
     NotEmpty(String, usize),
+    #[error("{0} holds no datastore (no {1}): give the data directory of a server that ran")]
+    Missing(String, String),
     #[error("migrate between a data directory and etcd endpoints (https://host:2379,...): both ends are {0}")]
     SameKind(&'static str),
     #[error("writing {0}: {1}")]
@@ -78,6 +80,14 @@ pub enum DatastoreError {
 /// The encryption config of a data directory (identity when it has none).
 fn sealer_of(dir: &Path) -> Result<crate::store::crypt::Sealer, DatastoreError> {
     crate::encryption::load(dir, None, false).map(|(_, s, _)| s).map_err(|e| DatastoreError::Open(dir.display().to_string(), e.to_string()))
+}
+
+/// A source data directory must hold a store file (a target may be new).
+fn must_exist(at: &Location) -> Result<(), DatastoreError> {
+    match at {
+        Location::Dir(dir) if !crate::snapshot::store_file(dir).exists() => Err(DatastoreError::Missing(dir.display().to_string(), crate::snapshot::store_file(dir).display().to_string())),
+        _ => Ok(()),
+    }
 }
 
 async fn open(at: &Location, sealer: crate::store::crypt::Sealer) -> Result<Store, DatastoreError> {
@@ -108,6 +118,7 @@ pub async fn migrate(from: &Location, to: &Location) -> Result<usize, DatastoreE
         (Location::Dir(_), Location::Dir(_)) => return Err(DatastoreError::SameKind("data directories")),
         (Location::Etcd(_), Location::Etcd(_)) => return Err(DatastoreError::SameKind("etcd")),
     };
+    must_exist(from)?;
     let sealer = sealer_of(dir)?;
     let src = open(from, sealer.clone()).await?;
     let dst = open(to, sealer).await?;
@@ -139,6 +150,7 @@ pub async fn dump(from: &Location, sealer_dir: Option<&Path>) -> Result<Vec<Stri
         Some(d) => sealer_of(&d)?,
         None => Default::default(),
     };
+    must_exist(from)?;
     let store = open(from, sealer).await?;
     let mut out = Vec::new();
     for (key, json) in everything(&store, from)? {

@@ -252,6 +252,7 @@ check_cmd "dump of the embedded datastore lists every object" [ "$(wc -l <"$E2E_
 check_contains "migrate redb -> etcd" "migrated $(wc -l <"$E2E_DIR/before") objects" "$("$FERROKUBE" datastore migrate --from "$M" --to "$SOLO" 2>&1)"
 "$FERROKUBE" datastore dump --from "$SOLO" --data-dir "$M" >"$E2E_DIR/in-etcd" 2>>"$E2E_DIR/dump.log"
 check "every object is identical in etcd (JSON, uids included)" "" "$(diff "$E2E_DIR/before" "$E2E_DIR/in-etcd" | head -3)"
+check_contains "migrating from a directory without a datastore says so" "holds no datastore" "$("$FERROKUBE" datastore migrate --from "$E2E_DIR/nothing" --to "$SOLO" 2>&1)"
 check_contains "migrating into a datastore that is not empty is refused" "already holds" "$("$FERROKUBE" datastore migrate --from "$M" --to "$SOLO" 2>&1)"
 check_contains "migrate etcd -> redb" "migrated $(wc -l <"$E2E_DIR/before") objects" "$("$FERROKUBE" datastore migrate --from "$SOLO" --to "$E2E_DIR/back" 2>&1)"
 "$FERROKUBE" datastore dump --from "$E2E_DIR/back" >"$E2E_DIR/after" 2>>"$E2E_DIR/dump.log"
