@@ -395,12 +395,15 @@ impl Etcd {
                 Some(Event { revision, kind, key, object, prev })
             }
             etcd_client::EventType::Delete => {
-                // The last state, stamped with the delete's revision.
-                let last = e.prev_kv().and_then(|p| self.sealer().open(&key, p.value()).ok().and_then(|plain| stamped(&plain, revision)));
-                let object = last.unwrap_or_else(|| Bytes::from_static(b"{}"));
+                let object = self.last_state(&key, e.prev_kv(), revision);
                 Some(Event { revision, kind: EventType::Deleted, key, object, prev })
             }
         }
+    }
+
+    /// What a delete event carries: the last state, stamped with the delete's revision.
+    fn last_state(&self, key: &str, prev: Option<&KeyValue>, revision: u64) -> Bytes {
+        prev.and_then(|p| self.sealer().open(key, p.value()).ok().and_then(|plain| stamped(&plain, revision))).unwrap_or_else(|| Bytes::from_static(b"{}"))
     }
 
     /// Waits until the replica holds every write etcd had committed when this was called.
@@ -495,7 +498,7 @@ impl Etcd {
                 TxnOpResponse::Delete(d) => {
                     let prev_kv = d.prev_kvs().first();
                     let prev = prev_kv.and_then(|kv| self.decode(key, kv));
-                    let object = prev_kv.and_then(|kv| self.sealer().open(key, kv.value()).ok().and_then(|p| stamped(&p, revision))).unwrap_or_else(|| Bytes::from_static(b"{}"));
+                    let object = self.last_state(key, prev_kv, revision);
                     return Ok(Event { revision, kind: EventType::Deleted, key: key.to_string(), object, prev });
                 }
                 _ => {}

@@ -12,7 +12,7 @@
 //!   (etcd's values carry none).
 
 use super::watch::{Source, WatchStream};
-use super::{merge_overlay, Event, ListPage, Stored, StoreError};
+use super::{merge_overlay, page, Event, ListPage, Stored, StoreError};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,12 +105,17 @@ impl Mirror {
             }
         }
         if top > 0 {
-            self.applied.send_if_modified(|r| {
-                let moved = top > *r;
-                *r = (*r).max(top);
-                moved
-            });
+            self.reached(top);
         }
+    }
+
+    /// Tells writers waiting in [`Mirror::wait_for`] that `revision` is applied.
+    fn reached(&self, revision: u64) {
+        self.applied.send_if_modified(|r| {
+            let moved = revision > *r;
+            *r = (*r).max(revision);
+            moved
+        });
     }
 
     /// Moves the applied revision to `revision` without events (an etcd progress
@@ -123,11 +128,7 @@ impl Mirror {
             }
             st.revision = revision;
         }
-        self.applied.send_if_modified(|r| {
-            let moved = revision > *r;
-            *r = (*r).max(revision);
-            moved
-        });
+        self.reached(revision);
     }
 
     /// etcd was compacted at `revision`: older states can no longer be served.
@@ -183,7 +184,7 @@ impl Mirror {
     /// Every object under `prefix` now (for rewriting them).
     pub(crate) fn entries(&self, prefix: &str) -> Vec<(String, Stored)> {
         let st = self.read();
-        st.objects.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        under(&st.objects, std::ops::Bound::Included(prefix), prefix).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// The events under `prefix` after `last`, and the revision they reach.
@@ -230,29 +231,20 @@ impl Mirror {
             Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
             _ => std::ops::Bound::Included(prefix),
         };
-        let current = st.objects.range::<str, _>((start, std::ops::Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| Ok((k.clone(), v.json.clone())));
-        let mut items = Vec::new();
-        let mut more = false;
-        for entry in merge_overlay(current, overlay) {
-            let (key, json) = entry?;
-            let Some(json) = json else { continue };
-            if limit > 0 && items.len() >= limit {
-                more = true;
-                break;
-            }
-            if filter(&json) {
-                items.push((key, json));
-            }
-        }
-        let next_key = if more { items.last().map(|(k, _)| k.clone()) } else { None };
-        Ok(ListPage { items, revision, next_key })
+        let current = under(&st.objects, start, prefix).map(|(k, v)| Ok((k.clone(), v.json.clone())));
+        page(merge_overlay(current, overlay), limit, filter, revision)
     }
 
     pub(crate) fn count_after(&self, prefix: &str, key: &str) -> u64 {
         let st = self.read();
         let start = if key >= prefix { std::ops::Bound::Excluded(key) } else { std::ops::Bound::Included(prefix) };
-        st.objects.range::<str, _>((start, std::ops::Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).count() as u64
+        under(&st.objects, start, prefix).count() as u64
     }
+}
+
+/// The objects from `start` on whose keys begin with `prefix`.
+fn under<'a>(objects: &'a BTreeMap<String, Stored>, start: std::ops::Bound<&'a str>, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Stored)> {
+    objects.range::<str, _>((start, std::ops::Bound::Unbounded)).take_while(move |(k, _)| k.starts_with(prefix))
 }
 
 #[cfg(test)]

@@ -383,22 +383,7 @@ impl Embedded {
             let stored = codec::decode_value(&key, v.value(), &sealer)?;
             Ok((key, stored.json))
         });
-        let mut items = Vec::new();
-        let mut more = false;
-        for entry in merge_overlay(current_entries, overlay) {
-            let (key, json) = entry?;
-            // `None`: the key did not exist at the requested revision.
-            let Some(json) = json else { continue };
-            if limit > 0 && items.len() >= limit {
-                more = true;
-                break;
-            }
-            if filter(&json) {
-                items.push((key, json));
-            }
-        }
-        let next_key = if more { items.last().map(|(k, _)| k.clone()) } else { None };
-        Ok(ListPage { items, revision, next_key })
+        page(merge_overlay(current_entries, overlay), limit, filter, revision)
     }
 
     /// How many entries under `prefix` come after `key` now: the estimate behind a page's
@@ -418,6 +403,26 @@ impl Embedded {
         watch::WatchStream::start(watch::Source::Embedded(self.inner.shared.clone()), &self.inner.events, prefix, from)
     }
 
+}
+
+/// A list page from the merged entries (`None`: the key did not exist at the revision read):
+/// those `filter` keeps, at most `limit` (0: all), and where the next page starts.
+pub(crate) fn page(entries: impl Iterator<Item = Result<(String, Option<Bytes>), StoreError>>, limit: usize, filter: &dyn Fn(&[u8]) -> bool, revision: u64) -> Result<ListPage, StoreError> {
+    let mut items = Vec::new();
+    let mut more = false;
+    for entry in entries {
+        let (key, json) = entry?;
+        let Some(json) = json else { continue };
+        if limit > 0 && items.len() >= limit {
+            more = true;
+            break;
+        }
+        if filter(&json) {
+            items.push((key, json));
+        }
+    }
+    let next_key = if more { items.last().map(|(k, _)| k.clone()) } else { None };
+    Ok(ListPage { items, revision, next_key })
 }
 
 /// Merges the current entries (sorted) with an overlay of older states (sorted): where both
