@@ -26,6 +26,7 @@ fn main() {
         .expect("compile proto/cri/runtime.proto (needs protoc: Debian's protobuf-compiler)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=pause/pause.c");
+    println!("cargo::rerun-if-changed=proto/cri/runtime.proto");
 }
 
 /// Name the embedded pause image is imported under (and containerd's sandbox image).

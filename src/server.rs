@@ -87,6 +87,17 @@ pub struct ServerConfig {
     /// This server's node's pod range (default: the first free one of --cluster-cidr).
     #[arg(long)]
     pub pod_cidr: Option<String>,
+    /// How often the kubelets' resource usage is scraped for `metrics.k8s.io` (`kubectl top`,
+    /// HorizontalPodAutoscalers), as metrics-server's flag of that name.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub metric_resolution: std::time::Duration,
+    /// How often every HorizontalPodAutoscaler is reconciled (kube-controller-manager's flag).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// How long an autoscaler without `behavior` keeps its highest recent recommendation
+    /// before scaling down (kube-controller-manager's flag).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
     /// Ports for NodePort Services.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
@@ -383,6 +394,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     // front-proxy client certificate; extension servers learn how to trust it.
     api.aggregator.set_identity(crate::api::aggregator::backend::Identity { cert_pem: pki.front_proxy_client_cert_pem.clone(), key_pem: pki.front_proxy_client_key_pem.clone() });
     crate::api::aggregator::available::start(&api, &serving);
+    crate::api::resourcemetrics::start(&api, &serving, cfg.metric_resolution);
     publish_authentication_info(&api, &pki).await;
     // Discovery for joining nodes, and the server's own join token.
     let node_ip = cfg.node.ip(&cfg.cluster_cidr);
@@ -419,8 +431,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
     let leadership = elect(crate::api::authz::bootstrap::component(crate::api::authz::bootstrap::CONTROLLER_MANAGER), concat!("ferrokube-controller-manager/", env!("CARGO_PKG_VERSION")));
     let (controllers_api, storage_dir) = (api.clone(), cfg.data_dir.join("storage"));
     let ca = crate::controllers::certificates::Ca { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() };
+    let hpa = crate::controllers::hpa::Settings { sync_period: cfg.horizontal_pod_autoscaler_sync_period.max(std::time::Duration::from_secs(1)), downscale_stabilization: cfg.horizontal_pod_autoscaler_downscale_stabilization };
     leadership.run("kube-controller-manager", &control, move |scope| {
-        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone(), cluster_cidr: cluster_cidr.clone() };
+        let cfg = crate::controllers::Config { storage_dir: storage_dir.clone(), ca: ca.clone(), cluster_cidr: cluster_cidr.clone(), hpa };
         crate::controllers::start(&|agent, user| controllers_api.client_as(agent, user), scope, cfg);
     });
     let scheduler_api = api.clone();

@@ -35,7 +35,7 @@ impl T {
         api.bootstrap().await.unwrap();
         let scope = Scope::new();
         let ca = ferrokube::controllers::certificates::Ca { cert_pem: "test CA".into(), key_pem: String::new() };
-        let cfg = ferrokube::controllers::Config { storage_dir: dir.path().join("storage"), ca, cluster_cidr: ferrokube::controllers::nodeipam::ClusterCidr::parse("10.42.0.0/16", 24).unwrap() };
+        let cfg = ferrokube::controllers::Config { storage_dir: dir.path().join("storage"), ca, cluster_cidr: ferrokube::controllers::nodeipam::ClusterCidr::parse("10.42.0.0/16", 24).unwrap(), hpa: ferrokube::controllers::hpa::Settings { sync_period: std::time::Duration::from_secs(15), downscale_stabilization: std::time::Duration::from_secs(300) } };
         ferrokube::api::authz::bootstrap::ensure(&api.client("bootstrap")).await;
         ferrokube::controllers::start(&|agent, user| api.client_as(agent, user), &scope, cfg);
         ferrokube::scheduler::start(api.client("test-scheduler"), &scope);

@@ -164,6 +164,19 @@ impl Api {
         Ok((sender, format!("{host}:{port}")))
     }
 
+    /// The body of `GET <path>` on node `node`'s kubelet API (resource metrics, stats).
+    pub async fn kubelet_get(&self, node: &str, path: &str) -> Result<Bytes, ApiError> {
+        let (mut sender, authority) = self.kubelet_connect(node).await?;
+        let req = Request::get(path).header(hyper::header::HOST, authority).body(Full::new(Bytes::new())).map_err(|e| ApiError::internal(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| ApiError::internal(format!("the kubelet of node {node}: {e}")))?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| ApiError::internal(format!("the kubelet of node {node}: {e}")))?.to_bytes();
+        if code != 200 {
+            return Err(crate::runtime::client::status_error(code, &body));
+        }
+        Ok(body)
+    }
+
     /// `pods/<name>/log`: the container chosen here (upstream's messages), the log read by the
     /// pod's kubelet.
     pub async fn logs(&self, pod: &Value, q: &crate::api::request::Query) -> Result<Reply, ApiError> {

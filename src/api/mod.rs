@@ -10,6 +10,7 @@ pub mod front;
 pub mod machinery;
 pub mod kubelet;
 pub mod policy;
+pub mod resourcemetrics;
 
 // Each piece by its short name within the API (`crate::api::kinds`, `crate::api::handlers`).
 pub use front::{discovery, http, negotiate, openapi, protobuf, request};
@@ -78,6 +79,10 @@ pub struct Api {
     pub webhooks: policy::webhooks::Webhooks,
     /// The audit policy and log, when the server keeps one.
     pub audit: std::sync::OnceLock<Arc<front::audit::Auditor>>,
+    /// Resource usage scraped from the kubelets (`metrics.k8s.io`).
+    pub resource_metrics: resourcemetrics::ResourceMetrics,
+    /// The API server's own request counts and latencies (`/metrics`).
+    pub instruments: front::instruments::Instruments,
 }
 
 const RMW_SHARDS: usize = 64;
@@ -205,7 +210,7 @@ impl Api {
     }
 
     pub fn new(store: Store, advertise: String) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), kubelet: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), audit: std::sync::OnceLock::new(), store })
+        Arc::new_cyclic(|me| Api { advertise, ready: std::sync::atomic::AtomicBool::new(false), me: me.clone(), kubelet: std::sync::OnceLock::new(), tokens: std::sync::OnceLock::new(), rmw: (0..RMW_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(), service_ranges_set: std::sync::OnceLock::new(), service_alloc: tokio::sync::Mutex::new(()), aggregator: aggregator::Aggregator::new(), authz: authz::Authorizer::new(store.clone()), webhooks: Default::default(), audit: std::sync::OnceLock::new(), resource_metrics: Default::default(), instruments: Default::default(), store })
     }
 
     /// The service CIDR and node port range in force.
@@ -225,18 +230,26 @@ impl Api {
 
     /// Serves one API call.
     pub async fn call(self: &Arc<Self>, c: Call<'_>) -> Rendered {
-        if let Some(auditor) = self.audit.get() {
-            return self.call_audited(auditor, c).await;
-        }
-        let answer = match self.authz.check_request(c.user, c.method, c.path, c.query, false) {
-            Ok(()) => self.dispatch(&c).await,
-            Err(e) => Err(e),
+        let started = std::time::Instant::now();
+        let _inflight = self.instruments.begin(c.method);
+        let mut labels = front::instruments::Labels::path(c.method);
+        let r = match self.audit.get() {
+            Some(auditor) => self.call_audited(auditor, &c, &mut labels).await,
+            None => {
+                let answer = match self.authz.check_request(c.user, c.method, c.path, c.query, false) {
+                    Ok(()) => self.dispatch(&c, &mut labels).await,
+                    Err(e) => Err(e),
+                };
+                answer.unwrap_or_else(|e| Rendered::error(&e))
+            }
         };
-        answer.unwrap_or_else(|e| Rendered::error(&e))
+        let long_running = matches!(r.body, Body::Stream(_)) || labels.verb == "CONNECT";
+        self.instruments.done(labels, r.code, (!long_running).then(|| started.elapsed()));
+        r
     }
 
     /// [`Api::call`] with an audit record of the request, its authorization and its answer.
-    async fn call_audited(self: &Arc<Self>, auditor: &Arc<front::audit::Auditor>, c: Call<'_>) -> Rendered {
+    async fn call_audited(self: &Arc<Self>, auditor: &Arc<front::audit::Auditor>, c: &Call<'_>, labels: &mut front::instruments::Labels) -> Rendered {
         let attrs = authz::Attributes::of(c.method, c.path, c.query, false);
         let (user, impersonated) = match c.impersonator {
             Some(original) => (original, Some(c.user)),
@@ -245,7 +258,7 @@ impl Api {
         let seen = front::audit::Seen { method: c.method, path: c.path, query: c.query, user: Some(user), impersonated, source_ip: c.source_ip, user_agent: c.user_agent };
         let Some(mut record) = auditor.begin(&seen, &attrs).await else {
             let answer = match self.authz.check(c.user, &attrs) {
-                Ok(()) => self.dispatch(&c).await,
+                Ok(()) => self.dispatch(c, labels).await,
                 Err(e) => Err(e),
             };
             return answer.unwrap_or_else(|e| Rendered::error(&e));
@@ -255,7 +268,7 @@ impl Api {
             authz::Decision::Allow => {
                 record.authorized(true, "");
                 record.request_object(&c.body, c.content_type);
-                self.dispatch(&c).await
+                self.dispatch(c, labels).await
             }
             authz::Decision::Deny(reason) => {
                 record.authorized(false, &reason);
@@ -277,7 +290,8 @@ impl Api {
         r
     }
 
-    async fn dispatch(self: &Arc<Self>, c: &Call<'_>) -> Result<Rendered, ApiError> {
+    /// Routes and answers an authorized call; `labels` learns what it was for the metrics.
+    async fn dispatch(self: &Arc<Self>, c: &Call<'_>, labels: &mut front::instruments::Labels) -> Result<Rendered, ApiError> {
         let target = route(c.path)?;
         let rr = match target {
             Target::Resource(rr) => rr,
@@ -288,6 +302,8 @@ impl Api {
         q.2 = c.user.clone();
         let collection = rr.name.is_none();
         let watching = rr.watch_prefix || q.flag("watch");
+        let apply = c.method == "PATCH" && c.content_type.is_some_and(|t| t.starts_with("application/apply-patch"));
+        *labels = front::instruments::Labels::resource(c.method, rr.kind, rr.sub.as_deref(), rr.name.is_some(), rr.namespace.is_some(), watching, apply, q.get("dryRun").is_some());
         let shape = if collection && !watching && c.method == "GET" { Shape::List } else { Shape::Object };
         let format = response_format_for(c.accept, shape)?;
         if let Some(review) = rr.kind.review {
@@ -304,12 +320,19 @@ impl Api {
             }
             return render(&rr, &q, Reply::Object(201, review(self, c.user, request)?), format);
         }
+        if let Some(provider) = rr.kind.provider {
+            // Computed kinds answer gets and lists, nothing else.
+            if c.method != "GET" || watching || rr.sub.is_some() {
+                return Err(ApiError::method_not_allowed(c.method, c.path));
+            }
+            return render(&rr, &q, provider(self, &rr, &q)?, format);
+        }
         let reply = match (c.method, collection) {
             ("GET", false) if rr.sub.as_deref() == Some("log") && rr.kind.is("", "pods") => {
                 let (pod, _) = self.load(&ResourceReq { sub: None, ..rr.clone() })?;
                 self.logs(&pod, &q).await?
             }
-            ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format).await?),
+            ("GET", _) if watching => Reply::Stream(self.watch(&rr, &q, format, self.instruments.watching(*labels)).await?),
             ("GET", true) => self.list(&rr, &q).await?,
             ("GET", false) => self.get(&rr, &q).await?,
             ("POST", false) if rr.sub.as_deref() == Some("binding") && rr.kind.is("", "pods") => self.bind(&rr, &c.body).await?,
@@ -373,6 +396,12 @@ impl Api {
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["ES256"],
             })),
+            Target::Metrics => Rendered {
+                code: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: Body::Full(Bytes::from(self.instruments.render(self.store.commit_latency(), self.store.engine()))),
+                warnings: Vec::new(),
+            },
             Target::Jwks => Rendered {
                 code: 200,
                 content_type: "application/jwk-set+json",
@@ -404,6 +433,11 @@ fn render(rr: &ResourceReq, q: &Query, reply: Reply, format: Format) -> Result<R
             Format::Json => Ok(Rendered::json(code, &v)),
             Format::Yaml => yaml(&v).map(|r| Rendered { code, ..r }),
             Format::Table if v["kind"] == rr.kind.kind => Ok(Rendered::json(code, &table::render(rr.kind, &[v], json!({}), include))),
+            // A list built in memory (computed kinds).
+            Format::Table if v["kind"].as_str() == Some(&format!("{}List", rr.kind.kind)) => {
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                Ok(Rendered::json(code, &table::render(rr.kind, &items, v["metadata"].clone(), include)))
+            }
             Format::Metadata { yaml: as_yaml } if v["kind"] == rr.kind.kind => {
                 let partial = table::partial(&v);
                 if as_yaml {

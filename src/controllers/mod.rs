@@ -15,6 +15,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod history;
+pub mod hpa;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -89,6 +90,7 @@ const ACCOUNTS: &[(&str, &str)] = &[
     ("node-ipam", "node-controller"),
     ("podgc", "pod-garbage-collector"),
     ("persistentvolume", "persistent-volume-binder"),
+    ("horizontal-pod-autoscaler", "horizontal-pod-autoscaler"),
 ];
 
 /// The identity controller `name` acts as: its own service account (the manager's user for
@@ -119,6 +121,8 @@ pub struct Config {
     pub ca: certificates::Ca,
     /// The pod network the node IPAM controller hands out node ranges from.
     pub cluster_cidr: nodeipam::ClusterCidr,
+    /// The autoscalers' sync period and downscale stabilization.
+    pub hpa: hpa::Settings,
 }
 
 /// Starts every controller in `scope`; `clients(agent, user)` makes each one its own client,
@@ -145,6 +149,7 @@ pub fn start(clients: &dyn Fn(&str, UserInfo) -> Client, scope: &Scope, cfg: Con
     nodeipam::start(s.ctl("node-ipam", "node-controller"), &mut s, cfg.cluster_cidr);
     podgc::start(s.ctl("podgc", "pod-garbage-collector"), &mut s);
     volume::start(s.ctl("persistentvolume", "persistentvolume-controller"), &mut s, volume::Storage { dir: cfg.storage_dir });
+    hpa::start(s.ctl("horizontal-pod-autoscaler", "horizontal-pod-autoscaler"), &mut s, cfg.hpa);
     informers.run(&clients("ferrokube-controller", UserInfo::authenticated(CONTROLLER_MANAGER, &[])), scope);
 }
 

@@ -19,6 +19,8 @@ struct World {
     /// Containers that ignore SIGTERM: a stop takes its whole timeout (recorded, not slept).
     stubborn: HashSet<String>,
     calls: Vec<String>,
+    /// CPU time (ns) and working set (bytes) by container id, as set by the test.
+    usage: HashMap<String, (u64, u64)>,
 }
 
 impl World {
@@ -75,6 +77,11 @@ impl Fake {
             c.finished_at = now;
             c.reason = if code == 0 { "Completed".into() } else { "Error".into() };
         }
+    }
+
+    /// Container `id` has used `cpu_ns` of CPU time in all and holds `working_set` bytes.
+    pub fn set_usage(&self, id: &str, cpu_ns: u64, working_set: u64) {
+        self.world().usage.insert(id.to_string(), (cpu_ns, working_set));
     }
 
     /// Changes what the runtime says about why container `id` ended.
@@ -303,6 +310,25 @@ impl Runtime for Fake {
         Fake::ready(self.act("pull_image", Some(format!("pull_image {image}")), |w| {
             w.images.insert(image.to_string());
             Ok(format!("sha256:{image}"))
+        }))
+    }
+
+    fn list_container_stats(&self) -> Answer<'_, Vec<v1::ContainerStats>> {
+        Fake::ready(self.act("list_container_stats", None, |w| {
+            let now = w.clock;
+            let value = |v: u64| Some(v1::UInt64Value { value: v });
+            Ok(w.containers
+                .values()
+                .filter(|(c, _)| c.state == v1::ContainerState::ContainerRunning as i32)
+                .map(|(c, _)| {
+                    let (cpu, mem) = w.usage.get(&c.id).copied().unwrap_or_default();
+                    v1::ContainerStats {
+                        attributes: Some(v1::ContainerAttributes { id: c.id.clone(), metadata: c.metadata.clone(), labels: c.labels.clone(), annotations: c.annotations.clone() }),
+                        cpu: Some(v1::CpuUsage { timestamp: now, usage_core_nano_seconds: value(cpu), usage_nano_cores: None }),
+                        memory: Some(v1::MemoryUsage { timestamp: now, working_set_bytes: value(mem), ..Default::default() }),
+                    }
+                })
+                .collect())
         }))
     }
 }

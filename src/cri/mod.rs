@@ -83,6 +83,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn image_status<'a>(&'a self, image: &'a str) -> Answer<'a, Option<v1::Image>>;
     /// Pulls an image; its reference.
     fn pull_image<'a>(&'a self, image: &'a str, auth: Option<v1::AuthConfig>) -> Answer<'a, String>;
+    /// CPU and memory usage of the running containers (cumulative CPU time, working set).
+    fn list_container_stats(&self) -> Answer<'_, Vec<v1::ContainerStats>>;
 }
 
 impl Runtime for Cri {
@@ -160,6 +162,10 @@ impl Runtime for Cri {
         let mut c = self.images.clone();
         let spec = v1::ImageSpec { image: image.into(), ..Default::default() };
         Box::pin(async move { Ok(c.pull_image(v1::PullImageRequest { image: Some(spec), auth, sandbox_config: None }).await?.into_inner().image_ref) })
+    }
+    fn list_container_stats(&self) -> Answer<'_, Vec<v1::ContainerStats>> {
+        let mut c = self.runtime.clone();
+        Box::pin(async move { Ok(c.list_container_stats(v1::ListContainerStatsRequest { filter: None }).await?.into_inner().stats) })
     }
 }
 

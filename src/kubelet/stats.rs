@@ -123,6 +123,54 @@ impl Kubelet {
         })
     }
 
+    /// The resource metrics endpoint (`/metrics/resource`, what metrics-server scrapes):
+    /// cumulative CPU seconds and working set of the node (`/proc`), of each pod (its cgroup)
+    /// and of each running container (the runtime's `ListContainerStats`), each sample with
+    /// its time in milliseconds, in upstream's metric names.
+    pub async fn resource_metrics_text(&self) -> String {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut m = Metrics::default();
+        let (total, available) = node_memory(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+        let node_ok = match node_cpu_ns(&std::fs::read_to_string("/proc/stat").unwrap_or_default()) {
+            Some(cpu) => {
+                m.sample("node_cpu_usage_seconds_total", "", cpu as f64 / 1e9, now_ms);
+                m.sample("node_memory_working_set_bytes", "", total.saturating_sub(available) as f64, now_ms);
+                true
+            }
+            None => false,
+        };
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let v2 = root.join("cgroup.controllers").exists();
+        for pod in self.pods() {
+            let meta = &pod["metadata"];
+            let uid = meta["uid"].as_str().unwrap_or_default();
+            if let Some(u) = cgroup_usage(&root, &format!("{}/pod{uid}", self.cfg.cgroup_root), v2) {
+                let labels = format!("namespace=\"{}\",pod=\"{}\"", meta["namespace"].as_str().unwrap_or_default(), meta["name"].as_str().unwrap_or_default());
+                m.sample("pod_cpu_usage_seconds_total", &labels, u.cpu_ns as f64 / 1e9, now_ms);
+                m.sample("pod_memory_working_set_bytes", &labels, u.working_set_bytes as f64, now_ms);
+            }
+        }
+        let stats = self.cri.list_container_stats().await;
+        let started: std::collections::HashMap<String, i64> = self.cri.list_containers(None).await.unwrap_or_default().into_iter().map(|c| (c.id, c.created_at)).collect();
+        let containers_ok = stats.is_ok();
+        for st in stats.unwrap_or_default() {
+            let Some(attrs) = &st.attributes else { continue };
+            let label = |k: &str| attrs.labels.get(k).map(String::as_str).unwrap_or_default();
+            let labels = format!("container=\"{}\",namespace=\"{}\",pod=\"{}\"", label(super::LABEL_CONTAINER), label(super::LABEL_NAMESPACE), label(super::LABEL_NAME));
+            if let Some(cpu) = st.cpu.as_ref().and_then(|c| Some((c.usage_core_nano_seconds.as_ref()?.value, c.timestamp))) {
+                m.sample("container_cpu_usage_seconds_total", &labels, cpu.0 as f64 / 1e9, cpu.1 / 1_000_000);
+            }
+            if let Some(mem) = st.memory.as_ref().and_then(|c| Some((c.working_set_bytes.as_ref()?.value, c.timestamp))) {
+                m.sample("container_memory_working_set_bytes", &labels, mem.0 as f64, mem.1 / 1_000_000);
+            }
+            if let Some(t) = started.get(&attrs.id) {
+                m.sample("container_start_time_seconds", &labels, *t as f64 / 1e9, now_ms);
+            }
+        }
+        m.sample("scrape_error", "", if node_ok && containers_ok { 0.0 } else { 1.0 }, now_ms);
+        m.text()
+    }
+
     /// Prometheus text of the kubelet's own gauges.
     pub fn metrics_text(&self) -> String {
         let pods = self.pods();
@@ -134,6 +182,44 @@ impl Kubelet {
              # HELP kubelet_node_name The node's name. The count is always 1.\n# TYPE kubelet_node_name gauge\nkubelet_node_name{{node=\"{}\"}} 1\n",
             self.cfg.node_name
         )
+    }
+}
+
+/// The resource metrics of one scrape, grouped by metric as the text format wants them.
+#[derive(Default)]
+struct Metrics {
+    by_name: Vec<(&'static str, Vec<String>)>,
+}
+
+impl Metrics {
+    fn sample(&mut self, name: &'static str, labels: &str, value: f64, ms: i64) {
+        let line = if labels.is_empty() { format!("{name} {value} {ms}") } else { format!("{name}{{{labels}}} {value} {ms}") };
+        match self.by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, lines)) => lines.push(line),
+            None => self.by_name.push((name, vec![line])),
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for (name, lines) in &self.by_name {
+            let (kind, help) = match *name {
+                "container_cpu_usage_seconds_total" => ("counter", "[STABLE] Cumulative cpu time consumed by the container in core-seconds"),
+                "container_memory_working_set_bytes" => ("gauge", "[STABLE] Current working set of the container in bytes"),
+                "container_start_time_seconds" => ("gauge", "[STABLE] Start time of the container since unix epoch in seconds"),
+                "node_cpu_usage_seconds_total" => ("counter", "[STABLE] Cumulative cpu time consumed by the node in core-seconds"),
+                "node_memory_working_set_bytes" => ("gauge", "[STABLE] Current working set of the node in bytes"),
+                "pod_cpu_usage_seconds_total" => ("counter", "[STABLE] Cumulative cpu time consumed by the pod in core-seconds"),
+                "pod_memory_working_set_bytes" => ("gauge", "[STABLE] Current working set of the pod in bytes"),
+                _ => ("gauge", "[ALPHA] 1 if there was an error while getting container metrics, 0 otherwise"),
+            };
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 }
 

@@ -36,6 +36,12 @@ impl Informers {
         self.entries.entry(target.to_string()).or_insert_with(|| Entry { target: target.clone(), cache: Cache::stubs(), handlers: Vec::new() })
     }
 
+    /// The shared cache of `target`, keeping [`crate::runtime::cache::stub`]s (identity,
+    /// labels, owners) unless another user of it wants whole objects.
+    pub fn stubs(&mut self, target: &Target) -> Cache {
+        self.entry(target).cache.clone()
+    }
+
     /// The shared cache of `target`, keeping whole objects.
     pub fn cache(&mut self, target: &Target) -> Cache {
         let cache = self.entry(target).cache.clone();

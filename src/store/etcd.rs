@@ -87,6 +87,8 @@ pub(crate) struct Etcd {
     /// Asks the replica's watch for a progress notification.
     progress: tokio::sync::Mutex<Option<etcd_client::WatchRequestSender>>,
     closed: AtomicBool,
+    /// How long write transactions take until this server's replica holds them.
+    pub(crate) commits: crate::vocab::metrics::Histogram,
     stop: CancellationToken,
 }
 
@@ -202,6 +204,7 @@ impl Etcd {
             timeout: cfg.timeout,
             progress: tokio::sync::Mutex::new(None),
             closed: AtomicBool::new(false),
+            commits: crate::vocab::metrics::Histogram::new(crate::vocab::metrics::COMMIT_BUCKETS),
             stop: CancellationToken::new(),
         });
         etcd.load().await?;
@@ -457,11 +460,13 @@ impl Etcd {
                 (key, txn)
             }
         };
+        let started = std::time::Instant::now();
         let resp = self.kv("a write", |mut kv| {
             let txn = txn.clone();
             async move { kv.txn(txn).await }
         })
         .await?;
+        self.commits.observe(started.elapsed());
         let revision = resp.header().map(|h| h.revision() as u64).unwrap_or(0);
         if !resp.succeeded() {
             // What is there instead; the replica catches up first, so a retry reads it.

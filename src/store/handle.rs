@@ -80,6 +80,15 @@ impl Store {
         }
     }
 
+    /// How long this server's commits took (group commits on redb, write transactions on
+    /// etcd).
+    pub fn commit_latency(&self) -> &crate::vocab::metrics::Histogram {
+        match &self.0 {
+            Engine::Embedded(e) => e.commit_latency(),
+            Engine::Etcd(e) => &e.commits,
+        }
+    }
+
     /// The newest revision this server has seen committed.
     pub fn revision(&self) -> Result<u64, StoreError> {
         match &self.0 {

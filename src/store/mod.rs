@@ -177,6 +177,8 @@ pub(crate) struct Shared {
     db: RwLock<Arc<Database>>,
     sealer: RwLock<Arc<crypt::Sealer>>,
     path: PathBuf,
+    /// How long group commits take (log append and fdatasync, or a redb commit).
+    pub(crate) commits: crate::vocab::metrics::Histogram,
 }
 
 impl Shared {
@@ -237,7 +239,7 @@ impl Embedded {
         wal::replay(&db, &log, &sealer, history.max(1))?;
         let revision = init_meta(&db)?;
         let wal = wal::Wal::open(&log)?;
-        let shared = Arc::new(Shared { db: RwLock::new(Arc::new(db)), sealer: RwLock::new(Arc::new(sealer)), path: path.to_path_buf() });
+        let shared = Arc::new(Shared { db: RwLock::new(Arc::new(db)), sealer: RwLock::new(Arc::new(sealer)), path: path.to_path_buf(), commits: crate::vocab::metrics::Histogram::new(crate::vocab::metrics::COMMIT_BUCKETS) });
         let (events, _) = broadcast::channel(8192);
         let ops = writer::spawn(shared.clone(), events.clone(), revision, history.max(1), wal)?;
         Ok(Embedded { inner: Arc::new(Inner { shared, ops, events, closed: Default::default() }) })
@@ -280,6 +282,11 @@ impl Embedded {
             *out.entry(how).or_insert(0) += 1;
         }
         Ok(out)
+    }
+
+    /// How long group commits took.
+    pub fn commit_latency(&self) -> &crate::vocab::metrics::Histogram {
+        &self.inner.shared.commits
     }
 
     /// The newest committed revision.

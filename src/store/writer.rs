@@ -246,7 +246,10 @@ fn commit_batch(
 ) -> u64 {
     let (ops, replies): (Vec<Staged>, Vec<_>) = batch.into_iter().unzip();
     let durable = log.due();
-    match commit(&shared.db(), &shared.sealer(), revision, history, ops, if durable { None } else { Some(&mut log.wal) }) {
+    let started = Instant::now();
+    let committed = commit(&shared.db(), &shared.sealer(), revision, history, ops, if durable { None } else { Some(&mut log.wal) });
+    shared.commits.observe(started.elapsed());
+    match committed {
         Ok((new_rev, results)) => {
             if durable {
                 log.checkpointed();

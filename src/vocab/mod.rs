@@ -9,6 +9,7 @@ pub mod cron;
 pub mod csr;
 pub mod hash;
 pub mod jointoken;
+pub mod metrics;
 pub mod object;
 pub mod quantity;
 pub mod query;

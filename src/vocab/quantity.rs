@@ -49,8 +49,55 @@ pub fn units(q: &Value) -> Option<i64> {
     parse(q).map(|v| v.ceil() as i64)
 }
 
+/// `value × 10^exp` in canonical decimal form, as `resource.Quantity` prints it: the largest
+/// power of 1000 that keeps the number whole (`5000000n` is `5m`, `1000m` is `1`).
+pub fn decimal(value: u64, exp: i32) -> String {
+    const UNITS: &[(i32, &str)] = &[(-9, "n"), (-6, "u"), (-3, "m"), (0, ""), (3, "k"), (6, "M"), (9, "G"), (12, "T"), (15, "P"), (18, "E")];
+    if value == 0 {
+        return "0".into();
+    }
+    let (mut v, mut e) = (value, exp);
+    while e % 3 != 0 {
+        // Only whole steps of 1000 have a suffix: move down to the next one.
+        v = v.saturating_mul(10);
+        e -= 1;
+    }
+    while v % 1000 == 0 && e < 18 {
+        v /= 1000;
+        e += 3;
+    }
+    let suffix = UNITS.iter().find(|(x, _)| *x == e).map(|(_, s)| *s).unwrap_or("");
+    format!("{v}{suffix}")
+}
+
+/// Bytes in canonical binary form (`1536Ki`, `2Mi`), or plain when not a multiple of 1024.
+pub fn binary(bytes: u64) -> String {
+    const UNITS: &[&str] = &["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    let (mut v, mut i) = (bytes, 0);
+    while v != 0 && v % 1024 == 0 && i + 1 < UNITS.len() {
+        v /= 1024;
+        i += 1;
+    }
+    format!("{v}{}", UNITS[i])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn canonical_forms() {
+        use super::{binary, decimal};
+        assert_eq!(decimal(5_000_000, -9), "5m");
+        assert_eq!(decimal(1_234_567, -9), "1234567n");
+        assert_eq!(decimal(1_000, -3), "1");
+        assert_eq!(decimal(1_500, -3), "1500m");
+        assert_eq!(decimal(0, -9), "0");
+        assert_eq!(decimal(2_000, 0), "2k");
+        assert_eq!(binary(1536 * 1024), "1536Ki");
+        assert_eq!(binary(2 * 1024 * 1024), "2Mi");
+        assert_eq!(binary(1500), "1500");
+        assert_eq!(binary(0), "0");
+    }
+
     use super::*;
     use serde_json::json;
 

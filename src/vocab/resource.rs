@@ -275,6 +275,10 @@ pub mod builtin {
     pub const INGRESSES: Resource = Resource::new("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true);
     /// `networking.k8s.io/v1` IngressClass.
     pub const INGRESSCLASSES: Resource = Resource::new("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false);
+    /// `metrics.k8s.io/v1beta1` NodeMetrics (computed, never stored).
+    pub const NODEMETRICS: Resource = Resource::new("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", "", false);
+    /// `metrics.k8s.io/v1beta1` PodMetrics (computed, never stored).
+    pub const PODMETRICS: Resource = Resource::new("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", "", true);
     /// `networking.k8s.io/v1` NetworkPolicy.
     pub const NETWORKPOLICIES: Resource = Resource::new("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true);
     /// `policy/v1` PodDisruptionBudget.

@@ -38,7 +38,9 @@ trap 'kill $EXT_PID 2>/dev/null; cleanup' EXIT
 reason() { k get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status} {.status.conditions[?(@.type=="Available")].reason}: {.status.conditions[?(@.type=="Available")].message}'; }
 
 metrics_apiservice "$E2E_DIR/ext/other-ca.crt" >"$E2E_DIR/apiservice.yaml"
-check_contains "an APIService for metrics.k8s.io" "apiservice.apiregistration.k8s.io/v1beta1.metrics.k8s.io created" "$(k apply -f "$E2E_DIR/apiservice.yaml" 2>&1)"
+check "the built-in resource metrics are a local APIService" "Local True" "$(k get apiservice v1beta1.metrics.k8s.io --no-headers | awk '{print $2, $3}')"
+check "served here: an empty NodeMetricsList without nodes" "NodeMetricsList 0" "$(k get --raw /apis/metrics.k8s.io/v1beta1/nodes | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["kind"], len(d["items"]))')"
+check_contains "metrics-server's APIService takes the group over" "apiservice.apiregistration.k8s.io/v1beta1.metrics.k8s.io configured" "$(k apply -f "$E2E_DIR/apiservice.yaml" 2>&1)"
 eventually "without its Service: ServiceNotFound" 'False ServiceNotFound: service/metrics-server in "kube-system" is not present' 10 reason
 k apply -f - >/dev/null <<'YAML'
 apiVersion: v1
@@ -97,7 +99,7 @@ eventually "deleting the Service makes it unavailable (ServiceNotFound)" "kube-s
 check_contains "requests get 503 ServiceUnavailable" "the server is currently unable to handle the request" "$(k get --raw /apis/metrics.k8s.io/v1beta1/nodes 2>&1)"
 check "aggregated discovery marks it Stale" "Stale nodes pods" "$(disc)"
 k delete apiservice v1beta1.metrics.k8s.io >/dev/null
-check "without the APIService the group is gone" "404" "$(api -o /dev/null -w '%{http_code}' "$BASE/apis/metrics.k8s.io/v1beta1")"
+check "without the APIService the built-in resource metrics answer again" "200 APIResourceList" "$(api -o "$E2E_DIR/out" -w '%{http_code} ' "$BASE/apis/metrics.k8s.io/v1beta1"; python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kind"])' "$E2E_DIR/out")"
 
 # Custom resources get local APIServices while served.
 k apply -f - >/dev/null <<'YAML'

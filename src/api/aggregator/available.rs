@@ -52,6 +52,8 @@ pub fn builtin_priority(group: &str, version: &str) -> (i64, i64) {
         "discovery.k8s.io" => 16200,
         "flowcontrol.apiserver.k8s.io" => 16100,
         "resource.k8s.io" => 15900,
+        // As metrics-server registers it.
+        "metrics.k8s.io" => return (100, 100),
         _ => return (1000, 100),
     };
     let version_priority = match (group, version) {
@@ -188,9 +190,13 @@ pub fn start(api: &Arc<Api>, scope: &Scope) {
 async fn register_builtin(client: &Client) {
     for (group, version) in builtin_group_versions() {
         let want = local_apiservice(group, version, "onstart");
+        // metrics.k8s.io is served here until an APIService with a Service (metrics-server)
+        // takes it over: that one is never reset.
+        let replaceable = group == "metrics.k8s.io";
         let mut delay = Duration::from_millis(100);
         loop {
-            match ensure(client, &want).await {
+            let done = if replaceable { create_missing(client, &want).await } else { ensure(client, &want).await };
+            match done {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(group, version, error = %e, "registering a built-in APIService failed; retrying");
@@ -202,14 +208,19 @@ async fn register_builtin(client: &Client) {
     }
 }
 
+/// Creates `want` unless an APIService of its name exists.
+async fn create_missing(client: &Client, want: &Value) -> Result<(), ApiError> {
+    match client.create(APISERVICES.all(), want).await {
+        Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates `want`, or sets its spec and labels if it exists with others.
 async fn ensure(client: &Client, want: &Value) -> Result<(), ApiError> {
     let name = want["metadata"]["name"].as_str().unwrap_or("");
     match not_found_ok(client.get(APISERVICES.name(name)).await)? {
-        None => match client.create(APISERVICES.all(), want).await {
-            Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
-            Err(e) => Err(e),
-        },
+        None => create_missing(client, want).await,
         Some(have) if have["spec"] == want["spec"] && have["metadata"]["labels"][AUTOMANAGED] == want["metadata"]["labels"][AUTOMANAGED] => Ok(()),
         Some(_) => client.merge_patch(APISERVICES.name(name), &json!({"metadata": {"labels": want["metadata"]["labels"]}, "spec": want["spec"]})).await.map(drop),
     }

@@ -145,6 +145,11 @@ pub fn cluster_roles() -> Vec<Value> {
             r(&["*"], &["*"], &["list", "watch"]),
             r(&[""], &["serviceaccounts/token"], &["create"]),
         ]),
+        // Who may scrape the API server's own metrics (upstream's bootstrap role).
+        role("system:monitoring", json!({}), vec![urls(&["/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/metrics/slis", "/readyz", "/readyz/*"], &["get"])]),
+        // The resource metrics (`kubectl top`) for whoever may view pods, as metrics-server's
+        // manifest grants them.
+        role("system:aggregated-metrics-reader", json!({format!("{AGGREGATE}view"): "true", format!("{AGGREGATE}edit"): "true", format!("{AGGREGATE}admin"): "true"}), vec![r(&["metrics.k8s.io"], &["pods", "nodes"], &["get", "list", "watch"])]),
         aggregated("admin", json!({}), "admin"),
         aggregated("edit", to("admin"), "edit"),
         aggregated("view", to("edit"), "view"),
@@ -298,6 +303,16 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             r(&["apps"], &["controllerrevisions"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
             events.clone(),
         ]),
+        ("horizontal-pod-autoscaler", vec![
+            r(&["autoscaling"], &["horizontalpodautoscalers"], &["get", "list", "watch"]),
+            r(&["autoscaling"], &["horizontalpodautoscalers/status"], upd),
+            r(&["*"], &["*/scale"], &["get", "update"]),
+            r(&[""], &["pods"], &["list"]),
+            r(&["metrics.k8s.io"], &["pods"], &["list"]),
+            r(&["custom.metrics.k8s.io"], &["*"], &["get", "list"]),
+            r(&["external.metrics.k8s.io"], &["*"], &["get", "list"]),
+            events.clone(),
+        ]),
         ("certificate-controller", vec![
             r(&["certificates.k8s.io"], &["certificatesigningrequests"], &["delete", "get", "list", "watch"]),
             r(&["certificates.k8s.io"], &["certificatesigningrequests/approval", "certificatesigningrequests/status"], upd),
@@ -328,6 +343,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("system:discovery", "system:discovery", &["system:authenticated"]),
         binding("system:basic-user", "system:basic-user", &["system:authenticated"]),
         binding("system:public-info-viewer", "system:public-info-viewer", &["system:authenticated", "system:unauthenticated"]),
+        binding("system:monitoring", "system:monitoring", &["system:monitoring"]),
         binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
         user_binding("system:kube-scheduler", "system:kube-scheduler", SCHEDULER),
         user_binding("system:volume-scheduler", "system:volume-scheduler", SCHEDULER),

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod discovery;
 pub mod http;
+pub mod instruments;
 pub mod negotiate;
 pub mod openapi;
 pub mod openapi_v2pb;

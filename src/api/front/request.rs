@@ -29,6 +29,8 @@ pub enum Target {
     OidcConfig,
     /// `/openid/v1/jwks`: the keys service-account tokens are signed with.
     Jwks,
+    /// `/metrics`: the API server's own Prometheus metrics.
+    Metrics,
     Resource(ResourceReq),
 }
 
@@ -56,6 +58,7 @@ pub fn route(path: &str) -> Result<Target, ApiError> {
         ["openapi", ..] => return Ok(Target::OpenApi(path.to_string())),
         [".well-known", "openid-configuration"] => return Ok(Target::OidcConfig),
         ["openid", "v1", "jwks"] => return Ok(Target::Jwks),
+        ["metrics"] => return Ok(Target::Metrics),
         _ => {}
     }
     let (group, version, rest) = match p.as_slice() {

@@ -385,6 +385,66 @@ pub static CONTROLLERREVISIONS: Columns = Columns {
     },
 };
 
+/// What an autoscaler's metrics are at and aim for (`cpu: 12%/50%`), the first two, as
+/// kubectl's printer shows them.
+fn hpa_targets(o: &Value) -> String {
+    let specs = o["spec"]["metrics"].as_array().cloned().unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = o["status"]["currentMetrics"].as_array().cloned().unwrap_or_default();
+    let mut list = Vec::new();
+    for (i, m) in specs.iter().enumerate().take(2) {
+        let ty = m["type"].as_str().unwrap_or("");
+        let field = match ty {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            _ => "external",
+        };
+        let (src, cur) = (&m[field], &statuses.get(i).map(|s| s[field].clone()).unwrap_or(Value::Null));
+        let target = &src["target"];
+        let known = |v: &Value, f: fn(&Value) -> String| if v.is_null() { "<unknown>".to_string() } else { f(v) };
+        let entry = match target["type"].as_str() {
+            Some("Utilization") => {
+                let current = known(&cur["current"]["averageUtilization"], |v| format!("{v}%"));
+                format!("{}: {current}/{}%", s(&src["name"]), target["averageUtilization"])
+            }
+            Some("AverageValue") => format!("{}/{}", known(&cur["current"]["averageValue"], s), s(&target["averageValue"])),
+            _ => format!("{}/{}", known(&cur["current"]["value"], s), s(&target["value"])),
+        };
+        list.push(entry);
+    }
+    let out = list.join(", ");
+    if specs.len() > 2 { format!("{out} + {} more...", specs.len() - 2) } else { out }
+}
+
+pub static HPAS: Columns = Columns {
+    defs: &[NAME, col("Reference"), col("Targets"), col("MinPods"), int_col("MaxPods"), int_col("Replicas"), AGE],
+    cells: |o| {
+        let spec = &o["spec"];
+        let min = spec["minReplicas"].as_i64().map_or_else(|| "<unset>".to_string(), |m| m.to_string());
+        vec![name(o), json!(format!("{}/{}", s(&spec["scaleTargetRef"]["kind"]), s(&spec["scaleTargetRef"]["name"]))), json!(hpa_targets(o)), json!(min), json!(int(&spec["maxReplicas"])), json!(int(&o["status"]["currentReplicas"])), age(o)]
+    },
+};
+
+/// NodeMetrics and PodMetrics (a pod's usage summed over its containers), as metrics-server
+/// tabulates them.
+pub static METRICS: Columns = Columns {
+    defs: &[NAME, ("cpu", "string", "quantity", 0), ("memory", "string", "quantity", 0), ("Window", "string", "duration", 0)],
+    cells: |o| {
+        let usages: Vec<&Value> = match o["containers"].as_array() {
+            Some(cs) => cs.iter().map(|c| &c["usage"]).collect(),
+            None => vec![&o["usage"]],
+        };
+        let sum = |r: &str| usages.iter().filter_map(|u| crate::vocab::quantity::parse(&u[r])).sum::<f64>();
+        let cpu = crate::vocab::quantity::decimal((sum("cpu") * 1e9).round() as u64, -9);
+        let memory = crate::vocab::quantity::binary(sum("memory").round() as u64);
+        vec![name(o), json!(cpu), json!(memory), o["window"].clone()]
+    },
+};
+
 /// Metadata-only view of an object (`PartialObjectMetadata`), as Tables include it by
 /// default and metadata-only clients ask for it.
 pub fn partial(o: &Value) -> Value {

@@ -67,8 +67,9 @@ impl Encoder {
 }
 
 impl Api {
-    /// Starts a watch; the returned receiver yields the encoded stream.
-    pub async fn watch(self: &Arc<Self>, rr: &ResourceReq, q: &Query, format: Format) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    /// Starts a watch; the returned receiver yields the encoded stream. `open` (the open
+    /// watches' gauge) stays with the stream until it ends.
+    pub async fn watch(self: &Arc<Self>, rr: &ResourceReq, q: &Query, format: Format, open: crate::api::front::instruments::Watching) -> Result<mpsc::Receiver<Bytes>, ApiError> {
         let mut sel = Selection::from_query(rr.kind, q)?;
         if let Some(name) = &rr.name {
             sel.fields.0.push(("metadata.name".into(), true, name.clone()));
@@ -116,6 +117,7 @@ impl Api {
         };
         let Some(stream) = stream else { return Ok(rx) };
         tokio::spawn(async move {
+            let _open = open;
             for (_, raw) in initial {
                 if tx.send(enc.event("ADDED", &raw)).await.is_err() {
                     return;

@@ -164,6 +164,7 @@ fn kinds_of(crd: &Value) -> Vec<&'static Kind> {
             strategy: Strategy { generation: true, unconditional_update: false, ..Strategy::PLAIN },
             columns: &crate::api::table::DEFAULT,
             review: None,
+            provider: None,
             custom: Some(Custom {
                 crd: name.clone(),
                 schema: v["schema"]["openAPIV3Schema"].as_object().map(|_| v["schema"]["openAPIV3Schema"].clone()),
@@ -466,7 +467,7 @@ mod tests {
             "size": {"type": "integer", "minimum": 1}, "mode": {"type": "string", "enum": ["a", "b"], "default": "a"}}}}});
         let kind = Kind {
             res: Resource::new("x.io", "v1", "Thing", "things", "thing", true),
-            short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN, columns: &crate::api::table::DEFAULT, review: None,
+            short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN, columns: &crate::api::table::DEFAULT, review: None, provider: None,
             custom: Some(Custom { crd: "things.x.io".into(), schema: Some(schema), columns: vec![], scale: None }),
         };
         let mut ok = json!({"apiVersion": "x.io/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"size": 2}});

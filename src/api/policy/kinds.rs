@@ -54,6 +54,9 @@ impl Strategy {
 /// The answer of a review kind to a create: the request body and who asks.
 pub type Review = fn(&crate::api::Api, &crate::vocab::user::UserInfo, Value) -> Result<Value, crate::vocab::status::ApiError>;
 
+/// The answer of a read-only kind computed on request (resource metrics) to a get or list.
+pub type Provider = fn(&crate::api::Api, &crate::api::request::ResourceReq, &crate::api::request::Query) -> Result<crate::api::Reply, crate::vocab::status::ApiError>;
+
 /// Subresources a kind serves beside the main resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sub {
@@ -90,6 +93,9 @@ pub struct Kind {
     /// is computed from the request and its caller and never stored. Such kinds serve
     /// `create` only.
     pub review: Option<Review>,
+    /// For kinds whose objects are computed, never stored (NodeMetrics, PodMetrics): the
+    /// answer to a get or list. Such kinds serve `get` and `list` only.
+    pub provider: Option<Provider>,
     /// Set for kinds defined by a CustomResourceDefinition.
     pub custom: Option<Custom>,
 }
@@ -134,6 +140,8 @@ impl Kind {
     pub fn verbs(&self) -> &'static [&'static str] {
         if self.review.is_some() {
             &["create"]
+        } else if self.provider.is_some() {
+            &["get", "list"]
         } else {
             &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
         }
@@ -144,13 +152,19 @@ macro_rules! kind {
     ($res:ident, [$($short:expr),*], [$($cat:expr),*], [$($sub:ident),*], $strategy:expr, $columns:ident) => {
         Kind {
             res: r::$res, short_names: &[$($short),*], categories: &[$($cat),*],
-            subresources: &[$(Sub::$sub),*], strategy: $strategy, columns: &table::$columns, review: None, custom: None,
+            subresources: &[$(Sub::$sub),*], strategy: $strategy, columns: &table::$columns, review: None, provider: None, custom: None,
         }
     };
     ($res:ident, review $review:expr) => {
         Kind {
             res: r::$res, short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN,
-            columns: &table::DEFAULT, review: Some($review), custom: None,
+            columns: &table::DEFAULT, review: Some($review), provider: None, custom: None,
+        }
+    };
+    ($res:ident, provider $provider:expr, $columns:ident) => {
+        Kind {
+            res: r::$res, short_names: &[], categories: &[], subresources: &[], strategy: Strategy::PLAIN,
+            columns: &table::$columns, review: None, provider: Some($provider), custom: None,
         }
     };
 }
@@ -183,7 +197,7 @@ pub static KINDS: &[Kind] = &[
     kind!(CONTROLLERREVISIONS, [], [], [], Strategy::PLAIN, CONTROLLERREVISIONS),
     kind!(JOBS, [], ["all"], [Status], s::JOB, JOBS),
     kind!(CRONJOBS, ["cj"], ["all"], [Status], s::CRONJOB, CRONJOBS),
-    kind!(HORIZONTALPODAUTOSCALERS, ["hpa"], ["all"], [Status], Strategy::WORKLOAD, DEFAULT),
+    kind!(HORIZONTALPODAUTOSCALERS, ["hpa"], ["all"], [Status], s::HPA, HPAS),
     kind!(LEASES, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(ENDPOINTSLICES, [], [], [], Strategy::PLAIN, DEFAULT),
     kind!(EVENTS_V1, ["ev"], [], [], Strategy::PLAIN, DEFAULT),
@@ -212,6 +226,8 @@ pub static KINDS: &[Kind] = &[
     kind!(MUTATINGWEBHOOKCONFIGURATIONS, [], ["api-extensions"], [], super::admissionregistration::MUTATING, WEBHOOKS),
     kind!(VALIDATINGWEBHOOKCONFIGURATIONS, [], ["api-extensions"], [], super::admissionregistration::VALIDATING, WEBHOOKS),
     kind!(CUSTOMRESOURCEDEFINITIONS, ["crd", "crds"], ["api-extensions"], [Status], crate::api::custom::CRD, DEFAULT),
+    kind!(NODEMETRICS, provider crate::api::resourcemetrics::serve, METRICS),
+    kind!(PODMETRICS, provider crate::api::resourcemetrics::serve, METRICS),
 ];
 
 /// Custom kinds currently served, and a counter bumped whenever that set changes.

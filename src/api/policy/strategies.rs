@@ -518,6 +518,88 @@ fn cronjob_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
 }
 pub const CRONJOB: Strategy = Strategy { defaults: cronjob_defaults, validate: cronjob_validate, ..Strategy::WORKLOAD };
 
+/// Fills what `rules` leaves out of one direction of an autoscaler's `behavior` from
+/// `defaults`, as upstream's `copyHPAScalingRules`.
+fn hpa_rules(rules: &mut Value, defaults: Value) {
+    if !rules.is_object() {
+        *rules = defaults;
+        return;
+    }
+    for (k, v) in defaults.as_object().into_iter().flatten() {
+        if rules.get(k).is_none_or(Value::is_null) {
+            rules[k] = v.clone();
+        }
+    }
+}
+
+fn hpa_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    default(spec, "minReplicas", json!(1));
+    if spec["metrics"].as_array().is_none_or(Vec::is_empty) {
+        spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+    }
+    if let Some(b) = spec.get_mut("behavior").filter(|b| b.is_object()) {
+        hpa_rules(object_at(b, "scaleUp"), json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]}));
+        hpa_rules(object_at(b, "scaleDown"), json!({"selectPolicy": "Max", "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}));
+    }
+}
+
+fn hpa_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
+    let spec = &o["spec"];
+    let r = &spec["scaleTargetRef"];
+    for f in ["kind", "name"] {
+        if r[f].as_str().is_none_or(str::is_empty) {
+            c.push(Cause::required(format!("spec.scaleTargetRef.{f}"), ""));
+        }
+    }
+    let max = spec["maxReplicas"].as_i64().unwrap_or(0);
+    let min = spec["minReplicas"].as_i64().unwrap_or(1);
+    if min < 1 {
+        c.push(Cause::invalid("spec.minReplicas", &spec["minReplicas"], "must be greater than or equal to 1"));
+    }
+    if max < 1 {
+        c.push(Cause::invalid("spec.maxReplicas", &json!(max), "must be greater than 0"));
+    } else if max < min {
+        c.push(Cause::invalid("spec.maxReplicas", &json!(max), "must be greater than or equal to `minReplicas`"));
+    }
+    for (i, m) in spec["metrics"].as_array().into_iter().flatten().enumerate() {
+        let f = format!("spec.metrics[{i}]");
+        let ty = m["type"].as_str().unwrap_or("");
+        let field = match ty {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            _ => {
+                c.push(Cause::unsupported(format!("{f}.type"), &m["type"], &["ContainerResource", "External", "Object", "Pods", "Resource"]));
+                continue;
+            }
+        };
+        let src = &m[field];
+        if !src.is_object() {
+            c.push(Cause::required(format!("{f}.{field}"), &format!("must populate information for the given metric source (type {ty})")));
+            continue;
+        }
+        if (ty == "Resource" || ty == "ContainerResource") && src["name"].as_str().is_none_or(str::is_empty) {
+            c.push(Cause::required(format!("{f}.{field}.name"), "must specify a resource name"));
+        }
+        let target = &src["target"];
+        match target["type"].as_str() {
+            Some("Utilization") => match target["averageUtilization"].as_i64() {
+                Some(u) if u > 0 => {}
+                Some(_) => c.push(Cause::invalid(format!("{f}.{field}.target.averageUtilization"), &target["averageUtilization"], "must be greater than 0")),
+                None => c.push(Cause::required(format!("{f}.{field}.target.averageUtilization"), "must set either a target raw value or a target utilization")),
+            },
+            Some("AverageValue") if target["averageValue"].is_null() => c.push(Cause::required(format!("{f}.{field}.target.averageValue"), "must set either a target raw value or a target utilization")),
+            Some("Value") if target["value"].is_null() => c.push(Cause::required(format!("{f}.{field}.target.value"), "must set either a target raw value or a target utilization")),
+            Some("AverageValue" | "Value") => {}
+            _ => c.push(Cause::unsupported(format!("{f}.{field}.target.type"), &target["type"], &["AverageValue", "Utilization", "Value"])),
+        }
+    }
+}
+pub const HPA: Strategy = Strategy { defaults: hpa_defaults, validate: hpa_validate, ..Strategy::WORKLOAD };
+
 // ---------------------------------------------------------------------------------------
 // Core kinds
 

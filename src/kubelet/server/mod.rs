@@ -253,6 +253,7 @@ async fn handle(kubelet: Arc<Kubelet>, decisions: &Decisions, req: Request<Incom
         ["portForward", ns, pod] => portforward::upgrade(kubelet.clone(), req, ns, pod).await.map(|r| r.map(|_| Full::new(Bytes::new()).boxed())),
         ["stats", "summary"] => Ok(json_response(200, &kubelet.stats_summary().await)),
         ["metrics"] => Ok(text(200, kubelet.metrics_text())),
+        ["metrics", "resource"] => Ok(text(200, kubelet.resource_metrics_text().await)),
         _ => Err(ApiError::not_found_path(&path)),
     };
     result.unwrap_or_else(|e| error(&e))
