@@ -229,7 +229,7 @@ pub fn run(t: &Target) -> Result<Report, String> {
     if removed > 0 {
         report.push(format!("removed {removed} pod cgroups"));
     }
-    match crate::proxy::cleanup_iptables() {
+    match crate::node::iptables::cleanup() {
         Ok(chains) if !chains.is_empty() => report.push(format!("removed iptables chains {}", chains.join(" "))),
         Ok(_) => {}
         Err(e) => failed.push(format!("iptables: {e}")),

@@ -540,7 +540,7 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), ferrokube::server::Sta
 /// `ferrokube cleanup`: iptables chains first, then the links.
 fn cleanup(bridge: &str) -> Result<(), ferrokube::server::StartError> {
     let fail = |e: String| ferrokube::server::StartError::Node(format!("cleanup: {e}"));
-    for chain in ferrokube::proxy::cleanup_iptables().map_err(fail)? {
+    for chain in ferrokube::node::iptables::cleanup().map_err(fail)? {
         println!("removed iptables chain {chain}");
     }
     for name in ferrokube::killall::our_links(bridge).map_err(fail)? {

@@ -3,6 +3,7 @@
 
 pub mod containerd;
 pub mod host;
+pub mod iptables;
 pub mod pause;
 pub mod registries;
 pub mod routes;

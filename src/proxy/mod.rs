@@ -12,8 +12,7 @@ use crate::runtime::{Client, Scope};
 use crate::vocab::resource::builtin::{ENDPOINTSLICES, SERVICES};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use crate::node::iptables::{changes, ensure_jump, existing_chains, restore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -38,27 +37,6 @@ const HOOKS: &[(&str, &str, &str)] = &[
     ("filter", "OUTPUT", rules::REJECT),
 ];
 
-fn iptables(args: &[&str]) -> bool {
-    Command::new("iptables").arg("-w").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-fn restore(input: &str) -> Result<(), String> {
-    let mut child = Command::new("iptables-restore").args(["-w", "--noflush"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("iptables-restore: {e}"))?;
-    child.stdin.take().ok_or("iptables-restore: no stdin")?.write_all(input.as_bytes()).map_err(|e| format!("iptables-restore: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("iptables-restore: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// Our chains as they are now in `table`, from `iptables-save`.
-fn existing_chains(table: &str) -> BTreeSet<String> {
-    let out = Command::new("iptables-save").args(["-t", table]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    out.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split_whitespace().next()).filter(|c| rules::DYNAMIC.iter().any(|p| c.starts_with(p))).map(String::from).collect()
-}
-
 /// Creates our top-level chains and the jumps into them (once, at start).
 fn install_hooks() -> Result<(), String> {
     restore(&format!(
@@ -70,14 +48,7 @@ fn install_hooks() -> Result<(), String> {
         rules::REJECT
     ))?;
     for (table, from, to) in HOOKS {
-        let rule = ["-t", table, "-C", from, "-m", "comment", "--comment", "ferrokube service proxy", "-j", to];
-        if !iptables(&rule) {
-            let mut insert = rule;
-            insert[2] = "-I";
-            if !iptables(&insert) {
-                return Err(format!("iptables: cannot hook {to} into {table}/{from}"));
-            }
-        }
+        ensure_jump(table, from, to, "ferrokube service proxy")?;
     }
     Ok(())
 }
@@ -113,7 +84,7 @@ pub fn start(client: Client, cfg: Config, scope: &Scope) -> Handle {
         services.synced().await;
         slices.synced().await;
         let mut applied: Option<String> = None;
-        let mut chains: BTreeSet<String> = existing_chains("nat");
+        let mut chains: BTreeSet<String> = existing_chains("nat", &rules::DYNAMIC);
         let mut hooked = false;
         loop {
             dirty.notified().await;
@@ -126,7 +97,7 @@ pub fn start(client: Client, cfg: Config, scope: &Scope) -> Handle {
             };
             // After the first full write, only the chains that changed are written.
             let text = match &applied {
-                Some(old) => rules::changes(&set.text, old),
+                Some(old) => changes(&set.text, old),
                 None => set.text.clone(),
             };
             if text.is_empty() {
@@ -177,39 +148,4 @@ fn announce_load_balancer(client: &Client, scope: &Scope, svc: &Value, node_ip: 
             tracing::debug!(error = %e, "load balancer ingress not written");
         }
     });
-}
-
-/// `ferrokube cleanup`: removes every iptables chain of ferrokube (service proxy, CNI,
-/// host ports) and the jumps into them, leaving other rules alone. Returns what it removed.
-pub fn cleanup_iptables() -> Result<Vec<String>, String> {
-    let mut removed = Vec::new();
-    for table in ["nat", "filter"] {
-        let save = Command::new("iptables-save").args(["-t", table]).output().map_err(|e| format!("iptables-save: {e}"))?;
-        let text = String::from_utf8_lossy(&save.stdout).into_owned();
-        let ours = |c: &str| c.starts_with("FERROKUBE") || rules::DYNAMIC.iter().any(|p| c.starts_with(p));
-        let chains: Vec<String> = text.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split_whitespace().next()).filter(|c| ours(c)).map(String::from).collect();
-        if chains.is_empty() {
-            continue;
-        }
-        let mut input = format!("*{table}\n");
-        // Jumps into our chains from chains that are not ours.
-        for l in text.lines().filter(|l| l.starts_with("-A ")) {
-            let chain = l.split_whitespace().nth(1).unwrap_or("");
-            let target = l.split(" -j ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or("");
-            if !ours(chain) && ours(target) {
-                input.push_str(&l.replacen("-A ", "-D ", 1));
-                input.push('\n');
-            }
-        }
-        for c in &chains {
-            input.push_str(&format!(":{c} - [0:0]\n"));
-        }
-        for c in &chains {
-            input.push_str(&format!("-X {c}\n"));
-            removed.push(format!("{table}/{c}"));
-        }
-        input.push_str("COMMIT\n");
-        restore(&input)?;
-    }
-    Ok(removed)
 }

@@ -2,8 +2,10 @@
 //! as one `iptables-restore` input (pure: no system calls here).
 
 use crate::vocab::hash::stable_hash;
+#[cfg(test)]
+use crate::node::iptables::changes;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 pub const SERVICES: &str = "FERROKUBE-SERVICES";
@@ -176,55 +178,6 @@ pub fn build(services: &[&Value], slices: &[&Value], node: &Node, stale: &BTreeS
     }
     text.push_str("COMMIT\n");
     RuleSet { text, chains }
-}
-
-/// The rules of a restore input, by table and chain (declared chains without rules too).
-fn by_chain(text: &str) -> BTreeMap<(String, String), Vec<&str>> {
-    let mut out: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
-    let mut table = String::new();
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.to_string();
-        } else if let Some(decl) = line.strip_prefix(':') {
-            out.entry((table.clone(), decl.split_whitespace().next().unwrap_or("").to_string())).or_default();
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            let chain = rest.split_whitespace().next().unwrap_or("").to_string();
-            out.entry((table.clone(), chain)).or_default().push(line);
-        } else if let Some(deleted) = line.strip_prefix("-X ") {
-            // Declared only to be deleted: not part of the set.
-            out.remove(&(table.clone(), deleted.trim().to_string()));
-        }
-    }
-    out
-}
-
-/// The restore input that turns the applied rule set `old` into `new`: only chains whose
-/// rules changed are rewritten, chains that went are deleted, the rest is not touched.
-/// Empty when nothing changed.
-pub fn changes(new: &str, old: &str) -> String {
-    let (n, o) = (by_chain(new), by_chain(old));
-    let mut out = String::new();
-    for table in ["nat", "filter"] {
-        let changed: Vec<(&String, &Vec<&str>)> = n.iter().filter(|((t, _), _)| t == table).filter(|(k, rules)| o.get(*k) != Some(*rules)).map(|((_, c), r)| (c, r)).collect();
-        let gone: Vec<&String> = o.keys().filter(|(t, c)| t == table && !n.contains_key(&(t.clone(), c.clone()))).map(|(_, c)| c).collect();
-        if changed.is_empty() && gone.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "*{table}");
-        for c in changed.iter().map(|(c, _)| *c).chain(gone.iter().copied()) {
-            let _ = writeln!(out, ":{c} - [0:0]");
-        }
-        for (_, rules) in &changed {
-            for r in rules.iter() {
-                let _ = writeln!(out, "{r}");
-            }
-        }
-        for c in &gone {
-            let _ = writeln!(out, "-X {c}");
-        }
-        out.push_str("COMMIT\n");
-    }
-    out
 }
 
 #[cfg(test)]
