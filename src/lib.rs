@@ -24,6 +24,7 @@ pub mod kubelet;
 pub mod scheduler;
 pub mod controllers;
 pub mod proxy;
+pub mod netpol;
 pub mod dns;
 #[cfg(test)]
 mod fuzz;

@@ -46,19 +46,20 @@ pub struct NodeCredentials {
     pub serving: (String, String),
     pub proxy: (String, String),
     pub dns: (String, String),
+    pub netpol: (String, String),
 }
 
 impl NodeCredentials {
     /// Whether one of the certificates is due for renewal now.
     pub fn due(&self) -> bool {
-        [&self.kubelet, &self.serving, &self.proxy, &self.dns].iter().any(|(c, _)| renew_after(c).is_zero())
+        [&self.kubelet, &self.serving, &self.proxy, &self.dns, &self.netpol].iter().any(|(c, _)| renew_after(c).is_zero())
     }
 
     /// How long until the first of these certificates is due for renewal (checked again at
     /// least daily, so a clock that jumps is noticed).
     pub fn renew_in(&self) -> Duration {
         let day = Duration::from_secs(86400);
-        [&self.kubelet, &self.serving, &self.proxy, &self.dns].iter().map(|(c, _)| renew_after(c)).min().unwrap_or(day).min(day)
+        [&self.kubelet, &self.serving, &self.proxy, &self.dns, &self.netpol].iter().map(|(c, _)| renew_after(c)).min().unwrap_or(day).min(day)
     }
 }
 
@@ -282,7 +283,8 @@ pub async fn credentials(j: &Join<'_>) -> Result<NodeCredentials, JoinError> {
     };
     let proxy = component("client-kube-proxy", crate::controllers::csrapproving::NODE_COMPONENTS[0]).await?;
     let dns = component("client-coredns", crate::controllers::csrapproving::NODE_COMPONENTS[1]).await?;
-    Ok(NodeCredentials { ca_pem, kubelet, serving, proxy, dns })
+    let netpol = component("client-network-policy", crate::controllers::csrapproving::NODE_COMPONENTS[2]).await?;
+    Ok(NodeCredentials { ca_pem, kubelet, serving, proxy, dns, netpol })
 }
 
 #[cfg(test)]

@@ -75,6 +75,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), StartError> {
             kubelet: client(&creds.kubelet, concat!("ferrokube-kubelet/", env!("CARGO_PKG_VERSION")))?,
             proxy: client(&creds.proxy, concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")))?,
             dns: client(&creds.dns, concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")))?,
+            netpol: client(&creds.netpol, concat!("ferrokube-network-policy/", env!("CARGO_PKG_VERSION")))?,
         };
         let scope = Scope::new();
         let start = node::Start {

@@ -159,6 +159,8 @@ pub struct Clients {
     pub proxy: Client,
     /// The cluster DNS (`kube-system:coredns`).
     pub dns: Client,
+    /// The network policy controller (`system:ferrokube:network-policy`).
+    pub netpol: Client,
 }
 
 /// What the node's start-up needs besides its flags.
@@ -294,6 +296,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     tracing::info!(port = kubelet_port, "kubelet API serving");
     scope.spawn(kubelet.run());
     crate::proxy::start(s.clients.proxy.clone(), crate::proxy::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), pod_cidr: subnet.to_string(), service_cidr: cfg.service_cidr.clone() }, scope);
+    crate::netpol::start(s.clients.netpol.clone(), crate::netpol::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), dns_port: cfg.cluster_dns_port }, scope);
     crate::node::routes::start(s.clients.proxy.clone(), s.clients.kubelet.clone(), crate::node::routes::Config { node_name: node_name.clone(), bridge: cfg.pod_bridge.clone(), vxlan }, scope);
     let upstream = crate::dns::upstreams("/etc/resolv.conf", cfg.dns_upstream);
     // Bound to the node address (the kube-dns endpoint), so replies leave from the address

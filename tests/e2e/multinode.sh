@@ -146,6 +146,16 @@ dns_target() {
 }
 check "an agent's pods ask the DNS of their own node" "$IP_a1:10053" "$(dns_target a1)"
 eventually "DNS names resolve from a pod on an agent" "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 30 lookup web-a1 web-a2.default.svc.cluster.local
+# NetworkPolicies across nodes: a2 guards its pod (its controller acts with a certificate it
+# got through a CSR), a1's pod is let in by label, the server's is not.
+k label pod web-a1 netpol=allowed >/dev/null
+printf 'apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-a2-guard}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {netpol: allowed}}}]}]\n' | k apply -f - >/dev/null
+reaches() { http_get "$@" | grep -q "^hello" && echo reaches || echo blocked; }
+eventually "a policy on a2's pod keeps out the server's pod" "blocked" 10 reaches web-e2e-node "$(pod_ip web-a2)"
+check "and lets a1's labelled pod in, across nodes" "hello from web-a2" "$(http_get web-a1 "$(pod_ip web-a2)")"
+check "a2's policy controller acts under its own certificate's identity" "system:ferrokube:network-policy" "$(openssl x509 -noout -subject -in "$E2E_DIR/a2/agent/tls/client-network-policy.crt" 2>/dev/null | sed 's/.*CN *= *//')"
+k delete networkpolicy web-a2-guard >/dev/null
+eventually "the policy removed, the server's pod gets through again" "hello from web-a2" 10 http_get web-e2e-node "$(pod_ip web-a2)"
 
 # The API reaches an agent's pod through that agent's kubelet API.
 check "kubectl logs of a pod on an agent" "side 3" "$(k run logger --image "$IMAGE" --image-pull-policy IfNotPresent --restart Never --overrides '{"spec":{"nodeName":"a1"}}' -- sh -c 'for i in 1 2 3; do echo side $i; done; sleep 30' >/dev/null; k wait --for=condition=Ready pod/logger --timeout=60s >/dev/null; sleep 1; k logs logger | tail -1)"

@@ -19,6 +19,8 @@ pub const SCHEDULER: &str = "system:kube-scheduler";
 pub const PROXY: &str = "system:kube-proxy";
 /// The cluster DNS's user: the coredns add-on's service account.
 pub const DNS: &str = "system:serviceaccount:kube-system:coredns";
+/// The network policy controller's user (each node enforces its pods' policies).
+pub const NETWORK_POLICY: &str = "system:ferrokube:network-policy";
 
 /// The identity of the in-process component `user` (one of the constants above).
 pub fn component(user: &str) -> crate::vocab::user::UserInfo {
@@ -127,6 +129,11 @@ pub fn cluster_roles() -> Vec<Value> {
         role("system:coredns", json!({}), vec![
             r(&[""], &["endpoints", "services", "pods", "namespaces"], &["list", "watch"]),
             r(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
+        ]),
+        // Each node's network policy controller reads policies, pods and namespaces.
+        role(NETWORK_POLICY, json!({}), vec![
+            r(&[""], &["pods", "namespaces"], &["list", "watch"]),
+            r(&["networking.k8s.io"], &["networkpolicies"], &["list", "watch"]),
         ]),
         // ferrokube's built-in `local-path` provisioner (part of its volume controller) creates
         // the default StorageClass, as k3s's add-on manifest would.
@@ -350,6 +357,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         user_binding("system:node-proxier", "system:node-proxier", PROXY),
         user_binding("system:ferrokube:kube-apiserver-kubelet-client", "system:kubelet-api-admin", crate::pki::KUBELET_CLIENT),
         user_binding("system:ferrokube:service-lb", "system:ferrokube:service-lb", PROXY),
+        user_binding(NETWORK_POLICY, NETWORK_POLICY, NETWORK_POLICY),
         bound("system:coredns", "system:coredns", vec![json!({"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"})]),
         user_binding(CONTROLLER_MANAGER, CONTROLLER_MANAGER, CONTROLLER_MANAGER),
         // kubeadm's bindings for joining nodes, for ferrokube's node-join tokens.

@@ -429,6 +429,14 @@ pub static HPAS: Columns = Columns {
     },
 };
 
+pub static NETWORKPOLICIES: Columns = Columns {
+    defs: &[NAME, col("Pod-Selector"), AGE],
+    cells: |o| {
+        let sel = crate::vocab::selector::LabelSelector::from_object(&o["spec"]["podSelector"]).map(|s| s.to_string_form()).unwrap_or_default();
+        vec![name(o), json!(if sel.is_empty() { "<none>".to_string() } else { sel }), age(o)]
+    },
+};
+
 /// NodeMetrics and PodMetrics (a pod's usage summed over its containers), as metrics-server
 /// tabulates them.
 pub static METRICS: Columns = Columns {

@@ -203,7 +203,7 @@ pub static KINDS: &[Kind] = &[
     kind!(EVENTS_V1, ["ev"], [], [], Strategy::PLAIN, DEFAULT),
     kind!(INGRESSES, ["ing"], [], [Status], Strategy::WORKLOAD, DEFAULT),
     kind!(INGRESSCLASSES, [], [], [], Strategy::PLAIN, DEFAULT),
-    kind!(NETWORKPOLICIES, ["netpol"], [], [], Strategy::WORKLOAD, DEFAULT),
+    kind!(NETWORKPOLICIES, ["netpol"], [], [], s::NETWORKPOLICY, NETWORKPOLICIES),
     kind!(PODDISRUPTIONBUDGETS, ["pdb"], [], [Status], Strategy::WORKLOAD, PDBS),
     kind!(CLUSTERROLES, [], [], [], super::strategies::RBAC, DEFAULT),
     kind!(CLUSTERROLEBINDINGS, [], [], [], super::strategies::RBAC, DEFAULT),

@@ -600,6 +600,115 @@ fn hpa_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
 }
 pub const HPA: Strategy = Strategy { defaults: hpa_defaults, validate: hpa_validate, ..Strategy::WORKLOAD };
 
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/64`): its address and prefix length.
+fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    (len <= if addr.is_ipv4() { 32 } else { 128 }).then_some((addr, len))
+}
+
+/// Whether CIDR `inner` lies strictly inside `outer`.
+fn strict_subset(inner: (std::net::IpAddr, u8), outer: (std::net::IpAddr, u8)) -> bool {
+    let bits = |a: std::net::IpAddr| -> u128 {
+        match a {
+            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            std::net::IpAddr::V6(v) => u128::from(v),
+        }
+    };
+    if inner.0.is_ipv4() != outer.0.is_ipv4() || inner.1 <= outer.1 {
+        return false;
+    }
+    // Addresses sit in the top bits of 128, so a v4 prefix length masks the same way.
+    let mask = if outer.1 == 0 { 0 } else { u128::MAX << (128 - u32::from(outer.1)) };
+    bits(inner.0) & mask == bits(outer.0) & mask
+}
+
+fn networkpolicy_defaults(o: &mut Value) {
+    let spec = object_at(o, "spec");
+    for dir in ["ingress", "egress"] {
+        for rule in spec.get_mut(dir).and_then(Value::as_array_mut).into_iter().flatten() {
+            for port in rule.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                default(port, "protocol", json!("TCP"));
+            }
+        }
+    }
+    if spec["policyTypes"].as_array().is_none_or(Vec::is_empty) {
+        let egress = spec["egress"].as_array().is_some_and(|e| !e.is_empty());
+        spec["policyTypes"] = if egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) };
+    }
+}
+
+fn networkpolicy_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
+    let spec = &o["spec"];
+    for (i, t) in spec["policyTypes"].as_array().into_iter().flatten().enumerate() {
+        if t != "Ingress" && t != "Egress" {
+            c.push(Cause::unsupported(format!("spec.policyTypes[{i}]"), t, &["Egress", "Ingress"]));
+        }
+    }
+    for (dir, peers_field) in [("ingress", "from"), ("egress", "to")] {
+        for (ri, rule) in spec[dir].as_array().into_iter().flatten().enumerate() {
+            let f = format!("spec.{dir}[{ri}]");
+            for (pi, port) in rule["ports"].as_array().into_iter().flatten().enumerate() {
+                let pf = format!("{f}.ports[{pi}]");
+                let proto = &port["protocol"];
+                if !proto.is_null() && !matches!(proto.as_str(), Some("TCP" | "UDP" | "SCTP")) {
+                    c.push(Cause::unsupported(format!("{pf}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                }
+                let number = match &port["port"] {
+                    Value::Number(n) => {
+                        let n = n.as_i64().unwrap_or(0);
+                        if !(1..=65535).contains(&n) {
+                            c.push(Cause::invalid(format!("{pf}.port"), &port["port"], "must be between 1 and 65535, inclusive"));
+                        }
+                        Some(n)
+                    }
+                    Value::String(name) => {
+                        let valid = !name.is_empty() && name.len() <= 15 && name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') && name.chars().any(|ch| ch.is_ascii_lowercase()) && !name.starts_with('-') && !name.ends_with('-') && !name.contains("--");
+                        if !valid {
+                            c.push(Cause::invalid(format!("{pf}.port"), &port["port"], "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"));
+                        }
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(end) = port["endPort"].as_i64() {
+                    match number {
+                        Some(n) if end < n => c.push(Cause::invalid(format!("{pf}.endPort"), &port["endPort"], "must be greater than or equal to `port`")),
+                        Some(_) => {}
+                        None => c.push(Cause::forbidden(format!("{pf}.endPort"), "may not be specified when `port` is non-numeric")),
+                    }
+                }
+            }
+            for (pi, peer) in rule[peers_field].as_array().into_iter().flatten().enumerate() {
+                let pf = format!("{f}.{peers_field}[{pi}]");
+                let kinds = ["podSelector", "namespaceSelector", "ipBlock"].iter().filter(|k| !peer[**k].is_null()).count();
+                if kinds == 0 {
+                    c.push(Cause::required(pf.clone(), "must specify a peer"));
+                } else if !peer["ipBlock"].is_null() && kinds > 1 {
+                    c.push(Cause::forbidden(pf.clone(), "may not specify both ipBlock and another peer"));
+                }
+                if let Some(block) = peer["ipBlock"].as_object() {
+                    let cidr_v = block.get("cidr").cloned().unwrap_or(Value::Null);
+                    match cidr_v.as_str().and_then(parse_cidr) {
+                        None => c.push(Cause::invalid(format!("{pf}.ipBlock.cidr"), &cidr_v, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")),
+                        Some(outer) => {
+                            for (ei, e) in block.get("except").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                                match e.as_str().and_then(parse_cidr) {
+                                    None => c.push(Cause::invalid(format!("{pf}.ipBlock.except[{ei}]"), e, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")),
+                                    Some(inner) if !strict_subset(inner, outer) => c.push(Cause::invalid(format!("{pf}.ipBlock.except[{ei}]"), e, "must be a strict subset of `cidr`")),
+                                    Some(_) => {}
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+pub const NETWORKPOLICY: Strategy = Strategy { defaults: networkpolicy_defaults, validate: networkpolicy_validate, ..Strategy::WORKLOAD };
+
 // ---------------------------------------------------------------------------------------
 // Core kinds
 
@@ -901,3 +1010,36 @@ mod update_tests {
 
 /// RBAC kinds: names are any path segment (`system:discovery`), as upstream validates them.
 pub const RBAC: Strategy = Strategy { name: crate::vocab::validation::NameRule::PathSegment, ..Strategy::PLAIN };
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn network_policies_defaulted_and_validated_as_upstream() {
+        let mut p = json!({"metadata": {"name": "p"}, "spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}});
+        networkpolicy_defaults(&mut p);
+        assert_eq!(p["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(p["spec"]["egress"][0]["ports"][0]["protocol"], "TCP");
+        let bad = json!({"metadata": {"name": "p"}, "spec": {"podSelector": {}, "policyTypes": ["Sideways"], "ingress": [{
+            "from": [{}, {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "11.0.0.0/24", "10.0.0.0/8"]}, "podSelector": {}}, {"ipBlock": {"cidr": "10.0.0/8"}}],
+            "ports": [{"protocol": "ICMP", "port": 80, "endPort": 79}, {"port": "web", "endPort": 90}]}]}});
+        let mut c = Vec::new();
+        networkpolicy_validate(&bad, None, &mut c);
+        let got: Vec<String> = c.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        for want in [
+            "spec.policyTypes[0]: Unsupported value: \"Sideways\": supported values: \"Egress\", \"Ingress\"",
+            "spec.ingress[0].ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+            "spec.ingress[0].ports[0].endPort: Invalid value: 79: must be greater than or equal to `port`",
+            "spec.ingress[0].ports[1].endPort: Forbidden: may not be specified when `port` is non-numeric",
+            "spec.ingress[0].from[0]: Required value: must specify a peer",
+            "spec.ingress[0].from[1]: Forbidden: may not specify both ipBlock and another peer",
+            "spec.ingress[0].from[1].ipBlock.except[1]: Invalid value: \"11.0.0.0/24\": must be a strict subset of `cidr`",
+            "spec.ingress[0].from[1].ipBlock.except[2]: Invalid value: \"10.0.0.0/8\": must be a strict subset of `cidr`",
+            "spec.ingress[0].from[2].ipBlock.cidr: Invalid value: \"10.0.0/8\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+        ] {
+            assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), 9, "{got:#?}");
+    }
+}
