@@ -186,3 +186,18 @@ fn host_ports_preferences_and_pod_limit() {
     assert!(small.remove_pod("default/p0"));
     assert!(place(&mut small, pod("p3", container("1m"), json!({}), None), &mut turn).is_ok());
 }
+
+#[test]
+fn extended_resources_of_device_plugins_are_counted() {
+    let mut c = Cache::default();
+    let mut with_widgets = node("gpu", "4", json!({}));
+    with_widgets["status"]["allocatable"]["example.com/widget"] = json!("3");
+    c.upsert_node(&with_widgets);
+    c.upsert_node(&node("plain", "4", json!({})));
+    let mut turn = 0;
+    let widgets = |n: i64| json!({"containers": [{"name": "c", "image": "i", "resources": {"limits": {"example.com/widget": n}}}]});
+    assert_eq!(place(&mut c, pod("a", widgets(2), json!({}), None), &mut turn).unwrap(), "gpu");
+    let err = place(&mut c, pod("b", widgets(2), json!({}), None), &mut turn).unwrap_err();
+    assert_eq!(err, "0/2 nodes are available: 2 Insufficient example.com/widget.");
+    assert_eq!(place(&mut c, pod("c", widgets(1), json!({}), None), &mut turn).unwrap(), "gpu", "the third widget is still free");
+}

@@ -65,6 +65,11 @@ pub struct NodeArgs {
     /// stops what runs under `/ferrokube`.
     #[arg(long, default_value = "/ferrokube")]
     pub cgroup_root: String,
+    /// The kubelet's own directory (kubelet's `--root-dir`): device plugins register in
+    /// `device-plugins/kubelet.sock`, monitoring agents ask `pod-resources/kubelet.sock`, CSI
+    /// drivers register in `plugins_registry/`. Nodes sharing a machine each need their own.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    pub kubelet_root_dir: PathBuf,
     /// How pods reach pods on other nodes: `host-gw` (routes via the nodes' addresses; the
     /// nodes share one L2 segment) or `vxlan` (encapsulated in UDP 8472 to the nodes'
     /// addresses, over any IP network). Every node of a cluster uses the same.
@@ -289,6 +294,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
             taints,
             control_plane: s.control_plane,
             cgroup_root,
+            root_dir: cfg.kubelet_root_dir.clone(),
         },
         scope,
     );

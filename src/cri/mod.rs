@@ -19,10 +19,9 @@ pub mod labels {
     pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 }
 
-use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use v1::image_service_client::ImageServiceClient;
 use v1::runtime_service_client::RuntimeServiceClient;
 
@@ -179,40 +178,10 @@ pub struct Cri {
 impl Cri {
     /// Connects to the CRI socket at `path` (a unix socket); the channel reconnects by itself.
     pub async fn connect(path: &Path) -> Result<Cri, CriError> {
-        let socket = path.to_path_buf();
-        let channel = Endpoint::try_from("http://cri.local")
-            .map_err(|e| CriError::Connect { path: path.to_path_buf(), why: e.to_string() })?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector(tower_service_fn(socket))
-            .await
-            .map_err(|e| CriError::Connect { path: path.to_path_buf(), why: e.to_string() })?;
+        let channel = crate::node::unixgrpc::channel(path, Duration::from_secs(5)).await.map_err(|why| CriError::Connect { path: path.to_path_buf(), why })?;
         // Large responses (ListContainers on a busy node) exceed tonic's 4 MiB default.
         let runtime = RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         let images = ImageServiceClient::new(channel).max_decoding_message_size(64 << 20);
         Ok(Cri { runtime, images })
     }
-}
-
-/// A connector that opens the unix socket for every (re)connection.
-fn tower_service_fn(socket: PathBuf) -> impl tower_service::Service<
-    http::Uri,
-    Response = TokioIo<tokio::net::UnixStream>,
-    Error = std::io::Error,
-    Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TokioIo<tokio::net::UnixStream>>> + Send>>,
-> + Clone {
-    #[derive(Clone)]
-    struct Unix(PathBuf);
-    impl tower_service::Service<http::Uri> for Unix {
-        type Response = TokioIo<tokio::net::UnixStream>;
-        type Error = std::io::Error;
-        type Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
-        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: http::Uri) -> Self::Future {
-            let path = self.0.clone();
-            Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
-        }
-    }
-    Unix(socket)
 }

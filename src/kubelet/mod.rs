@@ -3,6 +3,7 @@
 //! (sandboxes and containers carry the pod's uid in their labels), so a restarted ferrokube
 //! adopts running containers instead of restarting them.
 
+pub mod devices;
 mod images;
 mod node;
 mod pods;
@@ -43,6 +44,9 @@ pub struct Config {
     pub control_plane: bool,
     /// The cgroup pods are made under, relative to the hierarchy's root (`ferrokube`).
     pub cgroup_root: String,
+    /// The kubelet's own directory (`--root-dir`): device plugins register in its
+    /// `device-plugins/`, monitoring agents ask `pod-resources/kubelet.sock`.
+    pub root_dir: std::path::PathBuf,
 }
 
 /// The running node agent.
@@ -56,6 +60,8 @@ pub struct Kubelet {
     pub(crate) state: State,
     /// The pods bound to this node, from their watch (set once the pod loop runs).
     pods: OnceLock<Cache>,
+    /// Device plugins and what their devices are allocated to.
+    pub(crate) devices: Arc<devices::Devices>,
     scope: Scope,
 }
 
@@ -96,6 +102,8 @@ pub(crate) struct State {
     /// The resourceVersion of this kubelet's last status write per pod uid: the watch event
     /// echoing it is no reason to sync again.
     pub(crate) own_writes: Arc<Guarded<HashMap<String, String>>>,
+    /// The device plugin resources the Node's status lists (a resource gone is removed).
+    pub(crate) published_devices: Guarded<std::collections::BTreeSet<String>>,
 }
 
 pub(crate) use crate::cri::labels::{CONTAINER_NAME as LABEL_CONTAINER, POD_NAME as LABEL_NAME, POD_NAMESPACE as LABEL_NAMESPACE, POD_UID as LABEL_UID};
@@ -104,7 +112,8 @@ impl Kubelet {
     /// The agent, whose tasks (event writer, heartbeat, pod workers) run in `scope`.
     pub fn new(client: Client, cri: Arc<dyn Runtime>, cfg: Config, scope: &Scope) -> Arc<Kubelet> {
         let events = Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name), scope);
-        Arc::new(Kubelet { client, cri, cfg, events, state: State::default(), pods: OnceLock::new(), scope: scope.clone() })
+        let devices = devices::Devices::new(&cfg.root_dir.join("device-plugins"));
+        Arc::new(Kubelet { client, cri, cfg, events, state: State::default(), pods: OnceLock::new(), devices, scope: scope.clone() })
     }
 
     /// Reports an event about `pod`, or about its container `container` (what `kubectl
@@ -116,6 +125,25 @@ impl Kubelet {
             reference = reference.at(format!("spec.{}{{{c}}}", if init { "initContainers" } else { "containers" }));
         }
         self.events.event(reference, ty, reason, message);
+    }
+
+    /// Serves device plugin registration and the PodResources API.
+    fn start_device_plugins(self: &Arc<Self>) {
+        if let Err(e) = self.devices.start(&self.scope) {
+            tracing::warn!(dir = %self.devices.dir().display(), error = %e, "device plugins cannot register (choose another --kubelet-root-dir)");
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let pods: Arc<dyn Fn() -> Vec<Arc<serde_json::Value>> + Send + Sync> = Arc::new(move || me.upgrade().map(|k| k.pods()).unwrap_or_default());
+        let socket = self.cfg.root_dir.join("pod-resources").join(devices::podresources::SOCKET);
+        if let Err(e) = devices::podresources::serve(&socket, self.devices.clone(), pods, &self.scope) {
+            tracing::warn!(socket = %socket.display(), error = %e, "the PodResources API is not served");
+        }
+    }
+
+    /// The uids of the pods that hold their devices: bound here and not finished.
+    pub(crate) fn active_pods(&self) -> std::collections::HashSet<String> {
+        self.pods().iter().filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))).filter_map(|p| p["metadata"]["uid"].as_str().map(String::from)).collect()
     }
 
     /// The pods bound to this node as the kubelet sees them (empty before it runs).
@@ -135,6 +163,7 @@ impl Kubelet {
             }
         }
         tracing::info!(node = %self.cfg.node_name, "node registered");
+        self.start_device_plugins();
         let hb = self.clone();
         self.scope.spawn(async move { hb.heartbeat().await });
         self.pod_loop().await;

@@ -64,9 +64,24 @@ impl Kubelet {
         if let Some(ip) = &self.cfg.node_ip {
             addresses.insert(0, json!({"type": "InternalIP", "address": ip}));
         }
+        // Device plugins' resources: every device in capacity, the healthy ones allocatable;
+        // a resource no plugin offers any more is removed (null in the merge patch).
+        let (mut capacity, mut allocatable) = (capacity.clone(), capacity);
+        let offered = self.devices.capacity();
+        let mut published = self.state.published_devices.lock();
+        for gone in published.iter().filter(|r| !offered.contains_key(*r)) {
+            capacity[gone.as_str()] = Value::Null;
+            allocatable[gone.as_str()] = Value::Null;
+        }
+        for (resource, (total, healthy)) in &offered {
+            capacity[resource.as_str()] = json!(total.to_string());
+            allocatable[resource.as_str()] = json!(healthy.to_string());
+        }
+        *published = offered.keys().cloned().collect();
+        drop(published);
         json!({
             "capacity": capacity,
-            "allocatable": capacity,
+            "allocatable": allocatable,
             "conditions": [
                 cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
@@ -154,7 +169,16 @@ impl Kubelet {
                 }
             }
             ticks += 1;
-            tokio::time::sleep(HEARTBEAT).await;
+            // A device plugin's change is posted at once.
+            let changed = self.devices.changed.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = changed.notified() => {
+                    if let Err(e) = self.post_status().await {
+                        tracing::warn!(error = %e, "node status update failed");
+                    }
+                }
+            }
         }
     }
 }

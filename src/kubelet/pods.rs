@@ -304,6 +304,11 @@ impl Kubelet {
             }
             return Ok(());
         }
+        // Admission: the devices its containers ask for, or the pod fails as upstream's
+        // kubelet fails it.
+        if let Err(message) = self.devices.admit(pod, &self.active_pods()).await {
+            return self.reject(pod, "UnexpectedAdmissionError", &message).await;
+        }
         let Some(mut sandbox) = self.ensure_sandbox(pod, &sandboxes).await? else { return Ok(()) };
         let latest = self.latest_containers(&sandbox.id, &containers).await;
         sandbox.volumes = match self.prepare_volumes(pod).await {
@@ -487,6 +492,18 @@ impl Kubelet {
     }
 
     /// Reads back what the runtime has now, runs the probes and writes the pod's status.
+    /// Refuses a pod at admission: it fails with `reason` and `message`, as upstream's
+    /// kubelet reports an admission failure, and never starts.
+    async fn reject(&self, pod: &Value, reason: &'static str, message: &str) -> Result<(), SyncError> {
+        tracing::info!(pod = %pod_ref(pod), reason, message, "pod rejected at admission");
+        self.event(pod, None, "Warning", reason, message.to_string());
+        let patch = serde_json::json!({"status": {"phase": "Failed", "reason": reason, "message": message}});
+        match self.client.merge_patch(crate::vocab::resource::builtin::PODS.of(pod).sub("status"), &patch).await {
+            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn report(&self, pod: &Value, sandbox: &Sandbox) -> Result<(), SyncError> {
         let filter = v1::ContainerFilter { pod_sandbox_id: sandbox.id.clone(), ..Default::default() };
         let containers = self.cri.list_containers(Some(filter)).await?;
@@ -568,6 +585,15 @@ impl Kubelet {
                 set_waiting("CreateContainerConfigError", msg);
                 return;
             }
+        }
+        // The devices allocated to it at admission, as their plugins answered; some plugins
+        // prepare a device before each start.
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+        crate::kubelet::devices::apply(&mut config, &self.devices.of_container(uid, &key.1));
+        if let Err(msg) = self.devices.pre_start(uid, &key.1).await {
+            self.event(pod, Some(&key.1), "Warning", "Failed", format!("Error: {msg}"));
+            set_waiting("CreateContainerError", msg);
+            return;
         }
         let id = match self.cri.create_container(&sandbox.id, config, sandbox.config.clone()).await {
             Ok(id) => id,

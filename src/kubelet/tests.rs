@@ -43,6 +43,7 @@ impl T {
             taints: vec![],
             control_plane: false,
             cgroup_root: "ferrokube-test".into(),
+            root_dir: dir.path().join("kubelet"),
         };
         let kubelet = Kubelet::new(client.clone(), fake.clone(), cfg, &scope);
         T { client, kubelet, fake, scope, _dir: dir }

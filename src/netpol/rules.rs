@@ -344,32 +344,63 @@ pub fn build(policies: &[&Value], pods: &[&Value], namespaces: &[&Value], node: 
     text
 }
 
-/// Whether a peer entry (podSelector / namespaceSelector) of a policy in `ns` admits a pod in
-/// `pod_ns` with `labels`, its namespace labelled `ns_labels`.
-fn admits_pod(peer: &Value, ns: &str, pod_ns: &str, ns_labels: &Value, labels: &Value) -> bool {
-    if peer["ipBlock"].is_object() {
-        return false;
-    }
-    let ns_ok = match selector(&peer["namespaceSelector"]) {
-        Some(s) => s.matches(ns_labels),
-        None if peer["namespaceSelector"].is_null() => pod_ns == ns,
-        None => false,
-    };
-    let pod_ok = match selector(&peer["podSelector"]) {
-        Some(s) => s.matches(labels),
-        None => peer["podSelector"].is_null(),
-    };
-    ns_ok && pod_ok
+/// A peer entry (podSelector / namespaceSelector) of a policy, its selectors parsed once.
+struct PeerSel<'a> {
+    /// The policy's namespace (a peer without namespaceSelector stays in it).
+    ns: &'a str,
+    /// None: the policy's namespace; Some(None): an invalid selector (nothing).
+    namespaces: Option<Option<LabelSelector>>,
+    /// None: any pod; Some(None): an invalid selector (nothing).
+    pods: Option<Option<LabelSelector>>,
 }
 
-/// The pods (indexes into `live`) a peer entry of a policy in `ns` selects.
+impl<'a> PeerSel<'a> {
+    /// None for an ipBlock peer.
+    fn of(peer: &Value, ns: &'a str) -> Option<PeerSel<'a>> {
+        if peer["ipBlock"].is_object() {
+            return None;
+        }
+        let parse = |v: &Value| (!v.is_null()).then(|| selector(v));
+        Some(PeerSel { ns, namespaces: parse(&peer["namespaceSelector"]), pods: parse(&peer["podSelector"]) })
+    }
+
+    fn namespace_ok(&self, pod_ns: &str, ns_labels: &Value) -> bool {
+        match &self.namespaces {
+            None => pod_ns == self.ns,
+            Some(Some(s)) => s.matches(ns_labels),
+            Some(None) => false,
+        }
+    }
+
+    fn pod_ok(&self, labels: &Value) -> bool {
+        match &self.pods {
+            None => true,
+            Some(Some(s)) => s.matches(labels),
+            Some(None) => false,
+        }
+    }
+}
+
+/// Whether a peer entry of a policy in `ns` admits a pod in `pod_ns` with `labels`, its
+/// namespace labelled `ns_labels`.
+fn admits_pod(peer: &Value, ns: &str, pod_ns: &str, ns_labels: &Value, labels: &Value) -> bool {
+    PeerSel::of(peer, ns).is_some_and(|p| p.namespace_ok(pod_ns, ns_labels) && p.pod_ok(labels))
+}
+
+/// The pods (indexes into `live`) a peer entry of a policy in `ns` selects: the namespaces
+/// are decided once each, then the pods of those.
 fn selected_peers(peer: &Value, ns: &str, live: &[Pod], ns_labels: &BTreeMap<&str, &Value>) -> Vec<usize> {
+    let Some(sel) = PeerSel::of(peer, ns) else { return Vec::new() };
     let null = Value::Null;
-    live.iter()
-        .enumerate()
-        .filter(|(_, p)| admits_pod(peer, ns, p.namespace, ns_labels.get(p.namespace).copied().unwrap_or(&null), p.labels))
-        .map(|(i, _)| i)
-        .collect()
+    let mut decided: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, p) in live.iter().enumerate() {
+        let ns_ok = *decided.entry(p.namespace).or_insert_with(|| sel.namespace_ok(p.namespace, ns_labels.get(p.namespace).copied().unwrap_or(&null)));
+        if ns_ok && sel.pod_ok(p.labels) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

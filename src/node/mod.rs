@@ -7,4 +7,5 @@ pub mod iptables;
 pub mod pause;
 pub mod registries;
 pub mod routes;
+pub mod unixgrpc;
 pub mod vxlan;

@@ -190,6 +190,11 @@ fn filter(p: &Prepared, n: &NodeInfo) -> Option<String> {
     if pod.requests.storage > 0 && n.allocatable.storage > 0 && pod.requests.storage > free(n.allocatable.storage, n.requested.storage) {
         return Some("Insufficient ephemeral-storage".into());
     }
+    for (name, want) in pod.extended.iter().filter(|(_, v)| **v > 0) {
+        if *want > n.extended.get(name).copied().unwrap_or(0) - n.extended_requested(name) {
+            return Some(format!("Insufficient {name}"));
+        }
+    }
     for (proto, ip, port) in &pod.host_ports {
         let clash = n.pods.values().flat_map(|o| o.host_ports.iter()).any(|(op, oip, oport)| {
             op == proto && oport == port && (ip == oip || ip == "0.0.0.0" || oip == "0.0.0.0")

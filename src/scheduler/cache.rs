@@ -54,6 +54,26 @@ pub struct PodInfo {
     /// Node selector terms of the volumes the pod's claims are bound to (each list must
     /// match, as a `required` node affinity); filled in by the scheduler from the API.
     pub volume_terms: Vec<Value>,
+    /// Extended resources (device plugins' `example.com/widget`) the pod requests, by name.
+    pub extended: BTreeMap<String, i64>,
+}
+
+/// Whether `name` is an extended resource: domain-prefixed, outside `kubernetes.io`, as
+/// upstream's `IsExtendedResourceName` (device plugins' resources are).
+pub fn is_extended(name: &str) -> bool {
+    name.contains('/') && !name.starts_with("kubernetes.io/") && !name.starts_with("requests.")
+}
+
+/// The extended resources a container requests (limits stand for missing requests).
+fn extended_of(c: &Value) -> BTreeMap<String, i64> {
+    let r = &c["resources"];
+    let mut out = BTreeMap::new();
+    for part in ["limits", "requests"] {
+        for (k, v) in r[part].as_object().into_iter().flatten().filter(|(k, _)| is_extended(k)) {
+            out.insert(k.clone(), quantity::units(v).unwrap_or(0));
+        }
+    }
+    out
 }
 
 impl PodInfo {
@@ -93,6 +113,18 @@ impl PodInfo {
             }
         }
         requests.add(Resources::of(&spec["overhead"]));
+        let mut extended: BTreeMap<String, i64> = BTreeMap::new();
+        for c in spec["containers"].as_array().into_iter().flatten() {
+            for (k, v) in extended_of(c) {
+                *extended.entry(k).or_default() += v;
+            }
+        }
+        for c in spec["initContainers"].as_array().into_iter().flatten() {
+            for (k, v) in extended_of(c) {
+                let e = extended.entry(k).or_default();
+                *e = if c["restartPolicy"] == "Always" { *e + v } else { (*e).max(v) };
+            }
+        }
         let host_ports = spec["containers"]
             .as_array()
             .into_iter()
@@ -114,6 +146,7 @@ impl PodInfo {
             host_ports,
             owner,
             volume_terms: Vec::new(),
+            extended,
         }
     }
 }
@@ -128,6 +161,8 @@ pub struct NodeInfo {
     pub requested: Resources,
     pub pods: HashMap<String, PodInfo>,
     pub ready: bool,
+    /// Extended resources the node offers (device plugins'), by name.
+    pub extended: BTreeMap<String, i64>,
 }
 
 impl NodeInfo {
@@ -140,8 +175,14 @@ impl NodeInfo {
             requested: Resources::default(),
             pods: HashMap::new(),
             ready: node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            extended: alloc.as_object().into_iter().flatten().filter(|(k, _)| is_extended(k)).map(|(k, v)| (k.clone(), quantity::units(v).unwrap_or(0))).collect(),
             node: node.clone(),
         }
+    }
+
+    /// How much of extended resource `name` its pods request.
+    pub fn extended_requested(&self, name: &str) -> i64 {
+        self.pods.values().filter_map(|p| p.extended.get(name)).sum()
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
