@@ -24,15 +24,18 @@ fn main() {
         .build_server(false)
         .compile_protos(&["proto/cri/runtime.proto"], &["proto/cri"])
         .expect("compile proto/cri/runtime.proto (needs protoc: Debian's protobuf-compiler)");
-    // The kubelet serves device plugin registration and PodResources, and calls plugins.
+    // The kubelet serves device plugin registration and PodResources, and calls device
+    // plugins and CSI drivers (the test drivers serve them from Python).
     tonic_prost_build::configure()
-        .compile_protos(&["proto/deviceplugin/api.proto", "proto/podresources/api.proto"], &["proto"])
+        .compile_protos(&["proto/deviceplugin/api.proto", "proto/podresources/api.proto", "proto/csi/csi.proto", "proto/pluginregistration/api.proto"], &["proto"])
         .expect("compile the device plugin and PodResources protos");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=pause/pause.c");
     println!("cargo::rerun-if-changed=proto/cri/runtime.proto");
     println!("cargo::rerun-if-changed=proto/deviceplugin/api.proto");
     println!("cargo::rerun-if-changed=proto/podresources/api.proto");
+    println!("cargo::rerun-if-changed=proto/csi/csi.proto");
+    println!("cargo::rerun-if-changed=proto/pluginregistration/api.proto");
 }
 
 /// Name the embedded pause image is imported under (and containerd's sandbox image).

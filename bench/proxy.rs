@@ -5,7 +5,8 @@
 //! second and p99 latency for a service name, against a bare UDP echo on the same loopback.
 
 use ferrokube::api::Api;
-use ferrokube::proxy::rules::{build, changes, Node};
+use ferrokube::node::iptables::changes;
+use ferrokube::proxy::rules::{build, Node};
 use ferrokube::store::Store;
 use ferrokube::vocab::resource::builtin::{NAMESPACES, SERVICES as SERVICES_RES};
 use std::net::SocketAddr;

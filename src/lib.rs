@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod controllers;
 pub mod proxy;
 pub mod netpol;
+pub mod csi;
 pub mod dns;
 #[cfg(test)]
 mod fuzz;

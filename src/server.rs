@@ -469,7 +469,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), StartError> {
 /// This server's node: its components act through the API in this process, each as its own
 /// identity; the kubelet API's serving certificate is signed by the CA here.
 async fn start_node(cfg: &ServerConfig, api: &std::sync::Arc<Api>, pki: &Pki, node_ip: Option<String>, scope: &Scope) -> Result<Option<crate::node::containerd::Containerd>, StartError> {
-    use crate::api::authz::bootstrap::{component, DNS, NETWORK_POLICY, PROXY};
+    use crate::api::authz::bootstrap::{component, CSI_CONTROLLER, DNS, NETWORK_POLICY, PROXY};
     let name = cfg.node.name();
     let (cert_pem, key_pem) = pki.kubelet_serving(&cfg.data_dir.join("agent").join("tls"), &name, &cfg.node.serving_names(node_ip.as_deref()))?;
     let clients = crate::agent::node::Clients {
@@ -477,6 +477,7 @@ async fn start_node(cfg: &ServerConfig, api: &std::sync::Arc<Api>, pki: &Pki, no
         proxy: api.client_as(concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")), component(PROXY)),
         dns: api.client_as(concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")), component(DNS)),
         netpol: api.client_as(concat!("ferrokube-network-policy/", env!("CARGO_PKG_VERSION")), component(NETWORK_POLICY)),
+        csi: api.client_as(concat!("ferrokube-csi-controller/", env!("CARGO_PKG_VERSION")), component(CSI_CONTROLLER)),
     };
     let start = crate::agent::node::Start {
         args: &cfg.node,

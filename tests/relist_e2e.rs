@@ -123,7 +123,7 @@ async fn a_service_deleted_while_the_node_was_cut_off_loses_its_rules_and_name()
     assert!(unsafe { libc::geteuid() } == 0, "this test writes iptables rules: run it as root (scripts/test.sh does, as CI)");
     assert!(!server_running(), "a ferrokube server runs on this host; this test rewrites ferrokube's iptables chains: stop it first");
     // Chains a stopped server left behind would be mistaken for this test's.
-    ferrokube::proxy::cleanup_iptables().unwrap();
+    ferrokube::node::iptables::cleanup().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ferrokube"))
@@ -201,6 +201,6 @@ async fn a_service_deleted_while_the_node_was_cut_off_loses_its_rules_and_name()
     direct.create(SERVICES.ns("default"), &late).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!iptables_save().contains("10.43.77.3"), "a stopped proxy writes nothing");
-    let removed = ferrokube::proxy::cleanup_iptables().unwrap();
+    let removed = ferrokube::node::iptables::cleanup().unwrap();
     assert!(!removed.is_empty() && !iptables_save().contains("FERROKUBE"), "cleanup removes every chain of ours");
 }

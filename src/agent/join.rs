@@ -47,19 +47,20 @@ pub struct NodeCredentials {
     pub proxy: (String, String),
     pub dns: (String, String),
     pub netpol: (String, String),
+    pub csi: (String, String),
 }
 
 impl NodeCredentials {
     /// Whether one of the certificates is due for renewal now.
     pub fn due(&self) -> bool {
-        [&self.kubelet, &self.serving, &self.proxy, &self.dns, &self.netpol].iter().any(|(c, _)| renew_after(c).is_zero())
+        [&self.kubelet, &self.serving, &self.proxy, &self.dns, &self.netpol, &self.csi].iter().any(|(c, _)| renew_after(c).is_zero())
     }
 
     /// How long until the first of these certificates is due for renewal (checked again at
     /// least daily, so a clock that jumps is noticed).
     pub fn renew_in(&self) -> Duration {
         let day = Duration::from_secs(86400);
-        [&self.kubelet, &self.serving, &self.proxy, &self.dns, &self.netpol].iter().map(|(c, _)| renew_after(c)).min().unwrap_or(day).min(day)
+        [&self.kubelet, &self.serving, &self.proxy, &self.dns, &self.netpol, &self.csi].iter().map(|(c, _)| renew_after(c)).min().unwrap_or(day).min(day)
     }
 }
 
@@ -284,7 +285,8 @@ pub async fn credentials(j: &Join<'_>) -> Result<NodeCredentials, JoinError> {
     let proxy = component("client-kube-proxy", crate::controllers::csrapproving::NODE_COMPONENTS[0]).await?;
     let dns = component("client-coredns", crate::controllers::csrapproving::NODE_COMPONENTS[1]).await?;
     let netpol = component("client-network-policy", crate::controllers::csrapproving::NODE_COMPONENTS[2]).await?;
-    Ok(NodeCredentials { ca_pem, kubelet, serving, proxy, dns, netpol })
+    let csi = component("client-csi-controller", crate::controllers::csrapproving::NODE_COMPONENTS[3]).await?;
+    Ok(NodeCredentials { ca_pem, kubelet, serving, proxy, dns, netpol, csi })
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), StartError> {
             proxy: client(&creds.proxy, concat!("ferrokube-proxy/", env!("CARGO_PKG_VERSION")))?,
             dns: client(&creds.dns, concat!("ferrokube-dns/", env!("CARGO_PKG_VERSION")))?,
             netpol: client(&creds.netpol, concat!("ferrokube-network-policy/", env!("CARGO_PKG_VERSION")))?,
+            csi: client(&creds.csi, concat!("ferrokube-csi-controller/", env!("CARGO_PKG_VERSION")))?,
         };
         let scope = Scope::new();
         let start = node::Start {

@@ -166,6 +166,8 @@ pub struct Clients {
     pub dns: Client,
     /// The network policy controller (`system:ferrokube:network-policy`).
     pub netpol: Client,
+    /// The CSI drivers' controller roles (`system:ferrokube:csi-controller`).
+    pub csi: Client,
 }
 
 /// What the node's start-up needs besides its flags.
@@ -300,6 +302,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     );
     scope.spawn(crate::kubelet::server::serve(kubelet.clone(), kubelet_listener, kubelet_tls, scope.clone()));
     tracing::info!(port = kubelet_port, "kubelet API serving");
+    crate::csi::start(s.clients.csi.clone(), kubelet.drivers.clone(), node_name.clone(), scope);
     scope.spawn(kubelet.run());
     crate::proxy::start(s.clients.proxy.clone(), crate::proxy::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), pod_cidr: subnet.to_string(), service_cidr: cfg.service_cidr.clone() }, scope);
     crate::netpol::start(s.clients.netpol.clone(), crate::netpol::Config { node_name: node_name.clone(), node_ip: s.node_ip.clone(), dns_port: cfg.cluster_dns_port }, scope);

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 /// The identities a node's own components act as (service proxy, cluster DNS), for which a
 /// node's client-certificate requests are approved.
-pub const NODE_COMPONENTS: &[&str] = &["system:kube-proxy", "system:serviceaccount:kube-system:coredns", "system:ferrokube:network-policy"];
+pub const NODE_COMPONENTS: &[&str] = &["system:kube-proxy", "system:serviceaccount:kube-system:coredns", "system:ferrokube:network-policy", "system:ferrokube:csi-controller"];
 
 pub fn start(ctl: Ctl, s: &mut Setup) {
     let queue = Queue::new(s.scope);

@@ -5,6 +5,7 @@
 //! runs under its own client identity and records events under its own component name, like
 //! the controllers of kube-controller-manager.
 
+pub mod attachdetach;
 pub mod certificates;
 pub mod clusterroleaggregation;
 pub mod cronjob;
@@ -91,6 +92,7 @@ const ACCOUNTS: &[(&str, &str)] = &[
     ("podgc", "pod-garbage-collector"),
     ("persistentvolume", "persistent-volume-binder"),
     ("horizontal-pod-autoscaler", "horizontal-pod-autoscaler"),
+    ("attachdetach", "attachdetach-controller"),
 ];
 
 /// The identity controller `name` acts as: its own service account (the manager's user for
@@ -150,6 +152,7 @@ pub fn start(clients: &dyn Fn(&str, UserInfo) -> Client, scope: &Scope, cfg: Con
     podgc::start(s.ctl("podgc", "pod-garbage-collector"), &mut s);
     volume::start(s.ctl("persistentvolume", "persistentvolume-controller"), &mut s, volume::Storage { dir: cfg.storage_dir });
     hpa::start(s.ctl("horizontal-pod-autoscaler", "horizontal-pod-autoscaler"), &mut s, cfg.hpa);
+    attachdetach::start(s.ctl("attachdetach", "attachdetach-controller"), &mut s);
     informers.run(&clients("ferrokube-controller", UserInfo::authenticated(CONTROLLER_MANAGER, &[])), scope);
 }
 

@@ -1,7 +1,8 @@
 //! Persistent volumes: the built-in `local-path` StorageClass (the default; directories under
 //! the data dir, provisioned for the node the first consumer lands on), binding of claims to
 //! provisioned or pre-made volumes, retroactive default class assignment, and reclaim
-//! (`Delete` removes the volume and its directory, `Retain` leaves it Released).
+//! (`Delete` removes the volume and its directory, `Retain` leaves it Released; a volume an
+//! external provisioner made is left Released for that provisioner to delete).
 
 use super::{run_workers, Ctl, Next, Setup};
 use crate::runtime::client::not_found_ok;
@@ -209,8 +210,9 @@ async fn volume(client: &Client, storage: &Storage, name: &str) -> Result<Next, 
     if claim.is_some_and(|c| c["metadata"]["uid"] == r["uid"]) {
         return Ok(Next::Idle);
     }
-    if pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
-        if pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == PROVISIONER {
+    let provisioner = pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"].as_str();
+    if pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" && provisioner.is_none_or(|p| p == PROVISIONER) {
+        if provisioner == Some(PROVISIONER) {
             // Only ever a directory this provisioner made, whatever the object says.
             let path = pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from).filter(|p| p.parent() == Some(storage.dir.as_path()));
             if let Some(path) = path {
@@ -226,6 +228,7 @@ async fn volume(client: &Client, storage: &Storage, name: &str) -> Result<Next, 
             Err(e) => return Err(e),
         }
     } else if pv["status"]["phase"] != "Released" {
+        // Retained, or deleted by its external provisioner (a CSI driver's) once released.
         client.merge_patch(target.sub("status"), &json!({"status": {"phase": "Released"}})).await?;
     }
     Ok(Next::Idle)

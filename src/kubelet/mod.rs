@@ -3,6 +3,7 @@
 //! (sandboxes and containers carry the pod's uid in their labels), so a restarted ferrokube
 //! adopts running containers instead of restarting them.
 
+mod csi;
 pub mod devices;
 mod images;
 mod node;
@@ -62,6 +63,8 @@ pub struct Kubelet {
     pods: OnceLock<Cache>,
     /// Device plugins and what their devices are allocated to.
     pub(crate) devices: Arc<devices::Devices>,
+    /// The CSI drivers registered on this node.
+    pub drivers: Arc<crate::node::csi::Drivers>,
     scope: Scope,
 }
 
@@ -113,7 +116,7 @@ impl Kubelet {
     pub fn new(client: Client, cri: Arc<dyn Runtime>, cfg: Config, scope: &Scope) -> Arc<Kubelet> {
         let events = Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name), scope);
         let devices = devices::Devices::new(&cfg.root_dir.join("device-plugins"));
-        Arc::new(Kubelet { client, cri, cfg, events, state: State::default(), pods: OnceLock::new(), devices, scope: scope.clone() })
+        Arc::new(Kubelet { client, cri, cfg, events, state: State::default(), pods: OnceLock::new(), devices, drivers: Default::default(), scope: scope.clone() })
     }
 
     /// Reports an event about `pod`, or about its container `container` (what `kubectl
@@ -164,6 +167,7 @@ impl Kubelet {
         }
         tracing::info!(node = %self.cfg.node_name, "node registered");
         self.start_device_plugins();
+        self.scope.spawn(self.clone().plugin_watcher());
         let hb = self.clone();
         self.scope.spawn(async move { hb.heartbeat().await });
         self.pod_loop().await;

@@ -271,7 +271,7 @@ impl Kubelet {
         best_effort("stop sandbox", sandbox, self.cri.stop_pod_sandbox(sandbox).await);
         best_effort("remove sandbox", sandbox, self.cri.remove_pod_sandbox(sandbox).await);
         remove_pod_cgroups(&self.cfg.cgroup_root, uid);
-        self.cleanup_volumes(uid);
+        self.cleanup_volumes(uid).await;
     }
 
     /// Stops containers all at once: each gets the whole grace period, as upstream's kubelet
@@ -377,7 +377,7 @@ impl Kubelet {
         self.state.waiting.lock().retain(|(u, _), _| u != uid);
         self.state.own_writes.lock().remove(uid);
         self.forget_pulls(uid);
-        self.cleanup_volumes(uid);
+        self.cleanup_volumes(uid).await;
         let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
         match self.client.delete(PODS.named(ns, name), &opts).await {
             Ok(_) => Ok(()),

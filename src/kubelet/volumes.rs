@@ -168,17 +168,21 @@ impl Kubelet {
         }
     }
 
-    /// The directory behind a bound claim (a hostPath or local PersistentVolume), created
-    /// if the provisioner asked for that. Unbound claims wait: the pod is retried.
-    async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
+    /// The directory behind a bound claim: a CSI volume published for `pod`, or a hostPath
+    /// or local PersistentVolume (created if the provisioner asked for that). Unbound claims
+    /// wait: the pod is retried.
+    async fn claim_path(&self, pod: &Value, ns: &str, claim: &str) -> Result<PathBuf, String> {
         let pvc = self.source(ns, PERSISTENTVOLUMECLAIMS, claim).await?.ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
         let pv_name = pvc["spec"]["volumeName"].as_str().filter(|_| pvc["status"]["phase"] == "Bound").ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound yet"))?;
         let pv = self.client.get(PERSISTENTVOLUMES.name(pv_name)).await.map_err(|e| format!("persistentvolume {pv_name:?}: {}", e.message))?;
         let spec = &pv["spec"];
+        if spec["csi"].is_object() {
+            return self.csi_claim_volume(pod, &pv, &pvc).await;
+        }
         let (path, create) = match (spec["hostPath"]["path"].as_str(), spec["local"]["path"].as_str()) {
             (Some(p), _) => (PathBuf::from(p), spec["hostPath"]["type"] == "DirectoryOrCreate"),
             (None, Some(p)) => (PathBuf::from(p), false),
-            _ => return Err(format!("persistentvolume {pv_name:?}: this node mounts hostPath and local volumes only")),
+            _ => return Err(format!("persistentvolume {pv_name:?}: this node mounts CSI, hostPath and local volumes only")),
         };
         if create {
             std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -216,7 +220,11 @@ impl Kubelet {
                 continue;
             }
             if let Some(c) = v.get("persistentVolumeClaim") {
-                out.insert(name.to_string(), self.claim_path(ns, c["claimName"].as_str().unwrap_or("")).await?);
+                out.insert(name.to_string(), self.claim_path(pod, ns, c["claimName"].as_str().unwrap_or("")).await?);
+                continue;
+            }
+            if let Some(c) = v.get("csi") {
+                out.insert(name.to_string(), self.csi_inline_volume(pod, name, c).await?);
                 continue;
             }
             if let Some(e) = v.get("emptyDir") {
@@ -254,7 +262,7 @@ impl Kubelet {
                 }
                 all
             } else {
-                return Err(format!("volume {name:?}: this node supports emptyDir, hostPath, persistentVolumeClaim (hostPath or local volumes), configMap, secret, downwardAPI and projected volumes"));
+                return Err(format!("volume {name:?}: this node supports emptyDir, hostPath, persistentVolumeClaim (CSI, hostPath or local volumes), csi, configMap, secret, downwardAPI and projected volumes"));
             };
             sync_dir(&dir, &files)?;
             out.insert(name.to_string(), dir);
@@ -264,9 +272,11 @@ impl Kubelet {
 }
 
 impl Kubelet {
-    /// Removes a pod's volume directories (unmounting memory-backed ones first).
-    pub(super) fn cleanup_volumes(&self, uid: &str) {
+    /// Removes a pod's volume directories: CSI volumes unpublished first, memory-backed ones
+    /// unmounted.
+    pub(super) async fn cleanup_volumes(&self, uid: &str) {
         self.state.tokens.lock().retain(|(u, _, _), _| u != uid);
+        self.csi_teardown(uid).await;
         remove_pod_dir(&self.cfg.data_dir, uid);
     }
 }
@@ -279,6 +289,14 @@ fn remove_pod_dir(data_dir: &Path, uid: &str) {
                 let _ = std::process::Command::new("umount").arg(e.path()).status();
             }
         }
+    }
+    // Whatever is still mounted below (a CSI volume whose driver could not unpublish it)
+    // keeps the directory: removing it would remove the volume's data.
+    let prefix = format!("{}/", dir.to_string_lossy());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if let Some(m) = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).find(|m| m.starts_with(&prefix)) {
+        tracing::warn!(pod = uid, mount = m, "a volume of the pod is still mounted; its directory is kept");
+        return;
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -2,6 +2,7 @@
 //! starts and supervises for the kubelet.
 
 pub mod containerd;
+pub mod csi;
 pub mod host;
 pub mod iptables;
 pub mod pause;

@@ -21,9 +21,11 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && s.ends_with(alnum_lower)
 }
 
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters in all (upstream's
+/// regular expression bounds no single label: `csi-<64 hex>` is a valid name).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    let label = |l: &str| !l.is_empty() && l.chars().all(|c| alnum_lower(c) || c == '-') && l.starts_with(alnum_lower) && l.ends_with(alnum_lower);
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(label)
 }
 
 /// RFC 1035 label: a DNS-1123 label starting with a letter.

@@ -21,6 +21,9 @@ pub const PROXY: &str = "system:kube-proxy";
 pub const DNS: &str = "system:serviceaccount:kube-system:coredns";
 /// The network policy controller's user (each node enforces its pods' policies).
 pub const NETWORK_POLICY: &str = "system:ferrokube:network-policy";
+/// The user of the CSI controller roles (provisioner, attacher, resizer) a node runs for the
+/// drivers registered on it.
+pub const CSI_CONTROLLER: &str = "system:ferrokube:csi-controller";
 
 /// The identity of the in-process component `user` (one of the constants above).
 pub fn component(user: &str) -> crate::vocab::user::UserInfo {
@@ -134,6 +137,19 @@ pub fn cluster_roles() -> Vec<Value> {
         role(NETWORK_POLICY, json!({}), vec![
             r(&[""], &["pods", "namespaces"], &["list", "watch"]),
             r(&["networking.k8s.io"], &["networkpolicies"], &["list", "watch"]),
+        ]),
+        // The CSI drivers' controller roles, as upstream's provisioner, attacher and resizer
+        // sidecars' RBAC grants them.
+        role(CSI_CONTROLLER, json!({}), vec![
+            r(&[""], &["persistentvolumes"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
+            r(&[""], &["persistentvolumeclaims"], &["get", "list", "patch", "update", "watch"]),
+            r(&[""], &["persistentvolumeclaims/status"], &["patch", "update"]),
+            r(&["storage.k8s.io"], &["storageclasses", "csinodes"], READ),
+            r(&[""], &["nodes"], READ),
+            r(&["storage.k8s.io"], &["volumeattachments"], &["get", "list", "patch", "update", "watch"]),
+            r(&["storage.k8s.io"], &["volumeattachments/status"], &["patch", "update"]),
+            r(&["", "events.k8s.io"], &["events"], &["create", "patch", "update", "list", "watch"]),
+            r(&["coordination.k8s.io"], &["leases"], &["create", "delete", "get", "list", "update", "watch"]),
         ]),
         // ferrokube's built-in `local-path` provisioner (part of its volume controller) creates
         // the default StorageClass, as k3s's add-on manifest would.
@@ -320,6 +336,15 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             r(&["external.metrics.k8s.io"], &["*"], &["get", "list"]),
             events.clone(),
         ]),
+        ("attachdetach-controller", vec![
+            r(&[""], &["persistentvolumes", "persistentvolumeclaims"], READ),
+            r(&[""], &["nodes"], READ),
+            r(&[""], &["nodes/status"], upd),
+            r(&[""], &["pods"], &["list", "watch"]),
+            r(&["storage.k8s.io"], &["volumeattachments"], &["create", "delete", "get", "list", "watch"]),
+            r(&["storage.k8s.io"], &["csidrivers", "csinodes"], READ),
+            events.clone(),
+        ]),
         ("certificate-controller", vec![
             r(&["certificates.k8s.io"], &["certificatesigningrequests"], &["delete", "get", "list", "watch"]),
             r(&["certificates.k8s.io"], &["certificatesigningrequests/approval", "certificatesigningrequests/status"], upd),
@@ -358,6 +383,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         user_binding("system:ferrokube:kube-apiserver-kubelet-client", "system:kubelet-api-admin", crate::pki::KUBELET_CLIENT),
         user_binding("system:ferrokube:service-lb", "system:ferrokube:service-lb", PROXY),
         user_binding(NETWORK_POLICY, NETWORK_POLICY, NETWORK_POLICY),
+        user_binding(CSI_CONTROLLER, CSI_CONTROLLER, CSI_CONTROLLER),
         bound("system:coredns", "system:coredns", vec![json!({"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"})]),
         user_binding(CONTROLLER_MANAGER, CONTROLLER_MANAGER, CONTROLLER_MANAGER),
         // kubeadm's bindings for joining nodes, for ferrokube's node-join tokens.

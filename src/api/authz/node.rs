@@ -145,6 +145,8 @@ fn relation(store: &Store, node: &str, a: &Attributes) -> Option<Relation> {
     Some(match (a.api_group.as_str(), a.resource.as_str(), a.subresource.as_str()) {
         ("", "secrets" | "configmaps" | "persistentvolumeclaims", "") => Relation::Graph(a.verb == "get" && graph(&a.resource)),
         ("", "serviceaccounts", "token") => Relation::Graph(a.verb == "create" && graph("serviceaccounts")),
+        // The status of its pods' claims (capacity after the node expanded a volume).
+        ("", "persistentvolumeclaims", "status") => Relation::Graph(matches!(a.verb.as_str(), "get" | "update" | "patch") && graph("persistentvolumeclaims")),
         ("", "persistentvolumes", "") => Relation::Graph(a.verb == "get" && !a.name.is_empty() && volume_is_used(store, node, a)),
         ("", "secrets" | "configmaps" | "persistentvolumeclaims" | "persistentvolumes" | "serviceaccounts", _) => Relation::Graph(false),
         // (A create names the object in its body: NodeRestriction's admission checks it.)

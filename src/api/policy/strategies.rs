@@ -935,7 +935,44 @@ pub const NODE: Strategy = Strategy {
 };
 
 pub const PV: Strategy = Strategy { initial_status: Some(|_| json!({"phase": "Pending"})), ..Strategy::PLAIN };
-pub const PVC: Strategy = Strategy { initial_status: Some(|_| json!({"phase": "Pending"})), ..Strategy::PLAIN };
+/// A claim's spec is fixed once made, except its storage request (growing a bound claim) and
+/// volumeAttributesClassName, as upstream validates updates.
+fn pvc_validate(o: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
+    let Some(old) = old else { return };
+    let strip = |spec: &Value| {
+        let mut s = spec.clone();
+        if let Some(m) = s.as_object_mut() {
+            m.remove("volumeAttributesClassName");
+            // The volume a claim binds to is filled in once (by the binder).
+            if old["spec"]["volumeName"].is_null() {
+                m.remove("volumeName");
+            }
+            // So is a class, on a claim that had none (retroactive default class).
+            if old["spec"]["storageClassName"].is_null() {
+                m.remove("storageClassName");
+            }
+        }
+        if let Some(r) = s.get_mut("resources").and_then(|r| r.get_mut("requests")).and_then(Value::as_object_mut) {
+            r.remove("storage");
+        }
+        s
+    };
+    if strip(&o["spec"]) != strip(&old["spec"]) {
+        c.push(Cause::forbidden("spec", "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
+        return;
+    }
+    let (want, had) = (crate::vocab::quantity::parse(&o["spec"]["resources"]["requests"]["storage"]), crate::vocab::quantity::parse(&old["spec"]["resources"]["requests"]["storage"]));
+    if want != had {
+        if old["status"]["phase"] != "Bound" {
+            c.push(Cause::forbidden("spec.resources.requests.storage", "only bound persistent volume claims can be resized"));
+        } else if let (Some(w), Some(cap)) = (want, crate::vocab::quantity::parse(&old["status"]["capacity"]["storage"])) {
+            if w < cap {
+                c.push(Cause::forbidden("spec.resources.requests.storage", "field can not be less than status.capacity"));
+            }
+        }
+    }
+}
+pub const PVC: Strategy = Strategy { initial_status: Some(|_| json!({"phase": "Pending"})), validate: pvc_validate, ..Strategy::PLAIN };
 
 #[cfg(test)]
 mod tests {
