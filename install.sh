@@ -171,6 +171,9 @@ if [ -f /etc/init.d/$SERVICE ]; then
   rm -f /etc/init.d/$SERVICE /etc/conf.d/$SERVICE
 fi
 rm -rf "$CONFIG_DIR" "$DATA_DIR" /run/ferrokube
+# What the kubelet made in its root directory; the directory only when nothing else is there.
+rm -rf /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources /var/lib/kubelet/plugins_registry /var/lib/kubelet/plugins/kubernetes.io
+rmdir /var/lib/kubelet/plugins /var/lib/kubelet 2>/dev/null || true
 rm -f "$BIN" "$BIN_DIR/ferrokube-killall.sh" "$BIN_DIR/ferrokube-uninstall.sh"
 echo "ferrokube removed"
 EOF

@@ -45,7 +45,7 @@ nsenter --net="/run/netns/$NS" sh -c "ip addr add $AGENT_IP/24 dev eth0 && ip li
 ready() { [ "$(k get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; }
 t0=$(now_ms)
 "$BIN" server --data-dir "$D/data" --https-listen-port "$PORT" --write-kubeconfig "$KUBECONFIG" --run-dir "$D/run" \
-  --node-name bench-server --node-ip "$SERVER_IP" --pod-bridge fkbps --cluster-cidr "$CIDR" >"$D/server.log" 2>&1 &
+  --node-name bench-server --node-ip "$SERVER_IP" --pod-bridge fkbps --cluster-cidr "$CIDR" --kubelet-root-dir "$D/kubelet" >"$D/server.log" 2>&1 &
 SERVER=$!
 until ready bench-server; do sleep 0.02; done
 SERVER_MS=$(($(now_ms) - t0))
@@ -57,7 +57,7 @@ for i in 1 2 3 4 5; do
   rm -rf "$D/agent" "$D/agent-run"
   t0=$(now_ms)
   nsenter --net="/run/netns/$NS" "$BIN" agent --server "https://$SERVER_IP:$PORT" --token "$TOKEN" --data-dir "$D/agent" --run-dir "$D/agent-run" \
-    --node-name bench-agent --node-ip "$AGENT_IP" --pod-bridge fkbpa --cluster-cidr "$CIDR" >"$D/agent.log" 2>&1 &
+    --node-name bench-agent --node-ip "$AGENT_IP" --pod-bridge fkbpa --cluster-cidr "$CIDR" --kubelet-root-dir "$D/agent-kubelet" >"$D/agent.log" 2>&1 &
   AGENT=$!
   until ready bench-agent; do sleep 0.02; done
   joins+=($(($(now_ms) - t0)))

@@ -143,7 +143,8 @@ fn main() {
     let run = dir.path().join("run");
     let port = free_port();
     let run_s = run.to_string_lossy().into_owned();
-    let (server, _) = start_server_with(&bin, dir.path(), port, &["--run-dir", &run_s, "--pod-bridge", "fkbench", "--pod-cidr", "10.42.77.0/24", "--node-name", "bench-node"]);
+    let kubelet_s = dir.path().join("kubelet").to_string_lossy().into_owned();
+    let (server, _) = start_server_with(&bin, dir.path(), port, &["--run-dir", &run_s, "--pod-bridge", "fkbench", "--pod-cidr", "10.42.77.0/24", "--node-name", "bench-node", "--kubelet-root-dir", &kubelet_s]);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let c = client(&server);
     rt.block_on(async {

@@ -21,6 +21,9 @@ pub struct Target {
 
 /// The service name install.sh uses.
 const SERVICE: &str = "ferrokube";
+/// The kubelet's default root directory, and what ferrokube's kubelet makes in it.
+const KUBELET_ROOT: &str = "/var/lib/kubelet";
+const KUBELET_DIRS: &[&str] = &["device-plugins", "pod-resources", "plugins_registry", "plugins/kubernetes.io"];
 
 fn remove(path: &Path, report: &mut Vec<String>, errors: &mut Vec<String>) {
     let result = match std::fs::symlink_metadata(path) {
@@ -59,6 +62,14 @@ pub fn run(t: &Target) -> Result<Vec<String>, String> {
     for p in [&t.kubeconfig, &t.config_dir, &t.killall.data_dir, &t.killall.run_dir] {
         remove(p, &mut report, &mut errors);
     }
+    // What the kubelet made in its root directory (device plugin and CSI registration,
+    // PodResources, CSI staging); the directory itself only when nothing else is left there.
+    let kubelet = Path::new(KUBELET_ROOT);
+    for sub in KUBELET_DIRS {
+        remove(&kubelet.join(sub), &mut report, &mut errors);
+    }
+    let _ = std::fs::remove_dir(kubelet.join("plugins"));
+    let _ = std::fs::remove_dir(kubelet);
     if let Some(bin) = &t.binary {
         let dir = bin.parent().unwrap_or(Path::new("/"));
         for p in [dir.join("ferrokube-killall.sh"), dir.join("ferrokube-uninstall.sh"), bin.clone()] {

@@ -17,7 +17,7 @@ export E2E_DIR
 mkdir -p "$E2E_DIR/data/images" "$E2E_DIR/csi"
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox.tar" "$IMAGE" >/dev/null
 ROOTDIR=$E2E_DIR/kubelet
-start_node --kubelet-root-dir "$ROOTDIR" || exit 1
+start_node || exit 1
 mkdir -p "$ROOTDIR/plugins/$DRIVER"
 "$PYTHON" "$(dirname "$0")/csi_driver.py" "$ROOTDIR/plugins_registry" "$ROOTDIR/plugins/$DRIVER/csi.sock" "$E2E_DIR/csi" csi-node-1 >>"$E2E_DIR/driver.log" 2>&1 &
 DRIVER_PID=$!

@@ -14,7 +14,7 @@ PLUGIN=$(dirname "$0")/device_plugin.py
 mkdir -p "$E2E_DIR/data/images" "$E2E_DIR/widget"
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox.tar" "$IMAGE" >/dev/null
 ROOTDIR=$E2E_DIR/kubelet
-start_node --kubelet-root-dir "$ROOTDIR" || exit 1
+start_node || exit 1
 eventually "the kubelet serves device plugin registration" "yes" 20 bash -c "[ -S '$ROOTDIR/device-plugins/kubelet.sock' ] && echo yes"
 
 "$PYTHON" "$PLUGIN" serve "$ROOTDIR/device-plugins" "$E2E_DIR/widget" >>"$E2E_DIR/plugin.log" 2>&1 &
@@ -56,7 +56,7 @@ check "and the allocatable (healthy) ones" "example.com/widget w1,w2" "$("$PYTHO
 # The kubelet restarts: the plugin registers again, the allocation is kept.
 before=$(grep -c '^Registered' "$E2E_DIR/widget/calls.log")
 stop_server TERM
-start_node --kubelet-root-dir "$ROOTDIR" || exit 1
+start_node || exit 1
 eventually "after a kubelet restart the plugin registers again" "yes" 30 bash -c "[ \$(grep -c '^Registered' '$E2E_DIR/widget/calls.log') -gt $before ] && echo yes"
 eventually "the Node offers the devices again" "3 2" 20 widgets
 check "the checkpoint kept the running pod's devices" "default/first/app example.com/widget w1,w2" "$("$PYTHON" "$PLUGIN" podresources "$ROOTDIR/pod-resources/kubelet.sock" list)"

@@ -72,7 +72,7 @@ python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/data/images/busybox.tar
 NODE_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
 NODE_IP=${NODE_IP:-$(hostname -I | awk '{print $1}')}
 "$FERROKUBE" agent --server "https://$A:$PORT,https://$B:$PORT" --token "$(cat "$E2E_DIR/a/server/token")" --data-dir "$E2E_DIR/data" \
-  --run-dir "$RUN" --node-name e2e-node --node-ip "$NODE_IP" --pod-bridge "$BRIDGE" >>"$E2E_DIR/agent.log" 2>&1 &
+  --run-dir "$RUN" --node-name e2e-node --node-ip "$NODE_IP" --pod-bridge "$BRIDGE" --kubelet-root-dir "$E2E_DIR/kubelet" >>"$E2E_DIR/agent.log" 2>&1 &
 AGENT_PID=$!
 eventually "an agent given both servers joins" "e2e-node" 60 k get nodes -o jsonpath='{.items[*].metadata.name}'
 

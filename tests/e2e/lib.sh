@@ -113,7 +113,7 @@ use_node() {
 
   start_node() {
     launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
-      --run-dir "$RUN" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE" "$@"
+      --run-dir "$RUN" --node-name e2e-node --pod-cidr "$CIDR" --pod-bridge "$BRIDGE" --kubelet-root-dir "$E2E_DIR/kubelet" "$@"
   }
 
   node_cleanup() {

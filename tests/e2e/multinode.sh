@@ -56,7 +56,7 @@ python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >
 for d in data a1 a2; do mkdir -p "$E2E_DIR/$d/images" && cp "$E2E_DIR/busybox.tar" "$E2E_DIR/$d/images/"; done
 # The server's node takes its pod range from the cluster CIDR like the agents (no --pod-cidr).
 BIND_ADDRESS=0.0.0.0 launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
-  --run-dir "$RUN" --node-name e2e-node --pod-bridge "$BRIDGE" --node-ip "$SERVER_IP" --cluster-cidr "$CLUSTER_CIDR" || exit 1
+  --run-dir "$RUN" --node-name e2e-node --pod-bridge "$BRIDGE" --node-ip "$SERVER_IP" --cluster-cidr "$CLUSTER_CIDR" --kubelet-root-dir "$E2E_DIR/kubelet" --metric-resolution 2s || exit 1
 URL="https://$SERVER_IP:$PORT"
 JOIN=$(cat "$E2E_DIR/data/server/token")
 check_contains "the server writes a K10 join token" "K10" "${JOIN:0:3}"
@@ -69,7 +69,7 @@ start_agent() {
   shift
   local ip_var="IP_$a"
   nsenter --net="/run/netns/fk-$a-$LAN" "$FERROKUBE" agent --server "$URL" --data-dir "$E2E_DIR/$a" --run-dir "$E2E_DIR/$a-run" --node-name "$a" \
-    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" --cgroup-root "/ferrokube/$a" "$@" >>"$E2E_DIR/$a.log" 2>&1 &
+    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" --cgroup-root "/ferrokube/$a" --kubelet-root-dir "$E2E_DIR/$a/kubelet" "$@" >>"$E2E_DIR/$a.log" 2>&1 &
   AGENT_PID[$a]=$!
 }
 
@@ -146,6 +146,10 @@ dns_target() {
 }
 check "an agent's pods ask the DNS of their own node" "$IP_a1:10053" "$(dns_target a1)"
 eventually "DNS names resolve from a pod on an agent" "$(k get svc web-a2 -o jsonpath='{.spec.clusterIP}')" 30 lookup web-a1 web-a2.default.svc.cluster.local
+# Resource metrics come from every node's kubelet API, agents' too.
+top_nodes() { k top node --no-headers 2>/dev/null | awk '{print $1}' | sort | xargs; }
+eventually "kubectl top node shows all three nodes" "a1 a2 e2e-node" 30 top_nodes
+eventually "kubectl top pod shows a pod on an agent" "web-a2" 30 bash -c "'$KUBECTL' top pod web-a2 --no-headers 2>/dev/null | awk '{print \$1}'"
 # NetworkPolicies across nodes: a2 guards its pod (its controller acts with a certificate it
 # got through a CSR), a1's pod is let in by label, the server's is not.
 k label pod web-a1 netpol=allowed >/dev/null

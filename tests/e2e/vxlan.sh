@@ -55,13 +55,13 @@ SERVER_IP=172.31.$X.1
 python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" "$IMAGE" >/dev/null
 for d in data a1 a2; do mkdir -p "$E2E_DIR/$d/images" && cp "$E2E_DIR/busybox.tar" "$E2E_DIR/$d/images/"; done
 BIND_ADDRESS=0.0.0.0 launch_server 300 0.1 "node did not register" 'k get node e2e-node' -- \
-  --run-dir "$RUN" --node-name e2e-node --pod-bridge "$BRIDGE" --node-ip "$SERVER_IP" --cluster-cidr "$CLUSTER_CIDR" --pod-network vxlan || exit 1
+  --run-dir "$RUN" --node-name e2e-node --pod-bridge "$BRIDGE" --node-ip "$SERVER_IP" --cluster-cidr "$CLUSTER_CIDR" --pod-network vxlan --kubelet-root-dir "$E2E_DIR/kubelet" || exit 1
 URL="https://$SERVER_IP:$PORT"
 JOIN=$(cat "$E2E_DIR/data/server/token")
 for a in $AGENTS; do
   ip_var="IP_$a"
   nsenter --net="/run/netns/$TAG-$a" "$FERROKUBE" agent --server "$URL" --token "$JOIN" --data-dir "$E2E_DIR/$a" --run-dir "$E2E_DIR/$a-run" --node-name "$a" \
-    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" --cgroup-root "/ferrokube/$a" --pod-network vxlan >>"$E2E_DIR/$a.log" 2>&1 &
+    --node-ip "${!ip_var}" --pod-bridge "fkp$a" --cluster-cidr "$CLUSTER_CIDR" --cgroup-root "/ferrokube/$a" --pod-network vxlan --kubelet-root-dir "$E2E_DIR/$a/kubelet" >>"$E2E_DIR/$a.log" 2>&1 &
   AGENT_PID[$a]=$!
 done
 for a in $AGENTS; do
