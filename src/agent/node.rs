@@ -253,7 +253,15 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
         }
         None => {
             let socket = layout.socket.clone();
-            let registries = crate::node::registries::load(&cfg.private_registry).map_err(fail)?;
+            let mut registries = crate::node::registries::load(&cfg.private_registry).map_err(fail)?;
+            let mut relays = Vec::new();
+            for (registry, endpoint, rules, tls) in registries.rewrites() {
+                relays.push(crate::node::regrelay::Relay::bind(registry, endpoint, rules, tls).await.map_err(|e| fail(format!("{}: {e}", cfg.private_registry.display())))?);
+            }
+            for r in relays {
+                registries.relays.insert((r.registry.clone(), r.endpoint.clone()), r.address());
+                r.serve(scope);
+            }
             registries.write_hosts(&layout.certs_d).map_err(fail)?;
             let section = registries.containerd_section(&layout.certs_d);
             let (runtime, cri) = containerd::Containerd::start(layout, &host, &section).await.map_err(|e| fail(e.to_string()))?;

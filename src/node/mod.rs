@@ -7,6 +7,7 @@ pub mod host;
 pub mod iptables;
 pub mod pause;
 pub mod registries;
+pub mod regrelay;
 pub mod routes;
 pub mod unixgrpc;
 pub mod vxlan;

@@ -2,12 +2,15 @@
 //! into containerd's registry configuration: each mirror becomes a `hosts.toml` under the
 //! `config_path` directory (the mirror's endpoints in order, then the registry itself), each
 //! host's `tls` goes there too, and each host's `auth` becomes a `registry.configs` entry of
-//! the CRI plugin.
+//! the CRI plugin. A mirror endpoint with rewrites is named by its relay's address instead
+//! ([`super::regrelay`]), and its credentials are given under that address too.
 //!
 //! ```yaml
 //! mirrors:
 //!   docker.io:
 //!     endpoint: ["http://127.0.0.1:5000"]
+//!     rewrite:                 # repositories named differently on the mirror
+//!       "^rancher/(.*)": "mirrorproject/rancher-images/$1"
 //!   "*":                       # every other registry
 //!     endpoint: ["https://mirror.example.com"]
 //! configs:
@@ -27,6 +30,9 @@ pub struct Registries {
     pub mirrors: BTreeMap<String, Mirror>,
     #[serde(default)]
     pub configs: BTreeMap<String, HostConfig>,
+    /// The relay address (`127.0.0.1:<port>`) of each (registry, endpoint) with rewrites.
+    #[serde(skip)]
+    pub relays: BTreeMap<(String, String), String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,7 +40,7 @@ pub struct Registries {
 pub struct Mirror {
     #[serde(default)]
     pub endpoint: Vec<String>,
-    /// Repository rewrites: containerd 1.6 has no such option; refused with a message.
+    /// Repository rewrites, pattern -> replacement, applied on the endpoints through relays.
     #[serde(default)]
     pub rewrite: BTreeMap<String, String>,
 }
@@ -78,8 +84,11 @@ pub fn load(path: &Path) -> Result<Registries, String> {
     }
     let r: Registries = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     for (name, m) in &r.mirrors {
-        if !m.rewrite.is_empty() {
-            return Err(format!("{}: mirrors.{name}.rewrite is not supported by this node's containerd; mirror the repositories under the same names", path.display()));
+        for (pattern, replacement) in &m.rewrite {
+            super::regrelay::Rule::new(pattern, replacement).map_err(|e| format!("{}: mirrors.{name}.rewrite {pattern:?}: {e}", path.display()))?;
+        }
+        if !m.rewrite.is_empty() && m.endpoint.is_empty() {
+            return Err(format!("{}: mirrors.{name}.rewrite applies to the mirror's endpoints, and it names none", path.display()));
         }
         for e in &m.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -131,11 +140,34 @@ impl Registries {
             out.push_str(&format!("server = {}\n", quote(&server)));
         }
         for e in &mirror.endpoint {
+            if let Some(relay) = self.relays.get(&(name.to_string(), e.clone())) {
+                out.push_str(&format!("\n# {e}, through the relay that applies its rewrites\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n", quote(&format!("http://{relay}"))));
+                continue;
+            }
             out.push_str(&format!("\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n", quote(e.trim_end_matches('/'))));
             out.push_str(&self.tls_lines(host_of(e)));
         }
         if name != "*" && !self.tls_lines(name).is_empty() {
             out.push_str(&format!("\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n{}", quote(&format!("https://{name}")), self.tls_lines(name)));
+        }
+        out
+    }
+
+    /// The rules of each mirror endpoint with rewrites: (registry, endpoint, rules, TLS).
+    pub fn rewrites(&self) -> Vec<(&str, &str, Vec<super::regrelay::Rule>, super::regrelay::EndpointTls<'_>)> {
+        let mut out = Vec::new();
+        for (name, m) in self.mirrors.iter().filter(|(_, m)| !m.rewrite.is_empty()) {
+            // Checked by load().
+            let rules: Vec<_> = m.rewrite.iter().filter_map(|(p, r)| super::regrelay::Rule::new(p, r).ok()).collect();
+            for e in &m.endpoint {
+                let tls = self.config(host_of(e)).and_then(|c| c.tls.as_ref()).map(|t| super::regrelay::EndpointTls {
+                    ca_file: t.ca_file.as_deref(),
+                    cert_file: t.cert_file.as_deref(),
+                    key_file: t.key_file.as_deref(),
+                    insecure_skip_verify: t.insecure_skip_verify,
+                });
+                out.push((name.as_str(), e.as_str(), rules.clone(), tls.unwrap_or_default()));
+            }
         }
         out
     }
@@ -166,7 +198,8 @@ impl Registries {
     /// The CRI plugin's registry section: `config_path` and the hosts' credentials.
     pub fn containerd_section(&self, dir: &Path) -> String {
         let mut out = format!("  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = {}\n", quote(&dir.to_string_lossy()));
-        for (h, c) in &self.configs {
+        let relayed = self.relays.iter().filter_map(|((_, e), relay)| Some((relay.as_str(), self.configs.get(host_of(e))?)));
+        for (h, c) in self.configs.iter().map(|(h, c)| (h.as_str(), c)).chain(relayed) {
             let Some(a) = &c.auth else { continue };
             out.push_str(&format!("  [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.{}.auth]\n", quote(h)));
             for (k, v) in [("username", &a.username), ("password", &a.password), ("auth", &a.auth), ("identitytoken", &a.identity_token)] {
@@ -208,10 +241,28 @@ mod tests {
     }
 
     #[test]
+    fn a_relayed_endpoint_is_named_by_its_relay_with_the_endpoint_s_credentials() {
+        let mut r = parse("mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:5000\"]\n    rewrite:\n      \"^library/(.*)\": \"mirrored/$1\"\nconfigs:\n  \"127.0.0.1:5000\":\n    auth: {username: alice, password: s3cret}\n").unwrap();
+        let rewrites = r.rewrites();
+        assert_eq!(rewrites.len(), 1);
+        assert_eq!((rewrites[0].0, rewrites[0].1), ("docker.io", "http://127.0.0.1:5000"));
+        assert_eq!(super::super::regrelay::rewrite(&rewrites[0].2, "library/busybox"), "mirrored/busybox");
+        r.relays.insert(("docker.io".into(), "http://127.0.0.1:5000".into()), "127.0.0.1:41000".into());
+        let docker = r.hosts_toml("docker.io", &r.mirrors["docker.io"]);
+        assert!(docker.contains("[host.\"http://127.0.0.1:41000\"]") && !docker.contains("[host.\"http://127.0.0.1:5000\"]"), "{docker}");
+        let section = r.containerd_section(Path::new("/d"));
+        for h in ["127.0.0.1:5000", "127.0.0.1:41000"] {
+            assert!(section.contains(&format!("registry.configs.\"{h}\".auth]\n      username = \"alice\"")), "{section}");
+        }
+    }
+
+    #[test]
     fn mistakes_are_refused_with_what_to_fix() {
         assert!(parse("mirror:\n  docker.io: {}\n").unwrap_err().contains("unknown field `mirror`"));
         assert!(parse("mirrors:\n  docker.io:\n    endpoint: [127.0.0.1:5000]\n").unwrap_err().contains("must be an http:// or https:// URL"));
-        assert!(parse("mirrors:\n  docker.io:\n    endpoint: [http://a]\n    rewrite: {\"^a\": b}\n").unwrap_err().contains("rewrite is not supported"));
+        let e = parse("mirrors:\n  docker.io:\n    endpoint: [http://a]\n    rewrite: {\"^(a\": b}\n").unwrap_err();
+        assert!(e.contains("mirrors.docker.io.rewrite \"^(a\"") && e.contains("unclosed group"), "{e}");
+        assert!(parse("mirrors:\n  docker.io:\n    rewrite: {\"^a\": b}\n").unwrap_err().contains("names none"));
         assert!(parse("").unwrap().mirrors.is_empty());
         assert!(load(Path::new("/nonexistent/registries.yaml")).unwrap().mirrors.is_empty());
     }

@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use super::tlsclient::{client_config, ClientCert, Trust};
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
@@ -53,40 +54,23 @@ pub struct Https {
 impl Https {
     /// A transport to `url` (`https://host:port`), trusting only `ca_pem`.
     pub fn new(url: &str, ca_pem: &[u8], creds: Credentials) -> Result<Https, HttpsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem) {
-            roots.add(c.map_err(|e| HttpsError::Tls(format!("CA certificate: {e}")))?).map_err(|e| HttpsError::Tls(format!("CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
+        if CertificateDer::pem_slice_iter(ca_pem).next().is_none() {
             return Err(HttpsError::Tls("no CA certificate given".into()));
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HttpsError::Tls(e.to_string()))?
-            .with_root_certificates(roots);
+        let trust = Trust::Pem(ca_pem);
         let (config, bearer) = match creds {
-            Credentials::Certificate { cert_pem, key_pem } => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>().map_err(|e| HttpsError::Tls(format!("client certificate: {e}")))?;
-                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| HttpsError::Tls(format!("client key: {e}")))?;
-                (builder.with_client_auth_cert(chain, key).map_err(|e| HttpsError::Tls(e.to_string()))?, None)
-            }
-            Credentials::Token(t) => (builder.with_no_client_auth(), Some(t)),
-            Credentials::None => (builder.with_no_client_auth(), None),
+            Credentials::Certificate { cert_pem, key_pem } => (client_config(trust, Some(ClientCert { cert_pem: &cert_pem, key_pem: &key_pem }), &[]), None),
+            Credentials::Token(t) => (client_config(trust, None, &[]), Some(t)),
+            Credentials::None => (client_config(trust, None, &[]), None),
         };
-        Https::with_config(url, config, bearer)
+        Https::with_config(url, config.map_err(|e| HttpsError::Tls(e.to_string()))?, bearer)
     }
 
     /// A transport to `url` that accepts any server certificate and sends no credentials:
     /// only for a joining node's discovery, whose answer (the cluster CA) is checked against
     /// the pin of its token before anything is trusted or sent.
     pub fn unverified(url: &str) -> Result<Https, HttpsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HttpsError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
+        let config = client_config(Trust::Anything, None, &[]).map_err(|e| HttpsError::Tls(e.to_string()))?;
         Https::with_config(url, config, None)
     }
 
@@ -244,25 +228,5 @@ impl Transport for Https {
                 r => r,
             }
         })
-    }
-}
-
-/// Accepts whatever certificate the server shows (the handshake's signatures are still
-/// checked): see [`Https::unverified`].
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: rustls_pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod queue;
 pub mod status;
 pub mod task;
+pub mod tlsclient;
 pub mod watcher;
 
 pub use client::Client;

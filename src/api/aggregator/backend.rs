@@ -9,11 +9,8 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use crate::runtime::tlsclient::{self, dial_error, ClientCert, TlsSetupError, Trust};
+use rustls_pki_types::ServerName;
 use std::sync::Arc;
 
 /// Request bodies sent to extension servers (a client's body relayed, or nothing).
@@ -44,28 +41,13 @@ pub fn tls(service_name: &str, namespace: &str, ca_bundle: &[u8], insecure: bool
 /// A TLS client setup speaking HTTP/1.1: `ca_bundle` (PEM) as the only trust roots, or none
 /// checked when `insecure`; `identity` as the client certificate.
 pub fn client_config(ca_bundle: &[u8], insecure: bool, identity: Option<&Identity>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
-    let builder = if insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_bundle) {
-            let c = c.map_err(|e| e.to_string())?;
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-        builder.with_root_certificates(roots)
-    };
-    let mut config = match identity {
-        Some(id) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("front-proxy client certificate: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(|e| format!("front-proxy client key: {e}"))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let trust = if insecure { Trust::Anything } else { Trust::Pem(ca_bundle) };
+    let cert = identity.map(|id| ClientCert { cert_pem: id.cert_pem.as_bytes(), key_pem: id.key_pem.as_bytes() });
+    tlsclient::client_config(trust, cert, &[b"http/1.1"]).map(Arc::new).map_err(|e| match e {
+        TlsSetupError::Cert(_) | TlsSetupError::Key(_) => format!("front-proxy {e}"),
+        TlsSetupError::Ca(why) => why,
+        e => e.to_string(),
+    })
 }
 
 /// Opens a connection to `addr` and returns its request handle; the connection (upgrades
@@ -87,17 +69,6 @@ pub async fn connect(addr: &str, tls: &Tls) -> Result<SendRequest<OutBody>, Stri
 }
 
 /// A failed connect as Go's net package words it (`connect: connection refused`).
-fn dial_error(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => "connect: connection refused".into(),
-        K::HostUnreachable => "connect: no route to host".into(),
-        K::NetworkUnreachable => "connect: network is unreachable".into(),
-        K::TimedOut => "i/o timeout".into(),
-        _ => e.to_string(),
-    }
-}
-
 /// GETs `path` from the extension server at `addr` as `user`, within five seconds: the
 /// status code and body.
 pub async fn get(addr: &str, tls: &Tls, path: &str, user: &UserInfo) -> Result<(u16, Bytes), String> {
@@ -181,26 +152,6 @@ pub fn set_identity(h: &mut http::HeaderMap, user: &UserInfo) {
 
 /// Characters percent-encoded in an extra key (all but unreserved ones and `/`).
 const EXTRA_KEY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// `insecureSkipTLSVerify`: any certificate is accepted, handshake signatures are still
-/// checked (the peer holds the key of the certificate it shows).
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 #[cfg(test)]
 mod tests {
