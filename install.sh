@@ -239,21 +239,29 @@ EOF
     fi
   fi
 elif command -v openrc-run >/dev/null 2>&1 || [ -x /sbin/openrc-run ]; then
+  # Debian's openrc has no /etc/conf.d until something puts a file there.
+  mkdir -p /etc/conf.d
   write_env "/etc/conf.d/$SERVICE"
   cat >"/etc/init.d/$SERVICE" <<EOF
 #!/sbin/openrc-run
 description="ferrokube ($ROLE): a Kubernetes node in one binary"
+# openrc's own supervisor: restarts it if it dies (systemd's Restart=always), and writes
+# its log where start-stop-daemon cannot (Debian's has no --stdout).
+supervisor=supervise-daemon
 command="$BIN"
 command_args="$EXEC"
-command_background=true
 pidfile="/run/$SERVICE.pid"
+respawn_delay=5
+respawn_max=0
 output_log="/var/log/$SERVICE.log"
 error_log="/var/log/$SERVICE.log"
-# Pods keep running when the service stops: only ferrokube itself is signalled.
+# Pods keep running when the service stops: only ferrokube itself is signalled, never the
+# rest of its cgroup (containerd's shims), whatever rc_cgroup_cleanup says in rc.conf.
 retry="TERM/30/KILL/5"
+rc_cgroup_cleanup="no"
 depend() {
-  need net
-  after firewall
+  after network-online net firewall
+  want cgroups
 }
 start_pre() {
   modprobe br_netfilter 2>/dev/null || true

@@ -22,7 +22,7 @@ fi
 
 export FERROKUBE=$root/target/debug/ferrokube FERROKUBE_ARM64=$root/target/aarch64-unknown-linux-gnu/release/ferrokube KUBECTL=$root/.tools/bin/kubectl PYTHON=$venv/bin/python
 status=0
-for suite in tests/e2e/kubectl.sh tests/e2e/fidelity.sh tests/e2e/aggregation.sh tests/e2e/durability.sh tests/e2e/node.sh tests/e2e/workloads.sh tests/e2e/services.sh tests/e2e/metrics.sh tests/e2e/netpol.sh tests/e2e/devices.sh tests/e2e/csi.sh tests/e2e/rbac.sh tests/e2e/webhooks.sh tests/e2e/encryption.sh tests/e2e/audit.sh tests/e2e/operate.sh tests/e2e/installer.sh tests/e2e/systemd.sh tests/e2e/killall.sh tests/e2e/multinode.sh tests/e2e/vxlan.sh tests/e2e/etcd.sh tests/e2e/registries.sh tests/e2e/arm64.sh tests/e2e/clients.sh; do
+for suite in tests/e2e/kubectl.sh tests/e2e/fidelity.sh tests/e2e/aggregation.sh tests/e2e/durability.sh tests/e2e/node.sh tests/e2e/workloads.sh tests/e2e/services.sh tests/e2e/metrics.sh tests/e2e/netpol.sh tests/e2e/devices.sh tests/e2e/csi.sh tests/e2e/rbac.sh tests/e2e/webhooks.sh tests/e2e/encryption.sh tests/e2e/audit.sh tests/e2e/operate.sh tests/e2e/installer.sh tests/e2e/systemd.sh tests/e2e/openrc.sh tests/e2e/killall.sh tests/e2e/multinode.sh tests/e2e/vxlan.sh tests/e2e/etcd.sh tests/e2e/registries.sh tests/e2e/arm64.sh tests/e2e/clients.sh; do
   echo "== $suite"
   bash "$suite" || status=1
 done
