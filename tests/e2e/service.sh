@@ -40,8 +40,10 @@ else
     rc=$?
     umount "$rootfs/proc"
     [ "$rc" = 0 ] || { not_ok "openrc installed in the root" "$(tail -5 "$E2E_DIR/apt.log")"; summary; exit 1; }
-    # No terminals in the container: no gettys.
+    # No terminals in the container: no gettys. And should it ever halt, the host's
+    # network interfaces (shared) stay up.
     sed -i -E 's/^([1-6]:[0-9]+:respawn:)/#\1/' "$rootfs/etc/inittab"
+    echo NETDOWN=no >>"$rootfs/etc/default/halt"
     tar -C "$rootfs" -cf "$cache_dir/bookworm-openrc-root.tar" .
   fi
 fi
@@ -96,7 +98,9 @@ else
   svc_enabled() { if inside rc-update show default 2>/dev/null | grep -qw ferrokube; then echo enabled; else echo disabled; fi; }
   svc_restart() { inside rc-service ferrokube restart; }
   svc_log() { inside cat /var/log/ferrokube.log 2>&1; }
-  poweroff_inside() { inside poweroff; }
+  # Never sysvinit's halt: it takes every network interface down (`halt -i`), and this
+  # container shares the host's. Its PID 1 killed, the container is gone.
+  poweroff_inside() { kill -KILL "$LEADER"; }
 fi
 state=
 for _ in $(seq 150); do booted && { state=booted; break; }; sleep 0.2; done
