@@ -4,7 +4,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
 # Build: protoc for the CRI client, a static libc for the pause program.
-# Node: containerd (with ctr), runc, iptables, iproute2, util-linux (nsenter).
+# Node: containerd (its ctr serves the tests only), runc, iptables, iproute2, util-linux (nsenter).
 # Tests: curl, python3-venv, busybox-static for test images; tzdata for CronJob time zones;
 # docker-registry for pulls from a local registry; etcd-server and etcd-client for servers on etcd; shellcheck for install.sh; systemd-container
 # and debootstrap for install.sh in a booted systemd container. Edge boards: the aarch64 cross

@@ -278,10 +278,6 @@ fn runtime(external: bool) -> Vec<Check> {
                 _ => Check::new("runtime", "containerd", Verdict::Fail, format!("{v} (1.6 or newer is needed: CRI v1)"), "upgrade containerd to 1.6 or newer"),
             },
         });
-        out.push(match version("ctr", &["--version"]) {
-            Some(v) => Check::new("runtime", "ctr", Verdict::Pass, v, ""),
-            None => Check::new("runtime", "ctr", Verdict::Fail, "not installed", "install containerd's ctr (it ships with containerd); image import uses it"),
-        });
     }
     out.push(match version("runc", &["--version"]) {
         Some(v) => Check::new("runtime", "runc", Verdict::Pass, v, ""),

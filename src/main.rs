@@ -422,10 +422,10 @@ fn main() -> std::process::ExitCode {
         Command::Images { command: ImagesCommand::Import { files, run_dir } } => rt.block_on(async {
             let socket = run_dir.join("containerd").join("containerd.sock");
             for f in &files {
-                ferrokube::node::containerd::import_archive(&socket, f)
+                let names = ferrokube::node::containerd::import_archive(&socket, f)
                     .await
                     .map_err(|e| ferrokube::server::StartError::Node(format!("{}: {e}", f.display())))?;
-                println!("imported {}", f.display());
+                println!("imported {}: {}", f.display(), names.join(", "));
             }
             Ok(())
         }),

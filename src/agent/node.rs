@@ -275,7 +275,7 @@ pub async fn start(s: Start<'_>, scope: &Scope) -> Result<Option<crate::node::co
     archives.sort();
     for archive in archives {
         match containerd::import_archive(&socket, &archive).await {
-            Ok(()) => tracing::info!(archive = %archive.display(), "imported image archive"),
+            Ok(images) => tracing::info!(archive = %archive.display(), ?images, "imported image archive"),
             Err(e) => tracing::warn!(archive = %archive.display(), error = %e, "image archive not imported"),
         }
     }

@@ -281,77 +281,18 @@ pub async fn import_pause(socket: &Path, scratch: &Path, cri: &dyn Runtime) -> R
     std::fs::create_dir_all(scratch).map_err(io(scratch))?;
     let file = scratch.join("pause-image.tar");
     std::fs::write(&file, super::pause::ARCHIVE).map_err(io(&file))?;
-    import_archive(socket, &file).await
-}
-
-/// A plain tar of `file`: gzip and zstd archives are decompressed next to it first
-/// (containerd's importer reads plain tar only). Returns the path to import and whether it
-/// is a temporary file.
-fn plain_tar(file: &Path) -> Result<(PathBuf, bool), RuntimeError> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(file).and_then(|mut f| f.read(&mut magic)).map_err(io(file))?;
-    let decoder: Box<dyn Read> = match &magic[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(std::fs::File::open(file).map_err(io(file))?)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(std::fs::File::open(file).map_err(io(file))?)
-                .map_err(|e| RuntimeError::Import(format!("{}: {e}", file.display())))?,
-        ),
-        _ => return Ok((file.to_path_buf(), false)),
-    };
-    let tmp = file.with_extension("ferrokube-import.tar");
-    let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    let mut decoder = decoder;
-    std::io::copy(&mut decoder, &mut out).map_err(|e| RuntimeError::Import(format!("{}: {e}", file.display())))?;
-    Ok((tmp, true))
+    import_archive(socket, &file).await.map(drop)
 }
 
 /// Imports an image archive (OCI layout or docker-archive; plain, gzip or zstd) into the
-/// `k8s.io` namespace.
-pub async fn import_archive(socket: &Path, file: &Path) -> Result<(), RuntimeError> {
-    let (tar, temporary) = plain_tar(file)?;
-    let result = import_tar(socket, &tar).await;
-    if temporary {
-        let _ = std::fs::remove_file(&tar);
-    }
-    result
-}
-
-async fn import_tar(socket: &Path, file: &Path) -> Result<(), RuntimeError> {
-    let ctr = which("ctr").ok_or_else(|| RuntimeError::Missing("ctr is not installed (it ships with containerd)".into()))?;
-    let out = Command::new(ctr)
-        .arg("--address")
-        .arg(socket)
-        .args(["-n", "k8s.io", "images", "import", "--all-platforms"])
-        .arg(file)
-        .output()
-        .await
-        .map_err(io(file))?;
-    if !out.status.success() {
-        return Err(RuntimeError::Import(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    Ok(())
+/// `k8s.io` namespace through containerd's API ([`super::imageimport`]); the images' names.
+pub async fn import_archive(socket: &Path, file: &Path) -> Result<Vec<String>, RuntimeError> {
+    super::imageimport::import(socket, file).await.map_err(|e| RuntimeError::Import(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn compressed_archives_are_unpacked_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let plain = dir.path().join("a.tar");
-        std::fs::write(&plain, b"plain tar bytes").unwrap();
-        assert_eq!(plain_tar(&plain).unwrap(), (plain.clone(), false));
-        let gz = dir.path().join("a.tar.gz");
-        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
-        enc.write_all(b"plain tar bytes").unwrap();
-        enc.finish().unwrap();
-        let (tmp, temporary) = plain_tar(&gz).unwrap();
-        assert!(temporary);
-        assert_eq!(std::fs::read(tmp).unwrap(), b"plain tar bytes");
-    }
 
     #[test]
     fn a_template_replaces_our_configuration_and_may_include_it() {

@@ -4,6 +4,7 @@
 pub mod containerd;
 pub mod csi;
 pub mod host;
+pub mod imageimport;
 pub mod iptables;
 pub mod pause;
 pub mod registries;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Builds a one-layer OCI image archive from busybox-static:
-`mkimage.py OUT.tar NAME [--cmd JSON-ARRAY] [--file PATH=TEXT]...`.
+`mkimage.py OUT.tar NAME [--cmd JSON-ARRAY] [--file PATH=TEXT]... [--format oci|docker]`
+(docker: the layout `docker save` writes, manifest.json with NAME in RepoTags).
 
 The rootfs holds /bin/busybox and a link per applet, /tmp, /etc/passwd, a /www/index.html
 for httpd, and any --file given (PATH relative to /). The default command is /bin/sh, or the
@@ -15,6 +16,7 @@ parser.add_argument("out")
 parser.add_argument("name")
 parser.add_argument("--cmd", default='["/bin/sh"]')
 parser.add_argument("--file", action="append", default=[])
+parser.add_argument("--format", choices=["oci", "docker"], default="oci")
 args = parser.parse_args()
 out, name = args.out, args.name
 extra = dict(f.split("=", 1) for f in args.file)
@@ -65,9 +67,15 @@ index = json.dumps({"schemaVersion": 2, "manifests": [{
     "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + digest(manifest), "size": len(manifest),
     "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]},
 }]}).encode()
+if args.format == "docker":
+    files = [(digest(layer_bytes) + "/layer.tar", layer_bytes), (digest(config) + ".json", config),
+             ("manifest.json", json.dumps([{"Config": digest(config) + ".json", "RepoTags": [name],
+                                            "Layers": [digest(layer_bytes) + "/layer.tar"]}]).encode())]
+else:
+    files = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
+             ("blobs/sha256/" + digest(manifest), manifest), ("blobs/sha256/" + digest(config), config),
+             ("blobs/sha256/" + digest(layer_bytes), layer_bytes)]
 with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as t:
-    for path, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
-                       ("blobs/sha256/" + digest(manifest), manifest), ("blobs/sha256/" + digest(config), config),
-                       ("blobs/sha256/" + digest(layer_bytes), layer_bytes)]:
+    for path, data in files:
         i = tarfile.TarInfo(path); i.size = len(data); i.mode = 0o644; i.mtime = int(time.time()); t.addfile(i, io.BytesIO(data))
 print(out)
