@@ -14,10 +14,11 @@ cargo build --locked --release --target aarch64-unknown-linux-gnu --bin ferrokub
 
 "$root/scripts/fetch-clients.sh" >/dev/null
 venv=$root/.tools/venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import kubernetes, pytest, grpc_tools' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import kubernetes, pytest, grpc_tools, cryptography' 2>/dev/null; then
   python3 -m venv "$venv"
-  # grpcio for the test device plugin and CSI driver (tests/e2e/*.py).
-  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes pytest grpcio grpcio-tools
+  # grpcio for the test device plugin and CSI driver (tests/e2e/*.py); cryptography for
+  # certificates near their renewal (shortcert.py).
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes pytest grpcio grpcio-tools cryptography
 fi
 
 export FERROKUBE=$root/target/debug/ferrokube FERROKUBE_ARM64=$root/target/aarch64-unknown-linux-gnu/release/ferrokube KUBECTL=$root/.tools/bin/kubectl PYTHON=$venv/bin/python

@@ -225,6 +225,32 @@ check "it ran again without the token" "0" "$(grep -c 'the server refused' "$E2E
 out=$(in_ns a1 timeout 20 "$FERROKUBE" agent --server "$URL" --data-dir "$E2E_DIR/a1" --run-dir "$E2E_DIR/a1-run2" --node-name a1 2>&1)
 check_contains "a second agent on the same data directory is refused" "another ferrokube agent runs on this data directory" "$out"
 
+# Certificate renewal. a1's client certificate is replaced by one (its key, the cluster CA)
+# that reaches 80% of its life 15 s after the agent starts: the running agent renews it with
+# a CSR as itself (no token), its components restart, its pods keep running. Then one past
+# 80% already: renewed at start.
+tls=$E2E_DIR/data/server/tls
+short_cert() { "${PYTHON:-python3}" "$(dirname "$0")/shortcert.py" "$tls/ca.crt" "$tls/ca.key" "$E2E_DIR/a1/agent/tls/client-kubelet.key" system:node:a1 system:nodes 3600 "$1" >"$E2E_DIR/a1/agent/tls/client-kubelet.crt"; }
+secs_left() { echo $(( $(date -d "$(openssl x509 -noout -enddate -in "$E2E_DIR/a1/agent/tls/client-kubelet.crt" | cut -d= -f2)" +%s) - $(date +%s) )); }
+year_long() { [ "$(secs_left)" -ge $((360 * 86400)) ] && echo yes; }
+kill -TERM "${AGENT_PID[a1]}"; wait "${AGENT_PID[a1]}" 2>/dev/null
+short_cert 15
+check "a1's certificate now expires within the hour" "yes" "$(s=$(secs_left); [ "$s" -gt 0 ] && [ "$s" -lt 3600 ] && echo yes)"
+start_agent a1
+eventually "a1 is Ready on its short certificate" "True" 60 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+eventually "the running agent renews it at 80% of its life" "1" 60 sh -c "grep -c 'renewing the node.s certificates' '$E2E_DIR/a1.log'"
+eventually "its new client certificate is valid for a year" "yes" 30 year_long
+check_contains "requested with a CSR as system:node:a1" "system:node:a1 kubernetes.io/kube-apiserver-client-kubelet" "$(k get csr -o jsonpath='{range .items[*]}{.spec.username} {.spec.signerName}{"\n"}{end}')"
+eventually "after the renewal a1 is Ready" "True" 60 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+check "its pod kept its container through the renewal" "$CID_BEFORE" "$(k get pod "$DS_A1" -o jsonpath='{.status.containerStatuses[0].containerID}')"
+check "kubectl exec on it works after the renewal" "renewed" "$(k exec "$DS_A1" -- echo renewed 2>&1)"
+kill -TERM "${AGENT_PID[a1]}"; wait "${AGENT_PID[a1]}" 2>/dev/null
+short_cert -60
+start_agent a1
+eventually "a certificate past 80% of its life is renewed at start" "yes" 60 year_long
+eventually "and a1 is Ready again" "True" 60 "$KUBECTL" get node a1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+check "without the token" "0" "$(grep -c 'the server refused' "$E2E_DIR/a1.log")"
+
 # A Node deleted takes its pods with it.
 k delete node a2 >/dev/null
 eventually "a deleted Node's pods are removed" "" 60 sh -c "$KUBECTL get pods -A -o jsonpath='{range .items[*]}{.spec.nodeName}{\"\\n\"}{end}' | grep '^a2\$'"
