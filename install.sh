@@ -19,6 +19,8 @@
 #   FERROKUBE_URL, FERROKUBE_TOKEN   join an existing server (agent role)
 #   FERROKUBE_*                      passed to the service through its environment file
 # Re-running upgrades in place and restarts the service; pods keep running (KillMode=process).
+# ferrokube-killall.sh and ferrokube-uninstall.sh clean the directories and bridge that
+# --data-dir, --run-dir, --pod-bridge and --kubelet-root-dir in INSTALL_FERROKUBE_EXEC name.
 set -eu
 
 info() { echo "[INFO]  $*"; }
@@ -32,7 +34,6 @@ BIN_DIR=${INSTALL_FERROKUBE_BIN_DIR:-/usr/local/bin}
 SYSTEMD_DIR=${INSTALL_FERROKUBE_SYSTEMD_DIR:-/etc/systemd/system}
 EXEC=${INSTALL_FERROKUBE_EXEC:-}
 VERSION=${INSTALL_FERROKUBE_VERSION:-latest}
-DATA_DIR=${FERROKUBE_DATA_DIR:-/var/lib/ferrokube}
 CONFIG_DIR=${INSTALL_FERROKUBE_CONFIG_DIR:-/etc/ferrokube}
 SERVICE=ferrokube
 if [ -z "$EXEC" ]; then
@@ -44,6 +45,33 @@ case "$ROLE" in
   -*) EXEC="server $EXEC" ROLE=server ;;
   *) fatal "INSTALL_FERROKUBE_EXEC must start with server or agent (got \"$ROLE\")" ;;
 esac
+# The value of flag --$1 in the service's flags (--name value or --name=value), if given:
+# killall and uninstall clean where the service was told to work.
+flag_value() (
+  set -f
+  prev=
+  for word in $EXEC; do
+    case "$word" in --"$1"=*)
+      echo "${word#*=}"
+      exit 0
+      ;;
+    esac
+    if [ "$prev" = "--$1" ]; then
+      echo "$word"
+      exit 0
+    fi
+    prev=$word
+  done
+)
+DATA_DIR=$(flag_value data-dir)
+DATA_DIR=${DATA_DIR:-${FERROKUBE_DATA_DIR:-/var/lib/ferrokube}}
+RUN_DIR=$(flag_value run-dir)
+RUN_DIR=${RUN_DIR:-/run/ferrokube}
+POD_BRIDGE=$(flag_value pod-bridge)
+BRIDGE_FLAG=
+[ -z "$POD_BRIDGE" ] || BRIDGE_FLAG=" --pod-bridge \"$POD_BRIDGE\""
+KUBELET_ROOT=$(flag_value kubelet-root-dir)
+KUBELET_ROOT=${KUBELET_ROOT:-/var/lib/kubelet}
 if [ "$ROLE" = agent ]; then
   SERVICE=ferrokube-agent
   [ -n "${FERROKUBE_URL:-}" ] || fatal "the agent needs FERROKUBE_URL (https://<server>:6443)"
@@ -150,7 +178,7 @@ set -e
 [ "\$(id -u)" = 0 ] || exec sudo "\$0" "\$@"
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl stop $SERVICE 2>/dev/null || true; fi
 if command -v rc-service >/dev/null 2>&1; then rc-service $SERVICE stop 2>/dev/null || true; fi
-exec "$BIN" killall --data-dir "$DATA_DIR" "\$@"
+exec "$BIN" killall --data-dir "$DATA_DIR" --run-dir "$RUN_DIR"$BRIDGE_FLAG "\$@"
 EOF
 cat >"$BIN_DIR/ferrokube-uninstall.sh" <<EOF
 #!/bin/sh
@@ -170,10 +198,10 @@ if [ -f /etc/init.d/$SERVICE ]; then
   rc-update delete $SERVICE default 2>/dev/null || true
   rm -f /etc/init.d/$SERVICE /etc/conf.d/$SERVICE
 fi
-rm -rf "$CONFIG_DIR" "$DATA_DIR" /run/ferrokube
+rm -rf "$CONFIG_DIR" "$DATA_DIR" "$RUN_DIR"
 # What the kubelet made in its root directory; the directory only when nothing else is there.
-rm -rf /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources /var/lib/kubelet/plugins_registry /var/lib/kubelet/plugins/kubernetes.io
-rmdir /var/lib/kubelet/plugins /var/lib/kubelet 2>/dev/null || true
+rm -rf "$KUBELET_ROOT/device-plugins" "$KUBELET_ROOT/pod-resources" "$KUBELET_ROOT/plugins_registry" "$KUBELET_ROOT/plugins/kubernetes.io"
+rmdir "$KUBELET_ROOT/plugins" "$KUBELET_ROOT" 2>/dev/null || true
 rm -f "$BIN" "$BIN_DIR/ferrokube-killall.sh" "$BIN_DIR/ferrokube-uninstall.sh"
 echo "ferrokube removed"
 EOF

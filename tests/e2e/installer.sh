@@ -4,7 +4,10 @@
 # replaced); writes the systemd unit (Type=notify, KillMode=process, Delegate=yes) and a
 # private environment file; re-running upgrades in place; the airgap path; the unit's command
 # run as systemd would (NOTIFY_SOCKET) sends READY=1 once /readyz is 200; the uninstall script
-# removes everything it installed.
+# removes everything it installed. The agent role: FERROKUBE_URL and FERROKUBE_TOKEN required,
+# a ferrokube-agent unit with them in its private environment file; its command joins the
+# server, tells READY=1 and runs a pod; its uninstall script, told the paths the service's
+# flags name, stops it and removes its bridge, chains and files.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -89,6 +92,64 @@ ready_then=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/re
 check "the service tells systemd READY=1" "READY=1" "$(cat "$E2E_DIR/notified")"
 check "and /readyz answers 200 by then" "200" "$ready_then"
 check "the kubeconfig it wrote works" "Active" "$(k get ns default -o jsonpath='{.status.phase}' 2>&1)"
+
+# The agent role, beside the server (which runs without a node of its own).
+AGENT_PID=
+agent_cleanup() {
+  if [ -n "$AGENT_PID" ]; then
+    kill -KILL "$AGENT_PID" 2>/dev/null
+    "$FERROKUBE" killall --data-dir "$E2E_DIR/agent-data" --run-dir "$E2E_DIR/agent-run" --pod-bridge fkinst0 >/dev/null 2>&1
+  fi
+  cleanup
+}
+trap agent_cleanup EXIT
+abin=$E2E_DIR/agent-bin
+mkdir -p "$abin" && cp "$FERROKUBE" "$abin/ferrokube"
+agent_install() {
+  env INSTALL_FERROKUBE_SKIP_DOWNLOAD=true INSTALL_FERROKUBE_BIN_DIR="$abin" INSTALL_FERROKUBE_SYSTEMD_DIR="$E2E_DIR/agent-systemd" \
+    INSTALL_FERROKUBE_CONFIG_DIR="$E2E_DIR/agent-etc" FERROKUBE_DATA_DIR="$E2E_DIR/agent-data" \
+    INSTALL_FERROKUBE_EXEC="agent --node-name inst-agent --run-dir $E2E_DIR/agent-run --pod-bridge fkinst0 --kubelet-root-dir $E2E_DIR/agent-kubelet --cgroup-root /ferrokube/inst-agent" \
+    "$@" sh "$script" 2>&1
+}
+out=$(agent_install FERROKUBE_URL="https://127.0.0.1:$PORT"); rc=$?
+check "the agent role without FERROKUBE_TOKEN is refused" "1" "$rc"
+check_contains "saying what to give" "the agent needs FERROKUBE_TOKEN" "$out"
+out=$(agent_install FERROKUBE_URL="https://127.0.0.1:$PORT" FERROKUBE_TOKEN="$(cat "$E2E_DIR/data/server/token")"); rc=$?
+check "install.sh for an agent succeeds" "0" "$rc"
+[ "$rc" = 0 ] || echo "$out" | sed 's/^/       /'
+aunit=$E2E_DIR/agent-systemd/ferrokube-agent.service
+check_contains "its unit is ferrokube-agent.service, running the agent" "ExecStart=$abin/ferrokube agent --node-name inst-agent" "$(cat "$aunit" 2>&1)"
+aenv=$E2E_DIR/agent-systemd/ferrokube-agent.service.env
+check "its environment file is private" "600" "$(stat -c %a "$aenv" 2>&1)"
+check "and holds the server's URL and the token" "FERROKUBE_URL=https://127.0.0.1:$PORT FERROKUBE_TOKEN=K10" "$(grep -o '^FERROKUBE_URL=.*\|^FERROKUBE_TOKEN=K10' "$aenv" | xargs)"
+check_contains "its killall script cleans where the flags say" "--run-dir \"$E2E_DIR/agent-run\" --pod-bridge \"fkinst0\"" "$(cat "$abin/ferrokube-killall.sh")"
+exec_line=$(sed -n 's/^ExecStart=//p' "$aunit")
+sock=$E2E_DIR/agent-notify.sock
+python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); s.settimeout(60)
+print(s.recv(64).decode(), flush=True)' "$sock" >"$E2E_DIR/agent-notified" &
+LISTENER=$!
+for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.05; done
+# shellcheck disable=SC2086
+(set -a; . "$aenv"; set +a; NOTIFY_SOCKET=$sock exec $exec_line) >>"$E2E_DIR/agent.log" 2>&1 &
+AGENT_PID=$!
+wait "$LISTENER"
+check "the agent tells systemd READY=1" "READY=1" "$(cat "$E2E_DIR/agent-notified")"
+eventually "its node joined and is Ready" "True" 60 k get node inst-agent -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+python3 "$(dirname "$0")/../images/mkimage.py" "$E2E_DIR/busybox.tar" docker.io/library/busybox:inst >/dev/null
+"$FERROKUBE" images import --run-dir "$E2E_DIR/agent-run" "$E2E_DIR/busybox.tar" >/dev/null
+k run on-agent --image=docker.io/library/busybox:inst --image-pull-policy=Never --overrides='{"spec":{"nodeName":"inst-agent"}}' -- sleep 3600 >/dev/null
+check_cmd "a pod runs on it" k wait --for=condition=Ready pod/on-agent --timeout=60s
+out=$("$abin/ferrokube-uninstall.sh" 2>&1); rc=$?
+check "the agent's ferrokube-uninstall.sh succeeds" "0" "$rc"
+[ "$rc" = 0 ] || echo "$out" | sed 's/^/       /'
+if kill -0 "$AGENT_PID" 2>/dev/null; then not_ok "the agent is stopped"; else ok "the agent is stopped"; fi
+wait "$AGENT_PID" 2>/dev/null; AGENT_PID=
+check "its bridge is gone" "" "$(ip -br link show fkinst0 2>/dev/null)"
+check "no containerd of its is left" "" "$(pgrep -f "$E2E_DIR/agent-data" | head -3)"
+left=$(ls "$abin" "$E2E_DIR/agent-systemd" "$E2E_DIR/agent-etc" "$E2E_DIR/agent-data" "$E2E_DIR/agent-run" 2>/dev/null | grep -v ':$' | grep -c . || true)
+check "no file of the agent's install is left" "0" "$left"
+k delete node inst-agent >/dev/null 2>&1
 
 # Uninstall: the server stopped, every installed file gone.
 out=$("$bin/ferrokube-uninstall.sh" 2>&1); rc=$?
