@@ -60,7 +60,7 @@ impl Driver {
         let channel = crate::node::unixgrpc::channel(endpoint, Duration::from_secs(5)).await?;
         let mut node = NodeClient::new(channel.clone());
         let info = node.node_get_info(timed(api::NodeGetInfoRequest {})).await.map_err(|e| format!("NodeGetInfo: {}", e.message()))?.into_inner();
-        let rpcs = |caps: Vec<api::NodeServiceCapability>| -> Vec<i32> { caps.into_iter().filter_map(|c| match c.r#type { Some(api::node_service_capability::Type::Rpc(r)) => Some(r.r#type), None => None }).collect() };
+        let rpcs = |caps: Vec<api::NodeServiceCapability>| -> Vec<i32> { caps.into_iter().filter_map(|c| c.r#type.map(|api::node_service_capability::Type::Rpc(r)| r.r#type)).collect() };
         let node_caps = rpcs(node.node_get_capabilities(timed(api::NodeGetCapabilitiesRequest {})).await.map_err(|e| format!("NodeGetCapabilities: {}", e.message()))?.into_inner().capabilities);
         let mut identity = api::identity_client::IdentityClient::new(channel.clone());
         let plugin_caps = identity.get_plugin_capabilities(timed(api::GetPluginCapabilitiesRequest {})).await.map(|r| r.into_inner().capabilities).unwrap_or_default();
@@ -69,7 +69,7 @@ impl Driver {
         if controller {
             let mut c = ControllerClient::new(channel.clone());
             if let Ok(r) = c.controller_get_capabilities(timed(api::ControllerGetCapabilitiesRequest {})).await {
-                ctl_caps = r.into_inner().capabilities.into_iter().filter_map(|c| match c.r#type { Some(api::controller_service_capability::Type::Rpc(r)) => Some(r.r#type), None => None }).collect();
+                ctl_caps = r.into_inner().capabilities.into_iter().filter_map(|c| c.r#type.map(|api::controller_service_capability::Type::Rpc(r)| r.r#type)).collect();
             }
         }
         use api::controller_service_capability::rpc::Type as C;

@@ -262,8 +262,7 @@ mod tests {
     fn pods_need_all_their_containers() {
         let m = ResourceMetrics::default();
         let key = |p: &str, c: &str| ("ns".to_string(), p.to_string(), c.to_string());
-        let mut first = Scrape::default();
-        first.node = series(10.0, 0, 100.0, 0.0);
+        let mut first = Scrape { node: series(10.0, 0, 100.0, 0.0), ..Default::default() };
         first.containers.insert(key("a", "x"), series(1.0, 0, 10.0, 1.0));
         first.containers.insert(key("b", "x"), series(1.0, 0, 10.0, 1.0));
         m.record("n1", first.clone());

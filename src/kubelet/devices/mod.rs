@@ -406,7 +406,7 @@ mod tests {
         let answer = api::ContainerAllocateResponse { envs: [("WIDGETS".to_string(), "w0,w1".to_string())].into(), ..Default::default() };
         let a = Allocation { pod_uid: "u1".into(), container: "c".into(), resource: "example.com/widget".into(), device_ids: vec!["w0".into(), "w1".into()], response: base64::engine::general_purpose::STANDARD.encode(answer.encode_to_vec()) };
         d.lock().allocations.push(a.clone());
-        d.checkpoint(&[a.clone()]);
+        d.checkpoint(std::slice::from_ref(&a));
         let again = Devices::new(dir.path());
         assert_eq!(again.of_container("u1", "c"), vec![a.clone()]);
         let mut config = crate::cri::v1::ContainerConfig::default();
