@@ -129,3 +129,16 @@ mod tests {
         assert_eq!(parse_rv(Some("x1")).unwrap_err().code, 400);
     }
 }
+
+/// The field of an autoscaling/v2 MetricSpec or MetricStatus that holds the source of a
+/// metric of type `ty` (`Resource` -> `resource`); None for no known type.
+pub fn metric_source_field(ty: &str) -> Option<&'static str> {
+    Some(match ty {
+        "Resource" => "resource",
+        "ContainerResource" => "containerResource",
+        "Pods" => "pods",
+        "Object" => "object",
+        "External" => "external",
+        _ => return None,
+    })
+}

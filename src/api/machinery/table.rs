@@ -396,13 +396,7 @@ fn hpa_targets(o: &Value) -> String {
     let mut list = Vec::new();
     for (i, m) in specs.iter().enumerate().take(2) {
         let ty = m["type"].as_str().unwrap_or("");
-        let field = match ty {
-            "Resource" => "resource",
-            "ContainerResource" => "containerResource",
-            "Pods" => "pods",
-            "Object" => "object",
-            _ => "external",
-        };
+        let field = crate::vocab::object::metric_source_field(ty).unwrap_or("external");
         let (src, cur) = (&m[field], &statuses.get(i).map(|s| s[field].clone()).unwrap_or(Value::Null));
         let target = &src["target"];
         let known = |v: &Value, f: fn(&Value) -> String| if v.is_null() { "<unknown>".to_string() } else { f(v) };

@@ -565,16 +565,9 @@ fn hpa_validate(o: &Value, _: Option<&Value>, c: &mut Vec<Cause>) {
     for (i, m) in spec["metrics"].as_array().into_iter().flatten().enumerate() {
         let f = format!("spec.metrics[{i}]");
         let ty = m["type"].as_str().unwrap_or("");
-        let field = match ty {
-            "Resource" => "resource",
-            "ContainerResource" => "containerResource",
-            "Pods" => "pods",
-            "Object" => "object",
-            "External" => "external",
-            _ => {
-                c.push(Cause::unsupported(format!("{f}.type"), &m["type"], &["ContainerResource", "External", "Object", "Pods", "Resource"]));
-                continue;
-            }
+        let Some(field) = crate::vocab::object::metric_source_field(ty) else {
+            c.push(Cause::unsupported(format!("{f}.type"), &m["type"], &["ContainerResource", "External", "Object", "Pods", "Resource"]));
+            continue;
         };
         let src = &m[field];
         if !src.is_object() {
